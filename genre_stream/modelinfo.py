@@ -1,0 +1,51 @@
+"""What a model carries about itself: labels, frontend, normalisation, provenance.
+
+The same record travels in PyTorch checkpoints (trainer) and in the ONNX metadata
+(runtime), so labels are always read from the model and never from a list in code.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .frontend import FrontendConfig
+
+METADATA_KEY = "genre_stream"
+NORMALIZATION = "db_ref_max_top80_div_min"  # the seed normalisation, see frontend.normalize_window
+
+
+@dataclass
+class ModelInfo:
+    labels: list[str]
+    frontend: FrontendConfig = field(default_factory=FrontendConfig)
+    normalization: str = NORMALIZATION
+    architecture: str = "bbnn"
+    model_id: str = ""
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["frontend"] = self.frontend.to_dict()
+        return json.dumps(data, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelInfo":
+        if not isinstance(data.get("labels"), list) or not data["labels"]:
+            raise ValueError("model metadata has no 'labels' list")
+        norm = data.get("normalization", NORMALIZATION)
+        if norm != NORMALIZATION:
+            raise ValueError(f"model metadata names normalization {norm!r}; this version only knows {NORMALIZATION!r}")
+        return cls(
+            labels=[str(x) for x in data["labels"]],
+            frontend=FrontendConfig.from_dict(data.get("frontend", {})),
+            normalization=norm,
+            architecture=str(data.get("architecture", "bbnn")),
+            model_id=str(data.get("model_id", "")),
+            provenance=dict(data.get("provenance", {})),
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelInfo":
+        return cls.from_dict(json.loads(text))
