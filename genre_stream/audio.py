@@ -1,0 +1,89 @@
+"""Decoding files to mono float32 at the model's rate, with errors a user can act on.
+
+libsndfile (soundfile) reads wav/flac/ogg/mp3/au/aiff directly; anything it
+refuses is handed to ffmpeg when it is installed. Every failure becomes an
+``AudioError`` naming the file and the reason, so one bad file never takes a
+batch down with a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+
+log = logging.getLogger(__name__)
+
+AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".oga", ".mp3", ".au", ".snd", ".aif", ".aiff", ".aifc"})
+
+
+class AudioError(Exception):
+    """A file that could not be decoded; ``str()`` is the one-line message for the user."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+def to_mono(audio: np.ndarray) -> np.ndarray:
+    """Average the channels of (frames, channels) audio; 1-D input is returned as is."""
+    audio = np.asarray(audio, dtype=np.float32)
+    if audio.ndim == 2:
+        return audio.mean(axis=1, dtype=np.float32)
+    return audio
+
+
+def resample(audio: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
+    """Band-limited resampling (torchaudio's windowed sinc) of mono float32 audio."""
+    if orig_sr == target_sr or audio.size == 0:
+        return np.asarray(audio, dtype=np.float32)
+    out = AF.resample(torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)), orig_sr, target_sr)
+    return out.numpy()
+
+
+def _ffmpeg_decode(path: Path, sr: int) -> np.ndarray:
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None:
+        raise AudioError(path, "format not readable by libsndfile and ffmpeg is not installed")
+    cmd = [ffmpeg, "-nostdin", "-v", "error", "-i", str(path), "-f", "f32le", "-ac", "1", "-ar", str(sr), "-"]
+    proc = subprocess.run(cmd, capture_output=True, check=False)
+    if proc.returncode != 0:
+        msg = proc.stderr.decode(errors="replace").strip().splitlines()
+        raise AudioError(path, f"not decodable audio ({msg[-1] if msg else 'ffmpeg failed'})")
+    return np.frombuffer(proc.stdout, dtype="<f4").astype(np.float32)
+
+
+def load_audio(path: str | Path, sr: int = 22050) -> np.ndarray:
+    """Decode a whole file to mono float32 at ``sr``. Raises ``AudioError`` with the reason."""
+    path = Path(path)
+    if not path.exists():
+        raise AudioError(path, "no such file")
+    if path.is_dir():
+        raise AudioError(path, "is a directory")
+    try:
+        if path.stat().st_size == 0:
+            raise AudioError(path, "empty file")
+    except OSError as exc:
+        raise AudioError(path, f"cannot stat ({exc.strerror})") from exc
+    try:
+        data, file_sr = sf.read(str(path), dtype="float32", always_2d=True)
+        audio = resample(to_mono(data), int(file_sr), sr)
+    except sf.LibsndfileError as exc:
+        log.debug("libsndfile refused %s (%s); trying ffmpeg", path, exc)
+        audio = _ffmpeg_decode(path, sr)
+    except PermissionError as exc:
+        raise AudioError(path, "permission denied") from exc
+    except (RuntimeError, OSError) as exc:
+        raise AudioError(path, f"read failed ({exc})") from exc
+    if audio.size == 0:
+        raise AudioError(path, "no audio samples (empty or truncated file)")
+    if not np.all(np.isfinite(audio)):
+        raise AudioError(path, "contains NaN or infinite samples")
+    return audio

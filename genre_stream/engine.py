@@ -1,0 +1,120 @@
+"""Inference on exported ONNX models with onnxruntime.
+
+The engine takes normalised windows (N, frames, n_mels) and returns
+probabilities and 32-d embeddings. Labels, frontend parameters and provenance
+are read from the model's own metadata, so any exported model drops in.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from .modelinfo import METADATA_KEY, ModelInfo
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_NAME = "bbnn-gtzan-augmented-fold0.fp32.onnx"
+DEVICES = ("auto", "cpu", "cuda", "tensorrt")
+
+
+class ModelError(Exception):
+    """A model file that cannot be used; the message names the file and why."""
+
+
+def default_model_path() -> Path:
+    """The model bundled in the package (used when no ``--model`` is given)."""
+    return Path(str(resources.files("genre_stream") / "models" / DEFAULT_MODEL_NAME))
+
+
+def _providers(device: str) -> list[str]:
+    available = ort.get_available_providers()
+    if device not in DEVICES:
+        raise ModelError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    wanted = {
+        "auto": ["TensorrtExecutionProvider", "CUDAExecutionProvider"],
+        "cuda": ["CUDAExecutionProvider"],
+        "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider"],
+    }[device]
+    chosen = [p for p in wanted if p in available]
+    if device != "auto" and not chosen:
+        raise ModelError(
+            f"device {device!r} asked for, but this onnxruntime build offers only {', '.join(available)} "
+            "(install onnxruntime-gpu with a matching CUDA to use a GPU)"
+        )
+    return chosen + ["CPUExecutionProvider"]
+
+
+@dataclass
+class Prediction:
+    probabilities: np.ndarray  # (N, classes)
+    embeddings: np.ndarray  # (N, 32)
+
+
+class Engine:
+    """One onnxruntime session over a genre-stream model."""
+
+    def __init__(
+        self,
+        model_path: str | Path | None = None,
+        device: str = "auto",
+        threads: int = 0,
+        batch_size: int = 8,
+    ) -> None:
+        self.path = Path(model_path) if model_path else default_model_path()
+        if not self.path.is_file():
+            raise ModelError(f"{self.path}: model file not found")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = max(0, int(threads))
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=_providers(device))
+        except ModelError:
+            raise
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ModelError(f"{self.path}: not a loadable ONNX model ({exc})") from exc
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if METADATA_KEY not in meta:
+            raise ModelError(f"{self.path}: ONNX file has no '{METADATA_KEY}' metadata; export it with genre-trainer export")
+        try:
+            self.info = ModelInfo.from_json(meta[METADATA_KEY])
+        except ValueError as exc:
+            raise ModelError(f"{self.path}: bad model metadata ({exc})") from exc
+        self.input_name = self.session.get_inputs()[0].name
+        self.input_type = self.session.get_inputs()[0].type
+        self.batch_size = max(1, batch_size)
+        self.providers = self.session.get_providers()
+        log.info("loaded model %s (%s) on %s", self.path.name, self.model_id, self.providers[0])
+
+    @property
+    def labels(self) -> list[str]:
+        return self.info.labels
+
+    @property
+    def model_id(self) -> str:
+        return self.info.model_id or self.path.stem
+
+    def predict(self, windows: np.ndarray) -> Prediction:
+        """Classify normalised windows (N, frames, n_mels), ``batch_size`` at a time."""
+        windows = np.asarray(windows, dtype=np.float32)
+        if windows.ndim == 2:
+            windows = windows[None]
+        dtype = np.float16 if "float16" in self.input_type else np.float32
+        probs, embs = [], []
+        for i in range(0, len(windows), self.batch_size):
+            p, e = self.session.run(None, {self.input_name: windows[i : i + self.batch_size].astype(dtype)})
+            probs.append(np.asarray(p, dtype=np.float32))
+            embs.append(np.asarray(e, dtype=np.float32))
+        if not probs:
+            n = len(self.labels)
+            return Prediction(np.zeros((0, n), np.float32), np.zeros((0, 32), np.float32))
+        return Prediction(np.concatenate(probs), np.concatenate(embs))
