@@ -48,10 +48,23 @@ def resample(audio: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     return out.numpy()
 
 
+def ffmpeg_executable() -> str | None:
+    """The system ffmpeg if installed, else the one bundled with imageio-ffmpeg (a dependency)."""
+    found = shutil.which("ffmpeg")
+    if found:
+        return found
+    try:
+        import imageio_ffmpeg
+
+        return imageio_ffmpeg.get_ffmpeg_exe()
+    except (ImportError, RuntimeError):
+        return None
+
+
 def _ffmpeg_decode(path: Path, sr: int) -> np.ndarray:
-    ffmpeg = shutil.which("ffmpeg")
+    ffmpeg = ffmpeg_executable()
     if ffmpeg is None:
-        raise AudioError(path, "format not readable by libsndfile and ffmpeg is not installed")
+        raise AudioError(path, "format not readable by libsndfile and no ffmpeg was found")
     cmd = [ffmpeg, "-nostdin", "-v", "error", "-i", str(path), "-f", "f32le", "-ac", "1", "-ar", str(sr), "-"]
     proc = subprocess.run(cmd, capture_output=True, check=False)
     if proc.returncode != 0:
