@@ -1,0 +1,67 @@
+"""The payloads genre-stream publishes: one contract for MQTT, JSONL, history and the dashboard.
+
+Field names and shapes here are a public interface for subscribers (Home Assistant
+automations, scripts), so they change only deliberately.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+
+def utc_now_iso() -> str:
+    """ISO 8601 UTC with milliseconds and a 'Z', the timestamp format of every payload."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class GenreState:
+    """Published retained on ``<prefix>/<source>/state`` after every classification."""
+
+    source: str
+    genre: str | None
+    confidence: float
+    probabilities: dict[str, float]
+    state: Literal["music", "silence"]
+    window_start: float  # seconds of stream time
+    window_end: float
+    model: str
+    timestamp: str = field(default_factory=utc_now_iso)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class GenreEvent:
+    """Published (QoS 1, not retained) on ``<prefix>/<source>/event``.
+
+    ``type`` is ``genre_changed`` (with ``from``/``to``/``confidence``),
+    ``track_tagged`` (with ``path``/``genre``/``confidence``/``probabilities``/``duration``)
+    or ``error`` (with ``reason`` and optionally ``path``); the type-specific fields
+    live in ``data`` and are flattened into the payload.
+    """
+
+    type: Literal["genre_changed", "track_tagged", "error"]
+    source: str
+    data: dict[str, Any] = field(default_factory=dict)
+    timestamp: str = field(default_factory=utc_now_iso)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "source": self.source, **self.data, "timestamp": self.timestamp}
+
+    @classmethod
+    def genre_changed(cls, source: str, old: str | None, new: str, confidence: float) -> "GenreEvent":
+        return cls("genre_changed", source, {"from": old, "to": new, "confidence": confidence})
+
+    @classmethod
+    def error(cls, source: str, reason: str, path: str | None = None) -> "GenreEvent":
+        data: dict[str, Any] = {"reason": reason}
+        if path is not None:
+            data["path"] = path
+        return cls("error", source, data)
+
+
+Message = GenreState | GenreEvent
