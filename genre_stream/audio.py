@@ -100,3 +100,26 @@ def load_audio(path: str | Path, sr: int = 22050) -> np.ndarray:
     if not np.all(np.isfinite(audio)):
         raise AudioError(path, "contains NaN or infinite samples")
     return audio
+
+
+def find_audio_files(paths: list[str | Path]) -> tuple[list[Path], list[AudioError]]:
+    """Expand files and directories (recursively, by extension) into a sorted file list.
+
+    Paths named explicitly are kept whatever their extension, so a user who names a
+    non-audio file gets a decoding error for it instead of silence; paths that do
+    not exist come back as errors.
+    """
+    files: list[Path] = []
+    errors: list[AudioError] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS)
+            if not found:
+                errors.append(AudioError(p, "directory contains no audio files"))
+            files.extend(found)
+        elif p.exists():
+            files.append(p)
+        else:
+            errors.append(AudioError(p, "no such file or directory"))
+    return files, errors
