@@ -46,5 +46,61 @@ def import_keras(checkpoint: Path, out: Path) -> None:
     click.echo(f"wrote {out} ({len(labels)} labels: {', '.join(labels)})")
 
 
+@main.command("export")
+@click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="ONNX file to write.")
+@click.option("--quantize", type=click.Choice(["none", "int8", "fp16"]), default="none", show_default=True, help="none = fp32; int8 for CPUs and edge boards; fp16 for GPUs.")
+@click.option("--calibration", type=click.Path(exists=True, file_okay=False, path_type=Path), help="Folder of music for int8 calibration and the check (files alternate between the two). Default: the project's synthetic pieces.")
+@click.option("--calibration-windows", type=click.IntRange(1), default=96, show_default=True, help="30 s windows used to calibrate int8.")
+@click.option("--test-windows", type=click.IntRange(1), default=24, show_default=True, help="Separate windows the export is checked on.")
+@click.option("--recipe", type=click.Choice(["full", "plain"]), default="full", show_default=True, help="int8: full = fold BatchNorm + equalise channels first; plain = quantise the export as is.")
+@click.option("--force", is_flag=True, help="Write an int8 model even if it misses the accuracy bar.")
+def export(checkpoint: Path, out: Path, quantize: str, calibration: Path | None, calibration_windows: int, test_windows: int, recipe: str, force: bool) -> None:
+    """Export CHECKPOINT to ONNX and report its parity with the PyTorch model.
+
+    fp32 must match PyTorch within 1e-4 (probability); int8 must keep top-1 agreement >= 0.97, mean |dp| <= 0.03
+    and max |dp| <= 0.1 on the test windows, or nothing is written (unless --force).
+    """
+    from genre_stream.frontend import MelFrontend
+
+    from .calibration import folder_sets, synthetic_sets
+    from .checkpoint import CheckpointError, load_checkpoint
+    from .export import save_atomic
+    from .quantize import FP32_PARITY, AccuracyBar, Int8Config, build_export
+
+    try:
+        model, info, _ = load_checkpoint(checkpoint)
+    except CheckpointError as exc:
+        raise click.ClickException(str(exc)) from exc
+    frontend = MelFrontend(info.frontend)
+    n_cal = calibration_windows if quantize == "int8" else 0
+    try:
+        sets = folder_sets(calibration, frontend, max(n_cal, 1), test_windows) if calibration else synthetic_sets(frontend, n_cal, test_windows)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"test windows: {len(sets.test)} ({sets.source})")
+    try:
+        result = build_export(model, info, quantize, sets.test, sets.calibration, Int8Config(recipe=recipe), sets.source)
+    except (RuntimeError, ValueError) as exc:
+        raise click.ClickException(f"{out}: not written: {exc}") from exc
+    if quantize == "none":
+        click.echo(f"fp32 parity with PyTorch: max |dp| {result.max_abs_parity:.2e} (limit {FP32_PARITY:g}); {result.test.summary()}")
+        if result.max_abs_parity is None or result.max_abs_parity > FP32_PARITY:
+            raise click.ClickException(f"{out}: not written: fp32 export differs from PyTorch by {result.max_abs_parity:.2e} > {FP32_PARITY:g}")
+    elif quantize == "int8":
+        assert result.calibration is not None
+        click.echo(f"int8 vs PyTorch on calibration windows: {result.calibration.summary()}")
+        click.echo(f"int8 vs PyTorch on test windows:        {result.test.summary()}")
+        misses = result.test.shortfalls(AccuracyBar())
+        if misses and not force:
+            raise click.ClickException(f"{out}: not written: int8 model misses the accuracy bar ({'; '.join(misses)}); use --force to write it anyway")
+        if misses:
+            click.echo(f"warning: writing despite missing the accuracy bar ({'; '.join(misses)})", err=True)
+    else:
+        click.echo(f"fp16 vs PyTorch: {result.test.summary()} ({'; '.join(result.notes)})")
+    save_atomic(result.model, out)
+    click.echo(f"wrote {out}")
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,90 @@
+"""Windows for calibrating and checking quantised exports, kept apart from each other.
+
+Calibration windows set the int8 ranges; test windows judge the result. They
+must not be the same windows, or the check flatters the model. With a user's
+folder, files alternate between the two sets (a single file alternates window
+offsets instead); without one, both come from the project's own synthetic
+pieces (``trainer.synth``) with disjoint seeds, so the shipped model is built
+only from material the project can redistribute.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from genre_stream.audio import AudioError, find_audio_files, load_audio
+from genre_stream.frontend import MelFrontend
+
+from .synth import synth_piece
+
+log = logging.getLogger(__name__)
+
+TEST_SEED_OFFSET = 100_000  # synthetic test pieces never share a seed with calibration pieces
+
+
+@dataclass
+class WindowSets:
+    calibration: np.ndarray  # (N, frames, n_mels)
+    test: np.ndarray
+    source: str  # one line saying where the windows came from (stored in the model metadata)
+
+
+def offset_windows(audio: np.ndarray, frontend: MelFrontend, count: int, phase: float = 0.0) -> np.ndarray:
+    """``count`` windows of a track looped end to start, starting at evenly spread offsets.
+
+    Looping lets a 5 s or a 30 s clip give as many distinct windows as asked for,
+    each a real stretch of the music (a circular shift), never padding.
+    """
+    c = frontend.config
+    length = c.window_samples
+    out = []
+    for i in range(count):
+        offset = int(((i + phase) / count) * audio.size) % audio.size
+        reps = int(np.ceil((offset + length) / audio.size)) + 1
+        out.append(frontend.window(np.tile(audio, reps)[offset : offset + length]))
+    return _stack(out, frontend)
+
+
+def synthetic_sets(frontend: MelFrontend, n_calibration: int, n_test: int) -> WindowSets:
+    cal = _stack([frontend.window(synth_piece(seed)) for seed in range(n_calibration)], frontend)
+    test = _stack([frontend.window(synth_piece(TEST_SEED_OFFSET + seed)) for seed in range(n_test)], frontend)
+    return WindowSets(cal, test, f"trainer.synth pieces: calibration seeds 0..{n_calibration - 1}, test seeds {TEST_SEED_OFFSET}..{TEST_SEED_OFFSET + n_test - 1}")
+
+
+def _stack(windows: list[np.ndarray], frontend: MelFrontend) -> np.ndarray:
+    c = frontend.config
+    return np.stack(windows) if windows else np.zeros((0, c.window_frames, c.n_mels), np.float32)
+
+
+def folder_sets(folder: Path, frontend: MelFrontend, n_calibration: int, n_test: int) -> WindowSets:
+    """Windows from the audio files under ``folder``; files alternate between calibration and test."""
+    files, errors = find_audio_files([folder])
+    for err in errors:
+        log.warning("calibration: skipping %s", err)
+    tracks: list[tuple[Path, np.ndarray]] = []
+    for path in files:
+        try:
+            tracks.append((path, load_audio(path, frontend.config.sample_rate)))
+        except AudioError as exc:
+            log.warning("calibration: skipping %s", exc)
+    tracks = [(p, a) for p, a in tracks if a.size > 0 and np.any(a)]
+    if not tracks:
+        raise ValueError(f"{folder}: no readable, non-silent audio files for calibration")
+    if len(tracks) == 1:
+        audio = tracks[0][1]
+        cal = offset_windows(audio, frontend, n_calibration, phase=0.0)
+        test = offset_windows(audio, frontend, n_test, phase=0.5)
+        return WindowSets(cal, test, f"{folder}: 1 file, calibration and test at interleaved offsets")
+    cal_tracks, test_tracks = tracks[0::2], tracks[1::2]
+    cal = _spread_over(cal_tracks, frontend, n_calibration)
+    test = _spread_over(test_tracks, frontend, n_test)
+    return WindowSets(cal, test, f"{folder}: {len(cal_tracks)} calibration files, {len(test_tracks)} other test files")
+
+
+def _spread_over(tracks: list[tuple[Path, np.ndarray]], frontend: MelFrontend, total: int) -> np.ndarray:
+    per = [total // len(tracks) + (1 if i < total % len(tracks) else 0) for i in range(len(tracks))]
+    return np.concatenate([offset_windows(a, frontend, max(1, n)) for (_, a), n in zip(tracks, per)])
