@@ -60,20 +60,36 @@ def _stack(windows: list[np.ndarray], frontend: MelFrontend) -> np.ndarray:
     return np.stack(windows) if windows else np.zeros((0, c.window_frames, c.n_mels), np.float32)
 
 
-def folder_sets(folder: Path, frontend: MelFrontend, n_calibration: int, n_test: int) -> WindowSets:
-    """Windows from the audio files under ``folder``; files alternate between calibration and test."""
+def folder_test_windows(folder: Path, frontend: MelFrontend, per_file: int) -> tuple[np.ndarray, str]:
+    """``per_file`` windows of every readable file under ``folder``: a check set only."""
+    tracks = _read_folder(folder, frontend)
+    windows = np.concatenate([offset_windows(a, frontend, per_file, phase=0.25) for _, a in tracks])
+    return windows, f"{folder}: {len(tracks)} files x {per_file} offsets"
+
+
+def _read_folder(folder: Path, frontend: MelFrontend) -> list[tuple[Path, np.ndarray]]:
     files, errors = find_audio_files([folder])
     for err in errors:
-        log.warning("calibration: skipping %s", err)
+        log.warning("skipping %s", err)
     tracks: list[tuple[Path, np.ndarray]] = []
     for path in files:
         try:
-            tracks.append((path, load_audio(path, frontend.config.sample_rate)))
+            audio = load_audio(path, frontend.config.sample_rate)
         except AudioError as exc:
-            log.warning("calibration: skipping %s", exc)
-    tracks = [(p, a) for p, a in tracks if a.size > 0 and np.any(a)]
+            log.warning("skipping %s", exc)
+            continue
+        if audio.size and np.any(audio):
+            tracks.append((path, audio))
+        else:
+            log.warning("skipping %s: silent or empty", path)
     if not tracks:
-        raise ValueError(f"{folder}: no readable, non-silent audio files for calibration")
+        raise ValueError(f"{folder}: no readable, non-silent audio files")
+    return tracks
+
+
+def folder_sets(folder: Path, frontend: MelFrontend, n_calibration: int, n_test: int) -> WindowSets:
+    """Windows from the audio files under ``folder``; files alternate between calibration and test."""
+    tracks = _read_folder(folder, frontend)
     if len(tracks) == 1:
         audio = tracks[0][1]
         cal = offset_windows(audio, frontend, n_calibration, phase=0.0)

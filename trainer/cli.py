@@ -51,11 +51,24 @@ def import_keras(checkpoint: Path, out: Path) -> None:
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="ONNX file to write.")
 @click.option("--quantize", type=click.Choice(["none", "int8", "fp16"]), default="none", show_default=True, help="none = fp32; int8 for CPUs and edge boards; fp16 for GPUs.")
 @click.option("--calibration", type=click.Path(exists=True, file_okay=False, path_type=Path), help="Folder of music for int8 calibration and the check (files alternate between the two). Default: the project's synthetic pieces.")
+@click.option("--test-audio", type=click.Path(exists=True, file_okay=False, path_type=Path), help="Folder of music to check the export on (every file at many offsets), instead of held-out calibration material.")
+@click.option("--keep-float", multiple=True, help="int8: leave nodes whose name contains this text in float (repeatable).")
 @click.option("--calibration-windows", type=click.IntRange(1), default=96, show_default=True, help="30 s windows used to calibrate int8.")
 @click.option("--test-windows", type=click.IntRange(1), default=24, show_default=True, help="Separate windows the export is checked on.")
 @click.option("--recipe", type=click.Choice(["full", "plain"]), default="full", show_default=True, help="int8: full = fold BatchNorm + equalise channels first; plain = quantise the export as is.")
 @click.option("--force", is_flag=True, help="Write an int8 model even if it misses the accuracy bar.")
-def export(checkpoint: Path, out: Path, quantize: str, calibration: Path | None, calibration_windows: int, test_windows: int, recipe: str, force: bool) -> None:
+def export(
+    checkpoint: Path,
+    out: Path,
+    quantize: str,
+    calibration: Path | None,
+    test_audio: Path | None,
+    keep_float: tuple[str, ...],
+    calibration_windows: int,
+    test_windows: int,
+    recipe: str,
+    force: bool,
+) -> None:
     """Export CHECKPOINT to ONNX and report its parity with the PyTorch model.
 
     fp32 must match PyTorch within 1e-4 (probability); int8 must keep top-1 agreement >= 0.97, mean |dp| <= 0.03
@@ -63,7 +76,7 @@ def export(checkpoint: Path, out: Path, quantize: str, calibration: Path | None,
     """
     from genre_stream.frontend import MelFrontend
 
-    from .calibration import folder_sets, synthetic_sets
+    from .calibration import folder_sets, folder_test_windows, synthetic_sets
     from .checkpoint import CheckpointError, load_checkpoint
     from .export import save_atomic
     from .quantize import FP32_PARITY, AccuracyBar, Int8Config, build_export
@@ -75,12 +88,15 @@ def export(checkpoint: Path, out: Path, quantize: str, calibration: Path | None,
     frontend = MelFrontend(info.frontend)
     n_cal = calibration_windows if quantize == "int8" else 0
     try:
-        sets = folder_sets(calibration, frontend, max(n_cal, 1), test_windows) if calibration else synthetic_sets(frontend, n_cal, test_windows)
+        sets = folder_sets(calibration, frontend, max(n_cal, 1), test_windows) if calibration else synthetic_sets(frontend, n_cal, 0 if test_audio else test_windows)
+        if test_audio:
+            sets.test, test_source = folder_test_windows(test_audio, frontend, test_windows)
+            sets.source += f"; test: {test_source}"
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"test windows: {len(sets.test)} ({sets.source})")
+    click.echo(f"windows: {len(sets.calibration)} calibration, {len(sets.test)} test ({sets.source})")
     try:
-        result = build_export(model, info, quantize, sets.test, sets.calibration, Int8Config(recipe=recipe), sets.source)
+        result = build_export(model, info, quantize, sets.test, sets.calibration, Int8Config(recipe=recipe, keep_float=keep_float), sets.source)
     except (RuntimeError, ValueError) as exc:
         raise click.ClickException(f"{out}: not written: {exc}") from exc
     if quantize == "none":

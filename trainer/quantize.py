@@ -168,8 +168,27 @@ def to_fp16(model: BBNN, info: ModelInfo) -> onnx.ModelProto:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     proto = convert_float_to_float16(to_onnx_model(model, info), keep_io_types=True)
+    _sort_nodes(proto.graph)
     set_metadata(proto, _with_quantization(info, {"format": "fp16", "io": "float32"}))
     return proto
+
+
+def _sort_nodes(graph: onnx.GraphProto) -> None:
+    """Topologically order the nodes: the fp16 converter appends its input casts at the end,
+    which the ONNX checker (and strict runtimes) reject."""
+    ready = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        rest = [n for n in pending if not all(i in ready for i in n.input)]
+        done = [n for n in pending if all(i in ready for i in n.input)]
+        if not done:
+            raise ValueError("fp16 graph has a cycle or a dangling input: " + ", ".join(n.name for n in rest[:3]))
+        for n in done:
+            ready.update(n.output)
+        ordered += done
+        pending = rest
+    del graph.node[:]
+    graph.node.extend(ordered)
 
 
 def _with_quantization(info: ModelInfo, quant: dict) -> ModelInfo:

@@ -1,0 +1,128 @@
+"""ONNX export: fp32 parity, metadata, exact folding, the int8 accuracy bar, refusal, fp16."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from genre_stream.engine import Engine, default_model_path
+from genre_stream.frontend import MelFrontend
+from genre_stream.model import BBNN
+from genre_stream.modelinfo import ModelInfo
+from tests.conftest import run_cli, shared_path
+from trainer.calibration import offset_windows
+from trainer.checkpoint import save_checkpoint
+from trainer.fold import equalize, fold_bbnn
+from trainer.quantize import AccuracyBar, agreement
+
+LABELS = ["alpha", "beta", "gamma", "delta"]
+
+
+@pytest.fixture(scope="module")
+def random_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real BBNN with random weights and non-trivial BatchNorm statistics (no shared/ needed)."""
+    torch.manual_seed(3)
+    model = BBNN(n_classes=len(LABELS))
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(-1.5, 1.5)  # negative scales too: folding must handle the sign
+                m.bias.uniform_(-0.5, 0.5)
+                m.running_mean.uniform_(-0.3, 0.3)
+                m.running_var.uniform_(0.2, 2.0)
+    model.eval()
+    path = tmp_path_factory.mktemp("ckpt") / "random.pt"
+    save_checkpoint(path, model, ModelInfo(labels=LABELS, model_id="random-test-model"))
+    return path
+
+
+def test_fp32_export_matches_pytorch_and_carries_labels(random_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "m.fp32.onnx"
+    proc = run_cli("export", str(random_checkpoint), "--out", str(out), "--test-windows", "2", module="trainer")
+    assert proc.returncode == 0, proc.stderr
+    assert "fp32 parity with PyTorch: max |dp|" in proc.stdout
+    parity = float(proc.stdout.split("max |dp| ")[1].split()[0])
+    assert parity <= 1e-4
+    engine = Engine(out, device="cpu", threads=1)
+    assert engine.labels == LABELS  # from the ONNX metadata, not from any list in code
+    assert engine.model_id == "random-test-model"
+    onnx.checker.check_model(onnx.load(str(out)))
+
+
+def test_fold_and_equalize_are_exact(random_checkpoint: Path) -> None:
+    from trainer.checkpoint import load_checkpoint
+
+    model, _, _ = load_checkpoint(random_checkpoint)
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.uniform(0, 1, (2, 96, 128)).astype(np.float32))
+    folded = fold_bbnn(model)
+    spreads = equalize(folded, torch.from_numpy(rng.uniform(0, 1, (3, 96, 128)).astype(np.float32)))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert spreads["concat"] > 1.0  # channels really were of different widths before equalising
+    with torch.no_grad():
+        (lo, eo), (lf, ef) = model(x), folded(x)
+    np.testing.assert_allclose(lf.numpy(), lo.numpy(), atol=1e-3 * float(lo.abs().max()))
+    np.testing.assert_allclose(ef.numpy(), eo.numpy(), atol=1e-4 * float(eo.abs().max()) + 1e-6)
+
+
+def test_fp16_export_is_valid_and_runs_on_cpu(random_checkpoint: Path, tmp_path: Path) -> None:
+    # A GPU check is not possible on this machine; onnxruntime's CPU provider runs the
+    # fp16 graph (casting where it has no fp16 kernel), which proves the file is usable.
+    out = tmp_path / "m.fp16.onnx"
+    proc = run_cli("export", str(random_checkpoint), "--out", str(out), "--quantize", "fp16", "--test-windows", "2", module="trainer")
+    assert proc.returncode == 0, proc.stderr
+    proto = onnx.load(str(out))
+    onnx.checker.check_model(proto)
+    weights = [t for t in proto.graph.initializer if len(t.dims) == 4]
+    assert weights and all(t.data_type == onnx.TensorProto.FLOAT16 for t in weights)
+    engine = Engine(out, device="cpu", threads=1)
+    assert "float" in engine.input_type and engine.labels == LABELS
+    probs = engine.predict(np.random.default_rng(1).uniform(0, 1, (2, 647, 128)).astype(np.float32)).probabilities
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-3)
+
+
+def test_bad_int8_export_is_refused_and_writes_nothing(tmp_path: Path) -> None:
+    seed = shared_path("seed/checkpoints/bbnn-gtzan-augmented-fold0.hdf5")
+    ckpt = tmp_path / "fold0.pt"
+    assert run_cli("import-keras", str(seed), "--out", str(ckpt), module="trainer").returncode == 0
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out = out_dir / "bad.int8.onnx"
+    # The plain recipe (BatchNorm left in, 4 calibration windows) is the issue-7 baseline
+    # and genuinely misses the bar on the held-out windows.
+    args = ["export", str(ckpt), "--out", str(out), "--quantize", "int8", "--recipe", "plain", "--calibration-windows", "4", "--test-windows", "6"]
+    proc = run_cli(*args, module="trainer")
+    assert proc.returncode != 0
+    assert "misses the accuracy bar" in proc.stderr and "--force" in proc.stderr
+    assert list(out_dir.iterdir()) == []  # not even a temporary file is left behind
+    forced = run_cli(*args, "--force", module="trainer")
+    assert forced.returncode == 0, forced.stderr
+    meta = json.loads(Engine(out, device="cpu", threads=1).session.get_modelmeta().custom_metadata_map["genre_stream"])
+    assert meta["provenance"]["quantization"]["recipe"] == "plain"
+
+
+def _clip_windows() -> np.ndarray:
+    from genre_stream.audio import load_audio
+
+    frontend = MelFrontend()
+    windows = []
+    for name in ("gtzan-country.00000.wav", "jtd-jazz-trio-5s.wav", "seed-example-rock.mp3"):
+        audio = load_audio(shared_path(f"audio/{name}"), frontend.config.sample_rate)
+        windows.append(offset_windows(audio, frontend, 8, phase=0.37))
+    return np.concatenate(windows)
+
+
+def test_shipped_int8_meets_the_accuracy_bar_on_real_clips() -> None:
+    windows = _clip_windows()
+    fp32 = Engine(default_model_path().with_name("bbnn-gtzan-augmented-fold0.fp32.onnx"), device="cpu", threads=2)
+    int8 = Engine(default_model_path().with_name("bbnn-gtzan-augmented-fold0.int8.onnx"), device="cpu", threads=2)
+    result = agreement(int8.predict(windows).probabilities, fp32.predict(windows).probabilities)
+    assert result.meets(AccuracyBar()), result.summary()
+    assert int8.labels == fp32.labels
+    genres = [int8.labels[i] for i in int8.predict(windows).probabilities.argmax(1)]
+    assert genres[:8] == ["country"] * 8 and genres[8:16] == ["jazz"] * 8 and genres[16:] == ["rock"] * 8
