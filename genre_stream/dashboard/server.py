@@ -105,7 +105,8 @@ class DashboardServer:
         app.router.add_get("/api/live", self._live)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        # handler_cancellation: a closed page ends its live stream at once (unsubscribes), not at the next write.
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0, handler_cancellation=True)
         await runner.setup()
         site = web.TCPSite(runner, self.config.host, self.config.port, reuse_address=True)
         try:
@@ -235,6 +236,7 @@ class DashboardServer:
         unsubscribe = self.state.subscribe(listener)
         assert self._closing is not None
         closing = asyncio.ensure_future(self._closing.wait())
+        getter: asyncio.Future[tuple[str, dict[str, Any]] | None] | None = None
         try:
             await self._send(response, "hello", self.state.sources())
             for snapshot in self.state.mel_snapshots():
@@ -243,13 +245,12 @@ class DashboardServer:
                 getter = asyncio.ensure_future(items.get())
                 done, _ = await asyncio.wait({getter, closing}, timeout=KEEPALIVE_SECONDS,
                                              return_when=asyncio.FIRST_COMPLETED)
-                if not done:
-                    getter.cancel()
-                    await response.write(b": keepalive\n\n")
-                    continue
                 if getter not in done:
                     getter.cancel()
-                    break
+                    if closing in done:
+                        break
+                    await response.write(b": keepalive\n\n")
+                    continue
                 item = getter.result()
                 if item is None:
                     break
@@ -258,6 +259,8 @@ class DashboardServer:
             pass  # the page was closed
         finally:
             closing.cancel()
+            if getter is not None:
+                getter.cancel()
             unsubscribe()
         return response
 

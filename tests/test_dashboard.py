@@ -1,0 +1,351 @@
+"""The dashboard HTTP server, for real: aiohttp on a loopback port, urllib as the client."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from _helpers_dashboard import LABELS, changed, state
+from genre_stream.dashboard import (
+    DashboardConfig,
+    DashboardError,
+    DashboardServer,
+    DashboardState,
+    SinkMetrics,
+    SourceMetrics,
+)
+from genre_stream.dashboard.config import parse_address
+from genre_stream.dashboard.state import MEL_DB_MIN, MEL_DB_STEP, encode_mel
+from genre_stream.frontend import MelRingBuffer
+from genre_stream.history import History, HistoryConfig, HistoryReader
+from genre_stream.messages import GenreEvent
+
+TOKEN = "s3cret-token"
+
+
+@dataclass
+class Served:
+    server: DashboardServer
+    state: DashboardState
+    history: History
+    base: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.base = self.server.url.rstrip("/")
+
+    def get(self, path: str, token: str | None = None, timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
+        req = urllib.request.Request(self.base + path)
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return r.status, dict(r.headers), r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, dict(e.headers), e.read()
+
+    def json(self, path: str, token: str | None = None):
+        status, _, body = self.get(path, token)
+        assert status == 200, body
+        return json.loads(body)
+
+
+def serve(tmp_path, **config) -> Served:
+    history = History(HistoryConfig.in_state_dir(tmp_path, retention_days=0))
+    history.start()
+    state_ = DashboardState(LABELS, "test-model", mel_interval_seconds=0.05)
+    server = DashboardServer(DashboardConfig(port=0, **config), state_, HistoryReader(history.config.path))
+    server.start()
+    return Served(server, state_, history)
+
+
+@pytest.fixture
+def served(tmp_path):
+    s = serve(tmp_path)
+    yield s
+    s.server.stop()
+    s.history.close()
+
+
+def publish(s: Served, msg) -> None:
+    """What the daemon does with each message: history and dashboard."""
+    s.history.publish(msg)
+    s.state.publish(msg)
+
+
+class LiveClient:
+    """Reads the server-sent events stream on a thread, like a page's EventSource.
+
+    A plain socket speaking HTTP/1.0 (so the body is the raw stream, not chunked) lets
+    ``close()`` really close the connection, as a browser tab does.
+    """
+
+    def __init__(self, base: str, path: str = "/api/live") -> None:
+        host, port = base.split("//", 1)[1].rsplit(":", 1)
+        self.sock = socket.create_connection((host, int(port)), timeout=20)
+        self.sock.sendall(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+        self.events: list[tuple[str, dict]] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        kind = None
+        try:
+            with self.sock.makefile("rb") as stream:
+                for raw in stream:
+                    line = raw.decode().rstrip("\r\n")
+                    if line.startswith("event: "):
+                        kind = line[7:]
+                    elif line.startswith("data: ") and kind:
+                        with self.lock:
+                            self.events.append((kind, json.loads(line[6:])))
+        except (OSError, ValueError):
+            pass  # closed by the test or the server
+
+    def wait(self, kind: str, count: int = 1, timeout: float = 10.0) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                got = [p for k, p in self.events if k == kind]
+            if len(got) >= count:
+                return got
+            time.sleep(0.02)
+        raise AssertionError(f"no {count} {kind!r} events within {timeout} s; got {[k for k, _ in self.events]}")
+
+    def close(self) -> None:
+        self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+
+
+# -- binding ---------------------------------------------------------------------------
+def test_parse_address_and_loopback_rule():
+    assert parse_address("127.0.0.1:8080") == ("127.0.0.1", 8080)
+    assert parse_address(":9000") == ("127.0.0.1", 9000)
+    assert parse_address("9000") == ("127.0.0.1", 9000)
+    assert parse_address("[::1]:8080") == ("::1", 8080)
+    for bad, why in [("localhost:http", "not a number"), ("1.2.3.4:70000", "above 65535"), ("a:b:c", "HOST:PORT")]:
+        with pytest.raises(ValueError, match=why):
+            parse_address(bad)
+    with pytest.raises(ValueError, match=r"0\.0\.0\.0:8080 is not a loopback address.*http_allow_remote"):
+        DashboardConfig.from_address("0.0.0.0:8080")
+    with pytest.raises(ValueError, match=r"'dashboard\.example': give an IP address"):
+        DashboardConfig(host="dashboard.example")
+    assert DashboardConfig.from_address("0.0.0.0:8080", allow_remote=True).host == "0.0.0.0"
+
+
+def test_binds_loopback_unless_remote_is_asked(tmp_path):
+    s = serve(tmp_path)
+    try:
+        assert s.server._runner is not None
+        bound = {sock.getsockname()[0] for site in s.server._runner.sites for sock in site._server.sockets}
+        assert bound == {"127.0.0.1"}
+        assert s.get("/healthz")[0] == 200
+    finally:
+        s.server.stop()
+        s.history.close()
+    s = serve(tmp_path, host="0.0.0.0", allow_remote=True, token=TOKEN)
+    try:
+        bound = {sock.getsockname()[0] for site in s.server._runner.sites for sock in site._server.sockets}
+        assert bound == {"0.0.0.0"}
+        # Reached here over loopback only; the point is what the socket is bound to.
+        assert s.get("/healthz")[0] == 200
+    finally:
+        s.server.stop()
+        s.history.close()
+
+
+def test_port_in_use_is_a_clear_error(tmp_path, served):
+    busy = DashboardServer(DashboardConfig(port=served.server.port), served.state)
+    with pytest.raises(DashboardError, match=rf"cannot listen on 127\.0\.0\.1:{served.server.port}"):
+        busy.start()
+
+
+# -- token ------------------------------------------------------------------------------
+def test_token_protects_everything_but_healthz(tmp_path):
+    s = serve(tmp_path, token=TOKEN)
+    try:
+        for path in ["/", "/static/app.js", "/api/sources", "/api/history", "/metrics", "/api/live"]:
+            status, headers, _ = s.get(path)
+            assert status == 401, path
+            assert headers["WWW-Authenticate"].startswith("Bearer")
+            assert s.get(path, token="wrong")[0] == 401, path
+        assert s.get("/api/sources", token=TOKEN)[0] == 200
+        assert s.get("/metrics", token=TOKEN)[0] == 200
+        assert s.get(f"/api/sources?token={TOKEN}")[0] == 200  # how the page's EventSource authenticates
+        status, _, body = s.get("/healthz")
+        assert status == 200 and json.loads(body)["status"] == "ok"
+    finally:
+        s.server.stop()
+        s.history.close()
+
+
+# -- static files -------------------------------------------------------------------------
+def test_serves_only_its_own_page(served):
+    status, headers, body = served.get("/")
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    assert b'<script src="static/app.js">' in body
+    status, headers, body = served.get("/static/app.js")
+    assert status == 200 and b"EventSource" in body
+    assert served.get("/static/style.css")[0] == 200
+    for path in ["/static/..%2f..%2fhistory.py", "/static/../../../etc/passwd", "/static/history.sqlite",
+                 "/static/%2Fetc%2Fpasswd", "/etc/passwd", "/static/"]:
+        status, _, body = served.get(path)
+        assert status == 404, path
+        assert b"root:" not in body
+
+
+# -- API ----------------------------------------------------------------------------------
+def test_api_sources_gives_the_mqtt_payloads(served):
+    served.state.add_source("radio")
+    assert served.json("/api/sources")["sources"] == [
+        {"source": "radio", "status": "waiting", "state": None, "last_event": None, "error": None}
+    ]
+    now = time.time()
+    first, second = state("radio", "rock", 0.8, now - 5), state("radio", None, 0.0, now, "silence")
+    publish(served, first)
+    publish(served, changed("radio", "jazz", "rock", now - 5))
+    publish(served, second)
+    doc = served.json("/api/sources")
+    assert doc["labels"] == LABELS and doc["model"] == "test-model"
+    (radio,) = doc["sources"]
+    assert radio["state"] == second.to_dict() and radio["status"] == "silence"
+    assert radio["last_event"] == changed("radio", "jazz", "rock", now - 5).to_dict()
+
+    error = GenreEvent.error("radio", "stream dropped: connection refused")
+    publish(served, error)
+    (radio,) = served.json("/api/sources")["sources"]
+    assert radio["status"] == "error" and radio["error"] == error.to_dict()
+    publish(served, state("radio", "rock", 0.9, time.time()))
+    assert served.json("/api/sources")["sources"][0]["status"] == "music"  # recovered
+
+
+def test_api_history(served):
+    now = time.time()
+    msgs = [state("radio", "rock", 0.8, now - 20), state("radio", "rock", 0.6, now - 15),
+            state("radio", "jazz", 0.7, now - 10), state("tv", "pop", 0.9, now - 10)]
+    for m in msgs:
+        publish(served, m)
+    publish(served, changed("radio", "rock", "jazz", now - 10))
+    served.history.close()  # flush the writer; the server reads the file
+    doc = served.json("/api/history?source=radio&since=-1h")
+    assert doc["kind"] == "segments"
+    assert [(i["genre"], i["windows"], i["confidence"]) for i in doc["items"]] == [("rock", 2, 0.7), ("jazz", 1, 0.7)]
+    doc = served.json("/api/history?kind=states&source=radio&since=-1h&limit=2")
+    assert doc["items"] == [msgs[1].to_dict(), msgs[2].to_dict()]
+    doc = served.json("/api/history?kind=events&since=-1h")
+    assert doc["items"] == [changed("radio", "rock", "jazz", now - 10).to_dict()]
+    assert served.json("/api/history?kind=states&since=-1h&until=-1m")["items"] == []
+    for query, why in [("kind=files", "kind='files'"), ("since=teatime", "not a time"), ("limit=ten", "whole number")]:
+        status, _, body = served.get("/api/history?" + query)
+        assert status == 400 and why in json.loads(body)["error"], query
+
+
+# -- metrics ----------------------------------------------------------------------------
+def test_metrics_parse_with_prometheus_parser(served):
+    stats = SourceMetrics(real_time_factor=0.012, overflows=3, queue_depth=2, reconnects=1)
+    served.state.add_source("radio", lambda: stats)
+    served.state.set_sink_metrics(lambda: SinkMetrics(mqtt_connected=True, events_published=41, events_queued=5))
+    served.state.set_history_metrics(served.history.stats)
+    for seconds in (0.02, 0.03, 0.2):
+        served.state.observe_inference("radio", seconds)
+    publish(served, state("radio", "rock", 0.8, time.time()))
+    publish(served, changed("radio", "jazz", "rock", time.time()))
+
+    status, headers, body = served.get("/metrics")
+    assert status == 200 and headers["Content-Type"].startswith("text/plain")
+    families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
+    assert families["genre_stream_inference_seconds"].type == "histogram"
+    assert samples[("genre_stream_inference_seconds_count", (("source", "radio"),))] == 3
+    assert samples[("genre_stream_inference_seconds_sum", (("source", "radio"),))] == pytest.approx(0.25)
+    assert samples[("genre_stream_inference_seconds_bucket", (("le", "0.035"), ("source", "radio")))] == 2
+    assert samples[("genre_stream_real_time_factor", (("source", "radio"),))] == pytest.approx(0.012)
+    assert samples[("genre_stream_overflows_total", (("source", "radio"),))] == 3
+    assert samples[("genre_stream_queue_depth", (("source", "radio"),))] == 2
+    assert samples[("genre_stream_mqtt_connected", ())] == 1
+    assert samples[("genre_stream_events_published_total", ())] == 41
+    assert samples[("genre_stream_events_queued", ())] == 5
+    assert samples[("genre_stream_states_total", (("source", "radio"), ("state", "music")))] == 1
+    assert samples[("genre_stream_events_total", (("source", "radio"), ("type", "genre_changed")))] == 1
+    assert ("genre_stream_history_write_errors_total", ()) in samples
+    # Values are read at scrape time: a change shows in the next scrape.
+    stats.overflows = 7
+    body = served.get("/metrics")[2].decode()
+    assert 'genre_stream_overflows_total{source="radio"} 7.0' in body
+
+
+# -- live stream ------------------------------------------------------------------------
+class CountingRing(MelRingBuffer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.copies = 0
+
+    def latest(self) -> np.ndarray:
+        self.copies += 1
+        return super().latest()
+
+
+def test_live_stream_states_events_and_mel(served):
+    ring = CountingRing()
+    rng = np.random.default_rng(0)
+    ring.extend(rng.random((100, 128), dtype=np.float32) * 1000)
+    served.state.offer_mel("radio", ring)
+    assert ring.copies == 0  # nobody watching: the rolling buffer is not even copied
+
+    client = LiveClient(served.base)
+    try:
+        hello = client.wait("hello")[0]
+        assert hello["labels"] == LABELS
+        msg = state("radio", "country", 0.75, time.time())
+        served.state.publish(msg)
+        assert client.wait("state")[0] == msg.to_dict()
+        served.state.publish(changed("radio", "rock", "country", time.time()))
+        assert client.wait("event")[0]["type"] == "genre_changed"
+
+        served.state.offer_mel("radio", ring)
+        full = client.wait("mel")[0]
+        assert full["full"] and full["total"] == 100 and full["count"] == 100 and full["n_mels"] == 128
+        frames = np.frombuffer(base64.b64decode(full["frames"]), dtype=np.uint8).reshape(100, 128)
+        assert np.array_equal(frames, encode_mel(ring.latest()))
+        # Decoding per the payload's own scale gives back the dB values (to the 0.5 dB step).
+        db = 10 * np.log10(np.maximum(ring.latest(), 1e-10))
+        assert np.allclose(full["db_min"] + frames * full["db_step"], np.clip(db, MEL_DB_MIN, None), atol=MEL_DB_STEP)
+
+        new = rng.random((20, 128), dtype=np.float32) * 1000
+        ring.extend(new)
+        time.sleep(0.06)  # past mel_interval_seconds
+        served.state.offer_mel("radio", ring)
+        delta = client.wait("mel", 2)[1]
+        assert not delta["full"] and delta["total"] == 120 and delta["count"] == 20
+        got = np.frombuffer(base64.b64decode(delta["frames"]), dtype=np.uint8).reshape(20, 128)
+        assert np.array_equal(got, encode_mel(new))
+        copies = ring.copies
+        served.state.offer_mel("radio", ring)  # within the interval: no copy
+        assert ring.copies == copies
+    finally:
+        client.close()
+    deadline = time.monotonic() + 5
+    while served.state.listener_count and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert served.state.listener_count == 0  # the closed page unsubscribed
+
+
+def test_stop_closes_open_live_streams(tmp_path):
+    s = serve(tmp_path)
+    client = LiveClient(s.base)
+    client.wait("hello")
+    started = time.monotonic()
+    s.server.stop()
+    s.history.close()
+    assert time.monotonic() - started < 5
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", s.server.port), timeout=1).close()
