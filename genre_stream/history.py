@@ -157,8 +157,13 @@ class History:
             self._thread = threading.Thread(target=self._run, name="history-writer", daemon=True)
             self._thread.start()
 
-    def publish(self, message: Message) -> None:
-        """Queue a GenreState/GenreEvent for writing; drops (and counts) it if the writer is behind."""
+    def publish(self, message: object) -> None:
+        """Queue a GenreState/GenreEvent for writing; drops (and counts) it if the writer is behind.
+
+        Other messages (periodic stats) are not history and are ignored.
+        """
+        if not isinstance(message, GenreState | GenreEvent):
+            return
         try:
             self._queue.put_nowait(message)
         except queue.Full:
@@ -167,17 +172,25 @@ class History:
             self._report("queue-full", "history: write queue full (%d); dropping messages until the disk catches up",
                          self.config.queue_size)
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Write what is queued (bounded wait) and stop the writer."""
+    def sources_changed(self, source_ids: list[str], model: str) -> None:
+        """Sink protocol: nothing to do, the history keeps whatever sources it has seen."""
+
+    def close(self, timeout: float = 5.0) -> bool:
+        """Write what is queued (bounded wait) and stop the writer; False if messages were left unwritten."""
         if self._thread is None:
-            return
+            return self._queue.empty()
+        deadline = time.monotonic() + timeout
         try:
             self._queue.put(None, timeout=timeout)
         except queue.Full:
-            log.warning("history: writer did not drain in %.1f s; %d messages not recorded",
-                        timeout, self._queue.qsize())
-        self._thread.join(timeout)
+            pass
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        left = self._queue.qsize()
+        if self._thread.is_alive() or left:
+            log.warning("history: writer did not finish in %.1f s; %d messages not recorded", timeout, left)
+            return False
         self._thread = None
+        return True
 
     def stats(self) -> HistoryStats:
         with self._lock:

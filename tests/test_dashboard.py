@@ -349,3 +349,58 @@ def test_stop_closes_open_live_streams(tmp_path):
     assert time.monotonic() - started < 5
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", s.server.port), timeout=1).close()
+
+
+# -- the daemon's view ----------------------------------------------------------------------
+@dataclass
+class FedPipeline:
+    """The two things DashboardSink.after_feed reads from a SourcePipeline."""
+
+    ring: MelRingBuffer = field(default_factory=MelRingBuffer)
+    inference_ms_last: float = 0.0
+
+    def stats(self) -> dict:
+        return {"inference_ms_last": self.inference_ms_last, "real_time_factor": 0.01}
+
+
+@dataclass
+class OtherMessage:
+    source: str
+
+    def to_dict(self) -> dict:
+        return {"source": self.source}
+
+
+def test_dashboard_sink_hooks(tmp_path):
+    from genre_stream.dashboard.sink import DashboardSink, source_metrics
+
+    sink = DashboardSink(DashboardConfig(port=0), LABELS, "test-model", tmp_path / "history.sqlite")
+    sink.start()
+    try:
+        sink.sources_changed(["radio", "tv"], "model-2")
+        sink.watch_source("radio", lambda: source_metrics({"overflows": 4, "queue_depth": 1}, {"real_time_factor": 0.02}))
+        pipeline = FedPipeline(inference_ms_last=42.0)
+        sink.after_feed("radio", pipeline, [])  # no window classified: no observation
+        sink.after_feed("radio", pipeline, [state("radio", None, 0.0, time.time(), "silence")])  # no inference ran
+        music = state("radio", "rock", 0.8, time.time())
+        sink.after_feed("radio", pipeline, [music])
+        sink.publish(music)
+        sink.publish(OtherMessage("radio"))  # e.g. periodic stats: served by /metrics, not the page
+        base = sink.server.url.rstrip("/")
+        with urllib.request.urlopen(base + "/metrics") as r:
+            families = {f.name: f for f in text_string_to_metric_families(r.read().decode())}
+        hist = {s.name: s.value for s in families["genre_stream_inference_seconds"].samples}
+        assert hist["genre_stream_inference_seconds_count"] == 1
+        assert hist["genre_stream_inference_seconds_sum"] == pytest.approx(0.042)
+        assert [s.value for s in families["genre_stream_overflows"].samples] == [4]
+        with urllib.request.urlopen(base + "/api/sources") as r:
+            doc = json.loads(r.read())
+        assert doc["model"] == "model-2"
+        assert [(s["source"], s["status"]) for s in doc["sources"]] == [("radio", "music"), ("tv", "waiting")]
+        sink.sources_changed(["tv"], "model-2")  # radio removed on reload
+        with urllib.request.urlopen(base + "/api/sources") as r:
+            assert [s["source"] for s in json.loads(r.read())["sources"]] == ["tv"]
+        with urllib.request.urlopen(base + "/metrics") as r:
+            assert 'genre_stream_overflows_total{source="radio"}' not in r.read().decode()
+    finally:
+        assert sink.close(2.0)

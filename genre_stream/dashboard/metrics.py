@@ -129,6 +129,10 @@ class DashboardMetrics:
         with self._lock:
             self._sources[source] = provider
 
+    def remove_source(self, source: str) -> None:
+        with self._lock:
+            self._sources.pop(source, None)
+
     def set_sink(self, provider: Callable[[], SinkMetrics]) -> None:
         with self._lock:
             self._sink = provider

@@ -103,6 +103,17 @@ class DashboardState:
         if metrics is not None:
             self.metrics.add_source(source, metrics)
 
+    def set_sources(self, sources: list[str]) -> None:
+        """The daemon's running sources changed (start, reload): forget the ones that went away."""
+        with self._lock:
+            gone = [s for s in self._order if s not in sources]
+            self._order = list(sources)
+            for source in gone:
+                for table in (self._states, self._events, self._errors, self._mel):
+                    table.pop(source, None)
+        for source in gone:
+            self.metrics.remove_source(source)
+
     def set_sink_metrics(self, provider: Callable[[], SinkMetrics]) -> None:
         self.metrics.set_sink(provider)
 

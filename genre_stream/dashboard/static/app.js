@@ -142,6 +142,15 @@ function renderTimeline(c) {
     windows += s.windows;
   }
   box.dataset.windows = windows;
+  const legend = c.el.querySelector(".legend");
+  legend.replaceChildren();
+  for (const g of [...new Set(c.segments.map(s => s.genre ?? s.state))]) {
+    const item = document.createElement("span");
+    item.innerHTML = '<i></i>';
+    item.firstChild.style.background = colour(g);
+    item.append(g);
+    legend.appendChild(item);
+  }
 }
 
 // -- mel spectrogram ----------------------------------------------------------------------
