@@ -82,6 +82,17 @@ class HistoryConfig:
 
 
 @dataclass
+class HistorySettings:
+    """The ``[history]`` section of the daemon config (flags ``--history/--no-history``, ``--history-days``)."""
+
+    enabled: bool = True
+    retention_days: float = 90.0  # <= 0 keeps everything
+
+    def config(self, state_dir: Path) -> HistoryConfig:
+        return HistoryConfig.in_state_dir(state_dir, retention_days=self.retention_days)
+
+
+@dataclass
 class HistoryStats:
     """Counters of the writer, exported as metrics by the dashboard."""
 

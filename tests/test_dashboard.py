@@ -16,16 +16,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from _helpers_dashboard import LABELS, changed, state
-from genre_stream.dashboard import (
-    DashboardConfig,
-    DashboardError,
-    DashboardServer,
-    DashboardState,
-    SinkMetrics,
-    SourceMetrics,
-)
-from genre_stream.dashboard.config import parse_address
-from genre_stream.dashboard.state import MEL_DB_MIN, MEL_DB_STEP, encode_mel
+from genre_stream.dashboard.config import DashboardConfig, HttpSettings, parse_address
+from genre_stream.dashboard.metrics import SinkMetrics, SourceMetrics
+from genre_stream.dashboard.server import DashboardError, DashboardServer
+from genre_stream.dashboard.state import MEL_DB_MIN, MEL_DB_STEP, DashboardState, encode_mel
 from genre_stream.frontend import MelRingBuffer
 from genre_stream.history import History, HistoryConfig, HistoryReader
 from genre_stream.messages import GenreEvent
@@ -140,6 +134,11 @@ def test_parse_address_and_loopback_rule():
     with pytest.raises(ValueError, match=r"'dashboard\.example': give an IP address"):
         DashboardConfig(host="dashboard.example")
     assert DashboardConfig.from_address("0.0.0.0:8080", allow_remote=True).host == "0.0.0.0"
+    # The config-file section: off unless listen is set; validated as it is loaded.
+    assert HttpSettings().dashboard() is None
+    assert HttpSettings(listen="8080", token="t").dashboard() == DashboardConfig("127.0.0.1", 8080, "t")
+    with pytest.raises(ValueError, match="not a loopback address"):
+        HttpSettings(listen="192.168.1.5:8080")
 
 
 def test_binds_loopback_unless_remote_is_asked(tmp_path):

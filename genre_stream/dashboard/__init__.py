@@ -1,8 +1,7 @@
-"""Live dashboard, JSON API and Prometheus metrics served from inside the daemon (off by default)."""
+"""Live dashboard, JSON API and Prometheus metrics served from inside the daemon (off by default).
 
-from .config import DashboardConfig
-from .metrics import SinkMetrics, SourceMetrics
-from .server import DashboardError, DashboardServer
-from .state import DashboardState
-
-__all__ = ["DashboardConfig", "DashboardError", "DashboardServer", "DashboardState", "SinkMetrics", "SourceMetrics"]
+Modules: ``config`` (where it listens; light, imported by the daemon config),
+``state`` (what the daemon pushes in), ``metrics`` (Prometheus), ``server`` (aiohttp),
+``sink`` (the daemon-facing adapter). Import them directly so that loading the
+configuration does not pull in the HTTP stack.
+"""

@@ -57,6 +57,28 @@ class DashboardConfig:
         return cls(host=host, port=port, **kwargs)  # type: ignore[arg-type]
 
 
+@dataclass
+class HttpSettings:
+    """The ``[http]`` section of the daemon config (flags ``--http``, ``--http-allow-remote``, ``--http-token``).
+
+    ``listen`` unset means no dashboard at all: nothing listens unless asked.
+    Validated when the configuration is loaded, so ``config check`` catches a
+    non-loopback address given without ``allow_remote``.
+    """
+
+    listen: str | None = None  # e.g. "127.0.0.1:8080"
+    allow_remote: bool = False
+    token: str | None = None  # prefer GENRE_STREAM_HTTP_TOKEN: flags are visible in ps
+
+    def __post_init__(self) -> None:
+        self.dashboard()
+
+    def dashboard(self) -> DashboardConfig | None:
+        if not self.listen:
+            return None
+        return DashboardConfig.from_address(self.listen, token=self.token, allow_remote=self.allow_remote)
+
+
 def parse_address(address: str) -> tuple[str, int]:
     text = address.strip()
     if not text:
