@@ -16,9 +16,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from _helpers_dashboard import LABELS, changed, state
-from genre_stream.dashboard.config import DashboardConfig, HttpSettings, parse_address
+from genre_stream.dashboard.config import DashboardConfig, DashboardError, HttpSettings, parse_address
 from genre_stream.dashboard.metrics import SinkMetrics, SourceMetrics
-from genre_stream.dashboard.server import DashboardError, DashboardServer
+from genre_stream.dashboard.server import DashboardServer
 from genre_stream.dashboard.state import MEL_DB_MIN, MEL_DB_STEP, DashboardState, encode_mel
 from genre_stream.frontend import MelRingBuffer
 from genre_stream.history import History, HistoryConfig, HistoryReader
@@ -363,6 +363,15 @@ class FedPipeline:
 
 
 @dataclass
+class MqttState:
+    """The attributes of MqttSink that the metrics read (connected, delivered, queue_depth)."""
+
+    connected: threading.Event = field(default_factory=threading.Event)
+    delivered: int = 0
+    queue_depth: int = 0
+
+
+@dataclass
 class OtherMessage:
     source: str
 
@@ -371,13 +380,15 @@ class OtherMessage:
 
 
 def test_dashboard_sink_hooks(tmp_path):
-    from genre_stream.dashboard.sink import DashboardSink, source_metrics
+    from genre_stream.dashboard.sink import DashboardSink
 
     sink = DashboardSink(DashboardConfig(port=0), LABELS, "test-model", tmp_path / "history.sqlite")
     sink.start()
     try:
         sink.sources_changed(["radio", "tv"], "model-2")
-        sink.watch_source("radio", lambda: source_metrics({"overflows": 4, "queue_depth": 1}, {"real_time_factor": 0.02}))
+        sink.watch_source("radio", lambda: {"overflows": 4, "queue_depth": 1}, lambda: {"real_time_factor": 0.02})
+        mqtt = MqttState(delivered=17, queue_depth=3)
+        sink.watch_mqtt(mqtt)
         pipeline = FedPipeline(inference_ms_last=42.0)
         sink.after_feed("radio", pipeline, [])  # no window classified: no observation
         sink.after_feed("radio", pipeline, [state("radio", None, 0.0, time.time(), "silence")])  # no inference ran
@@ -392,6 +403,12 @@ def test_dashboard_sink_hooks(tmp_path):
         assert hist["genre_stream_inference_seconds_count"] == 1
         assert hist["genre_stream_inference_seconds_sum"] == pytest.approx(0.042)
         assert [s.value for s in families["genre_stream_overflows"].samples] == [4]
+        assert [s.value for s in families["genre_stream_mqtt_connected"].samples] == [0]
+        assert [s.value for s in families["genre_stream_events_published"].samples] == [17]
+        assert [s.value for s in families["genre_stream_events_queued"].samples] == [3]
+        mqtt.connected.set()
+        with urllib.request.urlopen(base + "/metrics") as r:
+            assert "genre_stream_mqtt_connected 1.0" in r.read().decode()
         with urllib.request.urlopen(base + "/api/sources") as r:
             doc = json.loads(r.read())
         assert doc["model"] == "model-2"

@@ -9,6 +9,10 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 
 
+class DashboardError(Exception):
+    """The dashboard cannot start (address in use, not permitted...); the message says which address and why."""
+
+
 @dataclass
 class DashboardConfig:
     """Where the dashboard listens and who may see it.

@@ -31,7 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from ..history import HistoryError, HistoryReader, iso_utc
 from ..timespec import parse_time
-from .config import DashboardConfig
+from .config import DashboardConfig, DashboardError
 from .state import DashboardState
 
 log = logging.getLogger(__name__)
@@ -45,10 +45,6 @@ HISTORY_KINDS = ("segments", "states", "events")
 MAX_HISTORY_ROWS = 5000
 LIVE_QUEUE = 512  # items a slow page may lag behind before it is disconnected (it reconnects fresh)
 KEEPALIVE_SECONDS = 15.0
-
-
-class DashboardError(Exception):
-    """The dashboard cannot start (address in use, not permitted...); the message says which address and why."""
 
 
 def _json(data: Any, status: int = 200) -> web.Response:

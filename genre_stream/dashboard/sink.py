@@ -9,6 +9,7 @@ while a page is open) and records the inference time of a window just classified
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,12 +24,25 @@ from .state import DashboardState, MelSource
 log = logging.getLogger(__name__)
 
 
+class MqttLike(Protocol):
+    """What the metrics read from genre_stream.sinks.mqtt.MqttSink."""
+
+    connected: threading.Event
+    delivered: int
+
+    @property
+    def queue_depth(self) -> int: ...
+
+
 class FedPipeline(Protocol):
     """What ``after_feed`` reads from genre_stream.pipeline.SourcePipeline."""
 
     ring: MelSource
 
     def stats(self) -> Mapping[str, Any]: ...
+
+
+StatsProvider = Callable[[], Mapping[str, Any]]
 
 
 def source_metrics(source_stats: Mapping[str, Any], pipeline_stats: Mapping[str, Any]) -> SourceMetrics:
@@ -69,11 +83,14 @@ class DashboardSink:
         return True
 
     # -- daemon hooks --------------------------------------------------------------------
-    def watch_source(self, source_id: str, metrics: Callable[[], SourceMetrics]) -> None:
-        self.state.add_source(source_id, metrics)
+    def watch_source(self, source_id: str, source_stats: StatsProvider, pipeline_stats: StatsProvider) -> None:
+        """Serve a source's counters on /metrics; the providers are called only when scraped."""
+        self.state.add_source(source_id, lambda: source_metrics(source_stats(), pipeline_stats()))
 
-    def watch_sink(self, metrics: Callable[[], SinkMetrics]) -> None:
-        self.state.set_sink_metrics(metrics)
+    def watch_mqtt(self, sink: MqttLike) -> None:
+        self.state.set_sink_metrics(
+            lambda: SinkMetrics(sink.connected.is_set(), sink.delivered, sink.queue_depth)
+        )
 
     def watch_history(self, stats: Callable[[], HistoryStats]) -> None:
         self.state.set_history_metrics(stats)
