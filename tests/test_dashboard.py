@@ -179,7 +179,17 @@ def test_token_protects_everything_but_healthz(tmp_path):
             assert s.get(path, token="wrong")[0] == 401, path
         assert s.get("/api/sources", token=TOKEN)[0] == 200
         assert s.get("/metrics", token=TOKEN)[0] == 200
-        assert s.get(f"/api/sources?token={TOKEN}")[0] == 200  # how the page's EventSource authenticates
+        # A browser opens /?token=... once and keeps the token as a cookie for the page's own requests.
+        status, headers, _ = s.get(f"/?token={TOKEN}")
+        assert status == 200
+        cookie = headers["Set-Cookie"]
+        assert cookie.startswith(f"genre_stream_token={TOKEN};") and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+        with_cookie = urllib.request.Request(s.base + "/api/sources", headers={"Cookie": f"genre_stream_token={TOKEN}"})
+        with urllib.request.urlopen(with_cookie, timeout=10) as r:
+            assert r.status == 200
+        bad_cookie = urllib.request.Request(s.base + "/api/sources", headers={"Cookie": "genre_stream_token=nope"})
+        with pytest.raises(urllib.error.HTTPError, match="401"):
+            urllib.request.urlopen(bad_cookie, timeout=10)
         status, _, body = s.get("/healthz")
         assert status == 200 and json.loads(body)["status"] == "ok"
     finally:

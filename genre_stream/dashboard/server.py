@@ -45,6 +45,7 @@ HISTORY_KINDS = ("segments", "states", "events")
 MAX_HISTORY_ROWS = 5000
 LIVE_QUEUE = 512  # items a slow page may lag behind before it is disconnected (it reconnects fresh)
 KEEPALIVE_SECONDS = 15.0
+TOKEN_COOKIE = "genre_stream_token"
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -145,14 +146,25 @@ class DashboardServer:
     @web.middleware
     async def _auth(self, request: web.Request,
                     handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        """Bearer token in the Authorization header, or ``?token=`` once, which a browser then keeps as a cookie.
+
+        A page opened as ``/?token=...`` gets an HttpOnly same-site cookie, so its
+        stylesheet, script, API calls and event stream (which cannot send headers)
+        are authorised without the token being written into every URL.
+        """
         token = self.config.token
-        if token and request.path != "/healthz":
-            header = request.headers.get("Authorization", "")
-            given = header[7:] if header.startswith("Bearer ") else request.query.get("token", "")
-            if not hmac.compare_digest(given.encode(), token.encode()):
-                return web.Response(status=401, text="bearer token required\n",
-                                    headers={"WWW-Authenticate": 'Bearer realm="genre-stream"'})
-        return await handler(request)
+        if not token or request.path == "/healthz":
+            return await handler(request)
+        header = request.headers.get("Authorization", "")
+        candidates = [header[7:] if header.startswith("Bearer ") else "",
+                      request.query.get("token", ""), request.cookies.get(TOKEN_COOKIE, "")]
+        if not any(hmac.compare_digest(c.encode(), token.encode()) for c in candidates):
+            return web.Response(status=401, text="bearer token required\n",
+                                headers={"WWW-Authenticate": 'Bearer realm="genre-stream"'})
+        response = await handler(request)
+        if request.query.get("token") and not response.prepared:
+            response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="Strict", path="/")
+        return response
 
     # -- routes ------------------------------------------------------------------------
     async def _index(self, request: web.Request) -> web.Response:

@@ -2,7 +2,6 @@
 // the timeline starts from /api/history and grows with the live states.
 "use strict";
 
-const TOKEN = new URLSearchParams(location.search).get("token");
 const TIMELINE_SECONDS = 3600;
 const MAX_GAP_SECONDS = 60; // same rule as the history's segments
 const PALETTE = ["#4f9dff", "#f0b429", "#3ecf8e", "#ff7b72", "#b083f0", "#ff9f43",
@@ -10,11 +9,6 @@ const PALETTE = ["#4f9dff", "#f0b429", "#3ecf8e", "#ff7b72", "#b083f0", "#ff9f43
 
 let labels = [];
 const cards = new Map(); // source -> {el, segments, canvas, ctx, melTotal}
-
-function api(path) {
-  if (!TOKEN) return path;
-  return path + (path.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(TOKEN);
-}
 
 function colour(genre) {
   const i = labels.indexOf(genre);
@@ -93,7 +87,7 @@ function showError(c, event) {
 // -- timeline ---------------------------------------------------------------------------
 async function loadHistory(source, c) {
   try {
-    const r = await fetch(api("api/history?kind=segments&since=-1h&source=" + encodeURIComponent(source)));
+    const r = await fetch("api/history?kind=segments&since=-1h&source=" + encodeURIComponent(source));
     if (!r.ok) return;
     const body = await r.json();
     const earlier = body.items.map(s => ({state: s.state, genre: s.genre, start: Date.parse(s.start) / 1000,
@@ -201,7 +195,7 @@ function drawMel(c, msg) {
 // -- live stream --------------------------------------------------------------------------
 function connect() {
   const conn = document.getElementById("connection");
-  const es = new EventSource(api("api/live"));
+  const es = new EventSource("api/live");
   es.addEventListener("hello", e => {
     const doc = JSON.parse(e.data);
     labels = doc.labels;
