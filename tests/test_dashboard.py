@@ -129,7 +129,7 @@ def test_parse_address_and_loopback_rule():
     for bad, why in [("localhost:http", "not a number"), ("1.2.3.4:70000", "above 65535"), ("a:b:c", "HOST:PORT")]:
         with pytest.raises(ValueError, match=why):
             parse_address(bad)
-    with pytest.raises(ValueError, match=r"0\.0\.0\.0:8080 is not a loopback address.*http_allow_remote"):
+    with pytest.raises(ValueError, match=r"0\.0\.0\.0:8080 is not a loopback address.*allow_remote = true in \[http\]"):
         DashboardConfig.from_address("0.0.0.0:8080")
     with pytest.raises(ValueError, match=r"'dashboard\.example': give an IP address"):
         DashboardConfig(host="dashboard.example")

@@ -46,8 +46,8 @@ class DashboardConfig:
         if not loopback and not self.allow_remote:
             raise ValueError(
                 f"http address {self.host}:{self.port} is not a loopback address, so the dashboard would be reachable "
-                "from the network; set http_allow_remote = true (--http-allow-remote) to do this on purpose, "
-                "ideally together with http_token"
+                "from the network; to do this on purpose set allow_remote = true in [http] (--http-allow-remote, "
+                "GENRE_STREAM_HTTP_ALLOW_REMOTE=1), ideally together with a token"
             )
         if self.token is not None and not self.token.strip():
             raise ValueError("http token: empty; leave it unset for no authentication")
