@@ -24,6 +24,24 @@ from .base import TARGET_RATE, AudioChunk, Backoff, Emit, Source, SourceError, S
 
 log = logging.getLogger(__name__)
 
+# PortAudio enumerates devices once, when it is initialised, so a device plugged in
+# (or back in) later is invisible until PortAudio is re-initialised. That closes
+# every stream of the process, so it is only done while no mic source is capturing.
+_open_streams = 0
+_pa_lock = threading.Lock()
+
+
+def _refresh_devices(sd: Any) -> None:
+    """Re-initialise PortAudio so that it sees the devices present now (no-op while any stream is open)."""
+    with _pa_lock:
+        if _open_streams:
+            return
+        try:
+            sd._terminate()
+            sd._initialize()
+        except Exception as exc:  # sounddevice's private API: never let a refresh attempt kill the source
+            log.debug("re-initialising PortAudio failed: %s", exc)
+
 
 class MicSource(Source):
     finite = False
@@ -80,6 +98,8 @@ class MicSource(Source):
         backoff = Backoff(maximum=self.reconnect_max_seconds)
         start = time.monotonic()
         while not stop.is_set():
+            if self._reconnects:
+                _refresh_devices(sd)
             try:
                 stream, resampler, channels = self._open(sd)
             except (AudioDeviceError, sd.PortAudioError, ValueError) as exc:
@@ -120,7 +140,14 @@ class MicSource(Source):
             blocksize=blocksize,  # fixed: variable blocks from ALSA plugins come with glitches
             callback=self._callback,
         )
-        stream.start()
+        global _open_streams
+        with _pa_lock:
+            try:
+                stream.start()
+            except Exception:
+                stream.close()
+                raise
+            _open_streams += 1
         self._opened += 1
         self.device_name = dev.name
         self.native_rate = rate
@@ -129,6 +156,7 @@ class MicSource(Source):
 
     def _pump(self, stream: Any, resampler: StreamResampler, channels: int, emit: Emit, stop: threading.Event) -> str | None:
         """Move blocks from the queue to ``emit``; the reason the device failed, or None when stopped."""
+        global _open_streams
         last_data = time.monotonic()
         try:
             while not stop.is_set():
@@ -150,8 +178,10 @@ class MicSource(Source):
                 emit(AudioChunk(self.id, samples, t, arrived))
             return None
         finally:
-            try:
-                stream.abort()
-                stream.close()
-            except Exception as exc:  # closing a vanished device can fail in many PortAudio ways
-                log.debug("%s: closing the stream failed: %s", self.id, exc)
+            with _pa_lock:
+                _open_streams -= 1
+                try:
+                    stream.abort()
+                    stream.close()
+                except Exception as exc:  # closing a vanished device can fail in many PortAudio ways
+                    log.debug("%s: closing the stream failed: %s", self.id, exc)
