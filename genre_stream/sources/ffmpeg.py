@@ -33,8 +33,10 @@ class FfmpegPcm:
         exe = ffmpeg_executable()
         if exe is None:
             raise SourceError("no ffmpeg found (install ffmpeg, or the imageio-ffmpeg package)")
-        cmd = [exe, "-nostdin", "-hide_banner", "-loglevel", "error", *input_args, "-i", url,
-               "-vn", "-f", "f32le", "-acodec", "pcm_f32le", "-ac", "1", "-ar", str(rate), "pipe:1"]
+        # rematrix_maxval 1: down-mix to the channel mean like audio.to_mono; ffmpeg's default
+        # mixes stereo at -3 dB per channel, 1.41 times louder, which would skew silence levels.
+        cmd = [exe, "-nostdin", "-hide_banner", "-loglevel", "error", *input_args, "-i", url, "-vn",
+               "-f", "f32le", "-acodec", "pcm_f32le", "-rematrix_maxval", "1.0", "-ac", "1", "-ar", str(rate), "pipe:1"]
         log.debug("starting %s", " ".join(cmd))
         self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self._pending = b""
