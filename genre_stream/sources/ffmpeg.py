@@ -24,19 +24,24 @@ from .base import TARGET_RATE, SourceError
 log = logging.getLogger(__name__)
 
 BYTES_PER_SAMPLE = 4  # f32le
+# Live input: probe 0.5 s / 64 kB instead of ffmpeg's 5 s / 5 MB before the first sample
+# comes out, and write every packet at once rather than filling a 32 kB buffer.
+LIVE_INPUT_ARGS = ("-probesize", "65536", "-analyzeduration", "500000")
+LIVE_OUTPUT_ARGS = ("-flush_packets", "1")
 
 
 class FfmpegPcm:
     """One ffmpeg run over ``url``; ``read`` returns samples, ``close`` the exit status and last errors."""
 
-    def __init__(self, url: str, input_args: Sequence[str] = (), rate: int = TARGET_RATE) -> None:
+    def __init__(self, url: str, input_args: Sequence[str] = (), rate: int = TARGET_RATE, live: bool = False) -> None:
         exe = ffmpeg_executable()
         if exe is None:
             raise SourceError("no ffmpeg found (install ffmpeg, or the imageio-ffmpeg package)")
         # rematrix_maxval 1: down-mix to the channel mean like audio.to_mono; ffmpeg's default
         # mixes stereo at -3 dB per channel, 1.41 times louder, which would skew silence levels.
         cmd = [exe, "-nostdin", "-hide_banner", "-loglevel", "error", *input_args, "-i", url, "-vn",
-               "-f", "f32le", "-acodec", "pcm_f32le", "-rematrix_maxval", "1.0", "-ac", "1", "-ar", str(rate), "pipe:1"]
+               "-f", "f32le", "-acodec", "pcm_f32le", "-rematrix_maxval", "1.0", "-ac", "1", "-ar", str(rate),
+               *(LIVE_OUTPUT_ARGS if live else ()), "pipe:1"]
         log.debug("starting %s", " ".join(cmd))
         self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self._pending = b""

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from .base import TARGET_RATE, AudioChunk, Backoff, Emit, Source, SourceProblem
-from .ffmpeg import FfmpegPcm
+from .ffmpeg import LIVE_INPUT_ARGS, FfmpegPcm
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class StreamSource(Source):
                 self._samples = 0
             first = False
             log.info("%s: connecting to %s", self.id, redact(self.url))
-            decoder = FfmpegPcm(self.url)
+            decoder = FfmpegPcm(self.url, LIVE_INPUT_ARGS, live=True)
             try:
                 reason = self._pump(decoder, emit, stop)
             finally:
