@@ -136,8 +136,10 @@ class MicSource(Source):
             device=dev.index,
             samplerate=rate,
             channels=channels,
-            dtype="float32",
-            blocksize=blocksize,  # fixed: variable blocks from ALSA plugins come with glitches
+            # int16: every capture device offers it natively, 16 bits are plenty for tagging, and
+            # ALSA's plug layer has been seen to corrupt float conversions of file-backed devices.
+            dtype="int16",
+            blocksize=blocksize,  # fixed: variable block sizes through ALSA plugins come with glitches
             callback=self._callback,
         )
         global _open_streams
@@ -169,7 +171,7 @@ class MicSource(Source):
                         return f"no audio from the device for {self.stall_seconds:.0f} s"
                     continue
                 last_data = time.monotonic()
-                mono = block.mean(axis=1, dtype=np.float32) if channels > 1 else block[:, 0]
+                mono = (block.mean(axis=1, dtype=np.float32) if channels > 1 else block[:, 0].astype(np.float32)) / 32768.0
                 samples = resampler.push(mono)
                 if samples.size == 0:
                     continue
