@@ -215,3 +215,20 @@ def test_missing_folder_is_reported_and_picked_up_later(tmp_path, engine):
         write_tone(folder / "late.wav", 1.0)
         tagger.wait_events(1, timeout=20)
     assert tagger.tagged() == ["late.wav"]
+
+
+@pytest.mark.parametrize("use_watchdog", [True, False], ids=["inotify", "polling"])
+def test_folder_moved_in_brings_its_files(tmp_path, engine, use_watchdog):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    album = tmp_path / "Album (2024)"
+    (album / "CD 1").mkdir(parents=True)
+    write_tone(album / "CD 1" / "01 intro.wav", 1.0)
+    write_tone(album / "02 song.wav", 1.0)
+    source = make_source(folder, tmp_path / "state", use_watchdog)
+    tagger = Tagger(source, engine)
+    with running(source, tagger.collector):
+        time.sleep(SETTLE)
+        album.rename(folder / album.name)  # a rename brings no per-file events
+        tagger.wait_events(2)
+    assert tagger.tagged() == ["01 intro.wav", "02 song.wav"]

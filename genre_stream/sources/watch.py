@@ -159,6 +159,8 @@ class WatchSource(Source):
 
         class Handler(FileSystemEventHandler):
             def on_any_event(self, event: Any) -> None:
+                if event.is_directory and event.event_type not in ("created", "moved"):
+                    return  # a folder's own "modified" accompanies every file event inside it
                 for attr in ("src_path", "dest_path"):
                     p = getattr(event, attr, None)
                     if p:
