@@ -103,3 +103,7 @@ def _progress(files: list[Path]) -> Iterable[Path]:
         return
     with click.progressbar(files, label="classifying", file=sys.stderr, item_show_func=lambda p: p.name if p else "") as bar:
         yield from bar
+
+
+from .cli_devices import devices  # noqa: E402
+main.add_command(devices)
