@@ -96,3 +96,9 @@ def _progress(files: list[Path]) -> Iterable[Path]:
         return
     with click.progressbar(files, label="classifying", file=sys.stderr, item_show_func=lambda p: p.name if p else "") as bar:
         yield from bar
+
+
+from .cli_run import config_group, run  # noqa: E402  (commands register after the group exists)
+
+main.add_command(run)
+main.add_command(config_group)
