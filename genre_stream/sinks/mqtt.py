@@ -73,6 +73,7 @@ class MqttSink:
         self.ha = homeassistant
         self.url = config.url
         self.status_topic = f"{config.prefix}/status"
+        context = tls_context(config) if config.tls else None  # fail on bad files before creating anything
         self.outbox = Outbox(state_dir / QUEUE_FILE, config.queue_max)
         v5 = config.protocol == "5"
         self.client = mqtt.Client(
@@ -86,8 +87,8 @@ class MqttSink:
         if v5:
             self._props = Properties(PacketTypes.PUBLISH)
             self._props.ContentType = "application/json"
-        if config.tls:
-            self.client.tls_set_context(tls_context(config))
+        if context is not None:
+            self.client.tls_set_context(context)
         if config.username is not None:
             self.client.username_pw_set(config.username, config.password)
         self.client.will_set(self.status_topic, "offline", qos=1, retain=True)
@@ -188,7 +189,7 @@ class MqttSink:
                 except (OSError, ValueError) as exc:
                     first = first and not self.client.host  # connect() stored host/port before failing
                     log.warning(
-                        "MQTT broker %s unreachable (%s); retrying in %.0f s, %d message(s) queued on disk",
+                        "MQTT broker %s unreachable (%s); retrying in %.1f s, %d message(s) queued on disk",
                         self.url, _describe(exc), delay, len(self.outbox),
                     )
                     self._stop.wait(delay)
@@ -201,7 +202,7 @@ class MqttSink:
                 need_connect = True
                 if was_connected:
                     delay = self.config.reconnect_min
-                log.warning("MQTT connection to %s lost (%s); reconnecting in %.0f s", self.url, mqtt.error_string(rc), delay)
+                log.warning("MQTT connection to %s lost (%s); reconnecting in %.1f s", self.url, mqtt.error_string(rc), delay)
                 self._stop.wait(delay)
                 delay = min(delay * 2, self.config.reconnect_max)
                 continue
