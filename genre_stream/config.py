@@ -255,7 +255,11 @@ def _build_section(section: str, cls: type, values: dict[str, Any], origins: dic
         kwargs[name] = _coerce(value, hints[name], key, origins[key])
     try:
         return cls(**kwargs)
-    except ValueError as exc:  # a section's own __post_init__ check
+    except ValueError as exc:  # a section's own __post_init__ check, e.g. "hop_seconds must be > 0, got 0"
+        name, _, why = str(exc).partition(" ")
+        if name in kwargs:
+            key = f"{section}.{name}"
+            raise ConfigError(f"{key} = {kwargs[name]!r} (from {origins[key]}): {why}") from None
         where = sorted({origins[f"{section}.{n}"] for n in values})
         raise ConfigError(f"[{section}] (from {', '.join(where)}): {exc}") from None
 

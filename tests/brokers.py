@@ -251,3 +251,14 @@ class Gate:
                     s.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+
+
+@pytest.fixture
+def any_broker(tmp_path: Path) -> Iterator[Broker]:
+    """One broker for tests about the daemon rather than broker compatibility: mosquitto, else amqtt."""
+    kind = next((k for k in KINDS if available(k)), None)
+    if kind is None:
+        pytest.skip("no MQTT broker: install mosquitto (apt) or amqtt (pip)")
+    b = Broker(kind, tmp_path).start()
+    yield b
+    b.stop()
