@@ -73,6 +73,33 @@ def _ffmpeg_decode(path: Path, sr: int) -> np.ndarray:
     return np.frombuffer(proc.stdout, dtype="<f4").astype(np.float32)
 
 
+def _declared_frames(path: Path, handle: sf.SoundFile) -> int:
+    """Frames the file says it holds, to tell a truncated file from a short one.
+
+    libsndfile trusts the data actually present for WAV, so the RIFF ``data`` chunk
+    size is read directly; for other formats (e.g. MP3 with a Xing header) the
+    library's own frame count is the declared length.
+    """
+    if handle.format == "WAV":
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(1 << 16)
+        except OSError:
+            return 0
+        pos = 12
+        while pos + 8 <= len(head):
+            chunk, size = head[pos : pos + 4], int.from_bytes(head[pos + 4 : pos + 8], "little")
+            if chunk == b"data":
+                frame_bytes = handle.channels * max(1, _SUBTYPE_BYTES.get(handle.subtype, 0))
+                return size // frame_bytes if _SUBTYPE_BYTES.get(handle.subtype) and size < 0xFFFFFFF0 else 0
+            pos += 8 + size + (size & 1)
+        return 0
+    return int(handle.frames)
+
+
+_SUBTYPE_BYTES = {"PCM_U8": 1, "PCM_S8": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4, "DOUBLE": 8}
+
+
 def load_audio(path: str | Path, sr: int = 22050) -> np.ndarray:
     """Decode a whole file to mono float32 at ``sr``. Raises ``AudioError`` with the reason."""
     path = Path(path)
@@ -86,15 +113,28 @@ def load_audio(path: str | Path, sr: int = 22050) -> np.ndarray:
     except OSError as exc:
         raise AudioError(path, f"cannot stat ({exc.strerror})") from exc
     try:
-        data, file_sr = sf.read(str(path), dtype="float32", always_2d=True)
-        audio = resample(to_mono(data), int(file_sr), sr)
+        handle = sf.SoundFile(str(path))
     except sf.LibsndfileError as exc:
-        log.debug("libsndfile refused %s (%s); trying ffmpeg", path, exc)
+        log.debug("libsndfile cannot open %s (%s); trying ffmpeg", path, exc)
         audio = _ffmpeg_decode(path, sr)
     except PermissionError as exc:
         raise AudioError(path, "permission denied") from exc
     except (RuntimeError, OSError) as exc:
         raise AudioError(path, f"read failed ({exc})") from exc
+    else:
+        with handle:
+            declared = _declared_frames(path, handle)
+            try:
+                data = handle.read(dtype="float32", always_2d=True)
+            except (sf.LibsndfileError, RuntimeError) as exc:
+                raise AudioError(path, f"corrupt or truncated audio data ({exc})") from exc
+            if declared and data.shape[0] < 0.99 * declared - handle.samplerate * 0.05:
+                raise AudioError(
+                    path,
+                    f"truncated: the header promises {declared / handle.samplerate:.1f} s, "
+                    f"only {data.shape[0] / handle.samplerate:.1f} s are present",
+                )
+            audio = resample(to_mono(data), int(handle.samplerate), sr)
     if audio.size == 0:
         raise AudioError(path, "no audio samples (empty or truncated file)")
     if not np.all(np.isfinite(audio)):

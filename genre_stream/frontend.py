@@ -159,14 +159,13 @@ def normalize_window(power: np.ndarray, top_db: float = 80.0) -> np.ndarray:
     by the window's minimum dB: 0 is the loudest bin, 1 the floor. A window with no
     dynamic range at all (digital silence) maps to zeros rather than dividing by 0.
     """
-    power = np.asarray(power, dtype=np.float32)
     amin = 1e-10
-    ref = max(float(power.max(initial=0.0)), amin)
-    db = 10.0 * np.log10(np.maximum(power, amin)) - 10.0 * np.log10(ref)
+    db = 10.0 * np.log10(np.maximum(np.asarray(power, dtype=np.float64), amin))
+    db -= db.max(initial=10.0 * np.log10(amin))
     db = np.maximum(db, -top_db)
     lowest = float(db.min(initial=0.0))
     if lowest >= 0.0:
-        return np.zeros_like(db, dtype=np.float32)
+        return np.zeros(db.shape, dtype=np.float32)
     return (db / lowest).astype(np.float32)
 
 

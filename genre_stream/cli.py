@@ -1,0 +1,98 @@
+"""`genre-stream`: the command-line entry point.
+
+Each command lives in the module that does its job; this file only wires them up.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+import click
+
+from . import __version__
+
+log = logging.getLogger("genre_stream")
+
+
+def setup_logging(verbose: int) -> None:
+    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="genre-stream")
+@click.option("-v", "--verbose", count=True, help="More log output on stderr (-v info, -vv debug).")
+def main(verbose: int) -> None:
+    """Real-time music genre tagging with a BBNN model.
+
+    \b
+    genre-stream classify FILE_OR_DIR...   one-off classification
+    genre-stream run --source SPEC...       the long-running tagger (MQTT / JSON lines)
+    """
+    setup_logging(verbose)
+
+
+def _engine_options(f):
+    f = click.option("--threads", type=click.IntRange(0), default=0, show_default=True, help="CPU inference threads (0 = onnxruntime decides).")(f)
+    f = click.option(
+        "--device",
+        type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]),
+        default="auto",
+        show_default=True,
+        help="Execution provider: auto uses TensorRT/CUDA when this onnxruntime build has them, else CPU.",
+    )(f)
+    f = click.option(
+        "--model",
+        "model_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="An ONNX model exported by `genre-trainer export` (default: the bundled GTZAN model).",
+    )(f)
+    return f
+
+
+def load_engine(model_path: Path | None, device: str, threads: int):
+    """Build the engine or turn its error into a clean CLI error (exit 1, message names the file)."""
+    from .engine import Engine, ModelError
+
+    try:
+        return Engine(model_path, device=device, threads=threads)
+    except ModelError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@_engine_options
+@click.option("--hop", "hop_seconds", type=click.FloatRange(min=0.5), default=10.0, show_default=True, help="Seconds between the starts of 30 s windows in long files.")
+@click.option("-k", "--top-k", type=click.IntRange(1), default=3, show_default=True, help="How many genres to show per file.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line per file instead of text.")
+@click.option("--windows", "with_windows", is_flag=True, help="Also give the per-window timeline of long files.")
+def classify(paths: tuple[Path, ...], model_path: Path | None, device: str, threads: int, hop_seconds: float, top_k: int, as_json: bool, with_windows: bool) -> None:
+    """Classify audio FILES and DIRECTORIES (searched recursively).
+
+    Reads wav, flac, ogg, mp3, au and aiff (anything ffmpeg decodes when named
+    explicitly). A clip shorter than 30 s is looped to 30 s; a longer one is cut
+    into 30 s windows every --hop seconds and the track's genre is the mean of the
+    window probabilities. Files that cannot be read are reported on stderr and the
+    exit status is 1; the others are still classified.
+    """
+    from .classify import ClassifyOptions, classify_paths
+
+    engine = load_engine(model_path, device, threads)
+    options = ClassifyOptions(hop_seconds=hop_seconds, top_k=min(top_k, len(engine.labels)), as_json=as_json, with_windows=with_windows)
+    failures = classify_paths(paths, engine, options, progress=_progress if sys.stderr.isatty() else None)
+    if failures:
+        sys.exit(1)
+
+
+def _progress(files: list[Path]) -> Iterable[Path]:
+    """A progress bar on stderr, for several files or one long one (only on a terminal)."""
+    if len(files) <= 1 and not (files and files[0].stat().st_size > 20_000_000):
+        yield from files
+        return
+    with click.progressbar(files, label="classifying", file=sys.stderr, item_show_func=lambda p: p.name if p else "") as bar:
+        yield from bar

@@ -1,0 +1,52 @@
+"""Shared test helpers: the repo and shared/ locations, running the CLIs as real processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+SHARED_AUDIO = SHARED / "audio"
+SEED_CHECKPOINTS = SHARED / "seed" / "checkpoints"
+
+
+def shared_path(relative: str) -> Path:
+    """A file from ../shared, or skip: a user's clone has no shared/ folder beside it."""
+    path = SHARED / relative
+    if not path.exists():
+        pytest.skip(f"needs ../shared/{relative} (present only in the project's workspace, not in a plain clone)")
+    return path
+
+
+def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    if extra:
+        env.update(extra)
+    return env
+
+
+def run_cli(*args: str, module: str = "genre_stream", timeout: float = 300, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `python -m genre_stream ...` (or `-m trainer`) as a user would, capturing output."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=cli_env(env),
+        cwd=cwd or REPO,
+    )
+
+
+@pytest.fixture(scope="session")
+def engine():
+    """The bundled default model, loaded once per test session."""
+    from genre_stream.engine import Engine
+
+    return Engine(threads=1)
