@@ -96,3 +96,7 @@ def _progress(files: list[Path]) -> Iterable[Path]:
         return
     with click.progressbar(files, label="classifying", file=sys.stderr, item_show_func=lambda p: p.name if p else "") as bar:
         yield from bar
+
+from .cli_library import library  # noqa: E402  (each command group lives in its own module)
+
+main.add_command(library)

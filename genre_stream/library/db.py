@@ -21,10 +21,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..windows import TrackResult
+if TYPE_CHECKING:  # the daemon and the CLI import the database without loading torch/onnxruntime
+    from ..windows import TrackResult
 
 log = logging.getLogger(__name__)
 
@@ -250,8 +252,15 @@ class LibraryDB:
 
     def copy_track(self, source: str, dest: str | Path, stamp: FileStamp, content_hash: str) -> None:
         """Index ``dest`` with the stored analysis of ``source`` (same bytes: moved or touched file)."""
+        dest = os.path.abspath(dest)
         with self.conn:
             self.conn.execute("BEGIN IMMEDIATE")
+            if source == dest:  # touched: only the stamp changed
+                self.conn.execute(
+                    "UPDATE tracks SET size = ?, mtime_ns = ?, hash = ? WHERE path = ?",
+                    (stamp.size, stamp.mtime_ns, content_hash, dest),
+                )
+                return
             self.conn.execute(
                 "INSERT OR REPLACE INTO tracks SELECT ?, ?, ?, ?, duration, genre, confidence, probabilities, "
                 "embedding, model, analysed_at FROM tracks WHERE path = ?",

@@ -137,10 +137,11 @@ def plan(db: LibraryDB, files: list[str], roots: list[str], model_id: str, retry
     errors = db.error_stamps()
     present = set(files)
     gone = sorted(p for p in set(stored) | set(errors) if _under(p, roots) and p not in present)
+    # any stored analysis of the same bytes (a moved, touched or duplicated file) can be reused
     by_size: dict[int, dict[str, str]] = {}
-    for p in gone:
-        if p in stored and stored[p][2] == model_id:
-            by_size.setdefault(stored[p][0].size, {})[stored[p][1]] = p
+    for p, (stamp, content_hash, model) in stored.items():
+        if model == model_id:
+            by_size.setdefault(stamp.size, {}).setdefault(content_hash, p)
     jobs: list[Job] = []
     for f in files:
         try:
@@ -155,10 +156,7 @@ def plan(db: LibraryDB, files: list[str], roots: list[str], model_id: str, retry
         if f in errors and errors[f] == stamp and not retry_errors:
             report.skipped_errors += 1
             continue
-        candidates = dict(by_size.get(stamp.size, {}))
-        if old and old[2] == model_id and old[0].size == stamp.size:
-            candidates[old[1]] = f
-        jobs.append(Job(f, candidates))
+        jobs.append(Job(f, by_size.get(stamp.size, {})))
     return jobs, gone, report
 
 
