@@ -145,7 +145,8 @@ def test_real_clip_variants_cluster_and_match(tmp_path: Path) -> None:
         pytest.skip("needs ../shared/audio (real clips, present only in the project's workspace)")
     truth = real_library(tmp_path / "lib", SHARED_AUDIO)
     db = tmp_path / "lib.sqlite"
-    assert _json(run_cli("library", "scan", str(tmp_path / "lib"), "--db", str(db), "--json"))["analysed"] == 12
+    scanned = run_cli("library", "scan", str(tmp_path / "lib"), "--db", str(db), "--workers", "1", "--json")
+    assert _json(scanned)["analysed"] == 12
     out = _json(run_cli("library", "cluster", "--db", str(db), "--json", "--playlists", str(tmp_path / "pl")))
     assert _ari(out["clusters"], truth) >= 0.8, out
     by_str = {str(p): g for p, g in truth.items()}
@@ -264,8 +265,8 @@ def test_interrupted_scan_resumes(tmp_path: Path) -> None:
     done_1 = _analysed_at(db_path)
     assert 1 <= len(done_1) < n
 
-    # 2. stopped politely (SIGTERM to the scanner only): exit 130, report says interrupted
-    proc = subprocess.Popen(cmd, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    # 2. stopped politely (SIGTERM; one in-process worker this time): exit 130, report says interrupted
+    proc = subprocess.Popen([*cmd, "--workers", "1"], env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     _wait_for_tracks(db_path, len(done_1) + 1, proc)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
@@ -284,7 +285,7 @@ def test_interrupted_scan_resumes(tmp_path: Path) -> None:
 
 def test_a_dying_worker_costs_no_tracks(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     lib = tmp_path / "lib"
-    truth = synthetic_library(lib, per_group=2)
+    truth = synthetic_library(lib, per_group=1)
     killed: list[int] = []
 
     def kill_a_worker(_outcome: object) -> None:

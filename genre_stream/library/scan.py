@@ -185,34 +185,51 @@ class _Pool:
         inflight: dict[Future[Outcome], Job] = {}
         try:
             while pending or inflight:
-                while pending and len(inflight) < self.workers:
-                    job = pending.pop()
-                    inflight[self.executor.submit(_process, job)] = job
+                try:
+                    while pending and len(inflight) < self.workers:
+                        inflight[self.executor.submit(_process, pending[-1])] = pending[-1]
+                        pending.pop()
+                except BrokenProcessPool:
+                    if not inflight:  # a worker died between files: nothing to retry
+                        self._restart()
+                        continue
                 done, _ = wait(inflight, return_when=FIRST_COMPLETED)
                 broken: list[Job] = []
                 for fut in done:
                     job = inflight.pop(fut)
                     try:
-                        yield fut.result()
+                        outcome = fut.result()
                     except BrokenProcessPool:
                         broken.append(job)
+                        continue
+                    yield outcome
                 if broken:
                     broken += list(inflight.values())
                     inflight.clear()
                     log.warning("an analysis process died; re-trying %d file(s) one at a time", len(broken))
-                    self.executor.shutdown(wait=True, cancel_futures=True)
-                    yield from (self._isolated(job) for job in broken)
-                    self.executor = self._new()
+                    yield from self._isolated(broken)
+                    self._restart()
         finally:
             self.executor.shutdown(wait=True, cancel_futures=True)
 
-    def _isolated(self, job: Job) -> Outcome:
-        with _Pool(self.config, 1).executor as solo:
-            try:
-                return solo.submit(_process, job).result()
-            except BrokenProcessPool:
-                log.error("%s: the analysis process died on this file", job.path)
-                return Outcome(job.path, error="the analysis process died on this file (decoder or model crash)")
+    def _restart(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        self.executor = self._new()
+
+    def _isolated(self, jobs: list[Job]) -> Iterator[Outcome]:
+        """Run ``jobs`` one at a time, so a process that dies again names its file."""
+        solo = _Pool(self.config, 1).executor
+        try:
+            for job in jobs:
+                try:
+                    yield solo.submit(_process, job).result()
+                except BrokenProcessPool:
+                    log.error("%s: the analysis process died on this file", job.path)
+                    yield Outcome(job.path, error="the analysis process died on this file (decoder or model crash)")
+                    solo.shutdown(wait=True)
+                    solo = _Pool(self.config, 1).executor
+        finally:
+            solo.shutdown(wait=True, cancel_futures=True)
 
 
 def _run_inline(engine: Engine, config: ScanConfig, jobs: list[Job]) -> Iterator[Outcome]:

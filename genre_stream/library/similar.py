@@ -15,8 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from ..engine import Engine
-from ..windows import analyse_file
 from .db import LibraryDB, LibraryError, LibraryMatrix
 from .features import track_features
 
@@ -83,6 +81,9 @@ def resolve_query(track: str | Path, index: SimilarityIndex, db: LibraryDB, mode
         return Query(path, index.vectors[row], index.genres[row], True)
     if not Path(path).is_file():
         raise LibraryError(f"{track}: not in the library ({db.path}) and not an audio file here")
+    from ..engine import Engine  # torch/onnxruntime load only when a query needs analysing
+    from ..windows import analyse_file
+
     engine = Engine(model_path, device=device)
     labels = db.labels
     if labels is not None and labels != engine.labels:
