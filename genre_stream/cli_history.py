@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -16,18 +15,14 @@ from .history import HISTORY_FILENAME, HistoryError, HistoryReader, Segment
 from .timespec import parse_time
 
 
-def default_state_dir() -> Path:
-    """Where the daemon keeps its state unless told otherwise (``GENRE_STREAM_STATE_DIR`` wins).
+def daemon_state_dir(config_path: Path | None) -> Path:
+    """The state directory exactly as ``genre-stream run`` would resolve it (file, environment, defaults)."""
+    from .config import ConfigError, load_config
 
-    root (a system service) uses /var/lib/genre-stream; a user gets the XDG state directory.
-    """
-    env = os.environ.get("GENRE_STREAM_STATE_DIR")
-    if env:
-        return Path(env)
-    if os.geteuid() == 0:
-        return Path("/var/lib/genre-stream")
-    xdg = os.environ.get("XDG_STATE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".local" / "state") / "genre-stream"
+    try:
+        return load_config(config_path).state_dir
+    except ConfigError as exc:
+        raise click.ClickException(f"configuration error: {exc}") from exc
 
 
 def _local(ts: float) -> str:
@@ -90,15 +85,19 @@ class TimeParam(click.ParamType):
 @click.option("--until", type=TimeParam(), default="now", show_default=True, help="End, same forms as --since.")
 @click.option("--format", "fmt", type=click.Choice(sorted(RENDERERS)), default="table", show_default=True)
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help=f"The daemon's state directory holding {HISTORY_FILENAME} "
-                   "(default: $GENRE_STREAM_STATE_DIR, /var/lib/genre-stream as root, else ~/.local/state/genre-stream).")
+              help=f"The daemon's state directory holding {HISTORY_FILENAME} (default: the daemon's, from --config, "
+                   "GENRE_STREAM_STATE_DIR, $STATE_DIRECTORY or ~/.local/state/genre-stream).")
+@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The daemon's TOML config, to find its state directory "
+                   "(default: $GENRE_STREAM_CONFIG, else /etc/genre-stream/config.toml when present).")
 @click.option("--max-gap", type=click.FloatRange(min=0), default=60.0, show_default=True,
               help="Seconds without a state after which a segment is closed (daemon or source was down).")
-def history(source: str | None, since: float, until: float, fmt: str, state_dir: Path | None, max_gap: float) -> None:
+def history(source: str | None, since: float, until: float, fmt: str, state_dir: Path | None,
+            config_path: Path | None, max_gap: float) -> None:
     """Genre segments (start, end, genre, mean confidence) between --since and --until."""
     if until < since:
         raise click.BadParameter(f"--until ({_local(until)}) is before --since ({_local(since)})", param_hint="--until")
-    path = (state_dir or default_state_dir()) / HISTORY_FILENAME
+    path = (state_dir or daemon_state_dir(config_path)) / HISTORY_FILENAME
     reader = HistoryReader(path)
     try:
         if source and source not in reader.sources():

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import base64
 import json
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from _helpers_dashboard import LABELS, changed, state
+from _helpers_dashboard import ARTIFACTS, LABELS, changed, state
+from conftest import REPO, cli_env, run_cli, shared_path
 from genre_stream.dashboard.config import DashboardConfig, DashboardError, HttpSettings, parse_address
 from genre_stream.dashboard.metrics import SinkMetrics, SourceMetrics
 from genre_stream.dashboard.server import DashboardServer
@@ -25,6 +30,12 @@ from genre_stream.history import History, HistoryConfig, HistoryReader
 from genre_stream.messages import GenreEvent
 
 TOKEN = "s3cret-token"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @dataclass
@@ -430,3 +441,171 @@ def test_dashboard_sink_hooks(tmp_path):
             assert 'genre_stream_overflows_total{source="radio"}' not in r.read().decode()
     finally:
         assert sink.close(2.0)
+
+
+# -- the daemon, a real browser -------------------------------------------------------------
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+
+
+def short_recording(tmp_path: Path, seconds: float) -> Path:
+    """The first ``seconds`` of the shared country clip (the daemon plays it in real time)."""
+    import soundfile as sf
+
+    clip = shared_path("audio/gtzan-country.00000.wav")
+    audio, sr = sf.read(clip, dtype="float32")
+    out = tmp_path / "country-short.wav"
+    sf.write(out, audio[: int(seconds * sr)], sr)
+    return out
+
+
+def start_daemon(tmp_path: Path, recording: Path, port: int, *extra: str, env: dict | None = None) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "genre_stream", "-v", "run", "--source", f"radio=file:{recording}", "--realtime",
+           "--hop", "2", "--min-fill", "4", "--stats-interval", "0", "--threads", "1",
+           "--state-dir", str(tmp_path / "state"), "--http", f"127.0.0.1:{port}", *extra]
+    return subprocess.Popen(cmd, cwd=REPO, env=cli_env(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"daemon exited {proc.returncode}: {proc.stderr.read()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError("the daemon's dashboard did not come up")
+
+
+def chromium_driver(tmp_path: Path):
+    """Debian's chromium, headless, through Debian's chromedriver: nothing is downloaded."""
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        pytest.skip("needs Debian's chromium and chromium-driver (apt-get install -y chromium chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (pip install selenium)")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1200,800",
+                 f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+
+
+def test_dashboard_in_a_real_browser_follows_the_daemon(tmp_path):
+    """A daemon plays a recording; the page shows the source, the last MQTT state's genre, a growing timeline."""
+    from brokers import Broker, Subscriber, available
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    recording = short_recording(tmp_path, 16.0)
+    kind = "mosquitto" if available("mosquitto") else "amqtt"
+    broker = Broker(kind, tmp_path).start()
+    subscriber = Subscriber(broker.port, ["genre-stream/radio/state"])
+    port = free_port()
+    daemon = start_daemon(tmp_path, recording, port, "--mqtt", broker.url, "--no-homeassistant",
+                          env={"GENRE_STREAM_HTTP_TOKEN": TOKEN})
+    driver = None
+    try:
+        wait_healthy(port, daemon)
+        driver = chromium_driver(tmp_path)
+        driver.get(f"http://127.0.0.1:{port}/?token={TOKEN}")
+        wait = WebDriverWait(driver, 40, poll_frequency=0.1)
+        card = wait.until(lambda d: d.find_element(By.ID, "source-radio"))
+        assert card.find_element(By.CSS_SELECTOR, ".name").text == "radio"
+        genre = card.find_element(By.CSS_SELECTOR, ".genre")
+        wait.until(lambda d: genre.get_attribute("data-genre"))
+        timeline = card.find_element(By.CSS_SELECTOR, ".timeline")
+        first = int(timeline.get_attribute("data-windows"))
+        assert first >= 1
+        # As the audio plays, new windows are classified and the timeline grows.
+        wait.until(lambda d: int(timeline.get_attribute("data-windows")) >= first + 2)
+        wait.until(lambda d: int(card.find_element(By.CSS_SELECTOR, "canvas").get_attribute("data-total") or 0) > 0)
+        assert len(card.find_elements(By.CSS_SELECTOR, ".bar")) == 10
+        ARTIFACTS.mkdir(exist_ok=True)
+        driver.save_screenshot(str(ARTIFACTS / "dashboard.png"))  # live, mid-recording
+        assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
+
+        assert daemon.wait(60) == 0  # the recording ended
+        states = [m.json() for m in subscriber.on("genre-stream/radio/state")]
+        last = states[-1]
+        shown = genre.get_attribute("textContent")
+        assert shown == (last["genre"] if last["state"] == "music" else last["state"])
+        assert card.get_attribute("data-status") == last["state"]
+        top = card.find_element(By.CSS_SELECTOR, f'.bar[data-label="{last["genre"]}"] .pct').get_attribute("textContent")
+        assert top == f"{last['probabilities'][last['genre']] * 100:.1f}%"
+        assert int(timeline.get_attribute("data-windows")) == len(states)
+    finally:
+        if driver is not None:
+            driver.quit()
+        if daemon.poll() is None:
+            daemon.terminate()
+            daemon.wait(10)
+        subscriber.close()
+        broker.stop()
+
+
+def listening_addresses(port: int) -> set[str]:
+    """Local addresses with a TCP listener on ``port``, from /proc/net/tcp (no traffic involved)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state_ = line.split()[1], line.split()[3]
+        addr, p = local.split(":")
+        if int(p, 16) == port and state_ == "0A":  # LISTEN
+            found.add(socket.inet_ntoa(bytes.fromhex(addr)[::-1]))
+    return found
+
+
+def test_daemon_binds_non_loopback_only_when_asked(tmp_path):
+    demo = REPO / "examples" / "demo.wav"
+    port = free_port()
+    proc = subprocess.run([sys.executable, "-m", "genre_stream", "run", "--source", f"file:{demo}",
+                           "--state-dir", str(tmp_path), "--http", f"0.0.0.0:{port}"],
+                          capture_output=True, text=True, timeout=60, cwd=REPO, env=cli_env())
+    assert proc.returncode == 78
+    assert f"0.0.0.0:{port} is not a loopback address" in proc.stderr and "--http-allow-remote" in proc.stderr
+    assert proc.stdout == ""  # refused before anything ran
+
+    config = tmp_path / "remote.toml"
+    config.write_text(f'[http]\nlisten = "0.0.0.0:{port}"\n')
+    check = run_cli("config", "check", str(config), timeout=60)
+    assert check.returncode == 78 and "[http]" in check.stderr and str(config) in check.stderr
+
+    # Asked explicitly (config file + environment): it listens on all addresses, token required.
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "genre_stream", "run", "--config", str(config), "--source", f"file:{demo}",
+         "--state-dir", str(tmp_path / "state"), "--stats-interval", "0"],
+        cwd=REPO, env=cli_env({"GENRE_STREAM_HTTP_ALLOW_REMOTE": "1", "GENRE_STREAM_HTTP_TOKEN": TOKEN}),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_healthy(port, daemon)
+        assert listening_addresses(port) == {"0.0.0.0"}
+        with pytest.raises(urllib.error.HTTPError, match="401"):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/sources", timeout=5)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(20) == 0
+
+
+def test_daemon_default_http_is_loopback_and_busy_port_is_a_clear_error(tmp_path):
+    demo = REPO / "examples" / "demo.wav"
+    port = free_port()
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "genre_stream", "run", "--source", f"file:{demo}", "--state-dir", str(tmp_path / "a"),
+         "--stats-interval", "0", "--http", str(port)],
+        cwd=REPO, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_healthy(port, daemon)
+        assert listening_addresses(port) == {"127.0.0.1"}
+        second = subprocess.run(
+            [sys.executable, "-m", "genre_stream", "run", "--source", f"file:{demo}", "--state-dir",
+             str(tmp_path / "b"), "--http", f"127.0.0.1:{port}"],
+            capture_output=True, text=True, timeout=60, cwd=REPO, env=cli_env())
+        assert second.returncode == 78
+        assert f"http.listen: dashboard: cannot listen on 127.0.0.1:{port}" in second.stderr
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(20) == 0

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from _helpers_dashboard import changed, state
-from conftest import cli_env, run_cli
+from conftest import REPO, cli_env, run_cli
 from genre_stream.history import (
     History,
     HistoryConfig,
@@ -279,6 +279,15 @@ def test_history_command_formats(recorded_state_dir):
     assert datetime.fromtimestamp(T0).strftime("%H:%M:%S") in lines[1]  # local time for people
 
 
+def invoke(*args: str):
+    """The CLI in-process (click's runner) for the cheap cases; a process start costs seconds here."""
+    from click.testing import CliRunner
+
+    from genre_stream.cli import main
+
+    return CliRunner().invoke(main, list(args))
+
+
 def test_history_command_clock_times_select_the_hour(tmp_path):
     """"What was playing between 14:00 and 15:00" today, with states around that hour."""
     today_14 = datetime.now().replace(hour=14, minute=0, second=0, microsecond=0)
@@ -287,19 +296,54 @@ def test_history_command_clock_times_select_the_hour(tmp_path):
     for minutes, genre in [(-10, "pop"), (5, "rock"), (6, "rock"), (50, "jazz"), (70, "metal")]:
         history.publish(state("radio", genre, 0.8, (today_14 + timedelta(minutes=minutes)).timestamp()))
     history.close()
-    proc = run_cli("history", "--state-dir", str(tmp_path), "--since", "14:00", "--until", "15:00",
-                   "--format", "json", "--max-gap", "3600", timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    assert [r["genre"] for r in json.loads(proc.stdout)] == ["rock", "jazz"]
+    result = invoke("history", "--state-dir", str(tmp_path), "--since", "14:00", "--until", "15:00",
+                    "--format", "json", "--max-gap", "3600")
+    assert result.exit_code == 0, result.output
+    assert [r["genre"] for r in json.loads(result.stdout)] == ["rock", "jazz"]
+
+
+def test_history_command_finds_the_daemons_state_dir(recorded_state_dir, tmp_path, monkeypatch):
+    config = tmp_path / "daemon.toml"
+    config.write_text(f'sources = ["mic"]\nstate_dir = "{recorded_state_dir}"\n')
+    result = invoke("history", "--config", str(config), "--since", _iso(-1), "--until", _iso(700), "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert len(json.loads(result.stdout)) == len(EXPECTED)
+    config.write_text("state_dir = 5\n")
+    result = invoke("history", "--config", str(config))
+    assert result.exit_code == 1 and "configuration error" in result.stderr and "state_dir" in result.stderr
+    monkeypatch.setenv("GENRE_STREAM_STATE_DIR", str(recorded_state_dir))
+    result = invoke("history", "--since", _iso(-1), "--until", _iso(700), "--format", "csv")
+    assert result.exit_code == 0 and len(result.stdout.splitlines()) == len(EXPECTED) + 1
 
 
 def test_history_command_errors(tmp_path, recorded_state_dir):
-    proc = run_cli("history", "--state-dir", str(tmp_path / "nowhere"), timeout=60)
-    assert proc.returncode == 1 and "no tag history here" in proc.stderr and "nowhere" in proc.stderr
-    proc = run_cli("history", "--state-dir", str(recorded_state_dir), "--source", "tv", timeout=60)
-    assert proc.returncode == 1 and "no source 'tv'" in proc.stderr and "known: radio" in proc.stderr
-    proc = run_cli("history", "--state-dir", str(recorded_state_dir), "--since", "teatime", timeout=60)
-    assert proc.returncode == 2 and "'teatime': not a time" in proc.stderr
-    proc = run_cli("history", "--state-dir", str(recorded_state_dir), "--since", "-1h", "--until", "-2h",
-                   timeout=60)
-    assert proc.returncode == 2 and "is before --since" in proc.stderr
+    result = invoke("history", "--state-dir", str(tmp_path / "nowhere"))
+    assert result.exit_code == 1 and "no tag history here" in result.stderr and "nowhere" in result.stderr
+    result = invoke("history", "--state-dir", str(recorded_state_dir), "--source", "tv")
+    assert result.exit_code == 1 and "no source 'tv'" in result.stderr and "known: radio" in result.stderr
+    result = invoke("history", "--state-dir", str(recorded_state_dir), "--since", "teatime")
+    assert result.exit_code == 2 and "'teatime': not a time" in result.stderr
+    result = invoke("history", "--state-dir", str(recorded_state_dir), "--since", "-1h", "--until", "-2h")
+    assert result.exit_code == 2 and "is before --since" in result.stderr
+
+
+def test_daemon_keeps_publishing_with_a_readonly_history(tmp_path):
+    """The whole daemon on a read-only state directory: a clear error, and every state still published."""
+    state_dir = tmp_path / "state"
+    history = History(HistoryConfig.in_state_dir(state_dir))  # the history of an earlier run
+    history.start()
+    history.publish(state("demo", "jazz", 0.7, T0))
+    history.close()
+    before = (state_dir / "history.sqlite").read_bytes()
+    demo = REPO / "examples" / "demo.wav"
+    argv = [sys.executable, "-m", "genre_stream", "run", "--source", f"demo=file:{demo}", "--fast",
+            "--state-dir", str(state_dir), "--stats-interval", "0", "--hop", "2", "--min-fill", "4"]
+    proc = subprocess.run(_readonly_command(state_dir, argv), capture_output=True, text=True, timeout=120,
+                          env=cli_env(), cwd=REPO)
+    state_dir.chmod(0o755)
+    assert proc.returncode == 0, proc.stderr
+    states = [json.loads(line) for line in proc.stdout.splitlines() if '"window_end"' in line]
+    assert len(states) >= 4 and all(s["source"] == "demo" for s in states)  # 12 s at hop 2 from 4 s of fill
+    assert f"cannot write tag history to {state_dir / 'history.sqlite'}" in proc.stderr
+    assert "the daemon goes on" in proc.stderr
+    assert (state_dir / "history.sqlite").read_bytes() == before
