@@ -159,7 +159,7 @@ class History:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._reported: set[str] = set()
-        self._last_prune = 0.0
+        self._last_prune = float("-inf")  # prune once at start: a daemon restarted daily still prunes
 
     # -- daemon side -------------------------------------------------------------------
     def start(self) -> None:

@@ -27,7 +27,7 @@ from genre_stream.dashboard.server import DashboardServer
 from genre_stream.dashboard.state import MEL_DB_MIN, MEL_DB_STEP, DashboardState, encode_mel
 from genre_stream.frontend import MelRingBuffer
 from genre_stream.history import History, HistoryConfig, HistoryReader
-from genre_stream.messages import GenreEvent
+from genre_stream.messages import GenreEvent, SourceStats
 
 TOKEN = "s3cret-token"
 
@@ -392,14 +392,6 @@ class MqttState:
     queue_depth: int = 0
 
 
-@dataclass
-class OtherMessage:
-    source: str
-
-    def to_dict(self) -> dict:
-        return {"source": self.source}
-
-
 def test_dashboard_sink_hooks(tmp_path):
     from genre_stream.dashboard.sink import DashboardSink
 
@@ -416,7 +408,7 @@ def test_dashboard_sink_hooks(tmp_path):
         music = state("radio", "rock", 0.8, time.time())
         sink.after_feed("radio", pipeline, [music])
         sink.publish(music)
-        sink.publish(OtherMessage("radio"))  # e.g. periodic stats: served by /metrics, not the page
+        sink.publish(SourceStats("radio", {"windows": 3}))  # periodic stats: served by /metrics, not the page
         base = sink.server.url.rstrip("/")
         with urllib.request.urlopen(base + "/metrics") as r:
             families = {f.name: f for f in text_string_to_metric_families(r.read().decode())}

@@ -26,6 +26,7 @@ from genre_stream.history import (
     StateRow,
     merge_segments,
 )
+from genre_stream.messages import SourceStats
 from genre_stream.timespec import parse_time
 
 T0 = 1_790_000_000.0  # a fixed instant, so expected segment times are exact
@@ -82,6 +83,7 @@ def test_history_records_and_reports_segments(tmp_path):
     for msg in recorded_messages():
         history.publish(msg)
     history.publish(changed("radio", "rock", "jazz", T0 + 30))
+    history.publish(SourceStats("radio", {"windows": 9}))  # periodic stats are not history
     for msg in recorded_messages("studio")[:2]:  # another source interleaved must not mix in
         history.publish(msg)
     history.close()
