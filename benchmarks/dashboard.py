@@ -114,6 +114,7 @@ def wait_http(base: str, timeout: float) -> None:
 
 
 def one_round(recording: Path, seconds: float, warmup: float, hop: float, workdir: Path) -> dict:
+    workdir.mkdir(parents=True)
     procs: dict[str, subprocess.Popen] = {}
     bases: dict[str, str] = {}
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
