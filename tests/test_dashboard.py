@@ -518,6 +518,18 @@ def test_dashboard_in_a_real_browser_follows_the_daemon(tmp_path):
         driver.save_screenshot(str(ARTIFACTS / "dashboard.png"))  # live, mid-recording
         assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
 
+        # The same daemon's /metrics: real inference timings, the real MQTT connection.
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            samples = {(s.name, s.labels.get("source")): s.value
+                       for f in text_string_to_metric_families(r.read().decode()) for s in f.samples}
+        assert samples[("genre_stream_inference_seconds_count", "radio")] >= 2
+        assert 0 < samples[("genre_stream_inference_seconds_sum", "radio")] < 10
+        assert 0 < samples[("genre_stream_real_time_factor", "radio")] < 1
+        assert samples[("genre_stream_mqtt_connected", None)] == 1
+        assert samples[("genre_stream_events_published_total", None)] >= 2
+        assert samples[("genre_stream_history_written_total", None)] >= 1
+
         assert daemon.wait(60) == 0  # the recording ended
         states = [m.json() for m in subscriber.on("genre-stream/radio/state")]
         last = states[-1]
@@ -546,6 +558,17 @@ def listening_addresses(port: int) -> set[str]:
         if int(p, 16) == port and state_ == "0A":  # LISTEN
             found.add(socket.inet_ntoa(bytes.fromhex(addr)[::-1]))
     return found
+
+
+def test_config_show_masks_the_token(monkeypatch):
+    from click.testing import CliRunner
+
+    from genre_stream.cli import main
+
+    monkeypatch.setenv("GENRE_STREAM_HTTP_TOKEN", TOKEN)
+    result = CliRunner().invoke(main, ["config", "show"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["http"]["token"] == "***" and TOKEN not in result.output
 
 
 def test_daemon_binds_non_loopback_only_when_asked(tmp_path):
