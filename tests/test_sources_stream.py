@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import shutil
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import numpy as np
 import pytest
