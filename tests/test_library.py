@@ -339,6 +339,10 @@ def test_bad_requests_get_clear_errors(synthetic, tmp_path: Path) -> None:
 
     code, out = run("scan", str(tmp_path / "nope"), "--db", str(tmp_path / "x.sqlite"))
     assert code == 1 and "nope: no such file or directory" in out and "nothing was scanned" in out
+    fake_model = tmp_path / "fake.onnx"
+    fake_model.write_text("not a model")
+    code, out = run("scan", str(tmp_path), "--db", str(tmp_path / "x.sqlite"), "--model", str(fake_model))
+    assert code == 1 and "fake.onnx: not a loadable ONNX model" in out
     code, out = run("cluster", "--db", str(tmp_path / "missing.sqlite"))
     assert code == 1 and "no library database yet" in out
     code, out = run("cluster", "--db", str(db), "--k", "40", "--playlists", str(tmp_path))
