@@ -104,6 +104,13 @@ def _progress(files: list[Path]) -> Iterable[Path]:
     with click.progressbar(files, label="classifying", file=sys.stderr, item_show_func=lambda p: p.name if p else "") as bar:
         yield from bar
 
-from .cli_library import library  # noqa: E402  (each command group lives in its own module)
 
+# Commands that live in their own modules register once the group exists.
+from .cli_devices import devices  # noqa: E402
+from .cli_library import library  # noqa: E402
+from .cli_run import config_group, run  # noqa: E402
+
+main.add_command(run)
+main.add_command(config_group)
+main.add_command(devices)
 main.add_command(library)
