@@ -277,7 +277,7 @@ def test_interrupted_scan_resumes(tmp_path: Path) -> None:
     assert {p: done_2[p] for p in done_1} == done_1, "finished tracks were analysed again"
 
     # 3. the resumed scan analyses only what is left
-    report = _json(run_cli("library", "scan", str(lib), "--db", str(db_path), "--json"))
+    report = _json(run_cli("library", "scan", str(lib), "--db", str(db_path), "--workers", "1", "--json"))
     assert report["analysed"] == n - len(done_2) and report["unchanged"] == len(done_2) and not report["interrupted"]
     final = _analysed_at(db_path)
     assert len(final) == n and {p: final[p] for p in done_2} == done_2
