@@ -14,6 +14,7 @@ messages still queued for an unreachable broker (they stay on disk for the next 
 from __future__ import annotations
 
 import dataclasses
+import faulthandler
 import logging
 import signal
 import threading
@@ -127,6 +128,8 @@ class Daemon:
         signal.signal(signal.SIGTERM, lambda signum, frame: self.request_stop(signum))
         signal.signal(signal.SIGINT, lambda signum, frame: self.request_stop(signum))
         signal.signal(signal.SIGHUP, lambda signum, frame: self.request_reload())
+        # `kill -USR1 <pid>` writes every thread's stack to stderr (the journal): for a daemon that hangs.
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
 
     # ---------------------------------------------------------------- main
 
@@ -212,6 +215,7 @@ class Daemon:
         assert self.sinks is not None
         delivered = self.sinks.close(self.config.mqtt.flush_timeout)
         self.notifier.close()
+        log.info("stopped")
         if by_signal or delivered:
             return EXIT_OK
         return EXIT_UNDELIVERED
