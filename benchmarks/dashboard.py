@@ -130,7 +130,7 @@ def one_round(recording: Path, seconds: float, warmup: float, hop: float, workdi
         procs[mode] = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL,
                                        stderr=open(workdir / f"{mode}.log", "w"))
     try:
-        for mode, base in bases.items():
+        for base in bases.values():
             wait_http(base, 60)
         page = Page(bases["open"])
         reader = threading.Thread(target=page.run, daemon=True)

@@ -600,6 +600,7 @@ def test_daemon_binds_non_loopback_only_when_asked(tmp_path):
     finally:
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(20) == 0
+    assert (tmp_path / "state" / "history.sqlite").is_file()  # history is on by default
 
 
 def test_daemon_default_http_is_loopback_and_busy_port_is_a_clear_error(tmp_path):
@@ -607,7 +608,7 @@ def test_daemon_default_http_is_loopback_and_busy_port_is_a_clear_error(tmp_path
     port = free_port()
     daemon = subprocess.Popen(
         [sys.executable, "-m", "genre_stream", "run", "--source", f"file:{demo}", "--state-dir", str(tmp_path / "a"),
-         "--stats-interval", "0", "--http", str(port)],
+         "--stats-interval", "0", "--http", str(port), "--no-history"],
         cwd=REPO, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         wait_healthy(port, daemon)
@@ -618,6 +619,10 @@ def test_daemon_default_http_is_loopback_and_busy_port_is_a_clear_error(tmp_path
             capture_output=True, text=True, timeout=60, cwd=REPO, env=cli_env())
         assert second.returncode == 78
         assert f"http.listen: dashboard: cannot listen on 127.0.0.1:{port}" in second.stderr
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/history", timeout=5)
+        assert refused.value.code == 404 and b"not enabled" in refused.value.read()
     finally:
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(20) == 0
+    assert not (tmp_path / "a" / "history.sqlite").exists()  # --no-history

@@ -350,3 +350,16 @@ def test_daemon_keeps_publishing_with_a_readonly_history(tmp_path):
     assert f"cannot write tag history to {state_dir / 'history.sqlite'}" in proc.stderr
     assert "the daemon goes on" in proc.stderr
     assert (state_dir / "history.sqlite").read_bytes() == before
+
+
+def test_history_settings_from_the_daemon_config(tmp_path):
+    from genre_stream.config import ConfigError, load_config
+
+    config = load_config(None, {"history.retention_days": 7, "state_dir": str(tmp_path)}, environ={})
+    assert config.history.enabled is True
+    assert config.history.config(config.state_dir) == HistoryConfig(tmp_path / "history.sqlite", retention_days=7)
+    off = tmp_path / "off.toml"
+    off.write_text("[history]\nenabled = false\n")
+    assert load_config(off, {}, environ={}).history.enabled is False
+    with pytest.raises(ConfigError, match="history.retention_days"):
+        load_config(None, {}, environ={"GENRE_STREAM_HISTORY_RETENTION_DAYS": "ninety"})
