@@ -356,6 +356,26 @@ def test_live_stream_states_events_and_mel(served):
     assert served.state.listener_count == 0  # the closed page unsubscribed
 
 
+def test_mel_updates_are_deltas_until_the_buffer_restarts():
+    state_ = DashboardState(LABELS, "test-model", mel_interval_seconds=1e-9)
+    got: list[dict] = []
+    state_.subscribe(lambda kind, payload: got.append(payload) if kind == "mel" else None)
+    ring = MelRingBuffer()
+    ring.extend(np.ones((50, 128), np.float32))
+    state_.offer_mel("radio", ring)
+    ring.extend(np.ones((10, 128), np.float32))
+    state_.offer_mel("radio", ring)
+    state_.offer_mel("radio", ring)  # nothing new: nothing sent
+    fresh = MelRingBuffer()  # SIGHUP changed the pipeline: a new, shorter buffer
+    fresh.extend(np.ones((5, 128), np.float32))
+    state_.offer_mel("radio", fresh)
+    ring.extend(np.ones((700, 128), np.float32))  # more than the whole buffer since the last snapshot
+    state_.offer_mel("radio", ring)
+    assert [(p["full"], p["count"], p["total"]) for p in got] == [
+        (True, 50, 50), (False, 10, 60), (True, 5, 5), (True, 647, 760)
+    ]
+
+
 def test_stop_closes_open_live_streams(tmp_path):
     s = serve(tmp_path)
     client = LiveClient(s.base)
