@@ -131,10 +131,10 @@ def cluster_library(matrix: LibraryMatrix, labels: list[str], config: ClusterCon
         if not 1 <= config.k <= n:
             raise LibraryError(f"--k {config.k} does not fit a library of {n} tracks (use 1..{n})")
         k, raw = config.k, _fit(x, config.k, config)
-        used, raw = np.unique(raw, return_inverse=True)
-        if len(used) < k:  # k-means leaves clusters empty when tracks are identical
-            log.warning("only %d distinct groups among %d tracks; made %d clusters instead of %d", len(used), n, len(used), k)
-            k = len(used)
+    used, raw = np.unique(raw, return_inverse=True)
+    if len(used) < k:  # k-means leaves clusters empty when tracks are identical
+        log.warning("only %d distinct groups among %d tracks; made %d clusters instead of %d", len(used), n, len(used), k)
+        k = len(used)
     # number clusters 1.. by size, largest first, so names and files are stable across runs
     sizes = np.bincount(raw, minlength=k)
     order = sorted(range(k), key=lambda c: (-sizes[c], min(np.flatnonzero(raw == c))))
