@@ -132,6 +132,8 @@ def train_cmd(cache: Path, out: Path, **options) -> None:
         summary = train_run(cache, out, _config(**options), progress=_bar if _is_rank0() else _no_bar)
     except _errors() as exc:
         raise click.ClickException(str(exc)) from exc
+    except KeyboardInterrupt:
+        raise click.ClickException(f"interrupted; run the same command again to resume from the last finished epoch (kept in {out}.partial)") from None
     _report_run(out, summary)
 
 

@@ -22,6 +22,7 @@ On a GPU the forward pass runs under autocast (float16 with a gradient scaler).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -313,7 +314,7 @@ class FoldTrainer:
                 x = torch.from_numpy(make_batch(self.cache, batch, self.window, augment, rng)).to(self.dist.device)
                 y = torch.from_numpy(self._targets(batch)).to(self.dist.device)
                 self.optimizer.zero_grad(set_to_none=True)
-                with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=self.amp):
+                with torch.autocast(device_type=self.dist.device.type, dtype=torch.float16, enabled=self.amp):
                     logits, _ = self.net(x)
                     loss = loss_fn(logits.float(), y)
                 self.scaler.scale(loss).backward()
@@ -473,8 +474,6 @@ def train_run(
 
 
 def _sha256_text(text: str) -> str:
-    import hashlib
-
     return hashlib.sha256(text.encode()).hexdigest()
 
 
