@@ -100,12 +100,16 @@ class MqttSink:
         self._stop = threading.Event()
         self._inflight: dict[int, int] = {}  # paho mid -> outbox row id
         self._last_handed = 0  # highest outbox id handed to paho
-        self._lock = threading.Lock()  # guards _inflight, _last_handed, _sources, _retract
+        self._lock = threading.Lock()  # guards _inflight, _acked_early, _last_handed, _sources, _retract
+        self._pump_lock = threading.Lock()  # one pump at a time, so rows go out in queue order
+        self._acked_early: set[int] = set()  # acks that overtook the recording of their mid
+        self._publishing = False  # a queued row is inside client.publish right now
         self._sources: list[str] = []
         self._model = ""
         self._retract: set[str] = set()
         self._thread = threading.Thread(target=self._network, name="mqtt", daemon=True)
         self.connects = 0
+        self.delivered = 0  # messages the broker acknowledged since start (dashboard metrics)
 
     # ----------------------------------------------------------- sink interface
 
@@ -122,8 +126,13 @@ class MqttSink:
         elif isinstance(message, SourceStats):
             if self.connected.is_set():
                 self.client.publish(f"{prefix}/{message.source}/stats", payload, qos=0, properties=self._props)
+            return
         else:  # pragma: no cover - the Publishable union is closed
             raise TypeError(f"cannot publish {type(message).__name__}")
+        if self.connected.is_set():
+            # Send right away from this thread (paho wakes its loop) instead of waiting for the
+            # network thread's next tick: that tick was most of the delivery latency.
+            self._pump()
 
     def sources_changed(self, source_ids: list[str], model: str) -> None:
         with self._lock:
@@ -211,19 +220,34 @@ class MqttSink:
                 self._pump()
 
     def _pump(self) -> None:
-        """Hand the next queued messages to paho, oldest first, keeping at most INFLIGHT_WINDOW unacknowledged."""
-        with self._lock:
-            free = INFLIGHT_WINDOW - len(self._inflight)
-            after = self._last_handed
-        if free <= 0:
-            return
-        for row in self.outbox.peek(after, free):
-            info = self.client.publish(row.topic, row.payload, qos=row.qos, retain=row.retain, properties=self._props)
-            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                return  # connection went away; paho keeps nothing, the row is still queued
+        """Hand the next queued messages to paho, oldest first, keeping at most INFLIGHT_WINDOW unacknowledged.
+
+        Runs in the network thread and in publishing threads. paho's own lock is held while
+        it calls ``_on_publish``, so ``self._lock`` is never held across ``client.publish``
+        (that would deadlock); an ack that arrives before its mid is recorded is parked in
+        ``_acked_early`` instead.
+        """
+        with self._pump_lock:
             with self._lock:
-                self._inflight[info.mid] = row.id
-                self._last_handed = row.id
+                free = INFLIGHT_WINDOW - len(self._inflight)
+                after = self._last_handed
+            if free <= 0:
+                return
+            for row in self.outbox.peek(after, free):
+                with self._lock:
+                    self._publishing = True
+                info = self.client.publish(row.topic, row.payload, qos=row.qos, retain=row.retain, properties=self._props)
+                with self._lock:
+                    self._publishing = False
+                    acked = info.mid in self._acked_early
+                    self._acked_early.clear()
+                    if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                        return  # not connected: the row stays queued and goes out after the reconnect
+                    self._last_handed = row.id
+                    if not acked:
+                        self._inflight[info.mid] = row.id
+                if acked:
+                    self.outbox.remove(row.id)
 
     # ----------------------------------------------------------- paho callbacks (network thread)
 
@@ -249,8 +273,11 @@ class MqttSink:
     def _on_publish(self, client: mqtt.Client, userdata, mid: int, reason, properties) -> None:
         with self._lock:
             row = self._inflight.pop(mid, None)
+            if row is None and self._publishing:
+                self._acked_early.add(mid)
         if row is not None:
             self.outbox.remove(row)
+            self.delivered += 1
 
     def _on_message(self, client: mqtt.Client, userdata, message: mqtt.MQTTMessage) -> None:
         # Home Assistant publishes "online" on <discovery_prefix>/status when it (re)starts.

@@ -78,6 +78,10 @@ class FfmpegPcm:
     def close(self, timeout: float = 3.0) -> tuple[int | None, str]:
         """Stop ffmpeg (if still running); its exit status and the last error lines it printed."""
         if self._proc.poll() is None:
+            # Close our end first: an ffmpeg blocked writing into a full pipe does not act on
+            # SIGTERM (its write restarts), but a closed pipe ends it at once with EPIPE.
+            if self._proc.stdout is not None:
+                self._proc.stdout.close()
             self._proc.terminate()
             try:
                 self._proc.wait(timeout)
