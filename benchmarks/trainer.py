@@ -59,26 +59,33 @@ def cached_loader(cache: Cache, window: int, augment: SpecAugmentConfig) -> Load
     return lambda indices, rng: make_batch(cache, indices, window, augment, rng)
 
 
-def samples_per_second(loader: Loader, n: int, batches: int, batch_size: int, model: BBNN | None) -> float:
-    """Samples/s of loader (+ a full training step when ``model`` is given), after one warm-up batch."""
+def interleaved_rates(loaders: dict[str, Loader], n: int, batches: int, batch_size: int, train: bool) -> dict[str, float]:
+    """Samples/s of each loader (+ a full training step of its own model when ``train``).
+
+    Batches of the loaders alternate, so a load spike from other processes on this
+    shared machine slows both sides alike instead of skewing the ratio. The first
+    batch of each warms up allocators and file caches and is not timed.
+    """
     rng = np.random.default_rng(0)
-    opt = torch.optim.Adam(model.parameters(), lr=0.01) if model is not None else None
     loss_fn = torch.nn.CrossEntropyLoss()
-    elapsed = 0.0
+    models = {name: BBNN(2) for name in loaders} if train else {}
+    opts = {name: torch.optim.Adam(m.parameters(), lr=0.01) for name, m in models.items()}
+    elapsed = dict.fromkeys(loaders, 0.0)
     for b in range(batches + 1):
         indices = [int(i) for i in rng.integers(0, n, batch_size)]
-        t0 = time.perf_counter()
-        x = torch.from_numpy(loader(indices, rng))
-        if model is not None:
-            model.train()
-            logits, _ = model(x)
-            loss = loss_fn(logits, torch.zeros(len(indices), dtype=torch.long))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        if b:  # the first batch warms up allocators and file caches
-            elapsed += time.perf_counter() - t0
-    return batches * batch_size / elapsed
+        for name, loader in loaders.items():
+            t0 = time.perf_counter()
+            x = torch.from_numpy(loader(indices, np.random.default_rng(b)))
+            if train:
+                models[name].train()
+                logits, _ = models[name](x)
+                loss = loss_fn(logits, torch.zeros(len(indices), dtype=torch.long))
+                opts[name].zero_grad()
+                loss.backward()
+                opts[name].step()
+            if b:
+                elapsed[name] += time.perf_counter() - t0
+    return {name: batches * batch_size / t for name, t in elapsed.items()}
 
 
 def main() -> None:
@@ -87,7 +94,9 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=3, help="timed batches per measurement")
     parser.add_argument("--windows", default="647,128", help="training window lengths (frames) to measure")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is steadiest on a shared machine)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     result: dict = {
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()},
@@ -115,11 +124,11 @@ def main() -> None:
         result["windows"] = {}
         for window in (int(w) for w in args.windows.split(",")):
             row = {}
-            for name, factory in (("cached", cached_loader), ("decode_every_epoch", decoding_loader)):
-                loader = factory(cache, window, augment)
-                row[f"{name}_loader_samples_per_s"] = samples_per_second(loader, n, args.batches, 8, None)
-                torch.manual_seed(0)
-                row[f"{name}_train_samples_per_s"] = samples_per_second(loader, n, args.batches, 8, BBNN(2))
+            loaders = {"cached": cached_loader(cache, window, augment), "decode_every_epoch": decoding_loader(cache, window, augment)}
+            for name, rate in interleaved_rates(loaders, n, args.batches, 8, train=False).items():
+                row[f"{name}_loader_samples_per_s"] = rate
+            for name, rate in interleaved_rates(loaders, n, args.batches, 8, train=True).items():
+                row[f"{name}_train_samples_per_s"] = rate
             row["train_speedup"] = row["cached_train_samples_per_s"] / row["decode_every_epoch_train_samples_per_s"]
             row["loader_speedup"] = row["cached_loader_samples_per_s"] / row["decode_every_epoch_loader_samples_per_s"]
             result["windows"][str(window)] = row
