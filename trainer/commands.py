@@ -152,7 +152,7 @@ def evaluate_cmd(model: Path, data: Path, out: Path | None, hop_seconds: float, 
     from .evaluate import evaluate
 
     try:
-        report = evaluate(model, data, out, hop_seconds)
+        report = evaluate(model, data, out, hop_seconds, progress=_progress_iter)
     except _errors() as exc:
         raise click.ClickException(str(exc)) from exc
     if as_json:
