@@ -447,9 +447,15 @@ def train_run(
     )
     factory = model_factory or (lambda names: BBNN(n_classes=len(names)))
     with distributed(config.device) as dist:
+        error = None
         if dist.main:
-            _open_partial(out, partial, spec)
-        dist.barrier()
+            try:
+                _open_partial(out, partial, spec)
+            except TrainError as exc:
+                error = str(exc)
+        error = dist.broadcast(error)  # every rank stops, instead of waiting for rank 0 forever
+        if error:
+            raise TrainError(error)
         folds = []
         for fold, split in enumerate(splits):
             folder = partial / f"fold-{fold:02d}" if config.folds > 1 else partial
