@@ -33,7 +33,7 @@ from genre_stream.fsutil import atomic_path
 from genre_stream.model import BBNN
 from trainer.augment import SpecAugmentConfig, spec_augment
 from trainer.data import Cache, PrepareConfig, decode_clip, prepare
-from trainer.synth import make_dataset
+from trainer.synthset import make_dataset
 from trainer.train import make_batch
 
 RESULTS = Path(__file__).parent / "results" / "trainer.json"

@@ -14,7 +14,7 @@ from conftest import run_cli
 from genre_stream.audio import load_audio
 from genre_stream.frontend import FrontendConfig, MelFrontend, loop_to_length, normalize_window
 from trainer.data import Cache, DataError, PrepareConfig, prepare
-from trainer.synth import SAMPLE_RATE, make_dataset
+from trainer.synthset import SAMPLE_RATE, make_dataset
 
 SMALL = PrepareConfig(FrontendConfig(window_frames=32))
 

@@ -10,7 +10,7 @@ import pytest
 from conftest import REPO, run_cli
 from trainer.evaluate import EvaluateError, evaluate
 from trainer.metrics import classification_report
-from trainer.synth import make_dataset
+from trainer.synthset import make_dataset
 
 
 def test_report_matches_hand_computed_values() -> None:

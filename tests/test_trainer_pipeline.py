@@ -22,7 +22,7 @@ import torch
 
 from conftest import REPO, cli_env, run_cli
 from trainer.checkpoint import load_checkpoint
-from trainer.synth import make_dataset
+from trainer.synthset import make_dataset
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 WINDOW = "32"

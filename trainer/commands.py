@@ -203,7 +203,7 @@ def finetune_cmd(checkpoint: str, data: Path, out: Path, freeze: str, **options)
 @click.option("--seed", type=int, default=0, show_default=True)
 def synth_cmd(out: Path, classes: int, clips: int, seconds: float, seed: int) -> None:
     """Write a small synthetic labelled set (GTZAN layout) to OUT, for trying the trainer without GTZAN."""
-    from .synth import make_dataset
+    from .synthset import make_dataset
 
     paths = make_dataset(out, classes, clips, seconds, seed)
     click.echo(f"wrote {len(paths)} clips to {out}")
