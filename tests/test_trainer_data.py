@@ -151,3 +151,9 @@ def test_train_refuses_a_missing_or_truncated_cache(data: Path, tmp_path: Path) 
     shard.write_bytes(shard.read_bytes()[:-10])
     with pytest.raises(DataError, match="truncated"):
         Cache(tmp_path / "cache")
+
+
+def test_bad_options_are_named(data: Path, tmp_path: Path) -> None:
+    proc = run_cli("prepare", str(data), "--out", str(tmp_path / "c"), "--pitch-shift=-3,x", module="trainer")
+    assert proc.returncode == 1 and "pitch shift 'x' is not a whole number of semitones" in proc.stderr
+    assert not (tmp_path / "c").exists()
