@@ -66,7 +66,7 @@ class Engine:
         model_path: str | Path | None = None,
         device: str = "auto",
         threads: int = 0,
-        batch_size: int = 8,
+        batch_size: int = 1,
     ) -> None:
         self.path = Path(model_path) if model_path else default_model_path()
         if not self.path.is_file():

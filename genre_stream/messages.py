@@ -64,4 +64,20 @@ class GenreEvent:
         return cls("error", source, data)
 
 
+@dataclass
+class SourceStats:
+    """Published (QoS 0, not retained) on ``<prefix>/<source>/stats`` every ``stats_interval`` seconds.
+
+    ``values`` merges the source's counters (overflows, reconnects, queue depth) with the
+    pipeline's (inference ms, real-time factor, windows); they are flattened into the payload.
+    """
+
+    source: str
+    values: dict[str, Any] = field(default_factory=dict)
+    timestamp: str = field(default_factory=utc_now_iso)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, **self.values, "timestamp": self.timestamp}
+
+
 Message = GenreState | GenreEvent

@@ -57,6 +57,7 @@ class _Graph:
         self.layers = layers
         self.weights = weights
         self.path = path
+        self.used: set[str] = set()
         self.consumers: dict[str, list[str]] = {n: [] for n in layers}
         for layer in layers.values():
             for src in layer.inputs:
@@ -72,6 +73,9 @@ class _Graph:
         return outs[0]
 
     def array(self, layer: str, key: str) -> np.ndarray:
+        if layer not in self.weights:
+            raise self.fail(f"layer '{layer}' has no weights in model_weights")
+        self.used.add(layer)
         group = self.weights[layer]
         found = []
         group.visititems(lambda n, obj: found.append(obj) if isinstance(obj, h5py.Dataset) and n.split("/")[-1].startswith(key + ":") else None)
@@ -207,6 +211,10 @@ def load_keras_bbnn(path: str | Path) -> tuple[BBNN, list[str]]:
         dense_name = graph.only(gap, "Dense")
         _copy(model.classifier.weight, graph.array(dense_name, "kernel").T, graph, dense_name)
         _copy(model.classifier.bias, graph.array(dense_name, "bias"), graph, dense_name)
+        with_weights = {name for name in graph.weights if len(graph.weights[name].keys())}
+        unused = sorted(with_weights - graph.used)
+        if unused:
+            raise graph.fail(f"weights of layers {unused} were not mapped onto the model")
     model.eval()
     return model, list(GTZAN_LABELS)
 

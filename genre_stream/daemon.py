@@ -1,0 +1,374 @@
+"""`genre-stream run`: sources -> per-source pipelines -> sinks, for as long as it is needed.
+
+Each source runs in its own thread and its items are handled in that thread (audio into the
+source's ``SourcePipeline``, watched files through ``tag_track``, problems into error events),
+so a slow source or a long track never holds up the others. The main thread only supervises:
+signals, the systemd watchdog, periodic stats, configuration reloads, and noticing that all
+(finite) sources have ended.
+
+Exit status: 0 done or stopped by a signal; 1 unusable model; 75 a finite run ended with
+messages still queued for an unreachable broker (they stay on disk for the next start);
+78 configuration error (systemd's unit does not restart on it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import faulthandler
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .config import ConfigError, DaemonConfig
+from .dashboard.config import DashboardError
+from .engine import Engine
+from .history import History
+from .messages import GenreEvent, SourceStats
+from .pipeline import SourcePipeline, tag_track
+from .sinks import Fanout, Sink
+from .sinks.jsonl import JsonlSink
+from .sources import AudioChunk, Source, SourceError, SourceItem, SourceProblem, TrackReady, parse_source
+from .systemd import Notifier
+
+if TYPE_CHECKING:
+    from .dashboard.sink import DashboardSink
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_MODEL = 1
+EXIT_UNDELIVERED = 75  # EX_TEMPFAIL
+EXIT_CONFIG = 78  # EX_CONFIG
+
+TICK = 0.2  # main-loop period: bounds signal, watchdog and end-of-sources reaction time
+JOIN_TIMEOUT = 3.0  # how long a stop waits for source threads before giving up on them
+RESTART_MAX = 60.0  # ceiling of the backoff when a source crashes unexpectedly
+
+SourceFactory = Callable[[str, DaemonConfig], Source]
+
+
+def make_source(spec: str, config: DaemonConfig) -> Source:
+    """The default factory: the ``--source`` syntax with the config's state dir and watch options."""
+    w = config.watch
+    return parse_source(
+        spec,
+        state_dir=config.state_dir,
+        realtime=config.realtime,
+        done_dir=w.done_dir,
+        failed_dir=w.failed_dir,
+        settle_seconds=w.settle_seconds,
+        poll_seconds=w.poll_seconds,
+    )
+
+
+def build_sinks(config: DaemonConfig) -> Fanout:
+    """JSON lines when asked for (or when there is no broker), MQTT when a URL is configured."""
+    sinks: list[Sink] = []
+    if config.jsonl_target:
+        sinks.append(JsonlSink(config.jsonl_target))
+    if config.mqtt.url:
+        from .sinks.mqtt import MqttSink
+
+        sinks.append(MqttSink(config.mqtt, config.homeassistant, config.state_dir))
+    return Fanout(sinks)
+
+
+@dataclass
+class _Running:
+    spec: str
+    source: Source
+    pipeline: SourcePipeline
+    stop: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)  # pipeline swap on reload vs feed
+    thread: threading.Thread | None = None
+    errors: int = 0
+    ended: bool = False  # finished on its own (not stopped)
+
+
+class Daemon:
+    def __init__(
+        self,
+        config: DaemonConfig,
+        *,
+        engine: Engine | None = None,
+        sinks: Fanout | None = None,
+        notifier: Notifier | None = None,
+        source_factory: SourceFactory = make_source,
+        reload_config: Callable[[], DaemonConfig] | None = None,
+    ) -> None:
+        self.config = config
+        self.engine = engine
+        self.sinks = sinks
+        self.notifier = notifier or Notifier()
+        self.source_factory = source_factory
+        self.reload_config = reload_config
+        self.running: dict[str, _Running] = {}
+        self.dashboard: DashboardSink | None = None
+        self._wake = threading.Event()
+        self._stop_requested = False
+        self._reload_requested = False
+
+    # ---------------------------------------------------------------- control
+
+    def request_stop(self, signum: int | None = None) -> None:
+        if signum is not None:
+            log.info("received %s; stopping", signal.Signals(signum).name)
+        self._stop_requested = True
+        self._wake.set()
+
+    def request_reload(self) -> None:
+        self._reload_requested = True
+        self._wake.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, lambda signum, frame: self.request_stop(signum))
+        signal.signal(signal.SIGINT, lambda signum, frame: self.request_stop(signum))
+        signal.signal(signal.SIGHUP, lambda signum, frame: self.request_reload())
+        # `kill -USR1 <pid>` writes every thread's stack to stderr (the journal): for a daemon that hangs.
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+
+    # ---------------------------------------------------------------- main
+
+    def run(self) -> int:
+        """Run until the finite sources end or a stop is requested; the exit status."""
+        config = self.config
+        if not config.sources:
+            raise ConfigError("sources: none configured; give --source SPEC (or sources = [...] in the config file)")
+        sources = self._make_sources(config.sources, config)  # ConfigError before anything opens
+        if self.engine is None:
+            m = config.model
+            self.engine = Engine(m.path, device=m.device, threads=m.threads)
+        if self.sinks is None:
+            self.sinks = build_sinks(config)
+            self._add_history_and_dashboard(config, self.sinks)
+        try:
+            self.sinks.start()
+        except DashboardError as exc:
+            raise ConfigError(f"http.listen: {exc}") from None
+        for spec, source in sources:
+            self._start(spec, source)
+        self.sinks.sources_changed(list(self.running), self.engine.model_id)
+        self.notifier.ready(self._status_line())
+        log.info("running %d source(s): %s", len(self.running), ", ".join(self.running))
+        next_stats = time.monotonic() + config.stats_interval if config.stats_interval else None
+        by_signal = False
+        while True:
+            self.notifier.watchdog_due()
+            if self._stop_requested:
+                by_signal = True
+                break
+            if self._reload_requested:
+                self._reload_requested = False
+                self._reload()
+            if next_stats is not None and time.monotonic() >= next_stats:
+                self.publish_stats()
+                next_stats = time.monotonic() + self.config.stats_interval if self.config.stats_interval else None
+            if self._all_ended():
+                log.info("all sources have ended")
+                break
+            self._wake.wait(TICK)
+            self._wake.clear()
+        return self._shutdown(by_signal)
+
+    def _add_history_and_dashboard(self, config: DaemonConfig, sinks: Fanout) -> None:
+        """The tag history (on by default) and the dashboard (off by default) are sinks too."""
+        assert self.engine is not None
+        history = History(config.history.config(config.state_dir)) if config.history.enabled else None
+        if history is not None:
+            sinks.sinks.append(history)
+        dash_config = config.http.dashboard()
+        if dash_config is None:
+            return
+        from .dashboard.sink import DashboardSink  # the HTTP stack is loaded only when asked for
+
+        self.dashboard = DashboardSink(dash_config, self.engine.labels, self.engine.model_id,
+                                       history.config.path if history is not None else None)
+        sinks.sinks.insert(0, self.dashboard)  # started first: a busy port stops us before MQTT connects
+        if history is not None:
+            self.dashboard.watch_history(history.stats)
+        from .sinks.mqtt import MqttSink
+
+        for sink in sinks.sinks:
+            if isinstance(sink, MqttSink):
+                self.dashboard.watch_mqtt(sink)
+
+    def _all_ended(self) -> bool:
+        return all(r.source.finite and r.thread is not None and not r.thread.is_alive() for r in self.running.values())
+
+    def _shutdown(self, by_signal: bool) -> int:
+        self.notifier.stopping()
+        self.notifier.status("stopping: flushing queued messages")
+        for r in self.running.values():
+            r.stop.set()
+        deadline = time.monotonic() + JOIN_TIMEOUT
+        for r in self.running.values():
+            if r.thread is not None:
+                r.thread.join(max(0.0, deadline - time.monotonic()))
+                if r.thread.is_alive():
+                    log.warning("source %s did not stop within %.0f s; leaving it behind", r.source.id, JOIN_TIMEOUT)
+        if self.config.stats_interval:
+            self.publish_stats()
+        assert self.sinks is not None
+        delivered = self.sinks.close(self.config.mqtt.flush_timeout)
+        self.notifier.close()
+        log.info("stopped")
+        if by_signal or delivered:
+            return EXIT_OK
+        return EXIT_UNDELIVERED
+
+    # ---------------------------------------------------------------- sources
+
+    def _make_sources(self, specs: list[str], config: DaemonConfig) -> list[tuple[str, Source]]:
+        made: list[tuple[str, Source]] = []
+        ids = set(self.running)
+        for spec in specs:
+            try:
+                source = self.source_factory(spec, config)
+            except (ValueError, SourceError) as exc:
+                raise ConfigError(f"sources: {exc}") from None
+            if source.id in ids:
+                raise ConfigError(f"sources: {spec!r} has the id {source.id!r} of another source; give one an id with ID={spec}")
+            ids.add(source.id)
+            made.append((spec, source))
+        return made
+
+    def _start(self, spec: str, source: Source) -> None:
+        assert self.engine is not None
+        r = _Running(spec, source, SourcePipeline(source.id, self.engine, self.config.pipeline))
+        r.thread = threading.Thread(target=self._source_thread, args=(r,), name=f"source-{source.id}", daemon=True)
+        self.running[source.id] = r
+        if self.dashboard is not None:
+            self.dashboard.watch_source(source.id, r.source.stats, lambda: r.pipeline.stats())
+        r.thread.start()
+
+    def _source_thread(self, r: _Running) -> None:
+        """Run one source; a crash is reported and, for live sources, retried with backoff."""
+        delay = 1.0
+        while not r.stop.is_set():
+            try:
+                r.source.run(lambda item: self._handle(r, item), r.stop)
+                break
+            except SourceError as exc:
+                log.error("source %s cannot run: %s", r.source.id, exc)
+                self._publish(GenreEvent.error(r.source.id, str(exc)))
+                break
+            except Exception as exc:  # a bug or an unforeseen fault must not take the daemon down
+                log.exception("source %s failed", r.source.id)
+                self._publish(GenreEvent.error(r.source.id, f"source failed: {exc}"))
+                if r.source.finite:
+                    break
+                log.info("restarting source %s in %.0f s", r.source.id, delay)
+                r.stop.wait(delay)
+                delay = min(delay * 2, RESTART_MAX)
+        if r.stop.is_set():
+            return
+        r.ended = True
+        if not r.source.finite:
+            log.warning("live source %s returned without being stopped", r.source.id)
+        with r.lock:
+            for message in r.pipeline.flush():
+                self._publish(message)
+        self._wake.set()
+
+    def _handle(self, r: _Running, item: SourceItem) -> None:
+        try:
+            if isinstance(item, AudioChunk):
+                with r.lock:
+                    messages = r.pipeline.feed(item)
+                    if self.dashboard is not None:
+                        self.dashboard.after_feed(r.source.id, r.pipeline, messages)
+                for message in messages:
+                    self._publish(message)
+            elif isinstance(item, TrackReady):
+                assert self.engine is not None
+                event = tag_track(item.source, item.path, self.engine, self.config.track_hop_seconds)
+                self._publish(event)
+                r.source.mark_done(item.path, ok=event.type == "track_tagged")
+            elif isinstance(item, SourceProblem):
+                log.warning("%s: %s", item.source, item.reason)
+                self._publish(GenreEvent.error(item.source, item.reason, item.path))
+        except Exception:  # one bad chunk or file must not end the source
+            r.errors += 1
+            log.exception("%s: failed to process a %s", r.source.id, type(item).__name__)
+
+    def _publish(self, message: Any) -> None:
+        assert self.sinks is not None
+        self.sinks.publish(message)
+
+    def publish_stats(self) -> None:
+        for r in list(self.running.values()):
+            values: dict[str, Any] = {}
+            values.update(r.source.stats())
+            with r.lock:
+                values.update(r.pipeline.stats())
+            values["errors"] = r.errors
+            values["running"] = bool(r.thread and r.thread.is_alive())
+            for sink in self.sinks.sinks if self.sinks else []:
+                depth = getattr(sink, "queue_depth", None)
+                if depth is not None:
+                    values["mqtt_queue"] = depth
+            plain = {k: (v.item() if hasattr(v, "item") else v) for k, v in values.items()}
+            log.debug("stats %s: %s", r.source.id, plain)
+            self._publish(SourceStats(r.source.id, plain))
+
+    def _status_line(self) -> str:
+        return f"{len(self.running)} source(s): {', '.join(self.running)}"
+
+    # ---------------------------------------------------------------- reload
+
+    def _reload(self) -> None:
+        """SIGHUP: re-read file and environment; apply what can change without reconnecting."""
+        if self.reload_config is None:
+            log.warning("SIGHUP: no configuration to reload from")
+            return
+        self.notifier.reloading()
+        try:
+            new = self.reload_config()
+            if not new.sources:
+                raise ConfigError("sources: none configured")
+        except ConfigError as exc:
+            log.error("reload failed, keeping the running configuration: %s", exc)
+            self.notifier.ready(self._status_line())
+            return
+        old = self.config
+        for section in ("mqtt", "homeassistant", "jsonl", "model", "state_dir", "http", "history"):
+            if getattr(new, section) != getattr(old, section):
+                log.warning("reload: %s changed; restart the daemon to apply it (the MQTT connection is kept)", section)
+        new = dataclasses.replace(
+            new, mqtt=old.mqtt, homeassistant=old.homeassistant, jsonl=old.jsonl, model=old.model, state_dir=old.state_dir,
+            http=old.http, history=old.history,
+        )
+        if new.log_level and new.log_level != old.log_level:
+            logging.getLogger().setLevel(new.log_level.upper())
+        current = {r.spec: sid for sid, r in self.running.items()}
+        removed = [sid for spec, sid in current.items() if spec not in new.sources]
+        for sid in removed:
+            r = self.running.pop(sid)
+            r.stop.set()
+            if r.thread is not None:
+                r.thread.join(JOIN_TIMEOUT)
+            log.info("reload: source %s removed", sid)
+        try:
+            added = self._make_sources([s for s in new.sources if s not in current], new)
+        except ConfigError as exc:
+            log.error("reload: %s; the new sources are not started", exc)
+            added = []
+        self.config = new
+        if new.pipeline != old.pipeline:
+            log.info("reload: pipeline settings changed; buffers restart")
+            assert self.engine is not None
+            for r in self.running.values():
+                with r.lock:
+                    r.pipeline = SourcePipeline(r.source.id, self.engine, new.pipeline)
+        for spec, source in added:
+            self._start(spec, source)
+            log.info("reload: source %s added (%s)", source.id, spec)
+        assert self.sinks is not None and self.engine is not None
+        self.sinks.sources_changed(list(self.running), self.engine.model_id)
+        log.info("configuration reloaded")
+        self.notifier.ready(self._status_line())
+

@@ -1,0 +1,5 @@
+"""Where messages go: JSON lines (stdout or a file) and MQTT (with Home Assistant discovery)."""
+
+from .base import Fanout, Sink
+
+__all__ = ["Fanout", "Sink"]

@@ -1,0 +1,66 @@
+"""JSON lines: the embedded default sink, so a bare machine without a broker still gets results.
+
+Each state and event is written as one line with exactly the MQTT payload, flushed at once,
+so ``genre-stream run ... | jq`` or ``tail -f`` see messages as they happen. Files are opened
+for appending: an existing log is never truncated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import logging
+import sys
+import threading
+from pathlib import Path
+from typing import TextIO
+
+from ..messages import SourceStats
+from .base import Publishable
+
+log = logging.getLogger(__name__)
+
+
+class JsonlSink:
+    """Writes states and events (not stats, which would drown them) to stdout (``-``) or a file."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self._fh: TextIO | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        if self.target == "-":
+            self._fh = sys.stdout
+            return
+        path = Path(self.target)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(path, "a", encoding="utf-8")
+        except OSError as exc:
+            raise OSError(f"{path}: cannot open JSON lines output ({exc.strerror})") from exc
+
+    def publish(self, message: Publishable) -> None:
+        if isinstance(message, SourceStats):
+            return
+        line = json.dumps(message.to_dict(), ensure_ascii=False, separators=(",", ":"))
+        with self._lock:
+            if self._fh is None:
+                raise RuntimeError("JsonlSink.publish before start")
+            try:
+                self._fh.write(line + "\n")
+                self._fh.flush()
+            except BrokenPipeError:
+                # A closed pipe (| head) is the reader's choice, not a fault of the daemon.
+                log.warning("JSON lines reader went away; further lines are dropped")
+                self._fh = open(os.devnull, "w", encoding="utf-8")
+
+    def sources_changed(self, source_ids: list[str], model: str) -> None:
+        """JSON lines have no discovery."""
+
+    def close(self, timeout: float) -> bool:
+        with self._lock:
+            if self._fh is not None and self._fh is not sys.stdout:
+                self._fh.close()
+            self._fh = None
+        return True

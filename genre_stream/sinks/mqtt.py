@@ -1,0 +1,312 @@
+"""MQTT output (paho-mqtt 2.x, MQTT 3.1.1 or 5, optional TLS).
+
+Topics (``prefix`` defaults to ``genre-stream``):
+
+* ``<prefix>/<source>/state``  retained, QoS 1, after every classification
+* ``<prefix>/<source>/event``  QoS 1, genre changes, tagged tracks, errors
+* ``<prefix>/<source>/stats``  QoS 0, periodic counters (dropped while offline: they are only news)
+* ``<prefix>/status``          retained ``online``/``offline``; ``offline`` is also the last will
+
+States and events go through the on-disk ``Outbox`` and leave it only when the broker has
+acknowledged them, so a broker restart or a daemon restart loses nothing and order is kept.
+One network thread owns the paho client's connect/loop cycle; it logs why a connection failed
+(refused, TLS, DNS, credentials) and retries with exponential backoff while classification
+carries on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import ssl
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from ..config import ConfigError, HomeAssistantConfig, MqttConfig
+from ..messages import GenreEvent, GenreState, SourceStats
+from .base import Publishable
+from .homeassistant import Discovery, discovery_messages, retraction_messages
+from .outbox import Outbox
+
+log = logging.getLogger(__name__)
+
+QUEUE_FILE = "mqtt-queue.sqlite3"
+INFLIGHT_WINDOW = 64  # unacknowledged QoS 1 messages handed to paho at once
+LOOP_TIMEOUT = 0.05  # network loop tick: bounds the delay between queueing and sending
+
+
+def tls_context(config: MqttConfig) -> ssl.SSLContext:
+    """Build the TLS context up front so a bad CA/cert/key file is a config error naming the file."""
+    try:
+        ctx = ssl.create_default_context(cafile=str(config.ca_file) if config.ca_file else None)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f"mqtt.ca_file = {str(config.ca_file)!r}: not a usable PEM CA certificate file ({exc})") from None
+    if config.cert_file:
+        try:
+            ctx.load_cert_chain(str(config.cert_file), str(config.key_file) if config.key_file else None)
+        except (ssl.SSLError, OSError) as exc:
+            files = f"{config.cert_file}" + (f" / {config.key_file}" if config.key_file else "")
+            raise ConfigError(
+                f"mqtt.cert_file/mqtt.key_file = {files!r}: client certificate and key do not load ({exc})"
+            ) from None
+    if config.tls_insecure:
+        ctx.check_hostname = False
+    return ctx
+
+
+def default_client_id() -> str:
+    return f"genre-stream-{socket.gethostname()}"[:64]
+
+
+class MqttSink:
+    def __init__(self, config: MqttConfig, homeassistant: HomeAssistantConfig, state_dir: Path) -> None:
+        if not config.url:
+            raise ValueError("MqttSink needs mqtt.url")
+        self.config = config
+        self.ha = homeassistant
+        self.url = config.url
+        self.status_topic = f"{config.prefix}/status"
+        context = tls_context(config) if config.tls else None  # fail on bad files before creating anything
+        self.outbox = Outbox(state_dir / QUEUE_FILE, config.queue_max)
+        v5 = config.protocol == "5"
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=config.client_id or default_client_id(),
+            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+            clean_session=None if v5 else True,
+            reconnect_on_failure=False,  # the network thread below reconnects, logging why
+        )
+        self._props: Properties | None = None
+        if v5:
+            self._props = Properties(PacketTypes.PUBLISH)
+            self._props.ContentType = "application/json"
+        if context is not None:
+            self.client.tls_set_context(context)
+        if config.username is not None:
+            self.client.username_pw_set(config.username, config.password)
+        self.client.will_set(self.status_topic, "offline", qos=1, retain=True)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_publish = self._on_publish
+        self.client.on_message = self._on_message
+        self.connected = threading.Event()
+        self._stop = threading.Event()
+        self._inflight: dict[int, int] = {}  # paho mid -> outbox row id
+        self._last_handed = 0  # highest outbox id handed to paho
+        self._lock = threading.Lock()  # guards _inflight, _acked_early, _last_handed, _sources, _retract
+        self._pump_lock = threading.Lock()  # one pump at a time, so rows go out in queue order
+        self._acked_early: set[int] = set()  # acks that overtook the recording of their mid
+        self._publishing = False  # a queued row is inside client.publish right now
+        self._sources: list[str] = []
+        self._model = ""
+        self._retract: set[str] = set()
+        self._thread = threading.Thread(target=self._network, name="mqtt", daemon=True)
+        self.connects = 0
+        self.delivered = 0  # messages the broker acknowledged since start (dashboard metrics)
+
+    # ----------------------------------------------------------- sink interface
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def publish(self, message: Publishable) -> None:
+        payload = json.dumps(message.to_dict(), ensure_ascii=False, separators=(",", ":")).encode()
+        prefix = self.config.prefix
+        if isinstance(message, GenreState):
+            self.outbox.put(f"{prefix}/{message.source}/state", payload, qos=1, retain=True)
+        elif isinstance(message, GenreEvent):
+            self.outbox.put(f"{prefix}/{message.source}/event", payload, qos=1, retain=False)
+        elif isinstance(message, SourceStats):
+            if self.connected.is_set():
+                self.client.publish(f"{prefix}/{message.source}/stats", payload, qos=0, properties=self._props)
+            return
+        else:  # pragma: no cover - the Publishable union is closed
+            raise TypeError(f"cannot publish {type(message).__name__}")
+        if self.connected.is_set():
+            # Send right away from this thread (paho wakes its loop) instead of waiting for the
+            # network thread's next tick: that tick was most of the delivery latency.
+            self._pump()
+
+    def sources_changed(self, source_ids: list[str], model: str) -> None:
+        with self._lock:
+            self._retract |= set(self._sources) - set(source_ids)
+            self._retract -= set(source_ids)
+            self._sources = list(source_ids)
+            self._model = model
+        if self.connected.is_set():
+            self._announce()
+
+    def close(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the queue to drain, publish ``offline``, disconnect.
+
+        Whatever is still queued stays on disk and is delivered first on the next start.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self._pending():
+            time.sleep(0.02)
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=max(1.0, deadline - time.monotonic()) + 1.0)
+        # The network thread is gone: this thread owns the client now.
+        if self.connected.is_set():
+            info = self.client.publish(self.status_topic, "offline", qos=1, retain=True)
+            end = time.monotonic() + max(1.0, deadline - time.monotonic())
+            while not info.is_published() and time.monotonic() < end:
+                if self.client.loop(timeout=LOOP_TIMEOUT) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    break
+            self.client.disconnect()
+            self.client.loop(timeout=LOOP_TIMEOUT)
+        left = len(self.outbox)
+        if left:
+            log.warning(
+                "%d MQTT message(s) not delivered to %s; kept in %s and sent first on the next start",
+                left, self.url, self.outbox.path,
+            )
+        self.outbox.close()
+        return left == 0
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self.outbox)
+
+    # ----------------------------------------------------------- network thread
+
+    def _pending(self) -> bool:
+        with self._lock:
+            return bool(self._inflight) or len(self.outbox) > 0
+
+    def _network(self) -> None:
+        delay = self.config.reconnect_min
+        need_connect = True
+        first = True
+        while not self._stop.is_set():
+            if need_connect:
+                try:
+                    if first:
+                        self.client.connect(self.config.host, self.config.port, keepalive=self.config.keepalive)
+                        first = False
+                    else:
+                        self.client.reconnect()
+                    need_connect = False
+                except (OSError, ValueError) as exc:
+                    first = first and not self.client.host  # connect() stored host/port before failing
+                    log.warning(
+                        "MQTT broker %s unreachable (%s); retrying in %.1f s, %d message(s) queued on disk",
+                        self.url, _describe(exc), delay, len(self.outbox),
+                    )
+                    self._stop.wait(delay)
+                    delay = min(delay * 2, self.config.reconnect_max)
+                    continue
+            rc = self.client.loop(timeout=LOOP_TIMEOUT)
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                was_connected = self.connected.is_set()
+                self.connected.clear()
+                need_connect = True
+                if was_connected:
+                    delay = self.config.reconnect_min
+                log.warning("MQTT connection to %s lost (%s); reconnecting in %.1f s", self.url, mqtt.error_string(rc), delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, self.config.reconnect_max)
+                continue
+            if self.connected.is_set():
+                delay = self.config.reconnect_min
+                self._pump()
+
+    def _pump(self) -> None:
+        """Hand the next queued messages to paho, oldest first, keeping at most INFLIGHT_WINDOW unacknowledged.
+
+        Runs in the network thread and in publishing threads. paho's own lock is held while
+        it calls ``_on_publish``, so ``self._lock`` is never held across ``client.publish``
+        (that would deadlock); an ack that arrives before its mid is recorded is parked in
+        ``_acked_early`` instead.
+        """
+        with self._pump_lock:
+            with self._lock:
+                free = INFLIGHT_WINDOW - len(self._inflight)
+                after = self._last_handed
+            if free <= 0:
+                return
+            for row in self.outbox.peek(after, free):
+                with self._lock:
+                    self._publishing = True
+                info = self.client.publish(row.topic, row.payload, qos=row.qos, retain=row.retain, properties=self._props)
+                with self._lock:
+                    self._publishing = False
+                    acked = info.mid in self._acked_early
+                    self._acked_early.clear()
+                    if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                        return  # not connected: the row stays queued and goes out after the reconnect
+                    self._last_handed = row.id
+                    if not acked:
+                        self._inflight[info.mid] = row.id
+                if acked:
+                    self.outbox.remove(row.id)
+
+    # ----------------------------------------------------------- paho callbacks (network thread)
+
+    def _on_connect(self, client: mqtt.Client, userdata, flags, reason, properties) -> None:
+        if reason.is_failure:
+            hint = " (check mqtt.username / mqtt.password)" if reason.value in (0x04, 0x05, 0x86, 0x87) else ""
+            log.error("MQTT broker %s refused the connection: %s%s", self.url, reason, hint)
+            return
+        self.connects += 1
+        log.info("connected to MQTT broker %s (%s)", self.url, "MQTT 5" if self.config.protocol == "5" else "MQTT 3.1.1")
+        with self._lock:
+            # paho re-sends what it still holds in flight; everything else restarts from the queue.
+            self._last_handed = max(self._inflight.values(), default=0)
+        client.publish(self.status_topic, "online", qos=1, retain=True)
+        if self.ha.enabled:
+            client.subscribe(f"{self.ha.discovery_prefix}/status", qos=1)
+        self.connected.set()
+        self._announce()
+
+    def _on_disconnect(self, client: mqtt.Client, userdata, flags, reason, properties) -> None:
+        self.connected.clear()
+
+    def _on_publish(self, client: mqtt.Client, userdata, mid: int, reason, properties) -> None:
+        with self._lock:
+            row = self._inflight.pop(mid, None)
+            if row is None and self._publishing:
+                self._acked_early.add(mid)
+        if row is not None:
+            self.outbox.remove(row)
+            self.delivered += 1
+
+    def _on_message(self, client: mqtt.Client, userdata, message: mqtt.MQTTMessage) -> None:
+        # Home Assistant publishes "online" on <discovery_prefix>/status when it (re)starts.
+        if message.payload == b"online":
+            log.info("Home Assistant came online; re-announcing discovery configs")
+            self._announce()
+
+    def _announce(self) -> None:
+        if not self.ha.enabled:
+            return
+        with self._lock:
+            sources, model, retract = list(self._sources), self._model, set(self._retract)
+            self._retract.clear()
+        messages: list[Discovery] = []
+        for source in sorted(retract):
+            messages += retraction_messages(self.ha, source)
+        for source in sources:
+            messages += discovery_messages(self.ha, self.config.prefix, source, model)
+        for m in messages:
+            self.client.publish(m.topic, m.payload, qos=1, retain=True)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate verification failed: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS error: {exc.reason or exc}"
+    if isinstance(exc, socket.gaierror):
+        return f"host name does not resolve: {exc.strerror}"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__

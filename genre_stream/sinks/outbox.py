@@ -1,0 +1,92 @@
+"""A bounded, ordered, on-disk queue of MQTT messages (SQLite), so nothing is lost while the
+broker is away or across a daemon restart.
+
+Rows leave the table only when the broker acknowledged them, so delivery is at least once and
+in insertion order. Retained messages are "current value" topics (states): a newer one for the
+same topic replaces the queued older one, which keeps the queue small during long outages
+without losing any event. When the bound is reached the oldest rows are dropped, counted and
+logged: a bounded queue has to give somewhere, and the oldest news is the least useful.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class QueuedMessage:
+    id: int
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+
+
+class Outbox:
+    def __init__(self, path: Path, max_messages: int) -> None:
+        self.path = path
+        self.max_messages = max_messages
+        self.dropped = 0
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT,"
+                " topic TEXT NOT NULL, payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL)"
+            )
+        except sqlite3.DatabaseError as exc:
+            raise OSError(f"{path}: cannot open the MQTT queue database ({exc})") from exc
+        pending = len(self)
+        if pending:
+            log.info("%d queued MQTT message(s) from an earlier run will be delivered first", pending)
+
+    def put(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            if retain:
+                self._db.execute("DELETE FROM outbox WHERE topic = ? AND retain = 1", (topic,))
+            self._db.execute(
+                "INSERT INTO outbox (topic, payload, qos, retain) VALUES (?, ?, ?, ?)", (topic, payload, qos, int(retain))
+            )
+            excess = self._count() - self.max_messages
+            if excess > 0:
+                self._db.execute("DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT ?)", (excess,))
+                self.dropped += excess
+                log.warning("MQTT queue full (%d messages): dropped the %d oldest", self.max_messages, excess)
+            self._db.execute("COMMIT")
+
+    def peek(self, after_id: int, limit: int) -> list[QueuedMessage]:
+        """The oldest ``limit`` messages with an id above ``after_id`` (those not yet handed to the client)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, topic, payload, qos, retain FROM outbox WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)
+            ).fetchall()
+        return [QueuedMessage(r[0], r[1], bytes(r[2]), r[3], bool(r[4])) for r in rows]
+
+    def remove(self, message_id: int) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM outbox WHERE id = ?", (message_id,))
+
+    def contains(self, message_id: int) -> bool:
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM outbox WHERE id = ?", (message_id,)).fetchone() is not None
+
+    def _count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self._count()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

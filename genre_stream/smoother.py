@@ -1,0 +1,79 @@
+"""Turning a jittery sequence of per-window probabilities into a stable genre tag.
+
+Two mechanisms, both needed: an exponential moving average damps single odd
+windows, and hysteresis announces a new genre only once it has led the current
+one by ``margin`` (in smoothed probability) for ``hold_windows`` windows in a
+row. A drum break or a spoken intro therefore does not flip the tag, while a
+real change of music is announced after ``hold_windows`` hops.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SmoothedResult:
+    probabilities: np.ndarray  # smoothed, same order as the labels
+    genre: str  # the confirmed genre (may differ from the arg-max while a challenger is held back)
+    confidence: float  # smoothed probability of the confirmed genre
+    changed: bool  # the confirmed genre changed with this window
+    previous: str | None  # the confirmed genre before this window
+
+
+class Smoother:
+    def __init__(self, labels: list[str], alpha: float = 0.5, hold_windows: int = 2, margin: float = 0.1) -> None:
+        if not 0.0 < alpha <= 1.0:
+            raise ValueError(f"ema_alpha must be in (0, 1], got {alpha}")
+        if hold_windows < 1:
+            raise ValueError(f"hold_windows must be at least 1, got {hold_windows}")
+        if not 0.0 <= margin < 1.0:
+            raise ValueError(f"margin must be in [0, 1), got {margin}")
+        self.labels = list(labels)
+        self.alpha = alpha
+        self.hold_windows = hold_windows
+        self.margin = margin
+        self._ema: np.ndarray | None = None
+        self.current: int | None = None
+        self._challenger: int | None = None
+        self._streak = 0
+
+    @property
+    def genre(self) -> str | None:
+        return None if self.current is None else self.labels[self.current]
+
+    def restart_average(self) -> None:
+        """Forget the average (after silence) but keep the confirmed genre and its hysteresis."""
+        self._ema = None
+        self._challenger = None
+        self._streak = 0
+
+    def update(self, probabilities: np.ndarray) -> SmoothedResult:
+        p = np.asarray(probabilities, dtype=np.float64).reshape(-1)
+        if p.shape[0] != len(self.labels):
+            raise ValueError(f"expected {len(self.labels)} probabilities, got {p.shape[0]}")
+        self._ema = p.copy() if self._ema is None else self.alpha * p + (1.0 - self.alpha) * self._ema
+        previous = self.current
+        leader = int(np.argmax(self._ema))
+        if self.current is None:
+            self.current = leader  # the first tag needs no confirmation: there is nothing to flip from
+        elif leader != self.current and self._ema[leader] - self._ema[self.current] >= self.margin:
+            if leader == self._challenger:
+                self._streak += 1
+            else:
+                self._challenger, self._streak = leader, 1
+            if self._streak >= self.hold_windows:
+                self.current = leader
+                self._challenger, self._streak = None, 0
+        else:
+            self._challenger, self._streak = None, 0
+        changed = self.current != previous
+        return SmoothedResult(
+            probabilities=self._ema.astype(np.float32),
+            genre=self.labels[self.current],
+            confidence=float(self._ema[self.current]),
+            changed=changed,
+            previous=None if previous is None else self.labels[previous],
+        )

@@ -1,0 +1,149 @@
+"""What every source emits, the ``Source`` contract, and helpers the live sources share.
+
+A source turns some outside thing (a sound card, a folder, a file, a network
+stream) into ``SourceItem`` values. The daemon runs each source's ``run`` in its
+own thread and routes the items: audio chunks to a ``SourcePipeline``, complete
+files to ``pipeline.tag_track``, problems to the error events. Sources never
+raise for faults that can heal (a device unplugged, a stream dropped, a corrupt
+file); they report them as ``SourceProblem`` and carry on.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchaudio.transforms as AT
+
+
+log = logging.getLogger(__name__)
+
+TARGET_RATE = 22050  # FrontendConfig.sample_rate: everything inside the pipeline runs at this rate
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: numpy arrays have no single truth value
+class AudioChunk:
+    """A piece of mono float32 audio at 22050 Hz from a live or file source."""
+
+    source: str
+    samples: np.ndarray
+    time: float  # stream time (s) of the first sample, counted from the source's start
+    captured_at: float  # time.monotonic() when the chunk's last sample arrived (latency measurement)
+
+
+@dataclass(frozen=True)
+class TrackReady:
+    """A complete file in a watched folder, to be classified as a whole track."""
+
+    source: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class SourceProblem:
+    """Something went wrong but the source goes on (or, for finite sources, has ended)."""
+
+    source: str
+    reason: str
+    path: str | None = None
+
+
+SourceItem = AudioChunk | TrackReady | SourceProblem
+Emit = Callable[[SourceItem], None]
+
+
+class SourceError(RuntimeError):
+    """A source that cannot work at all (missing library, impossible configuration); not retried."""
+
+
+class Source(ABC):
+    """One input of the daemon. ``run`` blocks in its own thread until finished or ``stop`` is set."""
+
+    id: str
+    finite: bool = False
+
+    @abstractmethod
+    def run(self, emit: Emit, stop: threading.Event) -> None:
+        """Produce items until the source ends or ``stop`` is set; recoverable faults become ``SourceProblem``."""
+
+    def stats(self) -> dict[str, float | int]:
+        """Counters for the periodic stats message (overflows, reconnects, queue depth...)."""
+        return {}
+
+    def mark_done(self, path: Path, ok: bool) -> None:
+        """Called by the daemon after a ``TrackReady`` was handled; only the watch source keeps state."""
+
+
+class Backoff:
+    """Exponential reconnect delays (1, 2, 4 ... ``maximum`` s), reset after a success.
+
+    Waiting goes through the stop event, so a stopping daemon never sits out a delay.
+    """
+
+    def __init__(self, initial: float = 1.0, maximum: float = 30.0) -> None:
+        self.initial = initial
+        self.maximum = maximum
+        self._next = initial
+
+    def reset(self) -> None:
+        self._next = self.initial
+
+    def wait(self, stop: threading.Event) -> bool:
+        """Sleep the current delay and double it; False when stop was set meanwhile."""
+        delay = self._next
+        self._next = min(self.maximum, self._next * 2)
+        return not stop.wait(delay)
+
+    @property
+    def next_delay(self) -> float:
+        return self._next
+
+
+class StreamResampler:
+    """Resample a stream chunk by chunk without clicks at chunk edges.
+
+    Resampling each chunk alone would treat every chunk edge as
+    silence. Here each call resamples the new samples together with ``context``
+    samples on either side and keeps only the middle, aligned to the rate ratio's
+    period so output samples land exactly where one long resample would put them.
+    The price is ``context`` samples (a few ms) of delay.
+    """
+
+    def __init__(self, orig_rate: int, target_rate: int = TARGET_RATE, context: int = 256) -> None:
+        self.orig_rate = int(orig_rate)
+        self.target_rate = int(target_rate)
+        g = math.gcd(self.orig_rate, self.target_rate)
+        self._step_in = self.orig_rate // g
+        self._step_out = self.target_rate // g
+        self._ctx = self._step_in * max(1, math.ceil(context / self._step_in))
+        self._buf = np.zeros(self._ctx, dtype=np.float32)  # left context; zeros before the stream starts
+        # The same windowed-sinc filter as audio.resample, built once: rebuilding the kernel
+        # on every 50 ms block would cost more than everything else the mic source does.
+        self._kernel = AT.Resample(self.orig_rate, self.target_rate)
+
+    @property
+    def passthrough(self) -> bool:
+        return self.orig_rate == self.target_rate
+
+    def push(self, samples: np.ndarray) -> np.ndarray:
+        samples = np.asarray(samples, dtype=np.float32).reshape(-1)
+        if self.passthrough:
+            return samples
+        self._buf = np.concatenate([self._buf, samples])
+        ready = len(self._buf) - 2 * self._ctx
+        n = (ready // self._step_in) * self._step_in
+        if n <= 0:
+            return np.zeros(0, dtype=np.float32)
+        with torch.no_grad():
+            out = self._kernel(torch.from_numpy(self._buf[: n + 2 * self._ctx])).numpy()
+        first = self._ctx // self._step_in * self._step_out
+        result = out[first : first + n // self._step_in * self._step_out]
+        self._buf = self._buf[n:]
+        return np.ascontiguousarray(result, dtype=np.float32)

@@ -1,0 +1,261 @@
+"""A folder whose audio files are classified as whole tracks when they appear or are replaced.
+
+Change detection uses watchdog (inotify on Linux) when it is importable and
+works, plus a slow full rescan as a safety net for lost events; without it, a
+full rescan every ``poll_seconds``. Either way a file is only handed on once
+its size and mtime have stayed the same for ``settle_seconds``: a file being
+copied or downloaded is never read half-written, whatever tool writes it.
+
+User files are only read. They are moved only when the user configured a
+``done_dir`` / ``failed_dir``, and a move never overwrites anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..audio import AUDIO_EXTENSIONS
+from .base import Backoff, Emit, Source, SourceProblem, TrackReady
+from .watch_state import FileKey, WatchState
+
+log = logging.getLogger(__name__)
+
+# Names that download managers and copy tools use while a file is incomplete.
+PARTIAL_SUFFIXES = frozenset({".part", ".partial", ".tmp", ".crdownload", ".download", ".swp", ".!qb"})
+
+
+@dataclass
+class _Pending:
+    key: FileKey
+    since: float  # monotonic time this key was first seen
+
+
+class WatchSource(Source):
+    finite = False
+
+    def __init__(
+        self,
+        source_id: str,
+        directory: Path,
+        *,
+        state_path: Path,
+        settle_seconds: float = 2.0,
+        poll_seconds: float = 2.0,
+        rescan_seconds: float = 300.0,
+        done_dir: Path | None = None,
+        failed_dir: Path | None = None,
+        use_watchdog: bool = True,
+    ) -> None:
+        self.id = source_id
+        self.directory = Path(directory).expanduser().absolute()
+        self.settle_seconds = settle_seconds
+        self.poll_seconds = poll_seconds
+        self.rescan_seconds = rescan_seconds
+        self.done_dir = Path(done_dir).expanduser().absolute() if done_dir else None
+        self.failed_dir = Path(failed_dir).expanduser().absolute() if failed_dir else None
+        self.use_watchdog = use_watchdog
+        self.state = WatchState(state_path)
+        self._pending: dict[Path, _Pending] = {}
+        self._inflight: dict[Path, FileKey] = {}
+        self._events: set[Path] = set()
+        self._lock = threading.Lock()
+        self._watching = False
+
+    # -- the daemon's side -------------------------------------------------------------------
+
+    def stats(self) -> dict[str, float | int]:
+        counts = self.state.counts()
+        with self._lock:
+            inflight = len(self._inflight)
+        return {
+            "pending": len(self._pending),
+            "in_progress": inflight,
+            "tagged": counts.get("tagged", 0),
+            "failed": counts.get("failed", 0),
+            "unsupported": counts.get("unsupported", 0),
+            "inotify": int(self._watching),
+        }
+
+    def mark_done(self, path: Path, ok: bool) -> None:
+        """Remember the file's result so that neither a rescan nor a restart tags it again."""
+        path = Path(path)
+        with self._lock:
+            key = self._inflight.pop(path, None)
+        if key is None:
+            try:
+                key = _key(path.stat())
+            except OSError:
+                log.warning("%s: %s vanished before its result was recorded", self.id, path)
+                return
+        self.state.record(path, key, "tagged" if ok else "failed")
+        target = self.done_dir if ok else self.failed_dir
+        if target is not None:
+            self._move(path, target)
+
+    def _move(self, path: Path, target_root: Path) -> None:
+        try:
+            rel = path.relative_to(self.directory)
+        except ValueError:
+            rel = Path(path.name)
+        dest = target_root / rel
+        n = 1
+        while dest.exists():  # never overwrite: "name (1).mp3", "name (2).mp3" ...
+            dest = dest.with_name(f"{rel.stem} ({n}){rel.suffix}")
+            n += 1
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(path), str(dest))
+            log.info("%s: moved %s to %s", self.id, path, dest)
+        except OSError as exc:
+            log.warning("%s: could not move %s to %s (%s); left in place", self.id, path, dest, exc)
+
+    # -- the source's thread -----------------------------------------------------------------
+
+    def run(self, emit: Emit, stop: threading.Event) -> None:
+        backoff = Backoff(maximum=60.0)
+        while not self.directory.is_dir():
+            emit(SourceProblem(self.id, f"watch folder {self.directory} does not exist (or is not a folder); waiting for it", str(self.directory)))
+            if not backoff.wait(stop):
+                return
+        observer = self._start_observer() if self.use_watchdog else None
+        interval = self.rescan_seconds if observer else self.poll_seconds
+        log.info("%s: watching %s (%s)", self.id, self.directory, "inotify/watchdog" if observer else f"polling every {interval:g} s")
+        next_scan = 0.0
+        missing_reported = False
+        try:
+            while not stop.is_set():
+                now = time.monotonic()
+                if now >= next_scan:
+                    if self.directory.is_dir():
+                        self._scan(self.directory, now)
+                        missing_reported = False
+                    elif not missing_reported:
+                        emit(SourceProblem(self.id, f"watch folder {self.directory} disappeared; waiting for it to come back", str(self.directory)))
+                        missing_reported = True
+                    next_scan = now + interval
+                self._drain_events(now)
+                self._check_pending(emit, now)
+                stop.wait(min(0.2, self.settle_seconds / 4))
+        finally:
+            if observer is not None:
+                observer.stop()
+                observer.join(timeout=5)
+
+    def _start_observer(self) -> Any | None:
+        try:
+            from watchdog.events import FileSystemEventHandler
+            from watchdog.observers import Observer
+        except ImportError:
+            log.info("%s: watchdog not installed; polling %s", self.id, self.directory)
+            return None
+        source = self
+
+        class Handler(FileSystemEventHandler):
+            def on_any_event(self, event: Any) -> None:
+                if event.is_directory and event.event_type not in ("created", "moved"):
+                    return  # a folder's own "modified" accompanies every file event inside it
+                for attr in ("src_path", "dest_path"):
+                    p = getattr(event, attr, None)
+                    if p:
+                        with source._lock:
+                            source._events.add(Path(os.fsdecode(p)))
+
+        observer = Observer()
+        try:
+            observer.schedule(Handler(), str(self.directory), recursive=True)
+            observer.start()
+        except OSError as exc:  # e.g. the inotify watch limit
+            log.warning("%s: inotify unavailable (%s); polling every %g s instead", self.id, exc, self.poll_seconds)
+            return None
+        self._watching = True
+        return observer
+
+    def _ignored(self, path: Path) -> bool:
+        try:
+            rel = path.relative_to(self.directory)
+        except ValueError:
+            return True
+        if any(part.startswith(".") for part in rel.parts):
+            return True  # hidden files and the temporary names of rsync and friends
+        if path.suffix.lower() in PARTIAL_SUFFIXES:
+            return True
+        for special in (self.done_dir, self.failed_dir):
+            if special is not None and (path == special or special in path.parents):
+                return True
+        return False
+
+    def _scan(self, root: Path, now: float) -> None:
+        for dirpath, dirnames, filenames in os.walk(root, onerror=lambda exc: log.warning("%s: %s", self.id, exc)):
+            base = Path(dirpath)
+            dirnames[:] = [d for d in dirnames if not self._ignored(base / d)]
+            for name in filenames:
+                self._consider(base / name, now)
+
+    def _drain_events(self, now: float) -> None:
+        with self._lock:
+            events, self._events = self._events, set()
+        for p in events:
+            if p.is_dir():
+                if not self._ignored(p):
+                    self._scan(p, now)  # a folder moved or copied in: its files may bring no events
+            else:
+                self._consider(p, now)
+
+    def _consider(self, path: Path, now: float) -> None:
+        if self._ignored(path):
+            return
+        try:
+            st = path.stat()
+        except OSError:
+            self._pending.pop(path, None)  # deleted or renamed away meanwhile
+            return
+        if not path.is_file():
+            return
+        key = _key(st)
+        with self._lock:
+            if self._inflight.get(path) == key:
+                return
+        if self.state.is_done(path, key):
+            return
+        current = self._pending.get(path)
+        if current is None or current.key != key:
+            self._pending[path] = _Pending(key, now)
+
+    def _check_pending(self, emit: Emit, now: float) -> None:
+        for path, entry in list(self._pending.items()):
+            try:
+                key = _key(path.stat())
+            except OSError:
+                del self._pending[path]
+                continue
+            if key != entry.key:
+                self._pending[path] = _Pending(key, now)  # still being written
+                continue
+            if now - entry.since < self.settle_seconds or key[0] == 0:
+                continue  # not settled yet; empty files are placeholders before a copy starts
+            del self._pending[path]
+            self._hand_on(path, key, emit)
+
+    def _hand_on(self, path: Path, key: FileKey, emit: Emit) -> None:
+        if path.suffix.lower() not in AUDIO_EXTENSIONS:
+            supported = " ".join(sorted(AUDIO_EXTENSIONS))
+            reason = f"{path}: unsupported format {path.suffix or '(no extension)'!r} (watched formats: {supported})"
+            log.warning("%s: %s", self.id, reason)
+            self.state.record(path, key, "unsupported")
+            emit(SourceProblem(self.id, reason, str(path)))
+            return
+        with self._lock:
+            self._inflight[path] = key
+        log.info("%s: %s is complete; classifying", self.id, path)
+        emit(TrackReady(self.id, path))
+
+
+def _key(st: os.stat_result) -> FileKey:
+    return st.st_size, st.st_mtime_ns

@@ -1,0 +1,69 @@
+"""The watch source's memory: which files were already handled, in a small SQLite file.
+
+A file is identified by its path plus size and modification time (ns): the same
+path with other content (a replaced file) is new again. Only files whose result
+was delivered are recorded, so a crash between "file ready" and "result
+published" makes the file come back after a restart instead of being lost.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+from .base import SourceError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    path TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    status TEXT NOT NULL,          -- tagged | failed | unsupported
+    updated REAL NOT NULL          -- unix time of the last change
+)
+"""
+
+FileKey = tuple[int, int]  # (size, mtime_ns)
+
+
+class WatchState:
+    """Thread-safe: the source's thread reads it, the daemon's thread records results."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+            self._db.execute(SCHEMA)
+        except (sqlite3.Error, OSError) as exc:
+            raise SourceError(f"watch state file {self.path}: cannot be used ({exc}); fix its permissions or remove it") from exc
+        self._lock = threading.Lock()
+
+    def lookup(self, path: Path) -> tuple[FileKey, str] | None:
+        with self._lock:
+            row = self._db.execute("SELECT size, mtime_ns, status FROM files WHERE path = ?", (str(path),)).fetchone()
+        return ((row[0], row[1]), row[2]) if row else None
+
+    def is_done(self, path: Path, key: FileKey) -> bool:
+        found = self.lookup(path)
+        return found is not None and found[0] == key
+
+    def record(self, path: Path, key: FileKey, status: str) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO files (path, size, mtime_ns, status, updated) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(path) DO UPDATE SET size=excluded.size, mtime_ns=excluded.mtime_ns, "
+                "status=excluded.status, updated=excluded.updated",
+                (str(path), key[0], key[1], status, time.time()),
+            )
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute("SELECT status, COUNT(*) FROM files GROUP BY status").fetchall()
+        return {status: n for status, n in rows}
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,149 @@
+"""`genre-stream classify` as a user runs it: real files, real decoders, every bad-input case."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import REPO, run_cli, shared_path
+from genre_stream.engine import Engine
+from genre_stream.windows import analyse_audio, window_starts
+
+DEMO = REPO / "examples" / "demo.wav"
+
+
+def _json_lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_bundled_demo_classifies() -> None:
+    proc = run_cli("classify", str(DEMO))
+    assert proc.returncode == 0, proc.stderr
+    line = proc.stdout.strip()
+    assert line.startswith(f"{DEMO}: ") and line.count("%") == 3
+
+
+def test_json_output_fields_and_top_k() -> None:
+    proc = run_cli("classify", "--json", "-k", "5", str(DEMO))
+    assert proc.returncode == 0, proc.stderr
+    (obj,) = _json_lines(proc.stdout)
+    assert set(obj) >= {"path", "duration", "genre", "confidence", "probabilities", "model", "top"}
+    assert obj["path"] == str(DEMO) and abs(obj["duration"] - 12.0) < 0.01
+    assert len(obj["probabilities"]) == 10 and abs(sum(obj["probabilities"].values()) - 1) < 1e-3
+    assert len(obj["top"]) == 5 and obj["top"][0]["genre"] == obj["genre"] == max(obj["probabilities"], key=obj["probabilities"].get)
+    assert obj["model"] == "bbnn-gtzan-augmented-fold0" and "windows" not in obj
+
+
+def test_real_clips_get_their_genres() -> None:
+    clips = {"gtzan-country.00000.wav": "country", "jtd-jazz-trio-5s.wav": "jazz", "seed-example-rock.mp3": "rock"}
+    paths = [str(shared_path(f"audio/{name}")) for name in clips]
+    proc = run_cli("classify", "--json", *paths)
+    assert proc.returncode == 0, proc.stderr
+    got = {Path(o["path"]).name: o["genre"] for o in _json_lines(proc.stdout)}
+    assert got == clips
+
+
+def test_long_file_gives_a_window_timeline(tmp_path: Path) -> None:
+    audio, sr = sf.read(DEMO, dtype="float32")
+    long = tmp_path / "long.flac"
+    sf.write(long, np.tile(audio, 6), sr)  # 72 s
+    proc = run_cli("classify", "--json", "--windows", "--hop", "15", str(long))
+    assert proc.returncode == 0, proc.stderr
+    (obj,) = _json_lines(proc.stdout)
+    starts = [w["start"] for w in obj["windows"]]
+    assert len(starts) == 4 and starts[0] == 0.0 and 14.5 < starts[1] < 15.5
+    assert abs(obj["windows"][-1]["end"] - obj["duration"]) < 0.1  # last window reaches the end
+    mean = np.mean([[w["probabilities"][k] for k in obj["probabilities"]] for w in obj["windows"]], axis=0)
+    np.testing.assert_allclose(mean, list(obj["probabilities"].values()), atol=2e-6)
+
+
+def test_window_grid_covers_the_end() -> None:
+    assert window_starts(647, 647, 215) == [0]
+    assert window_starts(1000, 647, 215) == [0, 215, 353]
+    assert window_starts(1077, 647, 215) == [0, 215, 430]
+
+
+def test_short_clip_is_looped_to_thirty_seconds(engine: Engine) -> None:
+    audio, _ = sf.read(DEMO, dtype="float32")
+    short = audio[: 22050 * 4]
+    result = analyse_audio(short, engine)
+    looped = analyse_audio(np.tile(short, 8)[: engine.info.frontend.window_samples], engine)
+    assert len(result.windows) == 1 and abs(result.duration - 4.0) < 1e-6
+    np.testing.assert_allclose(result.probabilities, looped.probabilities, atol=1e-6)
+
+
+def test_directories_are_searched_recursively(tmp_path: Path) -> None:
+    (tmp_path / "a" / "b c").mkdir(parents=True)
+    shutil.copy(DEMO, tmp_path / "a" / "one.wav")
+    audio, sr = sf.read(DEMO, dtype="float32")
+    sf.write(tmp_path / "a" / "b c" / "twö.ogg", audio[: sr * 3], sr)
+    sf.write(tmp_path / "a" / "three.aiff", audio[: sr * 3], sr)
+    (tmp_path / "a" / "notes.txt").write_text("not audio, not searched")
+    proc = run_cli("classify", "--json", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    names = sorted(Path(o["path"]).name for o in _json_lines(proc.stdout))
+    assert names == ["one.wav", "three.aiff", "twö.ogg"]
+
+
+@pytest.mark.parametrize("fmt", ["flac", "ogg", "au", "aiff", "mp3"])
+def test_every_supported_format(tmp_path: Path, fmt: str) -> None:
+    audio, sr = sf.read(DEMO, dtype="float32")
+    path = tmp_path / f"clip.{fmt}"
+    sf.write(path, audio[: sr * 5], sr, format={"au": "AU", "aiff": "AIFF", "mp3": "MP3"}.get(fmt, fmt.upper()))
+    proc = run_cli("classify", "--json", str(path))
+    assert proc.returncode == 0, proc.stderr
+    (obj,) = _json_lines(proc.stdout)
+    assert abs(obj["duration"] - 5.0) < 0.1
+
+
+def test_bad_inputs_each_get_one_error_line_and_the_rest_still_run(tmp_path: Path) -> None:
+    good = tmp_path / "good.wav"
+    shutil.copy(DEMO, good)
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    garbage = tmp_path / "garbage.mp3"
+    garbage.write_bytes(b"this is not an mp3 file at all" * 100)
+    truncated = tmp_path / "truncated.wav"
+    truncated.write_bytes(DEMO.read_bytes()[: DEMO.stat().st_size // 3])
+    text = tmp_path / "readme.txt"
+    text.write_text("hello")
+    missing = tmp_path / "missing.flac"
+    before = {p: p.read_bytes() for p in (good, empty, garbage, truncated, text)}
+
+    proc = run_cli("classify", "--json", str(empty), str(garbage), str(good), str(truncated), str(text), str(missing))
+    assert proc.returncode == 1
+    assert [Path(o["path"]).name for o in _json_lines(proc.stdout)] == ["good.wav"]
+    errors = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
+    assert len(errors) == 5, proc.stderr
+    expect = {
+        "empty.wav": "empty file",
+        "garbage.mp3": "not decodable audio",
+        "truncated.wav": "truncated",
+        "readme.txt": "not decodable audio",
+        "missing.flac": "no such file",
+    }
+    for name, reason in expect.items():
+        assert any(name in e and reason in e for e in errors), (name, errors)
+    assert "Traceback" not in proc.stderr
+    assert {p: p.read_bytes() for p in before} == before  # user files untouched
+
+
+def test_usage_errors_exit_2(tmp_path: Path) -> None:
+    assert run_cli("classify").returncode == 2
+    assert run_cli("classify", "--hop", "0", str(DEMO)).returncode == 2
+    assert run_cli("classify", "--top-k", "0", str(DEMO)).returncode == 2
+
+
+def test_bad_model_path_is_a_clean_error(tmp_path: Path) -> None:
+    proc = run_cli("classify", "--model", str(tmp_path / "nope.onnx"), str(DEMO))
+    assert proc.returncode == 1 and "nope.onnx: model file not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_help_explains_the_behaviour() -> None:
+    proc = run_cli("classify", "--help")
+    assert proc.returncode == 0 and "looped to 30 s" in proc.stdout and "--hop" in proc.stdout

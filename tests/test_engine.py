@@ -1,0 +1,65 @@
+"""The ONNX engine: labels from metadata, batching, providers, clear errors for bad models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from genre_stream.engine import Engine, ModelError, default_model_path
+from genre_stream.model import BBNN
+from genre_stream.modelinfo import METADATA_KEY, ModelInfo
+from trainer.export import save_atomic, to_onnx_model, torch_probabilities
+
+
+def test_bundled_model_carries_its_labels_and_frontend(engine: Engine) -> None:
+    assert default_model_path().is_file()
+    assert engine.labels == ["blues", "reggae", "metal", "classical", "pop", "jazz", "disco", "hiphop", "rock", "country"]
+    assert engine.info.frontend.window_frames == 647
+    assert engine.info.provenance["source"] == "bbnn-gtzan-augmented-fold0.hdf5"
+
+
+def test_labels_come_from_the_model_metadata(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = BBNN(n_classes=3).eval()
+    info = ModelInfo(labels=["ambient", "techno", "speech"], model_id="tiny")
+    path = save_atomic(to_onnx_model(model, info, window_frames=64), tmp_path / "tiny.onnx")
+    eng = Engine(path, device="cpu", threads=1, batch_size=2)
+    assert eng.labels == ["ambient", "techno", "speech"] and eng.model_id == "tiny"
+    windows = np.random.default_rng(0).uniform(0, 1, (5, 64, 128)).astype(np.float32)
+    pred = eng.predict(windows)
+    assert pred.probabilities.shape == (5, 3) and pred.embeddings.shape == (5, 32)
+    np.testing.assert_allclose(pred.probabilities.sum(1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(pred.probabilities, torch_probabilities(model, windows), atol=1e-5)
+    single = eng.predict(windows[3])
+    np.testing.assert_allclose(single.probabilities[0], pred.probabilities[3], atol=1e-6)
+
+
+def test_model_without_metadata_is_refused(tmp_path: Path) -> None:
+    proto = to_onnx_model(BBNN(n_classes=2).eval(), ModelInfo(labels=["a", "b"]), window_frames=32)
+    del proto.metadata_props[:]
+    onnx.save(proto, tmp_path / "bare.onnx")
+    with pytest.raises(ModelError, match=f"bare.onnx.*no '{METADATA_KEY}' metadata"):
+        Engine(tmp_path / "bare.onnx")
+
+
+def test_missing_and_corrupt_model_files(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="missing.onnx: model file not found"):
+        Engine(tmp_path / "missing.onnx")
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(ModelError, match="junk.onnx: not a loadable ONNX model"):
+        Engine(junk)
+
+
+def test_cuda_request_without_gpu_build_is_explained() -> None:
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime build has CUDA; the refusal path cannot be exercised")
+    with pytest.raises(ModelError, match="device 'cuda'.*onnxruntime-gpu"):
+        Engine(device="cuda")
+    assert Engine(device="auto").providers == ["CPUExecutionProvider"]

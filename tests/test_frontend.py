@@ -1,0 +1,117 @@
+"""The shared frontend: librosa parity, the seed normalisation, incremental = batch."""
+
+from __future__ import annotations
+
+import librosa
+import numpy as np
+import pytest
+
+from genre_stream.frontend import FrontendConfig, MelFrontend, MelRingBuffer, StreamingMel, loop_to_length, normalize_window
+
+
+def _music_like(seconds: float = 8.0, sr: int = 22050, seed: int = 0) -> np.ndarray:
+    """Harmonic tones, noise bursts and a quiet passage: wide dynamic range in every band."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    y = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.1 * np.sin(2 * np.pi * 3520 * t * (1 + 0.01 * np.sin(t)))
+    y += 0.05 * rng.standard_normal(t.size) * (np.sin(2 * np.pi * 2 * t) > 0.7)
+    y[: sr // 2] *= 1e-3
+    return y.astype(np.float32)
+
+
+def _librosa_mel(y: np.ndarray) -> np.ndarray:
+    return librosa.feature.melspectrogram(
+        y=y, sr=22050, n_fft=2048, hop_length=1024, n_mels=128, fmin=0.0, fmax=11025.0,
+        power=2.0, center=True, pad_mode="reflect", htk=False, norm="slaney",
+    ).T
+
+
+@pytest.fixture(scope="module")
+def frontend() -> MelFrontend:
+    return MelFrontend()
+
+
+def test_batch_matches_librosa_power_and_db(frontend: MelFrontend) -> None:
+    y = _music_like()
+    ref = _librosa_mel(y)
+    ours = frontend.power(y)
+    assert ours.shape == ref.shape == (1 + y.size // 1024, 128)
+    significant = ref > ref.max() * 1e-10
+    rel = np.abs(ours - ref)[significant] / ref[significant]
+    assert rel.max() <= 1e-4
+    db_ref = librosa.power_to_db(ref, ref=np.max, top_db=80)
+    db_ours = librosa.power_to_db(ours, ref=np.max, top_db=80)
+    assert np.abs(db_ref - db_ours).max() <= 0.01
+
+
+def test_real_clip_matches_librosa(frontend: MelFrontend) -> None:
+    from conftest import shared_path
+
+    y, _ = librosa.load(shared_path("audio/gtzan-country.00000.wav"), sr=22050)
+    ref, ours = _librosa_mel(y), frontend.power(y)
+    assert np.abs(librosa.power_to_db(ref, ref=np.max) - librosa.power_to_db(ours, ref=np.max)).max() <= 0.01
+    assert (np.abs(ours - ref) / np.maximum(ref, 1e-10))[ref > ref.max() * 1e-10].max() <= 1e-4
+
+
+def test_normalization_is_the_seed_recipe() -> None:
+    rng = np.random.default_rng(1)
+    power = rng.uniform(1e-12, 10.0, size=(647, 128)).astype(np.float32)
+    x = normalize_window(power)
+    db = librosa.power_to_db(power, ref=np.max, top_db=80)
+    np.testing.assert_allclose(x, db / db.min(), rtol=1e-5, atol=1e-6)
+    assert x.min() >= 0 and x.max() <= 1 and np.isclose(x.max(), 1.0) and x.min() <= 1e-6
+
+
+def test_normalization_of_digital_silence_is_finite() -> None:
+    x = normalize_window(np.zeros((647, 128), np.float32))
+    assert np.all(np.isfinite(x)) and np.all(x == 0)
+
+
+def test_window_loops_short_clips_to_thirty_seconds(frontend: MelFrontend) -> None:
+    y = _music_like(3.0)
+    looped = loop_to_length(y, frontend.config.window_samples)
+    assert looped.size == frontend.config.window_samples
+    np.testing.assert_array_equal(looped[y.size : 2 * y.size], y)
+    w = frontend.window(y)
+    assert w.shape == (647, 128) and w.dtype == np.float32
+    with pytest.raises(ValueError):
+        loop_to_length(np.zeros(0, np.float32), 10)
+
+
+@pytest.mark.parametrize("chunk", [256, 1000, 4410, 70000])
+def test_incremental_equals_batch_except_the_final_frames(frontend: MelFrontend, chunk: int) -> None:
+    y = _music_like(6.0)
+    batch = frontend.power(y)
+    stream = StreamingMel(frontend)
+    got = [stream.push(y[i : i + chunk]) for i in range(0, y.size, chunk)]
+    frames = np.concatenate(got)
+    # Every frame whose window lies inside the audio is available live and equal to the batch one;
+    # only the last frames, which the batch path computes by reflecting the end of the file, are not.
+    complete = (y.size - 1024) // 1024 + 1
+    assert frames.shape[0] == complete
+    assert batch.shape[0] - frames.shape[0] <= FrontendConfig().n_fft // (2 * 1024) + 1
+    np.testing.assert_allclose(frames, batch[: frames.shape[0]], rtol=1e-6, atol=1e-9)
+    assert stream.frames_emitted == frames.shape[0]
+
+
+def test_frames_appear_as_soon_as_their_hop_is_complete(frontend: MelFrontend) -> None:
+    stream = StreamingMel(frontend)
+    y = _music_like(1.0)
+    # frame 0 is centred on sample 0; its left half reflects y[1..1024], so it needs 1025 samples
+    assert stream.push(y[:1024]).shape[0] == 0
+    assert stream.push(y[1024:1025]).shape[0] == 1
+    # frame 1 covers y[0:2048]
+    assert stream.push(y[1025:2047]).shape[0] == 0
+    assert stream.push(y[2047:2048]).shape[0] == 1
+
+
+def test_ring_buffer_keeps_latest_frames_in_order() -> None:
+    ring = MelRingBuffer(capacity=5, n_mels=2)
+    for i in range(3):
+        ring.extend(np.full((1, 2), i, np.float32))
+    assert len(ring) == 3 and ring.latest()[:, 0].tolist() == [0, 1, 2]
+    ring.extend(np.arange(4, dtype=np.float32).repeat(2).reshape(4, 2) + 10)
+    assert len(ring) == 5 and ring.total_frames == 7
+    assert ring.latest()[:, 0].tolist() == [2, 10, 11, 12, 13]
+    ring.extend(np.arange(6, dtype=np.float32).repeat(2).reshape(6, 2) + 100)  # more than capacity at once
+    assert ring.latest()[:, 0].tolist() == [101, 102, 103, 104, 105]

@@ -1,0 +1,150 @@
+"""SourcePipeline and tag_track with the bundled model on real audio."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from conftest import shared_path
+from genre_stream.audio import load_audio
+from genre_stream.messages import GenreEvent, GenreState
+from genre_stream.pipeline import PipelineConfig, SourcePipeline, tag_track
+from genre_stream.sources.base import AudioChunk
+from genre_stream.windows import analyse_file
+
+SR = 22050
+
+
+def feed_all(pipeline: SourcePipeline, audio: np.ndarray, chunk: int, start_time: float = 0.0) -> list:
+    out = []
+    for i in range(0, audio.size, chunk):
+        out += pipeline.feed(AudioChunk("test", audio[i : i + chunk], start_time + i / SR, time.monotonic()))
+    return out
+
+
+@pytest.fixture(scope="module")
+def country() -> np.ndarray:
+    return load_audio(shared_path("audio/gtzan-country.00000.wav"), SR)
+
+
+def test_incremental_classification_matches_the_whole_file(engine, country):
+    path = shared_path("audio/gtzan-country.00000.wav")
+    expected = analyse_file(path, engine)
+    pipeline = SourcePipeline("radio", engine, PipelineConfig(hop_seconds=5.0, min_fill_seconds=10.0))
+    messages = feed_all(pipeline, country, 2205) + pipeline.flush()
+    states = [m for m in messages if isinstance(m, GenreState)]
+    events = [m for m in messages if isinstance(m, GenreEvent)]
+    # 10, 15, 20, 25 s on the hop grid, then the flush at the end of the 30 s clip
+    assert len(states) == 5
+    assert [round(s.window_end) for s in states[:4]] == [10, 15, 20, 25]
+    assert all(s.state == "music" and s.source == "radio" and s.model == engine.model_id for s in states)
+    assert expected.genre == "country"
+    assert states[-1].genre == expected.genre
+    assert set(states[-1].probabilities) == set(engine.labels)
+    assert sum(states[-1].probabilities.values()) == pytest.approx(1.0, abs=1e-3)
+    # one announcement: the first genre, nothing flips afterwards
+    assert [(e.type, e.data["from"], e.data["to"]) for e in events] == [("genre_changed", None, "country")]
+    stats = pipeline.stats()
+    assert stats["windows"] == 5 and stats["inference_ms_mean"] > 0 and stats["real_time_factor"] > 0
+
+
+def test_full_window_equals_classify_path(engine, country):
+    """With 30 s buffered the window is the same mel image classify computes, so probabilities agree."""
+    expected = analyse_file(shared_path("audio/gtzan-country.00000.wav"), engine, hop_seconds=30.0).windows[0].probabilities
+    pipeline = SourcePipeline("x", engine, PipelineConfig(hop_seconds=30.0, min_fill_seconds=30.0, ema_alpha=1.0))
+    # feed exactly the audio that yields 647 streamed frames (their right halves inside the audio)
+    n = (647 - 1) * 1024 + 1024
+    states = [m for m in feed_all(pipeline, country[:n], 4096) if isinstance(m, GenreState)]
+    assert len(states) == 1
+    got = np.array([states[0].probabilities[label] for label in engine.labels])
+    np.testing.assert_allclose(got, expected, atol=2e-3)
+
+
+def test_chunk_size_does_not_change_results(engine, country):
+    audio = country[: SR * 16]
+    cfg = PipelineConfig(hop_seconds=3.0, min_fill_seconds=6.0)
+    small = [m for m in feed_all(SourcePipeline("a", engine, cfg), audio, 441) if isinstance(m, GenreState)]
+    large = [m for m in feed_all(SourcePipeline("a", engine, cfg), audio, 77777) if isinstance(m, GenreState)]
+    assert len(small) == len(large) == 4  # at 6, 9, 12, 15 s
+    for a, b in zip(small, large):
+        assert a.window_end == pytest.approx(b.window_end)
+        assert a.probabilities == pytest.approx(b.probabilities, abs=1e-5)
+
+
+def test_silence_gives_silence_state_without_inference(engine):
+    pipeline = SourcePipeline("quiet", engine, PipelineConfig(hop_seconds=2.0, min_fill_seconds=4.0, silence_dbfs=-50.0))
+    rng = np.random.default_rng(0)
+    hiss = (rng.standard_normal(SR * 7) * 10 ** (-70 / 20)).astype(np.float32)  # -70 dBFS noise floor
+    messages = feed_all(pipeline, hiss, 2205)
+    assert messages and all(isinstance(m, GenreState) for m in messages)
+    assert all(m.state == "silence" and m.genre is None and m.probabilities == {} for m in messages)
+    assert pipeline.stats()["silent_windows"] == len(messages)
+    assert pipeline.stats()["inference_ms_mean"] == 0.0  # the model never ran
+    assert pipeline.level_dbfs() == pytest.approx(-70.0, abs=1.0)
+
+
+def test_music_after_silence_is_classified(engine, country):
+    pipeline = SourcePipeline("s", engine, PipelineConfig(hop_seconds=5.0, min_fill_seconds=5.0, silence_dbfs=-60.0))
+    silence = np.zeros(SR * 6, dtype=np.float32)
+    first = feed_all(pipeline, silence, 2205)
+    assert [m.state for m in first] == ["silence"]
+    # 30 s of music pushes the silence out of the window
+    later = [m for m in feed_all(pipeline, country, 2205, start_time=6.0) if isinstance(m, GenreState)]
+    assert later[-1].state == "music" and later[-1].genre == "country"
+
+
+def test_short_buffer_is_looped_like_classify(engine, country):
+    """At min_fill the window is the buffered frames looped to 30 s: the model still hears music."""
+    pipeline = SourcePipeline("s", engine, PipelineConfig(hop_seconds=10.0, min_fill_seconds=10.0))
+    states = [m for m in feed_all(pipeline, country[: SR * 11], 2205) if isinstance(m, GenreState)]
+    assert len(states) == 1
+    assert states[0].window_end - states[0].window_start == pytest.approx(10.0, abs=0.1)
+    assert states[0].genre == "country"
+
+
+def test_time_jump_restarts_the_frontend(engine, country):
+    pipeline = SourcePipeline("s", engine, PipelineConfig(hop_seconds=5.0, min_fill_seconds=5.0))
+    feed_all(pipeline, country[: SR * 6], 2205)
+    messages = feed_all(pipeline, country[SR * 10 : SR * 17], 2205, start_time=60.0)  # 54 s gap
+    assert pipeline.stats()["discontinuities"] == 1
+    state = [m for m in messages if isinstance(m, GenreState)][-1]
+    # stream time continues after the gap; the hop grid runs on (5 s after the last window)
+    assert 60.0 < state.window_end <= 65.1
+
+
+def test_flush_needs_min_fill(engine, country):
+    pipeline = SourcePipeline("s", engine, PipelineConfig(hop_seconds=5.0, min_fill_seconds=10.0))
+    assert feed_all(pipeline, country[: SR * 8], 2205) == []
+    assert pipeline.flush() == []
+    pipeline2 = SourcePipeline("s", engine, PipelineConfig(hop_seconds=5.0, min_fill_seconds=10.0))
+    feed_all(pipeline2, country[: SR * 12], 2205)
+    flushed = pipeline2.flush()
+    assert [m.state for m in flushed if isinstance(m, GenreState)] == ["music"]
+    assert pipeline2.flush() == []  # nothing new since
+
+
+@pytest.mark.parametrize("field, value", [("hop_seconds", 0.0), ("min_fill_seconds", -1.0), ("silence_dbfs", 3.0)])
+def test_bad_config_names_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        PipelineConfig(**{field: value})
+
+
+def test_tag_track(engine):
+    path = shared_path("audio/gtzan-country.00000.wav")
+    event = tag_track("watch-in", path, engine)
+    d = event.to_dict()
+    assert d["type"] == "track_tagged" and d["source"] == "watch-in" and d["path"] == str(path)
+    assert d["genre"] == "country" and d["confidence"] > 0.5
+    assert d["duration"] == pytest.approx(30.0, abs=0.1)
+    assert set(d["probabilities"]) == set(engine.labels)
+
+
+def test_tag_track_corrupt_file_is_an_error_event(engine, tmp_path):
+    bad = tmp_path / "broken song.mp3"
+    bad.write_bytes(b"ID3\x03\x00\x00\x00\x00\x00\x00" + b"\x13\x37" * 500)
+    event = tag_track("w", bad, engine)
+    d = event.to_dict()
+    assert d["type"] == "error" and d["path"] == str(bad)
+    assert str(bad) in d["reason"]
