@@ -128,6 +128,7 @@ def quantize_int8(
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
         graph = onnx.load(str(pre)).graph
         exclude = [n.name for n in graph.node if any(key in n.name for key in config.keep_float)]
+        log.info("int8 (%s recipe): calibrating on %d windows, %d nodes kept float", config.recipe, len(calibration), len(exclude))
         extra: dict[str, object] = {}
         if config.recipe == "full" and config.shared_concat_scale:
             extra["TensorQuantOverrides"] = _shared_concat_scale(graph)
