@@ -109,6 +109,7 @@ class WatchConfig:
     failed_dir: Path | None = None  # files that failed to decode are moved here; None = leave them
     settle_seconds: float = 2.0  # a file's size must hold this long before it is read
     poll_seconds: float = 2.0  # folder rescan interval (also the fallback without inotify)
+    library_db: Path | None = None  # also index tagged files into this `genre-stream library` database
 
 
 def default_state_dir() -> Path:

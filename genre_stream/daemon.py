@@ -17,10 +17,12 @@ import dataclasses
 import faulthandler
 import logging
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import ConfigError, DaemonConfig
@@ -36,6 +38,8 @@ from .systemd import Notifier
 
 if TYPE_CHECKING:
     from .dashboard.sink import DashboardSink
+    from .library.db import LibraryDB
+    from .windows import TrackResult
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +91,7 @@ class _Running:
     thread: threading.Thread | None = None
     errors: int = 0
     ended: bool = False  # finished on its own (not stopped)
+    library: LibraryDB | None = None  # watch sources with watch.library_db: this thread's connection
 
 
 class Daemon:
@@ -246,6 +251,14 @@ class Daemon:
         r.thread.start()
 
     def _source_thread(self, r: _Running) -> None:
+        try:
+            self._run_source(r)
+        finally:
+            if r.library is not None:
+                r.library.close()
+                r.library = None
+
+    def _run_source(self, r: _Running) -> None:
         """Run one source; a crash is reported and, for live sources, retried with backoff."""
         delay = 1.0
         while not r.stop.is_set():
@@ -285,8 +298,10 @@ class Daemon:
                     self._publish(message)
             elif isinstance(item, TrackReady):
                 assert self.engine is not None
-                event = tag_track(item.source, item.path, self.engine, self.config.track_hop_seconds)
+                event, result = tag_track(item.source, item.path, self.engine, self.config.track_hop_seconds)
                 self._publish(event)
+                if result is not None and self.config.watch.library_db is not None:
+                    self._index(r, item.path, result)
                 r.source.mark_done(item.path, ok=event.type == "track_tagged")
             elif isinstance(item, SourceProblem):
                 log.warning("%s: %s", item.source, item.reason)
@@ -294,6 +309,22 @@ class Daemon:
         except Exception:  # one bad chunk or file must not end the source
             r.errors += 1
             log.exception("%s: failed to process a %s", r.source.id, type(item).__name__)
+
+    def _index(self, r: _Running, path: Path, result: TrackResult) -> None:
+        """Add a watched file to the library database, so a growing collection is indexed as files arrive.
+
+        The connection belongs to the source's thread (SQLite connections are per thread);
+        a database problem is reported as an error event and never stops the source.
+        """
+        from .library.db import LibraryDB, LibraryError
+
+        try:
+            if r.library is None:
+                r.library = LibraryDB(self.config.watch.library_db)
+            r.library.upsert_track(path, result)
+        except (LibraryError, OSError, sqlite3.Error) as exc:
+            log.error("%s: cannot index %s into %s: %s", r.source.id, path, self.config.watch.library_db, exc)
+            self._publish(GenreEvent.error(r.source.id, f"library index: {exc}", str(path)))
 
     def _publish(self, message: Any) -> None:
         assert self.sinks is not None

@@ -29,7 +29,7 @@ from .frontend import MelFrontend, MelRingBuffer, StreamingMel, normalize_window
 from .messages import GenreEvent, GenreState, Message
 from .smoother import Smoother
 from .sources.base import AudioChunk
-from .windows import analyse_file
+from .windows import TrackResult, analyse_file
 
 log = logging.getLogger(__name__)
 
@@ -208,14 +208,18 @@ class SourcePipeline:
         }
 
 
-def tag_track(source_id: str, path: Path, engine: Engine, hop_seconds: float = 10.0) -> GenreEvent:
-    """Classify a whole file for the watch source: a ``track_tagged`` event, or an ``error`` naming the file."""
+def tag_track(source_id: str, path: Path, engine: Engine, hop_seconds: float = 10.0) -> tuple[GenreEvent, TrackResult | None]:
+    """Classify a whole file for the watch source.
+
+    Returns a ``track_tagged`` event with the analysis (which the daemon may also
+    index into a library database), or an ``error`` event naming the file and None.
+    """
     try:
         result = analyse_file(path, engine, hop_seconds)
     except AudioError as exc:
         log.warning("%s: %s", source_id, exc)
-        return GenreEvent.error(source_id, str(exc), path=str(path))
-    return GenreEvent(
+        return GenreEvent.error(source_id, str(exc), path=str(path)), None
+    event = GenreEvent(
         "track_tagged",
         source_id,
         {
@@ -227,3 +231,4 @@ def tag_track(source_id: str, path: Path, engine: Engine, hop_seconds: float = 1
             "model": result.model,
         },
     )
+    return event, result

@@ -133,8 +133,9 @@ def test_bad_config_names_the_field(field, value):
 
 def test_tag_track(engine):
     path = shared_path("audio/gtzan-country.00000.wav")
-    event = tag_track("watch-in", path, engine)
+    event, result = tag_track("watch-in", path, engine)
     d = event.to_dict()
+    assert result is not None and result.genre == d["genre"] and result.embedding.shape == (32,)
     assert d["type"] == "track_tagged" and d["source"] == "watch-in" and d["path"] == str(path)
     assert d["genre"] == "country" and d["confidence"] > 0.5
     assert d["duration"] == pytest.approx(30.0, abs=0.1)
@@ -144,7 +145,8 @@ def test_tag_track(engine):
 def test_tag_track_corrupt_file_is_an_error_event(engine, tmp_path):
     bad = tmp_path / "broken song.mp3"
     bad.write_bytes(b"ID3\x03\x00\x00\x00\x00\x00\x00" + b"\x13\x37" * 500)
-    event = tag_track("w", bad, engine)
+    event, result = tag_track("w", bad, engine)
     d = event.to_dict()
+    assert result is None
     assert d["type"] == "error" and d["path"] == str(bad)
     assert str(bad) in d["reason"]

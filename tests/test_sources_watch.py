@@ -35,7 +35,7 @@ class Tagger:
     def handle(self, item) -> None:
         if isinstance(item, TrackReady):
             self.sizes[item.path] = item.path.stat().st_size  # what the file looked like when handed on
-            event = tag_track(self.source.id, item.path, self.engine).to_dict()
+            event = tag_track(self.source.id, item.path, self.engine)[0].to_dict()
             with self._lock:
                 self.events.append(event)
             self.source.mark_done(item.path, event["type"] == "track_tagged")
