@@ -107,6 +107,7 @@ def _progress(files: list[Path]) -> Iterable[Path]:
 
 # Commands that live in their own modules register once the group exists.
 from .cli_devices import devices  # noqa: E402
+from .cli_history import history  # noqa: E402
 from .cli_library import library  # noqa: E402
 from .cli_run import config_group, run  # noqa: E402
 
@@ -114,3 +115,4 @@ main.add_command(run)
 main.add_command(config_group)
 main.add_command(devices)
 main.add_command(library)
+main.add_command(history)

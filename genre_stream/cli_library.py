@@ -84,6 +84,7 @@ def scan(paths: tuple[Path, ...], db_path: Path | None, model_path: str | None, 
     and the next scan resumes with the files not yet indexed. Files that cannot be
     decoded are recorded; see `genre-stream library errors`.
     """
+    from .engine import ModelError
     from .library.scan import ScanConfig, scan as run_scan
 
     config = ScanConfig(model_path, device, workers, hop_seconds, retry_errors)
@@ -98,7 +99,10 @@ def scan(paths: tuple[Path, ...], db_path: Path | None, model_path: str | None, 
             if bar:
                 bar[0].update(1)
 
-        report = run_scan(db, list(paths), config, on_plan, on_outcome)
+        try:
+            report = run_scan(db, list(paths), config, on_plan, on_outcome)
+        except ModelError as exc:
+            raise click.ClickException(str(exc)) from exc
         total = db.count()
     summary = {
         "found": report.found,
@@ -210,16 +214,11 @@ def cluster(db_path: Path | None, k: int | None, method: str, playlist_dir: Path
 @click.option("--json", "as_json", is_flag=True, help="Print the matches as JSON.")
 def similar(track: Path, count: int, db_path: Path | None, model_path: str | None, device: str, as_json: bool) -> None:
     """The library tracks that sound most like TRACK (a library path or any audio file)."""
-    from .audio import AudioError
-    from .engine import ModelError
     from .library.similar import SimilarityIndex, resolve_query
 
     with _open_db(db_path, must_exist=True) as db:
         index = SimilarityIndex(db.matrix())
-        try:
-            query = resolve_query(track, index, db, model_path, device)
-        except (AudioError, ModelError) as exc:
-            raise click.ClickException(str(exc)) from exc
+        query = resolve_query(track, index, db, model_path, device)
         matches = index.nearest(query.vector, count, exclude=query.path)
     if as_json:
         _echo_json({"track": query.path, "genre": query.genre, "in_library": query.in_library,

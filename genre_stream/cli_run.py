@@ -45,6 +45,11 @@ FLAG_KEYS = {
     "key_file": "mqtt.key_file",
     "homeassistant": "homeassistant.enabled",
     "jsonl": "jsonl.path",
+    "http": "http.listen",
+    "http_allow_remote": "http.allow_remote",
+    "http_token": "http.token",
+    "history": "history.enabled",
+    "history_days": "history.retention_days",
 }
 
 
@@ -83,6 +88,14 @@ def _fail_config(exc: ConfigError) -> None:
 @click.option("--key-file", type=click.Path(path_type=Path), default=None)
 @click.option("--homeassistant/--no-homeassistant", default=None, help="Publish Home Assistant discovery configs (default on).")
 @click.option("--jsonl", default=None, help="Also write JSON lines to FILE (- = stdout; the default without --mqtt).")
+@click.option("--http", default=None, metavar="HOST:PORT",
+              help="Serve the dashboard, JSON API and /metrics here (e.g. 127.0.0.1:8080; off by default).")
+@click.option("--http-allow-remote", is_flag=True, default=None,
+              help="Allow --http on a non-loopback address (the dashboard is then reachable from the network).")
+@click.option("--http-token", default=None,
+              help="Bearer token required by everything but /healthz; prefer GENRE_STREAM_HTTP_TOKEN.")
+@click.option("--history/--no-history", default=None, help="Record states and events in <state dir>/history.sqlite (default on).")
+@click.option("--history-days", type=float, default=None, help="Days of tag history to keep (default 90; 0 = forever).")
 def run(config_path: Path | None, **options: Any) -> None:
     """Tag live inputs, folders and streams continuously; publish to MQTT and/or JSON lines.
 

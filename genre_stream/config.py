@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from .dashboard.config import HttpSettings
+from .history import HistorySettings
 from .pipeline import PipelineConfig
 
 log = logging.getLogger(__name__)
@@ -112,6 +114,8 @@ class DaemonConfig:
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     homeassistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig)
     jsonl: JsonlConfig = field(default_factory=JsonlConfig)
+    http: HttpSettings = field(default_factory=HttpSettings)
+    history: HistorySettings = field(default_factory=HistorySettings)
 
     @property
     def jsonl_target(self) -> str | None:
@@ -374,10 +378,12 @@ def _lookup(config: DaemonConfig, key: str) -> Any:
 
 
 def describe(config: DaemonConfig) -> dict[str, Any]:
-    """The effective configuration as plain data (``config show``), with the password masked."""
+    """The effective configuration as plain data (``config show``), with the password and token masked."""
     data = dataclasses.asdict(config)
     if data["mqtt"]["password"]:
         data["mqtt"]["password"] = "***"
+    if data["http"]["token"]:
+        data["http"]["token"] = "***"
 
     def plain(v: Any) -> Any:
         if isinstance(v, dict):

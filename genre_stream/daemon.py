@@ -21,16 +21,21 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import ConfigError, DaemonConfig
+from .dashboard.config import DashboardError
 from .engine import Engine
+from .history import History
 from .messages import GenreEvent, SourceStats
 from .pipeline import SourcePipeline, tag_track
 from .sinks import Fanout, Sink
 from .sinks.jsonl import JsonlSink
 from .sources import AudioChunk, Source, SourceError, SourceItem, SourceProblem, TrackReady, parse_source
 from .systemd import Notifier
+
+if TYPE_CHECKING:
+    from .dashboard.sink import DashboardSink
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +107,7 @@ class Daemon:
         self.source_factory = source_factory
         self.reload_config = reload_config
         self.running: dict[str, _Running] = {}
+        self.dashboard: DashboardSink | None = None
         self._wake = threading.Event()
         self._stop_requested = False
         self._reload_requested = False
@@ -138,7 +144,11 @@ class Daemon:
             self.engine = Engine(m.path, device=m.device, threads=m.threads)
         if self.sinks is None:
             self.sinks = build_sinks(config)
-        self.sinks.start()
+            self._add_history_and_dashboard(config, self.sinks)
+        try:
+            self.sinks.start()
+        except DashboardError as exc:
+            raise ConfigError(f"http.listen: {exc}") from None
         for spec, source in sources:
             self._start(spec, source)
         self.sinks.sources_changed(list(self.running), self.engine.model_id)
@@ -163,6 +173,28 @@ class Daemon:
             self._wake.wait(TICK)
             self._wake.clear()
         return self._shutdown(by_signal)
+
+    def _add_history_and_dashboard(self, config: DaemonConfig, sinks: Fanout) -> None:
+        """The tag history (on by default) and the dashboard (off by default) are sinks too."""
+        assert self.engine is not None
+        history = History(config.history.config(config.state_dir)) if config.history.enabled else None
+        if history is not None:
+            sinks.sinks.append(history)
+        dash_config = config.http.dashboard()
+        if dash_config is None:
+            return
+        from .dashboard.sink import DashboardSink  # the HTTP stack is loaded only when asked for
+
+        self.dashboard = DashboardSink(dash_config, self.engine.labels, self.engine.model_id,
+                                       history.config.path if history is not None else None)
+        sinks.sinks.insert(0, self.dashboard)  # started first: a busy port stops us before MQTT connects
+        if history is not None:
+            self.dashboard.watch_history(history.stats)
+        from .sinks.mqtt import MqttSink
+
+        for sink in sinks.sinks:
+            if isinstance(sink, MqttSink):
+                self.dashboard.watch_mqtt(sink)
 
     def _all_ended(self) -> bool:
         return all(r.source.finite and r.thread is not None and not r.thread.is_alive() for r in self.running.values())
@@ -209,6 +241,8 @@ class Daemon:
         r = _Running(spec, source, SourcePipeline(source.id, self.engine, self.config.pipeline))
         r.thread = threading.Thread(target=self._source_thread, args=(r,), name=f"source-{source.id}", daemon=True)
         self.running[source.id] = r
+        if self.dashboard is not None:
+            self.dashboard.watch_source(source.id, r.source.stats, lambda: r.pipeline.stats())
         r.thread.start()
 
     def _source_thread(self, r: _Running) -> None:
@@ -245,6 +279,8 @@ class Daemon:
             if isinstance(item, AudioChunk):
                 with r.lock:
                     messages = r.pipeline.feed(item)
+                    if self.dashboard is not None:
+                        self.dashboard.after_feed(r.source.id, r.pipeline, messages)
                 for message in messages:
                     self._publish(message)
             elif isinstance(item, TrackReady):
@@ -299,11 +335,12 @@ class Daemon:
             self.notifier.ready(self._status_line())
             return
         old = self.config
-        for section in ("mqtt", "homeassistant", "jsonl", "model", "state_dir"):
+        for section in ("mqtt", "homeassistant", "jsonl", "model", "state_dir", "http", "history"):
             if getattr(new, section) != getattr(old, section):
                 log.warning("reload: %s changed; restart the daemon to apply it (the MQTT connection is kept)", section)
         new = dataclasses.replace(
-            new, mqtt=old.mqtt, homeassistant=old.homeassistant, jsonl=old.jsonl, model=old.model, state_dir=old.state_dir
+            new, mqtt=old.mqtt, homeassistant=old.homeassistant, jsonl=old.jsonl, model=old.model, state_dir=old.state_dir,
+            http=old.http, history=old.history,
         )
         if new.log_level and new.log_level != old.log_level:
             logging.getLogger().setLevel(new.log_level.upper())

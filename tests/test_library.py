@@ -277,7 +277,7 @@ def test_interrupted_scan_resumes(tmp_path: Path) -> None:
     assert {p: done_2[p] for p in done_1} == done_1, "finished tracks were analysed again"
 
     # 3. the resumed scan analyses only what is left
-    report = _json(run_cli("library", "scan", str(lib), "--db", str(db_path), "--json"))
+    report = _json(run_cli("library", "scan", str(lib), "--db", str(db_path), "--workers", "1", "--json"))
     assert report["analysed"] == n - len(done_2) and report["unchanged"] == len(done_2) and not report["interrupted"]
     final = _analysed_at(db_path)
     assert len(final) == n and {p: final[p] for p in done_2} == done_2
@@ -339,6 +339,10 @@ def test_bad_requests_get_clear_errors(synthetic, tmp_path: Path) -> None:
 
     code, out = run("scan", str(tmp_path / "nope"), "--db", str(tmp_path / "x.sqlite"))
     assert code == 1 and "nope: no such file or directory" in out and "nothing was scanned" in out
+    fake_model = tmp_path / "fake.onnx"
+    fake_model.write_text("not a model")
+    code, out = run("scan", str(tmp_path), "--db", str(tmp_path / "x.sqlite"), "--model", str(fake_model))
+    assert code == 1 and "fake.onnx: not a loadable ONNX model" in out
     code, out = run("cluster", "--db", str(tmp_path / "missing.sqlite"))
     assert code == 1 and "no library database yet" in out
     code, out = run("cluster", "--db", str(db), "--k", "40", "--playlists", str(tmp_path))

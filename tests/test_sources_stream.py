@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import shutil
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -116,11 +113,13 @@ def test_stalled_stream_is_restarted(radio, tmp_path):
 
 
 def test_http_error_is_reported_and_retried(radio, tmp_path):
-    source = parse_source(f"stream:{radio.url}/missing.mp3", state_dir=tmp_path, reconnect_max_seconds=1.0)
+    url = radio.url.replace("http://", "http://dj:s3cret@") + "/missing.mp3"
+    source = parse_source(f"stream:{url}", state_dir=tmp_path, reconnect_max_seconds=1.0)
     collector = Collector()
     with running(source, collector):
         assert collector.wait_for(lambda items: len(items) >= 2, timeout=20)
     problems = collector.problems()
     assert len(problems) >= 2 and not collector.chunks()
     assert "404" in problems[0].reason and "/missing.mp3" in problems[0].reason
+    assert "dj:***@" in problems[0].reason and "s3cret" not in problems[0].reason
     assert source.stats()["reconnects"] >= 2

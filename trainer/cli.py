@@ -46,5 +46,13 @@ def import_keras(checkpoint: Path, out: Path) -> None:
     click.echo(f"wrote {out} ({len(labels)} labels: {', '.join(labels)})")
 
 
+from .commands import evaluate_cmd, finetune_cmd, prepare_cmd, synth_cmd, train_cmd  # noqa: E402
+
+main.add_command(prepare_cmd)
+main.add_command(train_cmd)
+main.add_command(evaluate_cmd)
+main.add_command(finetune_cmd)
+main.add_command(synth_cmd)
+
 if __name__ == "__main__":
     main()

@@ -196,7 +196,8 @@ class LibraryDB:
         raw = self._meta("labels")
         return json.loads(raw) if raw else None
 
-    def _check_labels(self, labels: list[str]) -> None:
+    def ensure_labels(self, labels: list[str]) -> None:
+        """Adopt ``labels`` for an empty index; refuse a model whose genres differ from the index's."""
         stored = self.labels
         if stored is None or (stored != labels and self.count() == 0):
             self._set_meta("labels", json.dumps(labels))
@@ -229,7 +230,7 @@ class LibraryDB:
         probs = np.asarray(result.probabilities, dtype=np.float32)
         if probs.shape != (len(labels),):
             raise LibraryError(f"{path}: {probs.shape[0]} probabilities for {len(labels)} labels")
-        self._check_labels(labels)
+        self.ensure_labels(labels)
         with self.conn:
             self.conn.execute("BEGIN IMMEDIATE")
             self.conn.execute(

@@ -267,6 +267,7 @@ def scan(
     config = config or ScanConfig()
     files, roots = collect_files(paths)
     engine = Engine(config.model_path, device=config.device)
+    db.ensure_labels(engine.labels)  # before any work: a mismatch would fail every file
     jobs, gone, report = plan(db, files, roots, engine.model_id, config.retry_errors)
     if on_plan:
         on_plan(len(jobs))

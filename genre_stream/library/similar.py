@@ -81,12 +81,16 @@ def resolve_query(track: str | Path, index: SimilarityIndex, db: LibraryDB, mode
         return Query(path, index.vectors[row], index.genres[row], True)
     if not Path(path).is_file():
         raise LibraryError(f"{track}: not in the library ({db.path}) and not an audio file here")
-    from ..engine import Engine  # torch/onnxruntime load only when a query needs analysing
+    from ..audio import AudioError  # torch/onnxruntime load only when a query needs analysing
+    from ..engine import Engine, ModelError
     from ..windows import analyse_file
 
-    engine = Engine(model_path, device=device)
-    labels = db.labels
-    if labels is not None and labels != engine.labels:
-        raise LibraryError(f"{engine.path}: model labels {engine.labels} differ from the library's {labels}")
-    result = analyse_file(path, engine)
+    try:
+        engine = Engine(model_path, device=device)
+        labels = db.labels
+        if labels is not None and labels != engine.labels:
+            raise LibraryError(f"{engine.path}: model labels {engine.labels} differ from the library's {labels}")
+        result = analyse_file(path, engine)
+    except (AudioError, ModelError) as exc:
+        raise LibraryError(str(exc)) from exc
     return Query(path, track_features(result.embedding, result.probabilities), result.genre, False)

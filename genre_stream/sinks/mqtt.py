@@ -109,6 +109,7 @@ class MqttSink:
         self._retract: set[str] = set()
         self._thread = threading.Thread(target=self._network, name="mqtt", daemon=True)
         self.connects = 0
+        self.delivered = 0  # messages the broker acknowledged since start (dashboard metrics)
 
     # ----------------------------------------------------------- sink interface
 
@@ -276,6 +277,7 @@ class MqttSink:
                 self._acked_early.add(mid)
         if row is not None:
             self.outbox.remove(row)
+            self.delivered += 1
 
     def _on_message(self, client: mqtt.Client, userdata, message: mqtt.MQTTMessage) -> None:
         # Home Assistant publishes "online" on <discovery_prefix>/status when it (re)starts.

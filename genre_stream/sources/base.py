@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+import torchaudio.transforms as AT
 
-from ..audio import resample
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ class Backoff:
 class StreamResampler:
     """Resample a stream chunk by chunk without clicks at chunk edges.
 
-    ``audio.resample`` on each chunk alone would treat every chunk edge as
+    Resampling each chunk alone would treat every chunk edge as
     silence. Here each call resamples the new samples together with ``context``
     samples on either side and keeps only the middle, aligned to the rate ratio's
     period so output samples land exactly where one long resample would put them.
@@ -123,6 +124,9 @@ class StreamResampler:
         self._step_out = self.target_rate // g
         self._ctx = self._step_in * max(1, math.ceil(context / self._step_in))
         self._buf = np.zeros(self._ctx, dtype=np.float32)  # left context; zeros before the stream starts
+        # The same windowed-sinc filter as audio.resample, built once: rebuilding the kernel
+        # on every 50 ms block would cost more than everything else the mic source does.
+        self._kernel = AT.Resample(self.orig_rate, self.target_rate)
 
     @property
     def passthrough(self) -> bool:
@@ -137,7 +141,8 @@ class StreamResampler:
         n = (ready // self._step_in) * self._step_in
         if n <= 0:
             return np.zeros(0, dtype=np.float32)
-        out = resample(self._buf[: n + 2 * self._ctx], self.orig_rate, self.target_rate)
+        with torch.no_grad():
+            out = self._kernel(torch.from_numpy(self._buf[: n + 2 * self._ctx])).numpy()
         first = self._ctx // self._step_in * self._step_out
         result = out[first : first + n // self._step_in * self._step_out]
         self._buf = self._buf[n:]

@@ -76,6 +76,9 @@ class StreamSource(Source):
             if reason is None:
                 return
             detail = errors or (f"ffmpeg exit status {status}" if status else "end of stream")
+            password = urlsplit(self.url).password
+            if password:
+                detail = detail.replace(password, "***")  # ffmpeg may quote the URL it failed on
             message = f"stream {redact(self.url)} dropped: {reason} ({detail}); reconnecting in {backoff.next_delay:.0f} s"
             log.warning("%s: %s", self.id, message)
             emit(SourceProblem(self.id, message))

@@ -1,0 +1,277 @@
+"""The dashboard's HTTP server: aiohttp on its own thread and event loop inside the daemon.
+
+Routes (all but ``/healthz`` behind the bearer token when one is configured):
+
+* ``GET /`` and ``/static/{app.js,style.css}`` -- the page, served from package data;
+* ``GET /api/sources`` -- last state/event payload per source;
+* ``GET /api/history?source=&since=&until=&kind=segments|states|events&limit=`` --
+  from the tag history; states and events are the MQTT payloads as published;
+* ``GET /api/live`` -- server-sent events: ``hello`` (the /api/sources document),
+  then ``state``, ``event`` and ``mel`` as they happen;
+* ``GET /metrics`` -- Prometheus text; ``GET /healthz`` -- liveness.
+
+No route takes a file name from the request: the static files are a fixed set read
+from the package at start, and history reads only the daemon's own database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from ..history import HistoryError, HistoryReader, iso_utc
+from ..timespec import parse_time
+from .config import DashboardConfig, DashboardError
+from .state import DashboardState
+
+log = logging.getLogger(__name__)
+
+STATIC_FILES = {
+    "index.html": "text/html",
+    "app.js": "text/javascript",
+    "style.css": "text/css",
+}
+HISTORY_KINDS = ("segments", "states", "events")
+MAX_HISTORY_ROWS = 5000
+LIVE_QUEUE = 512  # items a slow page may lag behind before it is disconnected (it reconnects fresh)
+KEEPALIVE_SECONDS = 15.0
+TOKEN_COOKIE = "genre_stream_token"
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(text=json.dumps(data), status=status, content_type="application/json")
+
+
+def _error(status: int, message: str) -> web.Response:
+    return _json({"error": message}, status)
+
+
+class DashboardServer:
+    """Serves one DashboardState (and the history) over HTTP until ``stop()``."""
+
+    def __init__(self, config: DashboardConfig, state: DashboardState, history: HistoryReader | None = None) -> None:
+        config.validate()
+        self.config = config
+        self.state = state
+        self.history = history
+        self._static = {name: (resources.files(__package__) / "static" / name).read_bytes() for name in STATIC_FILES}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+        self._closing: asyncio.Event | None = None
+        self.port: int | None = None
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
+        return f"http://{host}:{self.port}/"
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def start(self, timeout: float = 10.0) -> None:
+        """Bind and serve on a background thread; raises DashboardError if the address cannot be used."""
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        self._thread = threading.Thread(target=loop.run_forever, name="dashboard-http", daemon=True)
+        self._thread.start()
+        try:
+            asyncio.run_coroutine_threadsafe(self._start(), loop).result(timeout)
+        except OSError as exc:
+            self._stop_loop()
+            raise DashboardError(
+                f"dashboard: cannot listen on {self.config.host}:{self.config.port}: {exc.strerror or exc}"
+            ) from exc
+        log.info("dashboard on %s%s", self.url, " (bearer token required)" if self.config.token else "")
+
+    async def _start(self) -> None:
+        self._closing = asyncio.Event()
+        app = web.Application(middlewares=[self._auth])
+        app.router.add_get("/", self._index)
+        app.router.add_get("/static/{name}", self._static_file)
+        app.router.add_get("/api/sources", self._sources)
+        app.router.add_get("/api/history", self._history)
+        app.router.add_get("/api/live", self._live)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        # handler_cancellation: a closed page ends its live stream at once (unsubscribes), not at the next write.
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0, handler_cancellation=True)
+        await runner.setup()
+        site = web.TCPSite(runner, self.config.host, self.config.port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        sockets = getattr(site._server, "sockets", None) or []  # the real port when port 0 was asked
+        self.port = sockets[0].getsockname()[1] if sockets else self.config.port
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Close live streams and the listening socket."""
+        if self._loop is None:
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(timeout)
+        except Exception as exc:  # shutting down anyway; say what did not close cleanly
+            log.warning("dashboard: unclean shutdown (%s)", exc)
+        self._stop_loop()
+
+    async def _shutdown(self) -> None:
+        if self._closing is not None:
+            self._closing.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    def _stop_loop(self) -> None:
+        loop, thread = self._loop, self._thread
+        self._loop = self._thread = None
+        if loop is None:
+            return
+        loop.call_soon_threadsafe(loop.stop)
+        if thread is not None:
+            thread.join(5.0)
+        loop.close()
+
+    # -- middleware --------------------------------------------------------------------
+    @web.middleware
+    async def _auth(self, request: web.Request,
+                    handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        """Bearer token in the Authorization header, or ``?token=`` once, which a browser then keeps as a cookie.
+
+        A page opened as ``/?token=...`` gets an HttpOnly same-site cookie, so its
+        stylesheet, script, API calls and event stream (which cannot send headers)
+        are authorised without the token being written into every URL.
+        """
+        token = self.config.token
+        if not token or request.path == "/healthz":
+            return await handler(request)
+        header = request.headers.get("Authorization", "")
+        candidates = [header[7:] if header.startswith("Bearer ") else "",
+                      request.query.get("token", ""), request.cookies.get(TOKEN_COOKIE, "")]
+        if not any(hmac.compare_digest(c.encode(), token.encode()) for c in candidates):
+            return web.Response(status=401, text="bearer token required\n",
+                                headers={"WWW-Authenticate": 'Bearer realm="genre-stream"'})
+        response = await handler(request)
+        if request.query.get("token") and not response.prepared:
+            response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="Strict", path="/")
+        return response
+
+    # -- routes ------------------------------------------------------------------------
+    async def _index(self, request: web.Request) -> web.Response:
+        return web.Response(body=self._static["index.html"], content_type="text/html", charset="utf-8",
+                            headers={"Cache-Control": "no-cache"})
+
+    async def _static_file(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in STATIC_FILES or name == "index.html":
+            return _error(404, f"no static file {name!r}")
+        return web.Response(body=self._static[name], content_type=STATIC_FILES[name], charset="utf-8",
+                            headers={"Cache-Control": "no-cache"})
+
+    async def _sources(self, request: web.Request) -> web.Response:
+        return _json(self.state.sources())
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return _json({"status": "ok", "uptime_s": round(time.time() - self.state.started, 1),
+                      "sources": len(self.state.sources()["sources"])})
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body = await asyncio.get_running_loop().run_in_executor(None, self.state.metrics.render)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _history(self, request: web.Request) -> web.Response:
+        if self.history is None:
+            return _error(404, "tag history is not enabled in this daemon")
+        q = request.query
+        kind = q.get("kind", "segments")
+        if kind not in HISTORY_KINDS:
+            return _error(400, f"kind={kind!r}: use one of {', '.join(HISTORY_KINDS)}")
+        try:
+            since = parse_time(q.get("since", "-1h"))
+            until = parse_time(q.get("until", "now"))
+        except ValueError as exc:
+            return _error(400, f"since/until: {exc}")
+        try:
+            limit = min(int(q.get("limit", MAX_HISTORY_ROWS)), MAX_HISTORY_ROWS)
+        except ValueError:
+            return _error(400, f"limit={q.get('limit')!r}: not a whole number")
+        source = q.get("source") or None
+        reader = self.history
+
+        def query() -> list[dict[str, Any]]:
+            if kind == "segments":
+                return [s.to_dict() for s in reader.segments(source, since, until)][-limit:]
+            return getattr(reader, kind)(source, since, until, limit=limit)
+
+        try:
+            items = await asyncio.get_running_loop().run_in_executor(None, query) if reader.exists() else []
+        except HistoryError as exc:
+            log.warning("dashboard: %s", exc)
+            return _error(503, str(exc))
+        return _json({"kind": kind, "source": source, "since": iso_utc(since), "until": iso_utc(until),
+                      "items": items})
+
+    async def _live(self, request: web.Request) -> web.StreamResponse:
+        loop = asyncio.get_running_loop()
+        items: asyncio.Queue[tuple[str, dict[str, Any]] | None] = asyncio.Queue(maxsize=LIVE_QUEUE)
+
+        def put(item: tuple[str, dict[str, Any]]) -> None:
+            try:
+                items.put_nowait(item)
+            except asyncio.QueueFull:
+                # The page fell behind: end its stream; EventSource reconnects and starts from a snapshot.
+                while not items.empty():
+                    items.get_nowait()
+                items.put_nowait(None)
+
+        def listener(kind: str, payload: dict[str, Any]) -> None:
+            loop.call_soon_threadsafe(put, (kind, payload))
+
+        response = web.StreamResponse(headers={
+            "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
+        })
+        await response.prepare(request)
+        unsubscribe = self.state.subscribe(listener)
+        assert self._closing is not None
+        closing = asyncio.ensure_future(self._closing.wait())
+        getter: asyncio.Future[tuple[str, dict[str, Any]] | None] | None = None
+        try:
+            await self._send(response, "hello", self.state.sources())
+            for snapshot in self.state.mel_snapshots():
+                await self._send(response, "mel", snapshot)
+            while True:
+                getter = asyncio.ensure_future(items.get())
+                done, _ = await asyncio.wait({getter, closing}, timeout=KEEPALIVE_SECONDS,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    if closing in done:
+                        break
+                    await response.write(b": keepalive\n\n")
+                    continue
+                item = getter.result()
+                if item is None:
+                    break
+                await self._send(response, *item)
+        except ConnectionResetError:
+            pass  # the page was closed
+        finally:
+            closing.cancel()
+            if getter is not None:
+                getter.cancel()
+            unsubscribe()
+        return response
+
+    @staticmethod
+    async def _send(response: web.StreamResponse, kind: str, payload: dict[str, Any]) -> None:
+        await response.write(f"event: {kind}\ndata: {json.dumps(payload)}\n\n".encode())

@@ -1,0 +1,456 @@
+"""Tag history: every GenreState and GenreEvent the daemon produces, kept in SQLite.
+
+Writes happen on a background thread fed by a bounded queue, because the daemon
+calls :meth:`History.publish` from its audio/pipeline threads and a slow or broken
+disk must never stall classification or MQTT publishing. When the queue is full, or
+the database cannot be written (read-only path, disk full), the message is dropped,
+the problem is logged once per cause and counted in :meth:`History.stats`; the
+daemon goes on.
+
+Reading (``segments``, ``states``, ``events``) opens its own read-only connection,
+so the ``history`` command and the dashboard can query while the daemon writes
+(the database is in WAL mode).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .messages import GenreEvent, GenreState, Message
+
+log = logging.getLogger(__name__)
+
+HISTORY_FILENAME = "history.sqlite"
+DEFAULT_MAX_GAP_SECONDS = 60.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS states (
+    id INTEGER PRIMARY KEY,
+    source TEXT NOT NULL,
+    ts REAL NOT NULL,
+    state TEXT NOT NULL,
+    genre TEXT,
+    confidence REAL NOT NULL,
+    payload TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS states_source_ts ON states (source, ts);
+CREATE INDEX IF NOT EXISTS states_ts ON states (ts);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    source TEXT NOT NULL,
+    ts REAL NOT NULL,
+    type TEXT NOT NULL,
+    payload TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_source_ts ON events (source, ts);
+CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
+"""
+
+
+class HistoryError(Exception):
+    """A history database that cannot be read; the message names the file and why."""
+
+
+@dataclass
+class HistoryConfig:
+    """Where and how long the history is kept.
+
+    ``retention_days`` <= 0 keeps everything. ``queue_size`` bounds the messages
+    waiting for the writer: at one state per source every few seconds, the default
+    absorbs minutes of a stalled disk.
+    """
+
+    path: Path
+    retention_days: float = 90.0
+    queue_size: int = 10_000
+    prune_interval_seconds: float = 3600.0
+
+    @classmethod
+    def in_state_dir(cls, state_dir: str | Path, **kwargs: Any) -> "HistoryConfig":
+        return cls(path=Path(state_dir) / HISTORY_FILENAME, **kwargs)
+
+
+@dataclass
+class HistorySettings:
+    """The ``[history]`` section of the daemon config (flags ``--history/--no-history``, ``--history-days``)."""
+
+    enabled: bool = True
+    retention_days: float = 90.0  # <= 0 keeps everything
+
+    def config(self, state_dir: Path) -> HistoryConfig:
+        return HistoryConfig.in_state_dir(state_dir, retention_days=self.retention_days)
+
+
+@dataclass
+class HistoryStats:
+    """Counters of the writer, exported as metrics by the dashboard."""
+
+    written: int = 0
+    dropped: int = 0
+    write_errors: int = 0
+    pruned: int = 0
+    queued: int = 0
+    last_error: str | None = None
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A stretch of time with one genre (or silence) on one source: one airplay report row."""
+
+    source: str
+    start: float  # unix time of the first state of the segment
+    end: float  # unix time the next segment started, or of the last state
+    state: str  # "music" | "silence"
+    genre: str | None
+    confidence: float  # mean confidence over the segment's states
+    windows: int
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "start": iso_utc(self.start),
+            "end": iso_utc(self.end),
+            "duration": round(self.duration, 3),
+            "state": self.state,
+            "genre": self.genre,
+            "confidence": round(self.confidence, 4),
+            "windows": self.windows,
+        }
+
+
+def iso_utc(ts: float) -> str:
+    """Unix time -> the payload timestamp format (ISO 8601 UTC, milliseconds, 'Z')."""
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_payload_time(stamp: str) -> float:
+    """The ``timestamp`` of a payload -> unix time; a naive stamp is taken as UTC like every payload."""
+    dt = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.timestamp()
+
+
+class History:
+    """Appends messages to ``history.sqlite`` from a writer thread; prunes old rows there too.
+
+    Usable as a daemon sink: ``publish(message)`` never blocks and never raises.
+    """
+
+    def __init__(self, config: HistoryConfig) -> None:
+        self.config = config
+        self._queue: queue.Queue[Message | None] = queue.Queue(maxsize=max(1, config.queue_size))
+        self._stats = HistoryStats()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._reported: set[str] = set()
+        self._last_prune = float("-inf")  # prune once at start: a daemon restarted daily still prunes
+
+    # -- daemon side -------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the writer thread (idempotent)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="history-writer", daemon=True)
+            self._thread.start()
+
+    def publish(self, message: object) -> None:
+        """Queue a GenreState/GenreEvent for writing; drops (and counts) it if the writer is behind.
+
+        Other messages (periodic stats) are not history and are ignored.
+        """
+        if not isinstance(message, GenreState | GenreEvent):
+            return
+        try:
+            self._queue.put_nowait(message)
+        except queue.Full:
+            with self._lock:
+                self._stats.dropped += 1
+            self._report("queue-full", "history: write queue full (%d); dropping messages until the disk catches up",
+                         self.config.queue_size)
+
+    def sources_changed(self, source_ids: list[str], model: str) -> None:
+        """Sink protocol: nothing to do, the history keeps whatever sources it has seen."""
+
+    def close(self, timeout: float = 5.0) -> bool:
+        """Write what is queued (bounded wait) and stop the writer; False if messages were left unwritten."""
+        if self._thread is None:
+            return self._queue.empty()
+        deadline = time.monotonic() + timeout
+        try:
+            self._queue.put(None, timeout=timeout)
+        except queue.Full:
+            pass
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        left = self._queue.qsize()
+        if self._thread.is_alive() or left:
+            log.warning("history: writer did not finish in %.1f s; %d messages not recorded", timeout, left)
+            return False
+        self._thread = None
+        return True
+
+    def stats(self) -> HistoryStats:
+        with self._lock:
+            snapshot = HistoryStats(**vars(self._stats))
+        snapshot.queued = self._queue.qsize()
+        return snapshot
+
+    # -- writer thread -----------------------------------------------------------------
+    def _report(self, cause: str, msg: str, *args: Any) -> None:
+        """Log each distinct cause once (at error level), so a broken disk does not flood the log."""
+        with self._lock:
+            first = cause not in self._reported
+            self._reported.add(cause)
+        if first:
+            log.error(msg, *args)
+
+    def _fail(self, exc: Exception, count: int) -> None:
+        reason = f"cannot write tag history to {self.config.path}: {exc}"
+        with self._lock:
+            self._stats.write_errors += count
+            self._stats.last_error = reason
+        self._report(f"write:{type(exc).__name__}:{exc}", "history: %s; history is not recorded, the daemon goes on",
+                     reason)
+
+    def _connect(self) -> sqlite3.Connection:
+        self.config.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.config.path, timeout=5.0, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.executescript(_SCHEMA)
+        return conn
+
+    def _next_batch(self) -> tuple[list[Message], bool]:
+        """Wait up to a second for messages; take a burst at once so one transaction covers it."""
+        batch: list[Message] = []
+        try:
+            item = self._queue.get(timeout=1.0)
+        except queue.Empty:
+            return batch, False
+        while True:
+            if item is None:
+                return batch, True
+            batch.append(item)
+            if len(batch) >= 500:
+                return batch, False
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return batch, False
+
+    def _run(self) -> None:
+        conn: sqlite3.Connection | None = None
+        stopping = False
+        while not stopping:
+            batch, stopping = self._next_batch()
+            if not batch and not self._prune_due():
+                continue
+            try:
+                if conn is None:
+                    conn = self._connect()
+                if batch:
+                    self._write(conn, batch)
+                if self._prune_due():
+                    self._prune(conn)
+            except (sqlite3.Error, OSError) as exc:
+                self._fail(exc, len(batch))
+                if conn is not None:
+                    conn.close()
+                conn = None  # reopen next time: the disk may have been fixed meanwhile
+                self._last_prune = time.monotonic()  # do not retry a failing prune every second
+        if conn is not None:
+            conn.close()
+
+    def _write(self, conn: sqlite3.Connection, batch: list[Message]) -> None:
+        states, events = [], []
+        for msg in batch:
+            payload = msg.to_dict()
+            ts = _message_time(msg)
+            if isinstance(msg, GenreState):
+                states.append((msg.source, ts, msg.state, msg.genre, float(msg.confidence), json.dumps(payload)))
+            elif isinstance(msg, GenreEvent):
+                events.append((msg.source, ts, msg.type, json.dumps(payload)))
+        with _transaction(conn):
+            conn.executemany(
+                "INSERT INTO states (source, ts, state, genre, confidence, payload) VALUES (?, ?, ?, ?, ?, ?)", states
+            )
+            conn.executemany("INSERT INTO events (source, ts, type, payload) VALUES (?, ?, ?, ?)", events)
+        with self._lock:
+            self._stats.written += len(batch)
+
+    def _prune_due(self) -> bool:
+        return self.config.retention_days > 0 and time.monotonic() - self._last_prune >= self.config.prune_interval_seconds
+
+    def _prune(self, conn: sqlite3.Connection) -> None:
+        self._last_prune = time.monotonic()
+        removed = prune(conn, time.time() - self.config.retention_days * 86400.0)
+        if removed:
+            log.info("history: pruned %d entries older than %g days", removed, self.config.retention_days)
+            with self._lock:
+                self._stats.pruned += removed
+
+
+def _message_time(msg: Message) -> float:
+    try:
+        return parse_payload_time(msg.timestamp)
+    except ValueError:
+        return time.time()
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    conn.execute("BEGIN")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def prune(conn: sqlite3.Connection, before: float) -> int:
+    """Delete states and events older than ``before`` (unix time); returns how many rows went."""
+    with _transaction(conn):
+        n = conn.execute("DELETE FROM states WHERE ts < ?", (before,)).rowcount
+        n += conn.execute("DELETE FROM events WHERE ts < ?", (before,)).rowcount
+    return n
+
+
+# -- reading ---------------------------------------------------------------------------
+class HistoryReader:
+    """Read-only queries over a history database (the CLI and the dashboard)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def _open(self) -> sqlite3.Connection:
+        if not self.path.is_file():
+            raise HistoryError(f"{self.path}: no tag history here (the daemon creates it when it runs)")
+        try:
+            conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=5.0)
+            conn.execute("SELECT 1 FROM states LIMIT 1")
+        except sqlite3.Error as exc:
+            raise HistoryError(f"{self.path}: not a readable genre-stream history ({exc})") from exc
+        return conn
+
+    def exists(self) -> bool:
+        return self.path.is_file()
+
+    def sources(self) -> list[str]:
+        with closing(self._open()) as conn:
+            rows = conn.execute("SELECT DISTINCT source FROM states UNION SELECT DISTINCT source FROM events")
+            return sorted(r[0] for r in rows)
+
+    def _select(self, table: str, source: str | None, since: float | None, until: float | None,
+                limit: int | None) -> list[tuple[Any, ...]]:
+        where, args = ["1=1"], []
+        if source:
+            where.append("source = ?")
+            args.append(source)
+        if since is not None:
+            where.append("ts >= ?")
+            args.append(since)
+        if until is not None:
+            where.append("ts <= ?")
+            args.append(until)
+        cols = "source, ts, state, genre, confidence, payload" if table == "states" else "source, ts, type, payload"
+        # Newest first so that ``limit`` keeps the latest rows; reversed below to oldest first.
+        sql = f"SELECT {cols} FROM {table} WHERE {' AND '.join(where)} ORDER BY ts DESC, id DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(int(limit))
+        try:
+            with closing(self._open()) as conn:
+                rows = conn.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise HistoryError(f"{self.path}: cannot read history ({exc})") from exc
+        rows.reverse()
+        return rows
+
+    def states(self, source: str | None = None, since: float | None = None, until: float | None = None,
+               limit: int | None = None) -> list[dict[str, Any]]:
+        """State payloads exactly as published on ``<prefix>/<source>/state``, oldest first."""
+        return [json.loads(r[5]) for r in self._select("states", source, since, until, limit)]
+
+    def events(self, source: str | None = None, since: float | None = None, until: float | None = None,
+               limit: int | None = None) -> list[dict[str, Any]]:
+        """Event payloads exactly as published on ``<prefix>/<source>/event``, oldest first."""
+        return [json.loads(r[3]) for r in self._select("events", source, since, until, limit)]
+
+    def segments(self, source: str | None = None, since: float | None = None, until: float | None = None,
+                 max_gap: float = DEFAULT_MAX_GAP_SECONDS) -> list[Segment]:
+        """Airplay-style segments, per source in time order (see :func:`merge_segments`)."""
+        rows = self._select("states", source, since, until, None)
+        return merge_segments(
+            [StateRow(r[0], r[1], r[2], r[3], r[4]) for r in rows], max_gap=max_gap
+        )
+
+
+@dataclass(frozen=True)
+class StateRow:
+    source: str
+    ts: float
+    state: str
+    genre: str | None
+    confidence: float
+
+
+@dataclass
+class _Open:
+    first: StateRow
+    last: StateRow
+    confidences: list[float] = field(default_factory=list)
+
+
+def merge_segments(rows: list[StateRow], max_gap: float = DEFAULT_MAX_GAP_SECONDS) -> list[Segment]:
+    """Merge consecutive states of the same genre (silence counts as its own genre) into segments.
+
+    A segment ends where the next one starts, so a report has no holes while the
+    daemon ran; when two states are more than ``max_gap`` seconds apart (the daemon
+    was stopped, the source was down) the segment ends at its last state instead.
+    Segments are ordered by source, then time.
+    """
+    out: list[Segment] = []
+    by_source: dict[str, list[StateRow]] = {}
+    for row in sorted(rows, key=lambda r: (r.source, r.ts)):
+        by_source.setdefault(row.source, []).append(row)
+
+    def close(seg: _Open, end: float) -> None:
+        conf = sum(seg.confidences) / len(seg.confidences)
+        out.append(Segment(seg.first.source, seg.first.ts, end, seg.first.state, seg.first.genre, conf,
+                           len(seg.confidences)))
+
+    for source_rows in by_source.values():
+        cur: _Open | None = None
+        for row in source_rows:
+            key = (row.state, row.genre if row.state == "music" else None)
+            if cur is not None:
+                gap = row.ts - cur.last.ts
+                same = key == (cur.first.state, cur.first.genre if cur.first.state == "music" else None)
+                if gap > max_gap:
+                    close(cur, cur.last.ts)
+                    cur = None
+                elif not same:
+                    close(cur, row.ts)
+                    cur = None
+            if cur is None:
+                cur = _Open(row, row)
+            cur.last = row
+            cur.confidences.append(row.confidence)
+        if cur is not None:
+            close(cur, cur.last.ts)
+    return out

@@ -1,0 +1,55 @@
+"""Human time specifications for ``--since``/``--until`` and the dashboard's history API.
+
+People ask "what was playing between 14:00 and 15:00" or "in the last hour", so
+besides ISO 8601 timestamps a bare clock time means today (local time) and a
+signed duration is relative to now.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, time as dtime
+
+_RELATIVE = re.compile(r"^-\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)$", re.IGNORECASE)
+_UNIT_SECONDS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
+_CLOCK = re.compile(r"^(\d{1,2}):(\d{2})(?::(\d{2}))?$")
+
+
+def parse_time(spec: str, now: datetime | None = None) -> float:
+    """``spec`` -> unix time.
+
+    Accepted: ``now``; ``-90s``, ``-15m``, ``-1h``, ``-2d``, ``-1w`` (before now);
+    ``14:00`` or ``14:00:30`` (today, local time); ISO 8601 dates and timestamps
+    (``2026-11-26``, ``2026-11-26T14:00``, ``...Z``/``+01:00``; without a zone: local
+    time); a plain number is taken as unix time. Raises ValueError naming the value.
+    """
+    now = now or datetime.now().astimezone()
+    text = spec.strip()
+    if not text:
+        raise ValueError("empty time; use e.g. 14:00, -1h or 2026-11-26T14:00")
+    if text.lower() == "now":
+        return now.timestamp()
+    m = _RELATIVE.match(text)
+    if m:
+        return now.timestamp() - float(m.group(1)) * _UNIT_SECONDS[m.group(2).lower()]
+    m = _CLOCK.match(text)
+    if m:
+        hour, minute, second = int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
+        if hour > 23 or minute > 59 or second > 59:
+            raise ValueError(f"{spec!r}: not a clock time (hours 0-23, minutes and seconds 0-59)")
+        local = now.astimezone()
+        return datetime.combine(local.date(), dtime(hour, minute, second), tzinfo=local.tzinfo).timestamp()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise ValueError(
+            f"{spec!r}: not a time; use an ISO timestamp (2026-11-26T14:00), a clock time today (14:00), "
+            "a duration before now (-1h, -30m, -2d) or 'now'"
+        ) from None
+    if dt.tzinfo is None:
+        dt = dt.astimezone()  # naive -> local time, as a person typing it means
+    return dt.timestamp()

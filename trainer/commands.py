@@ -1,0 +1,207 @@
+"""The trainer's data and training commands: prepare, train, evaluate, finetune, synth.
+
+Kept apart from ``cli.py`` (which only registers them) so that each command's
+options live beside the code they drive. Library errors become one-line CLI errors
+naming the file or option; long steps show a progress bar on stderr.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import click
+
+T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def _bar(items: Iterable[T], label: str) -> Iterator[Iterable[T]]:
+    items = list(items)
+    with click.progressbar(items, label=label, file=sys.stderr, show_pos=True) as bar:
+        yield bar
+
+
+def _errors():
+    """Turn the trainer's own error types into ClickException (exit 1, no traceback)."""
+    from .checkpoint import CheckpointError
+    from .data import DataError
+    from .evaluate import EvaluateError
+    from .train import TrainError
+
+    return (DataError, CheckpointError, EvaluateError, TrainError, ValueError)
+
+
+def _train_options(f):
+    options = [
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, help="cuda when available under auto; one GPU per torchrun process."),
+        click.option("--no-augment", is_flag=True, help="Train without SpecAugment."),
+        click.option("--time-warp", type=click.IntRange(0), default=80, show_default=True, help="SpecAugment time warp W (frames, 0 = off)."),
+        click.option("--time-mask", type=click.IntRange(0), default=100, show_default=True, help="SpecAugment time mask T (frames, 0 = off)."),
+        click.option("--freq-mask", type=click.IntRange(0), default=27, show_default=True, help="SpecAugment frequency mask F (mel bands, 0 = off)."),
+        click.option("--window-frames", type=click.IntRange(16), default=None, help="Training window in frames (default: the cache's; 647 = 30 s)."),
+        click.option("--folds", type=click.IntRange(1, 10), default=1, show_default=True, help="Run this many of the 10 stratified 8/1/1 folds; reports mean and std."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Split, initialisation, shuffling and augmentation seed."),
+        click.option("--patience", type=click.IntRange(1), default=10, show_default=True, help="Early stopping: epochs without a better validation loss."),
+        click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.01, show_default=True, help="Adam learning rate (halved after 3 epochs without improvement)."),
+        click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True, help="Global batch size (split across torchrun processes)."),
+        click.option("--epochs", type=click.IntRange(1), default=100, show_default=True, help="Maximum epochs."),
+    ]
+    for option in options:
+        f = option(f)
+    return f
+
+
+def _config(epochs, batch_size, lr, patience, seed, folds, window_frames, freq_mask, time_mask, time_warp, no_augment, device):
+    from .augment import SpecAugmentConfig
+    from .train import TrainConfig
+
+    augment = SpecAugmentConfig(0, 0, 0) if no_augment else SpecAugmentConfig(freq_mask, time_mask, time_warp)
+    return TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, early_stop_patience=patience, seed=seed, folds=folds, window_frames=window_frames, augment=augment, device=device)
+
+
+def _is_rank0() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _report_run(out: Path, summary: dict) -> None:
+    if not _is_rank0():
+        return
+    if "folds" in summary:
+        click.echo(f"{out}: {summary['folds']} folds, test accuracy {summary['test_accuracy_mean']:.3f} +/- {summary['test_accuracy_std']:.3f}")
+    else:
+        click.echo(
+            f"{out}: test accuracy {summary['test']['accuracy']:.3f} (val {summary['val']['accuracy']:.3f}, "
+            f"train {summary['train']['accuracy']:.3f}), best epoch {summary['best_epoch']} of {summary['epochs_run']}"
+        )
+
+
+@click.command("prepare")
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Cache folder (created or updated).")
+@click.option("--window-frames", type=click.IntRange(16), default=647, show_default=True, help="Clips shorter than this many frames are looped to it, as classify does.")
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True, help="float16 stores dB and halves the cache.")
+@click.option("--pitch-shift", "pitch_shift", default="", metavar="SEMITONES", help="Also cache pitch-shifted copies, e.g. --pitch-shift=-3,3 (the seed's augmentation).")
+def prepare_cmd(data: Path, out: Path, window_frames: int, dtype: str, pitch_shift: str) -> None:
+    """Decode labelled audio DATA once into a mel cache for training.
+
+    DATA is a GTZAN download (genres/<label>/*.au), any folder with one sub-folder per
+    label, or a CSV file of path,label rows. Re-running only decodes new or changed
+    files; unreadable files are listed and skipped.
+    """
+    from genre_stream.frontend import FrontendConfig
+
+    from .augment import parse_pitch_shifts
+    from .data import PrepareConfig, prepare
+
+    try:
+        config = PrepareConfig(FrontendConfig(window_frames=window_frames), dtype, parse_pitch_shifts(pitch_shift))
+        report = prepare(data, out, config, progress=lambda clips: _progress_iter(clips, "decoding"))
+    except _errors() as exc:
+        raise click.ClickException(str(exc)) from exc
+    for item in report.skipped:
+        click.echo(f"skipped {item['path']}: {item['reason']}", err=True)
+    click.echo(f"{out}: {report.decoded} decoded, {report.reused} unchanged, {report.removed} removed, {len(report.skipped)} skipped")
+
+
+def _progress_iter(items: Iterable[T], label: str) -> Iterator[T]:
+    with _bar(items, label) as bar:
+        yield from bar
+
+
+@click.command("train")
+@click.argument("cache", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run folder; built in OUT.partial and renamed when done.")
+@_train_options
+def train_cmd(cache: Path, out: Path, **options) -> None:
+    """Train BBNN on a prepared CACHE with the paper's recipe.
+
+    Writes OUT/model.pt, metrics.json, curves.png and confusion.png. If a previous run
+    with the same options was interrupted, rerunning the command resumes it. Works
+    under torchrun for several processes, GPUs or machines.
+    """
+    from .train import train_run
+
+    try:
+        summary = train_run(cache, out, _config(**options), progress=_bar if _is_rank0() else _no_bar)
+    except _errors() as exc:
+        raise click.ClickException(str(exc)) from exc
+    _report_run(out, summary)
+
+
+def _no_bar(items, label):
+    return contextlib.nullcontext(items)
+
+
+@click.command("evaluate")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Folder for metrics.json and confusion.png.")
+@click.option("--hop", "hop_seconds", type=click.FloatRange(min=0.5), default=10.0, show_default=True, help="Seconds between windows of long clips (as in classify).")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+def evaluate_cmd(model: Path, data: Path, out: Path | None, hop_seconds: float, as_json: bool) -> None:
+    """Accuracy, per-class P/R/F1 and confusion of MODEL (.pt checkpoint or .onnx export) on labelled DATA (cache or audio)."""
+    from .evaluate import evaluate
+
+    try:
+        report = evaluate(model, data, out, hop_seconds)
+    except _errors() as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    click.echo(f"{model}: accuracy {report['accuracy']:.3f}, loss {report['loss']:.4f}, macro F1 {report['macro_f1']:.3f} on {report['n']} clips")
+    for label, row in report["per_class"].items():
+        if row["support"]:
+            click.echo(f"  {label:>14}: precision {row['precision']:.3f} recall {row['recall']:.3f} f1 {row['f1']:.3f} ({row['support']})")
+
+
+@click.command("finetune")
+@click.argument("checkpoint")
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run folder, as for train.")
+@click.option("--freeze", type=click.Choice(["all", "partial", "none"]), default="partial", show_default=True, help="Backbone layers kept fixed: all, all but the last block, or none.")
+@_train_options
+def finetune_cmd(checkpoint: str, data: Path, out: Path, freeze: str, **options) -> None:
+    """Fine-tune CHECKPOINT ('default' = the bundled GTZAN model) to the labels of DATA.
+
+    DATA is a prepared cache, or audio that is prepared first into OUT.cache with the
+    checkpoint's frontend (kept, so reruns decode only what changed).
+    """
+    from genre_stream.frontend import FrontendConfig
+
+    from .checkpoint import load_checkpoint
+    from .data import MANIFEST, PrepareConfig, prepare
+    from .finetune import finetune_run, resolve_checkpoint
+
+    try:
+        cache = data
+        if not (data / MANIFEST).is_file():
+            _, info, _ = load_checkpoint(resolve_checkpoint(checkpoint))
+            cache = out.with_name(out.name + ".cache")
+            frontend = FrontendConfig.from_dict({**info.frontend.to_dict(), "window_frames": options["window_frames"] or info.frontend.window_frames})
+            prepare(data, cache, PrepareConfig(frontend=frontend), progress=lambda clips: _progress_iter(clips, "decoding"))
+        summary = finetune_run(checkpoint, cache, out, freeze, _config(**options), progress=_bar if _is_rank0() else _no_bar)
+    except _errors() as exc:
+        raise click.ClickException(str(exc)) from exc
+    _report_run(out, summary)
+
+
+@click.command("synth")
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--classes", type=click.IntRange(2, 4), default=3, show_default=True)
+@click.option("--clips", type=click.IntRange(1), default=12, show_default=True, help="Clips per class.")
+@click.option("--seconds", type=click.FloatRange(min=0.5), default=3.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def synth_cmd(out: Path, classes: int, clips: int, seconds: float, seed: int) -> None:
+    """Write a small synthetic labelled set (GTZAN layout) to OUT, for trying the trainer without GTZAN."""
+    from .synth import make_dataset
+
+    paths = make_dataset(out, classes, clips, seconds, seed)
+    click.echo(f"wrote {len(paths)} clips to {out}")

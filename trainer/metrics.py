@@ -1,0 +1,48 @@
+"""Classification metrics computed the same way for training, evaluation and fine-tuning.
+
+numpy only (no scikit-learn at run time); the confusion matrix has true labels as
+rows and predictions as columns, in the order of the label list.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def cross_entropy(probabilities: np.ndarray, targets: np.ndarray) -> float:
+    """Mean negative log-likelihood of the true class, from probabilities (clipped, never inf)."""
+    if len(targets) == 0:
+        return float("nan")
+    p = np.clip(probabilities[np.arange(len(targets)), targets], 1e-7, 1.0)
+    return float(-np.mean(np.log(p)))
+
+
+def classification_report(targets: np.ndarray, probabilities: np.ndarray, labels: list[str]) -> dict[str, Any]:
+    """Accuracy, loss, per-class precision/recall/F1/support and the confusion matrix."""
+    targets = np.asarray(targets, dtype=int)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    n = len(labels)
+    predicted = probabilities.argmax(axis=1) if len(targets) else np.zeros(0, dtype=int)
+    confusion = np.zeros((n, n), dtype=int)
+    np.add.at(confusion, (targets, predicted), 1)
+    per_class = {}
+    for i, label in enumerate(labels):
+        tp = int(confusion[i, i])
+        predicted_i = int(confusion[:, i].sum())
+        support = int(confusion[i].sum())
+        precision = tp / predicted_i if predicted_i else 0.0
+        recall = tp / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[label] = {"precision": precision, "recall": recall, "f1": f1, "support": support}
+    supported = [v for v in per_class.values() if v["support"]]
+    return {
+        "n": int(len(targets)),
+        "accuracy": float((predicted == targets).mean()) if len(targets) else float("nan"),
+        "loss": cross_entropy(probabilities, targets),
+        "macro_f1": float(np.mean([v["f1"] for v in supported])) if supported else float("nan"),
+        "per_class": per_class,
+        "labels": list(labels),
+        "confusion": confusion.tolist(),
+    }

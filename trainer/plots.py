@@ -1,0 +1,60 @@
+"""The run's figures, like the seed's: loss/accuracy curves and a normalised confusion matrix.
+
+matplotlib's Agg backend is selected explicitly so plotting works on headless
+machines and inside torchrun workers; files are written atomically.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (backend must be chosen first)
+import numpy as np  # noqa: E402
+
+from genre_stream.fsutil import atomic_path  # noqa: E402
+
+
+def _save(fig: Any, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_curves(history: list[dict[str, float]], path: str | Path, title: str = "") -> Path:
+    """Loss and accuracy per epoch, train and validation, side by side."""
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, style in (("train", "-"), ("val", "--")):
+        ax_loss.plot(epochs, [h[f"{key}_loss"] for h in history], style, marker="o", ms=3, label=key)
+        ax_acc.plot(epochs, [h[f"{key}_accuracy"] for h in history], style, marker="o", ms=3, label=key)
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1.02))
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    return _save(fig, Path(path))
+
+
+def plot_confusion(confusion: list[list[int]] | np.ndarray, labels: list[str], path: str | Path, title: str = "") -> Path:
+    """Row-normalised confusion matrix (recall on the diagonal) with label names and counts."""
+    counts = np.asarray(confusion, dtype=float)
+    rows = counts.sum(axis=1, keepdims=True)
+    norm = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
+    size = max(4.0, 0.6 * len(labels) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set(xlabel="predicted", ylabel="true", title=title or "normalised confusion matrix")
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=8, color="white" if norm[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    return _save(fig, Path(path))
