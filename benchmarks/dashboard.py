@@ -114,6 +114,7 @@ def wait_http(base: str, timeout: float) -> None:
 
 
 def one_round(recording: Path, seconds: float, warmup: float, hop: float, workdir: Path) -> dict:
+    workdir.mkdir(parents=True)
     procs: dict[str, subprocess.Popen] = {}
     bases: dict[str, str] = {}
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
@@ -129,7 +130,7 @@ def one_round(recording: Path, seconds: float, warmup: float, hop: float, workdi
         procs[mode] = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL,
                                        stderr=open(workdir / f"{mode}.log", "w"))
     try:
-        for mode, base in bases.items():
+        for base in bases.values():
             wait_http(base, 60)
         page = Page(bases["open"])
         reader = threading.Thread(target=page.run, daemon=True)

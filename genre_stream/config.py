@@ -21,7 +21,6 @@ from urllib.parse import urlsplit
 
 from .dashboard.config import HttpSettings
 from .history import HistorySettings
-from .pipeline import PipelineConfig
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +30,26 @@ ENV_PREFIX = "GENRE_STREAM_"
 
 class ConfigError(ValueError):
     """A configuration value that cannot be used; the message names the key, its origin and why."""
+
+
+@dataclass
+class PipelineConfig:
+    """When and how a live source is classified (see pipeline.SourcePipeline)."""
+
+    hop_seconds: float = 5.0
+    min_fill_seconds: float = 10.0
+    silence_dbfs: float = -60.0
+    ema_alpha: float = 0.5
+    hold_windows: int = 2  # a new genre must lead for this many consecutive windows
+    margin: float = 0.1  # ...by at least this much smoothed probability over the current one
+
+    def __post_init__(self) -> None:
+        if not self.hop_seconds > 0:
+            raise ValueError(f"hop_seconds must be > 0, got {self.hop_seconds}")
+        if not self.min_fill_seconds > 0:
+            raise ValueError(f"min_fill_seconds must be > 0, got {self.min_fill_seconds}")
+        if self.silence_dbfs > 0:
+            raise ValueError(f"silence_dbfs must be <= 0 (dB relative to full scale), got {self.silence_dbfs}")
 
 
 @dataclass

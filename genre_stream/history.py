@@ -77,7 +77,7 @@ class HistoryConfig:
     prune_interval_seconds: float = 3600.0
 
     @classmethod
-    def in_state_dir(cls, state_dir: str | Path, **kwargs: Any) -> "HistoryConfig":
+    def in_state_dir(cls, state_dir: str | Path, **kwargs: Any) -> HistoryConfig:
         return cls(path=Path(state_dir) / HISTORY_FILENAME, **kwargs)
 
 

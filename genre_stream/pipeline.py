@@ -17,13 +17,13 @@ import collections
 import logging
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .audio import AudioError
+from .config import PipelineConfig
 from .engine import Engine
 from .frontend import MelFrontend, MelRingBuffer, StreamingMel, normalize_window
 from .messages import GenreEvent, GenreState, Message
@@ -36,24 +36,6 @@ log = logging.getLogger(__name__)
 # Stream time may wander by a few samples (rounding in resamplers); a larger jump
 # means the source lost audio (device reopened, stream reconnected).
 DISCONTINUITY_SECONDS = 0.25
-
-
-@dataclass
-class PipelineConfig:
-    hop_seconds: float = 5.0
-    min_fill_seconds: float = 10.0
-    silence_dbfs: float = -60.0
-    ema_alpha: float = 0.5
-    hold_windows: int = 2  # a new genre must lead for this many consecutive windows
-    margin: float = 0.1  # ...by at least this much smoothed probability over the current one
-
-    def __post_init__(self) -> None:
-        if not self.hop_seconds > 0:
-            raise ValueError(f"hop_seconds must be > 0, got {self.hop_seconds}")
-        if not self.min_fill_seconds > 0:
-            raise ValueError(f"min_fill_seconds must be > 0, got {self.min_fill_seconds}")
-        if self.silence_dbfs > 0:
-            raise ValueError(f"silence_dbfs must be <= 0 (dB relative to full scale), got {self.silence_dbfs}")
 
 
 def _loop_frames(frames: np.ndarray, length: int) -> np.ndarray:

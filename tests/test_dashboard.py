@@ -155,17 +155,14 @@ def test_parse_address_and_loopback_rule():
 def test_binds_loopback_unless_remote_is_asked(tmp_path):
     s = serve(tmp_path)
     try:
-        assert s.server._runner is not None
-        bound = {sock.getsockname()[0] for site in s.server._runner.sites for sock in site._server.sockets}
-        assert bound == {"127.0.0.1"}
+        assert listening_addresses(s.server.port) == {"127.0.0.1"}
         assert s.get("/healthz")[0] == 200
     finally:
         s.server.stop()
         s.history.close()
     s = serve(tmp_path, host="0.0.0.0", allow_remote=True, token=TOKEN)
     try:
-        bound = {sock.getsockname()[0] for site in s.server._runner.sites for sock in site._server.sockets}
-        assert bound == {"0.0.0.0"}
+        assert listening_addresses(s.server.port) == {"0.0.0.0"}
         # Reached here over loopback only; the point is what the socket is bound to.
         assert s.get("/healthz")[0] == 200
     finally:
@@ -359,6 +356,26 @@ def test_live_stream_states_events_and_mel(served):
     assert served.state.listener_count == 0  # the closed page unsubscribed
 
 
+def test_mel_updates_are_deltas_until_the_buffer_restarts():
+    state_ = DashboardState(LABELS, "test-model", mel_interval_seconds=1e-9)
+    got: list[dict] = []
+    state_.subscribe(lambda kind, payload: got.append(payload) if kind == "mel" else None)
+    ring = MelRingBuffer()
+    ring.extend(np.ones((50, 128), np.float32))
+    state_.offer_mel("radio", ring)
+    ring.extend(np.ones((10, 128), np.float32))
+    state_.offer_mel("radio", ring)
+    state_.offer_mel("radio", ring)  # nothing new: nothing sent
+    fresh = MelRingBuffer()  # SIGHUP changed the pipeline: a new, shorter buffer
+    fresh.extend(np.ones((5, 128), np.float32))
+    state_.offer_mel("radio", fresh)
+    ring.extend(np.ones((700, 128), np.float32))  # more than the whole buffer since the last snapshot
+    state_.offer_mel("radio", ring)
+    assert [(p["full"], p["count"], p["total"]) for p in got] == [
+        (True, 50, 50), (False, 10, 60), (True, 5, 5), (True, 647, 760)
+    ]
+
+
 def test_stop_closes_open_live_streams(tmp_path):
     s = serve(tmp_path)
     client = LiveClient(s.base)
@@ -521,6 +538,18 @@ def test_dashboard_in_a_real_browser_follows_the_daemon(tmp_path):
         driver.save_screenshot(str(ARTIFACTS / "dashboard.png"))  # live, mid-recording
         assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
 
+        # The same daemon's /metrics: real inference timings, the real MQTT connection.
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            samples = {(s.name, s.labels.get("source")): s.value
+                       for f in text_string_to_metric_families(r.read().decode()) for s in f.samples}
+        assert samples[("genre_stream_inference_seconds_count", "radio")] >= 2
+        assert 0 < samples[("genre_stream_inference_seconds_sum", "radio")] < 10
+        assert 0 < samples[("genre_stream_real_time_factor", "radio")] < 1
+        assert samples[("genre_stream_mqtt_connected", None)] == 1
+        assert samples[("genre_stream_events_published_total", None)] >= 2
+        assert samples[("genre_stream_history_written_total", None)] >= 1
+
         assert daemon.wait(60) == 0  # the recording ended
         states = [m.json() for m in subscriber.on("genre-stream/radio/state")]
         last = states[-1]
@@ -549,6 +578,17 @@ def listening_addresses(port: int) -> set[str]:
         if int(p, 16) == port and state_ == "0A":  # LISTEN
             found.add(socket.inet_ntoa(bytes.fromhex(addr)[::-1]))
     return found
+
+
+def test_config_show_masks_the_token(monkeypatch):
+    from click.testing import CliRunner
+
+    from genre_stream.cli import main
+
+    monkeypatch.setenv("GENRE_STREAM_HTTP_TOKEN", TOKEN)
+    result = CliRunner().invoke(main, ["config", "show"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["http"]["token"] == "***" and TOKEN not in result.output
 
 
 def test_daemon_binds_non_loopback_only_when_asked(tmp_path):
@@ -580,6 +620,7 @@ def test_daemon_binds_non_loopback_only_when_asked(tmp_path):
     finally:
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(20) == 0
+    assert (tmp_path / "state" / "history.sqlite").is_file()  # history is on by default
 
 
 def test_daemon_default_http_is_loopback_and_busy_port_is_a_clear_error(tmp_path):
@@ -587,7 +628,7 @@ def test_daemon_default_http_is_loopback_and_busy_port_is_a_clear_error(tmp_path
     port = free_port()
     daemon = subprocess.Popen(
         [sys.executable, "-m", "genre_stream", "run", "--source", f"file:{demo}", "--state-dir", str(tmp_path / "a"),
-         "--stats-interval", "0", "--http", str(port)],
+         "--stats-interval", "0", "--http", str(port), "--no-history"],
         cwd=REPO, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         wait_healthy(port, daemon)
@@ -598,6 +639,10 @@ def test_daemon_default_http_is_loopback_and_busy_port_is_a_clear_error(tmp_path
             capture_output=True, text=True, timeout=60, cwd=REPO, env=cli_env())
         assert second.returncode == 78
         assert f"http.listen: dashboard: cannot listen on 127.0.0.1:{port}" in second.stderr
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/history", timeout=5)
+        assert refused.value.code == 404 and b"not enabled" in refused.value.read()
     finally:
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(20) == 0
+    assert not (tmp_path / "a" / "history.sqlite").exists()  # --no-history

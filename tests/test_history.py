@@ -257,6 +257,15 @@ def _iso(t: float) -> str:
     return datetime.fromtimestamp(T0 + t).astimezone().isoformat()
 
 
+def invoke(*args: str):
+    """The CLI in-process (click's runner) for the cheap cases; a process start costs seconds here."""
+    from click.testing import CliRunner
+
+    from genre_stream.cli import main
+
+    return CliRunner().invoke(main, list(args))
+
+
 def test_history_command_formats(recorded_state_dir):
     common = ["history", "--state-dir", str(recorded_state_dir), "--since", _iso(-1), "--until", _iso(700)]
     proc = run_cli(*common, "--format", "json", timeout=60)
@@ -268,26 +277,18 @@ def test_history_command_formats(recorded_state_dir):
     ]
     assert rows[0]["confidence"] == pytest.approx(0.7)
 
-    proc = run_cli(*common, "--format", "csv", timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    table = list(csv.DictReader(io.StringIO(proc.stdout)))
+    # The other formats in-process (a process start costs seconds on this machine).
+    result = invoke(*common, "--format", "csv")
+    assert result.exit_code == 0, result.output
+    table = list(csv.DictReader(io.StringIO(result.stdout)))
     assert [r["genre"] for r in table] == ["rock", "", "rock", "jazz", "jazz"]
 
-    proc = run_cli(*common, "--source", "radio", timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
+    result = invoke(*common, "--source", "radio")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
     assert lines[0].split() == ["source", "start", "end", "duration", "genre", "confidence"]
     assert "(silence)" in lines[2] and lines[1].split()[-2:] == ["rock", "0.70"]
     assert datetime.fromtimestamp(T0).strftime("%H:%M:%S") in lines[1]  # local time for people
-
-
-def invoke(*args: str):
-    """The CLI in-process (click's runner) for the cheap cases; a process start costs seconds here."""
-    from click.testing import CliRunner
-
-    from genre_stream.cli import main
-
-    return CliRunner().invoke(main, list(args))
 
 
 def test_history_command_clock_times_select_the_hour(tmp_path):
@@ -349,3 +350,16 @@ def test_daemon_keeps_publishing_with_a_readonly_history(tmp_path):
     assert f"cannot write tag history to {state_dir / 'history.sqlite'}" in proc.stderr
     assert "the daemon goes on" in proc.stderr
     assert (state_dir / "history.sqlite").read_bytes() == before
+
+
+def test_history_settings_from_the_daemon_config(tmp_path):
+    from genre_stream.config import ConfigError, load_config
+
+    config = load_config(None, {"history.retention_days": 7, "state_dir": str(tmp_path)}, environ={})
+    assert config.history.enabled is True
+    assert config.history.config(config.state_dir) == HistoryConfig(tmp_path / "history.sqlite", retention_days=7)
+    off = tmp_path / "off.toml"
+    off.write_text("[history]\nenabled = false\n")
+    assert load_config(off, {}, environ={}).history.enabled is False
+    with pytest.raises(ConfigError, match="history.retention_days"):
+        load_config(None, {}, environ={"GENRE_STREAM_HISTORY_RETENTION_DAYS": "ninety"})

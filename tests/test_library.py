@@ -362,3 +362,19 @@ def test_bad_requests_get_clear_errors(synthetic, tmp_path: Path) -> None:
     code, out = run("errors", "--db", str(not_db))
     assert code == 1 and "notes.txt: not a usable library database" in out
     assert not_db.read_text() == "my notes\n" * 200, "a file that is not a database must not be altered"
+
+
+def test_cluster_names_and_duplicate_tracks() -> None:
+    from genre_stream.library.cluster import ClusterConfig, cluster_library
+    from genre_stream.library.db import LibraryMatrix
+
+    labels = ["rock", "metal", "jazz"]
+    probs = np.array([[0.6, 0.4, 0.0], [0.6, 0.4, 0.0], [0.58, 0.42, 0.0], [0.0, 0.05, 0.95]], np.float32)
+    emb = np.array([[1, 0, 0], [1, 0, 0], [1, 0.05, 0], [0, 0, 1]], np.float32).repeat(11, axis=1)[:, :32]
+    matrix = LibraryMatrix(["a", "b", "c", "d"], ["rock", "rock", "rock", "jazz"], np.ones(4, np.float32), probs, emb)
+    two = cluster_library(matrix, labels, ClusterConfig(k=2))
+    assert [(c.name, sorted(c.paths)) for c in two.clusters] == [("rock/metal", ["a", "b", "c"]), ("jazz", ["d"])]
+    # asking for as many clusters as tracks, with two identical tracks, gives fewer clusters, not a crash
+    many = cluster_library(matrix, labels, ClusterConfig(k=4))
+    assert many.k == 3 and sorted(len(c.paths) for c in many.clusters) == [1, 1, 2]
+    assert len({c.name for c in many.clusters}) == 3, "cluster names are unique"

@@ -14,7 +14,7 @@ from conftest import run_cli
 from genre_stream.audio import load_audio
 from genre_stream.frontend import FrontendConfig, MelFrontend, loop_to_length, normalize_window
 from trainer.data import Cache, DataError, PrepareConfig, prepare
-from trainer.synth import SAMPLE_RATE, make_dataset
+from trainer.synthset import SAMPLE_RATE, make_dataset
 
 SMALL = PrepareConfig(FrontendConfig(window_frames=32))
 
@@ -127,8 +127,7 @@ def test_unusable_data_is_refused_and_nothing_is_written(tmp_path: Path, case: s
     message = {"empty": "no label folders", "one_label": "one label only ('rock'", "all_corrupt": "none of the 2 files could be decoded", "empty_label_dirs": "no audio files found"}[case]
     assert message in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
-    assert not (tmp_path / "cache" / "manifest.json").exists()
-    assert not any((tmp_path / "cache" / "shards").glob("*")) if (tmp_path / "cache").exists() else True
+    assert not (tmp_path / "cache").exists()
 
 
 def test_csv_manifest_with_missing_files_names_them(data: Path, tmp_path: Path) -> None:
@@ -152,3 +151,9 @@ def test_train_refuses_a_missing_or_truncated_cache(data: Path, tmp_path: Path) 
     shard.write_bytes(shard.read_bytes()[:-10])
     with pytest.raises(DataError, match="truncated"):
         Cache(tmp_path / "cache")
+
+
+def test_bad_options_are_named(data: Path, tmp_path: Path) -> None:
+    proc = run_cli("prepare", str(data), "--out", str(tmp_path / "c"), "--pitch-shift=-3,x", module="trainer")
+    assert proc.returncode == 1 and "pitch shift 'x' is not a whole number of semitones" in proc.stderr
+    assert not (tmp_path / "c").exists()

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from .commands import evaluate_cmd, finetune_cmd, prepare_cmd, synth_cmd, train_cmd
+
 log = logging.getLogger("trainer")
 
 
@@ -21,6 +23,13 @@ def _setup_logging(verbose: int) -> None:
 def main(verbose: int) -> None:
     """Produce models for genre-stream: import the seed checkpoints, train, evaluate, export to ONNX."""
     _setup_logging(verbose)
+
+
+main.add_command(prepare_cmd)
+main.add_command(train_cmd)
+main.add_command(evaluate_cmd)
+main.add_command(finetune_cmd)
+main.add_command(synth_cmd)
 
 
 @main.command("import-keras")
@@ -45,14 +54,6 @@ def import_keras(checkpoint: Path, out: Path) -> None:
     save_checkpoint(out, model, info)
     click.echo(f"wrote {out} ({len(labels)} labels: {', '.join(labels)})")
 
-
-from .commands import evaluate_cmd, finetune_cmd, prepare_cmd, synth_cmd, train_cmd  # noqa: E402
-
-main.add_command(prepare_cmd)
-main.add_command(train_cmd)
-main.add_command(evaluate_cmd)
-main.add_command(finetune_cmd)
-main.add_command(synth_cmd)
 
 if __name__ == "__main__":
     main()

@@ -132,6 +132,8 @@ def train_cmd(cache: Path, out: Path, **options) -> None:
         summary = train_run(cache, out, _config(**options), progress=_bar if _is_rank0() else _no_bar)
     except _errors() as exc:
         raise click.ClickException(str(exc)) from exc
+    except KeyboardInterrupt:
+        raise click.ClickException(f"interrupted; run the same command again to resume from the last finished epoch (kept in {out}.partial)") from None
     _report_run(out, summary)
 
 
@@ -150,7 +152,7 @@ def evaluate_cmd(model: Path, data: Path, out: Path | None, hop_seconds: float, 
     from .evaluate import evaluate
 
     try:
-        report = evaluate(model, data, out, hop_seconds)
+        report = evaluate(model, data, out, hop_seconds, progress=_progress_iter)
     except _errors() as exc:
         raise click.ClickException(str(exc)) from exc
     if as_json:
@@ -201,7 +203,7 @@ def finetune_cmd(checkpoint: str, data: Path, out: Path, freeze: str, **options)
 @click.option("--seed", type=int, default=0, show_default=True)
 def synth_cmd(out: Path, classes: int, clips: int, seconds: float, seed: int) -> None:
     """Write a small synthetic labelled set (GTZAN layout) to OUT, for trying the trainer without GTZAN."""
-    from .synth import make_dataset
+    from .synthset import make_dataset
 
     paths = make_dataset(out, classes, clips, seconds, seed)
     click.echo(f"wrote {len(paths)} clips to {out}")

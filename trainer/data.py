@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -323,6 +324,7 @@ def prepare(
     root = Path(out)
     if root.exists() and not root.is_dir():
         raise DataError(f"{root}: exists and is not a folder")
+    created = not root.exists()
     (root / SHARDS).mkdir(parents=True, exist_ok=True)
     old_entries, old_shards = _old_entries(root, config)
     old = {e.key: e for e in old_entries}
@@ -346,6 +348,11 @@ def prepare(
         check_labels(Counter(e.label for e in entries if e.pitch == 0), f"{data} (after skipping unreadable files)")
         if written:
             os.replace(tmp, shard_path)
+    except BaseException:
+        if created:  # a failed first run leaves no folder that looks like a cache
+            tmp.unlink(missing_ok=True)
+            shutil.rmtree(root, ignore_errors=True)
+        raise
     finally:
         tmp.unlink(missing_ok=True)
     shards = {e.shard: old_shards.get(e.shard, written) for e in entries}

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,15 @@ class EvaluateError(ValueError):
     """Model and data that cannot be evaluated together; the message says why."""
 
 
-def track_probabilities(cache: Cache, indices: list[int], window: int, predict: Predictor, hop_seconds: float = 10.0, batch: int = 16) -> np.ndarray:
+def track_probabilities(
+    cache: Cache,
+    indices: list[int],
+    window: int,
+    predict: Predictor,
+    hop_seconds: float = 10.0,
+    batch: int = 16,
+    progress: Callable[[list[tuple[int, int]]], Iterable[tuple[int, int]]] | None = None,
+) -> np.ndarray:
     """Mean window probabilities of each cached clip, windows placed exactly like ``classify``."""
     hop = max(1, cache.frontend.seconds_to_frames(hop_seconds))
     pending: list[np.ndarray] = []
@@ -52,7 +60,8 @@ def track_probabilities(cache: Cache, indices: list[int], window: int, predict: 
         pending.clear()
         owners.clear()
 
-    for k, idx in enumerate(indices):
+    items = list(enumerate(indices))
+    for k, idx in progress(items) if progress else items:
         frames = cache.entries[idx].frames
         if frames < window:
             raise EvaluateError(f"{cache.entries[idx].path}: {frames} cached frames, shorter than the model's {window}-frame window")
@@ -98,7 +107,7 @@ def load_model(path: str | Path, threads: int = 0) -> LoadedModel:
     return LoadedModel(info, torch_predictor(model, torch.device("cpu")), "checkpoint")
 
 
-def _open_data(data: Path, info: ModelInfo, workdir: Path) -> Cache:
+def _open_data(data: Path, info: ModelInfo, workdir: Path, progress: Callable | None) -> Cache:
     if (data / MANIFEST).is_file():
         cache = Cache(data)
         ours = replace(cache.frontend, window_frames=info.frontend.window_frames)
@@ -110,22 +119,32 @@ def _open_data(data: Path, info: ModelInfo, workdir: Path) -> Cache:
                 f"prepare again with --window-frames {info.frontend.window_frames} (or pass the audio folder)"
             )
         return cache
-    prepare(data, workdir, PrepareConfig(frontend=info.frontend))
+    prepare(data, workdir, PrepareConfig(frontend=info.frontend), progress=progress)
     return Cache(workdir)
 
 
-def evaluate(model_path: str | Path, data: str | Path, out: str | Path | None = None, hop_seconds: float = 10.0, threads: int = 0) -> dict[str, Any]:
-    """Metrics of the model on every original clip of ``data``; writes metrics.json and confusion.png to ``out``."""
+def evaluate(
+    model_path: str | Path,
+    data: str | Path,
+    out: str | Path | None = None,
+    hop_seconds: float = 10.0,
+    threads: int = 0,
+    progress: Callable[[list[Any], str], Iterable[Any]] | None = None,
+) -> dict[str, Any]:
+    """Metrics of the model on every original clip of ``data``; writes metrics.json and confusion.png to ``out``.
+
+    ``progress(items, label)`` wraps the decoding (audio DATA only) and the classification loops.
+    """
     model = load_model(model_path, threads)
     labels = model.info.labels
     with tempfile.TemporaryDirectory(prefix="genre-trainer-eval-") as tmp:
-        cache = _open_data(Path(data), model.info, Path(tmp) / "cache")
+        cache = _open_data(Path(data), model.info, Path(tmp) / "cache", (lambda items: progress(items, "decoding")) if progress else None)
         unknown = sorted(set(cache.labels) - set(labels))
         if unknown:
             raise EvaluateError(f"{data}: labels {unknown} are not among the model's labels {labels}")
         indices = cache.originals()
         window = model.info.frontend.window_frames
-        probs = track_probabilities(cache, indices, window, model.predict, hop_seconds)
+        probs = track_probabilities(cache, indices, window, model.predict, hop_seconds, progress=(lambda items: progress(items, "classifying")) if progress else None)
         index = {label: i for i, label in enumerate(labels)}
         targets = np.array([index[cache.entries[i].label] for i in indices], dtype=int)
         report = classification_report(targets, probs, labels)

@@ -22,6 +22,7 @@ On a GPU the forward pass runs under autocast (float16 with a gradient scaler).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -313,7 +314,7 @@ class FoldTrainer:
                 x = torch.from_numpy(make_batch(self.cache, batch, self.window, augment, rng)).to(self.dist.device)
                 y = torch.from_numpy(self._targets(batch)).to(self.dist.device)
                 self.optimizer.zero_grad(set_to_none=True)
-                with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=self.amp):
+                with torch.autocast(device_type=self.dist.device.type, dtype=torch.float16, enabled=self.amp):
                     logits, _ = self.net(x)
                     loss = loss_fn(logits.float(), y)
                 self.scaler.scale(loss).backward()
@@ -446,9 +447,15 @@ def train_run(
     )
     factory = model_factory or (lambda names: BBNN(n_classes=len(names)))
     with distributed(config.device) as dist:
+        error = None
         if dist.main:
-            _open_partial(out, partial, spec)
-        dist.barrier()
+            try:
+                _open_partial(out, partial, spec)
+            except TrainError as exc:
+                error = str(exc)
+        error = dist.broadcast(error)  # every rank stops, instead of waiting for rank 0 forever
+        if error:
+            raise TrainError(error)
         folds = []
         for fold, split in enumerate(splits):
             folder = partial / f"fold-{fold:02d}" if config.folds > 1 else partial
@@ -473,8 +480,6 @@ def train_run(
 
 
 def _sha256_text(text: str) -> str:
-    import hashlib
-
     return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -55,7 +55,7 @@ class DashboardConfig:
             raise ValueError(f"http mel interval {self.mel_interval_seconds}: must be > 0 seconds")
 
     @classmethod
-    def from_address(cls, address: str, **kwargs: object) -> "DashboardConfig":
+    def from_address(cls, address: str, **kwargs: object) -> DashboardConfig:
         """``HOST:PORT``, ``[IPv6]:PORT``, ``:PORT`` or ``PORT`` (loopback) -> config."""
         host, port = parse_address(address)
         return cls(host=host, port=port, **kwargs)  # type: ignore[arg-type]

@@ -48,7 +48,7 @@ class SinkMetrics:
 class _ProviderCollector(Collector):
     """Turns the providers' dataclasses into metric families at scrape time."""
 
-    def __init__(self, owner: "DashboardMetrics") -> None:
+    def __init__(self, owner: DashboardMetrics) -> None:
         self.owner = owner
 
     def collect(self) -> Iterator[Metric]:

@@ -165,7 +165,7 @@ class DashboardState:
         if previous is not None and previous.total == total:
             return
         new = total - previous.total if previous is not None else len(frames)
-        full = previous is None or new >= len(frames)
+        full = not 0 < new < len(frames)  # first snapshot, a gap longer than the buffer, or a new pipeline (reload)
         self._notify(listeners, "mel", mel_payload(source, frames[-new:] if not full else frames, total, full))
 
     # -- server side -------------------------------------------------------------------

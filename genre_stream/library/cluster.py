@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -18,6 +19,7 @@ from typing import Any, Literal
 import numpy as np
 from sklearn.cluster import AgglomerativeClustering, KMeans
 from sklearn.decomposition import PCA
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import silhouette_score
 
 from ..fsutil import atomic_path
@@ -73,7 +75,9 @@ def _fit(x: np.ndarray, k: int, config: ClusterConfig) -> np.ndarray:
     if k == 1:
         return np.zeros(len(x), dtype=int)
     if config.method == "kmeans":
-        return KMeans(n_clusters=k, n_init=10, random_state=config.seed).fit_predict(x)
+        with warnings.catch_warnings():  # identical tracks: reported by cluster_library instead
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            return KMeans(n_clusters=k, n_init=10, random_state=config.seed).fit_predict(x)
     return AgglomerativeClustering(n_clusters=k, linkage="average", metric="cosine").fit_predict(x)
 
 
@@ -127,6 +131,10 @@ def cluster_library(matrix: LibraryMatrix, labels: list[str], config: ClusterCon
         if not 1 <= config.k <= n:
             raise LibraryError(f"--k {config.k} does not fit a library of {n} tracks (use 1..{n})")
         k, raw = config.k, _fit(x, config.k, config)
+    used, raw = np.unique(raw, return_inverse=True)
+    if len(used) < k:  # k-means leaves clusters empty when tracks are identical
+        log.warning("only %d distinct groups among %d tracks; made %d clusters instead of %d", len(used), n, len(used), k)
+        k = len(used)
     # number clusters 1.. by size, largest first, so names and files are stable across runs
     sizes = np.bincount(raw, minlength=k)
     order = sorted(range(k), key=lambda c: (-sizes[c], min(np.flatnonzero(raw == c))))

@@ -20,7 +20,7 @@ import logging
 import multiprocessing
 import os
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
@@ -180,7 +180,7 @@ class _Pool:
             initargs=(self.config.model_path, self.config.device, threads, self.config.hop_seconds),
         )
 
-    def run(self, jobs: list[Job]) -> Iterator[Outcome]:
+    def run(self, jobs: list[Job]) -> Generator[Outcome, None, None]:
         pending = list(reversed(jobs))
         inflight: dict[Future[Outcome], Job] = {}
         try:
@@ -232,7 +232,7 @@ class _Pool:
             solo.shutdown(wait=True, cancel_futures=True)
 
 
-def _run_inline(engine: Engine, config: ScanConfig, jobs: list[Job]) -> Iterator[Outcome]:
+def _run_inline(engine: Engine, config: ScanConfig, jobs: list[Job]) -> Generator[Outcome, None, None]:
     for job in jobs:
         yield _process(job, engine, config.hop_seconds)
 
@@ -282,12 +282,10 @@ def scan(
         report.interrupted = True
         log.warning("scan interrupted; %d file(s) indexed this run are kept", len(report.analysed) + len(report.reused))
     finally:
-        close = getattr(outcomes, "close", None)
-        if close:
-            close()
+        outcomes.close()  # stops the workers (a pool finishes the files it holds, then exits)
         # Gone files' rows go after the copies above; after an interrupt, rows that an
         # unfinished job may still reuse (a moved file) wait for the next scan.
-        finished = {o for o in report.analysed + report.reused} | {p for p, _ in report.failed}
+        finished = set(report.analysed + report.reused) | {p for p, _ in report.failed}
         still_needed = {src for job in jobs if job.path not in finished for src in job.candidates.values()}
         report.removed = [p for p in gone if p not in still_needed]
         db.remove(report.removed)

@@ -4,8 +4,8 @@
 
 const TIMELINE_SECONDS = 3600;
 const MAX_GAP_SECONDS = 60; // same rule as the history's segments
-const PALETTE = ["#4f9dff", "#f0b429", "#3ecf8e", "#ff7b72", "#b083f0", "#ff9f43",
-                 "#2dd4bf", "#f778ba", "#a3e635", "#94a3b8", "#e879f9", "#fde047"];
+const PALETTE = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", // Tableau 10,
+                 "#b07aa1", "#ff9da7", "#9c755f", "#a0cbe8", "#8cd17d", "#d37295"];  // grey left to silence
 
 let labels = [];
 const cards = new Map(); // source -> {el, segments, canvas, ctx, melTotal}
@@ -71,10 +71,10 @@ function showState(c, state) {
     const p = state.probabilities?.[row.dataset.label] ?? 0;
     row.querySelector(".fill").style.width = (p * 100).toFixed(1) + "%";
     row.querySelector(".pct").textContent = (p * 100).toFixed(1) + "%";
-    row.classList.remove("top");
+    row.querySelector(".fill").style.background = "";
     if (state.state === "music" && row.dataset.label === state.genre) top = row;
   }
-  top?.classList.add("top");
+  if (top) top.querySelector(".fill").style.background = colour(state.genre); // same colour as the timeline
   setStatus(c, state.state);
   c.el.querySelector(".error").textContent = "";
 }
