@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from brokers import Broker, Gate, Subscriber, broker, free_port, mosquitto, require, wait_port  # noqa: F401
+from brokers import Broker, Gate, Subscriber, any_broker, broker, free_port, mosquitto, require, wait_port  # noqa: F401
 from genre_stream.config import ConfigError, HomeAssistantConfig, MqttConfig
 from genre_stream.messages import GenreEvent, GenreState, SourceStats
 from genre_stream.sinks import Fanout
@@ -301,3 +301,41 @@ def test_bad_tls_file_is_a_config_error_naming_the_file(field: str, tmp_path: Pa
         kwargs["key_file"] = bad
     with pytest.raises(ConfigError, match=rf"mqtt\.{field}.*not-a-cert\.pem"):
         sink_for("mqtts://127.0.0.1:8883", tmp_path, **kwargs)
+
+
+def test_example_subscriber_reacts_to_genre_changes(any_broker: Broker, tmp_path: Path) -> None:
+    """examples/subscriber.py as a user runs it, against events published by the sink."""
+    import queue
+    import subprocess
+    import sys
+    import threading
+
+    from conftest import REPO, cli_env
+
+    proc = subprocess.Popen([sys.executable, str(REPO / "examples" / "subscriber.py"), "--broker", any_broker.url],
+                            stderr=subprocess.PIPE, text=True, env=cli_env())
+    out: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [out.put(line) for line in proc.stderr], daemon=True).start()
+
+    def expect(text: str) -> None:
+        end = time.monotonic() + 20
+        while time.monotonic() < end:
+            try:
+                if text in out.get(timeout=0.5):
+                    return
+            except queue.Empty:
+                continue
+        raise AssertionError(f"subscriber never printed {text!r}")
+
+    sink = sink_for(any_broker.url, tmp_path)
+    try:
+        sink.start()
+        expect("daemon is online")  # retained status: the subscriber is subscribed now
+        sink.publish(GenreEvent.genre_changed("radio", "jazz", "rock", 0.81))
+        expect("radio: jazz -> rock (81%)")
+        sink.publish(GenreEvent("track_tagged", "inbox", {"path": "/music/a b.mp3", "genre": "blues", "confidence": 0.7}))
+        expect("inbox: /music/a b.mp3 is blues (70%)")
+    finally:
+        sink.close(2.0)
+        proc.terminate()
+        proc.wait(10)

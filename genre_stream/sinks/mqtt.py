@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 QUEUE_FILE = "mqtt-queue.sqlite3"
 INFLIGHT_WINDOW = 64  # unacknowledged QoS 1 messages handed to paho at once
-LOOP_TIMEOUT = 0.05  # network loop tick: bounds the delay between queueing and sending
+LOOP_TIMEOUT = 0.5  # network loop tick; publishing threads wake the loop themselves (paho socketpair)
 
 
 def tls_context(config: MqttConfig) -> ssl.SSLContext:
@@ -248,6 +248,7 @@ class MqttSink:
                         self._inflight[info.mid] = row.id
                 if acked:
                     self.outbox.remove(row.id)
+                    self.delivered += 1
 
     # ----------------------------------------------------------- paho callbacks (network thread)
 
