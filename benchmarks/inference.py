@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from genre_stream.audio import load_audio  # noqa: E402
-from genre_stream.engine import default_model_path  # noqa: E402
+from genre_stream.models import bundled_model_path  # noqa: E402
 from genre_stream.frontend import MelFrontend  # noqa: E402
 from genre_stream.modelinfo import ModelInfo  # noqa: E402
 from trainer.calibration import offset_windows, synthetic_sets  # noqa: E402
@@ -96,8 +96,8 @@ def main() -> None:
     n_cal = 32 if args.quick else 96
     calibration = synthetic_sets(frontend, n_cal, 0).calibration
 
-    fp32_path = default_model_path().with_name("bbnn-gtzan-augmented-fold0.fp32.onnx")
-    int8_path = default_model_path().with_name("bbnn-gtzan-augmented-fold0.int8.onnx")
+    fp32_path = bundled_model_path("fp32")
+    int8_path = bundled_model_path("int8")
     shipped = json.loads(ort.InferenceSession(str(int8_path), providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map["genre_stream"])
     shipped_cfg = shipped["provenance"]["quantization"]
     variants: dict[str, tuple[str, Int8Config | None]] = {

@@ -56,7 +56,7 @@ def _engine_options(f):
         "model_path",
         type=click.Path(dir_okay=False, path_type=Path),
         default=None,
-        help="An ONNX model exported by `genre-trainer export` (default: the bundled GTZAN model).",
+        help="An ONNX model exported by `genre-trainer export`, or `fp32` / `int8` for the bundled GTZAN exports (default: fp32).",
     )(f)
     return f
 

@@ -40,9 +40,9 @@ def _model_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--model",
         "model_path",
-        type=click.Path(dir_okay=False, exists=True),
+        type=click.Path(dir_okay=False),
         default=None,
-        help="An ONNX model exported by `genre-trainer export` (default: the bundled model).",
+        help="An ONNX model exported by `genre-trainer export`, or fp32 / int8 for the bundled exports (default: fp32).",
     )(f)
 
 

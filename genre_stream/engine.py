@@ -9,27 +9,21 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
 from .modelinfo import METADATA_KEY, ModelInfo
+from .models import resolve_model
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL_NAME = "bbnn-gtzan-augmented-fold0.fp32.onnx"
 DEVICES = ("auto", "cpu", "cuda", "tensorrt")
 
 
 class ModelError(Exception):
     """A model file that cannot be used; the message names the file and why."""
-
-
-def default_model_path() -> Path:
-    """The model bundled in the package (used when no ``--model`` is given)."""
-    return Path(str(resources.files("genre_stream") / "models" / DEFAULT_MODEL_NAME))
 
 
 def _providers(device: str) -> list[str]:
@@ -68,7 +62,7 @@ class Engine:
         threads: int = 0,
         batch_size: int = 1,
     ) -> None:
-        self.path = Path(model_path) if model_path else default_model_path()
+        self.path = resolve_model(model_path)
         if not self.path.is_file():
             raise ModelError(f"{self.path}: model file not found")
         opts = ort.SessionOptions()

@@ -9,7 +9,8 @@ import onnx
 import pytest
 import torch
 
-from genre_stream.engine import Engine, ModelError, default_model_path
+from genre_stream.engine import Engine, ModelError
+from genre_stream.models import default_model_path
 from genre_stream.model import BBNN
 from genre_stream.modelinfo import METADATA_KEY, ModelInfo
 from trainer.export import save_atomic, to_onnx_model, torch_probabilities
@@ -63,3 +64,14 @@ def test_cuda_request_without_gpu_build_is_explained() -> None:
     with pytest.raises(ModelError, match="device 'cuda'.*onnxruntime-gpu"):
         Engine(device="cuda")
     assert Engine(device="auto").providers == ["CPUExecutionProvider"]
+
+
+def test_bundled_exports_by_short_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from genre_stream.models import BUNDLED_MODELS, resolve_model
+
+    assert resolve_model(None) == default_model_path()
+    assert resolve_model("int8").name == BUNDLED_MODELS["int8"] and resolve_model("int8").is_file()
+    assert Engine("int8", threads=1).path.name == BUNDLED_MODELS["int8"]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "int8").write_bytes(b"a user's own file of that name wins")
+    assert resolve_model("int8") == Path("int8")

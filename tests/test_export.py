@@ -10,7 +10,8 @@ import onnx
 import pytest
 import torch
 
-from genre_stream.engine import Engine, default_model_path
+from genre_stream.engine import Engine
+from genre_stream.models import bundled_model_path
 from genre_stream.frontend import MelFrontend
 from genre_stream.model import BBNN
 from genre_stream.modelinfo import ModelInfo
@@ -119,8 +120,8 @@ def _clip_windows() -> np.ndarray:
 
 def test_shipped_int8_meets_the_accuracy_bar_on_real_clips() -> None:
     windows = _clip_windows()
-    fp32 = Engine(default_model_path().with_name("bbnn-gtzan-augmented-fold0.fp32.onnx"), device="cpu", threads=2)
-    int8 = Engine(default_model_path().with_name("bbnn-gtzan-augmented-fold0.int8.onnx"), device="cpu", threads=2)
+    fp32 = Engine(bundled_model_path("fp32"), device="cpu", threads=2)
+    int8 = Engine(bundled_model_path("int8"), device="cpu", threads=2)
     result = agreement(int8.predict(windows).probabilities, fp32.predict(windows).probabilities)
     assert result.meets(AccuracyBar()), result.summary()
     assert int8.labels == fp32.labels

@@ -1,0 +1,35 @@
+"""The bundled model files and their short names.
+
+Kept free of heavy imports so configuration checks can resolve ``--model int8``
+without loading onnxruntime or torch.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+# The bundled exports by short name, so `--model int8` works wherever the package is installed.
+BUNDLED_MODELS = {
+    "fp32": "bbnn-gtzan-augmented-fold0.fp32.onnx",
+    "int8": "bbnn-gtzan-augmented-fold0.int8.onnx",
+}
+DEFAULT_MODEL = "fp32"  # the fastest export meeting the accuracy bar on x86 (README: Quantization)
+
+
+def bundled_model_path(name: str) -> Path:
+    return Path(str(resources.files("genre_stream") / "models" / BUNDLED_MODELS[name]))
+
+
+def default_model_path() -> Path:
+    """The model used when no ``--model`` is given."""
+    return bundled_model_path(DEFAULT_MODEL)
+
+
+def resolve_model(spec: str | Path | None) -> Path:
+    """A model path, or a bundled export's short name (``fp32``, ``int8``) unless a file of that name exists."""
+    if spec is None:
+        return default_model_path()
+    if str(spec) in BUNDLED_MODELS and not Path(spec).exists():
+        return bundled_model_path(str(spec))
+    return Path(spec)
