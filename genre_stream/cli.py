@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .cli_options import engine_options, load_engine
 
 log = logging.getLogger("genre_stream")
 
@@ -35,45 +36,9 @@ def main(verbose: int) -> None:
     setup_logging(verbose)
 
 
-def _engine_options(f):
-    f = click.option(
-        "--batch-size",
-        type=click.IntRange(1),
-        default=1,
-        show_default=True,
-        help="Windows per inference call. Larger batches can be faster on big CPUs and GPUs but cost ~150 MB of memory per extra window.",
-    )(f)
-    f = click.option("--threads", type=click.IntRange(0), default=0, show_default=True, help="CPU inference threads (0 = onnxruntime decides).")(f)
-    f = click.option(
-        "--device",
-        type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]),
-        default="auto",
-        show_default=True,
-        help="Execution provider: auto uses TensorRT/CUDA when this onnxruntime build has them, else CPU.",
-    )(f)
-    f = click.option(
-        "--model",
-        "model_path",
-        type=click.Path(dir_okay=False, path_type=Path),
-        default=None,
-        help="An ONNX model exported by `genre-trainer export`, or `fp32` / `int8` for the bundled GTZAN exports (default: fp32).",
-    )(f)
-    return f
-
-
-def load_engine(model_path: Path | None, device: str, threads: int, batch_size: int = 1):
-    """Build the engine or turn its error into a clean CLI error (exit 1, message names the file)."""
-    from .engine import Engine, ModelError
-
-    try:
-        return Engine(model_path, device=device, threads=threads, batch_size=batch_size)
-    except ModelError as exc:
-        raise click.ClickException(str(exc)) from exc
-
-
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
-@_engine_options
+@engine_options
 @click.option("--hop", "hop_seconds", type=click.FloatRange(min=0.5), default=10.0, show_default=True, help="Seconds between the starts of 30 s windows in long files.")
 @click.option("-k", "--top-k", type=click.IntRange(1), default=3, show_default=True, help="How many genres to show per file.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line per file instead of text.")

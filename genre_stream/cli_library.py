@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from .cli_options import model_options
 from .library.db import LibraryDB, LibraryError, default_db_path
 
 
@@ -26,23 +27,6 @@ def _db_option(f: Callable[..., Any]) -> Callable[..., Any]:
         type=click.Path(dir_okay=False, path_type=Path),
         default=None,
         help=f"Library database (default: {default_db_path()}, under $XDG_DATA_HOME).",
-    )(f)
-
-
-def _model_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    f = click.option(
-        "--device",
-        type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]),
-        default="auto",
-        show_default=True,
-        help="Execution provider for the model.",
-    )(f)
-    return click.option(
-        "--model",
-        "model_path",
-        type=click.Path(dir_okay=False),
-        default=None,
-        help="An ONNX model exported by `genre-trainer export`, or fp32 / int8 for the bundled exports (default: fp32).",
     )(f)
 
 
@@ -71,12 +55,12 @@ def library() -> None:
 @library.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @_db_option
-@_model_options
+@model_options
 @click.option("--workers", type=click.IntRange(1), default=2, show_default=True, help="Analysis processes (one core each).")
 @click.option("--hop", "hop_seconds", type=click.FloatRange(min=0.5), default=10.0, show_default=True, help="Seconds between 30 s windows in long tracks.")
 @click.option("--retry-errors", is_flag=True, help="Try unchanged files that failed in an earlier scan again.")
 @click.option("--json", "as_json", is_flag=True, help="Print the scan report as JSON.")
-def scan(paths: tuple[Path, ...], db_path: Path | None, model_path: str | None, device: str, workers: int,
+def scan(paths: tuple[Path, ...], db_path: Path | None, model_path: Path | None, device: str, workers: int,
          hop_seconds: float, retry_errors: bool, as_json: bool) -> None:
     """Index the audio files under PATHS (new and changed files only; deleted ones are dropped).
 
@@ -210,9 +194,9 @@ def cluster(db_path: Path | None, k: int | None, method: str, playlist_dir: Path
 @click.argument("track", type=click.Path(path_type=Path))
 @click.option("-n", "count", type=click.IntRange(1), default=10, show_default=True, help="How many tracks to list.")
 @_db_option
-@_model_options
+@model_options
 @click.option("--json", "as_json", is_flag=True, help="Print the matches as JSON.")
-def similar(track: Path, count: int, db_path: Path | None, model_path: str | None, device: str, as_json: bool) -> None:
+def similar(track: Path, count: int, db_path: Path | None, model_path: Path | None, device: str, as_json: bool) -> None:
     """The library tracks that sound most like TRACK (a library path or any audio file)."""
     from .library.similar import SimilarityIndex, resolve_query
 

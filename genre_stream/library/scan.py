@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 class ScanConfig:
     """How to analyse: which model, where, and how many processes."""
 
-    model_path: str | None = None
+    model_path: str | Path | None = None
     device: str = "auto"
     workers: int = 2
     hop_seconds: float = DEFAULT_HOP_SECONDS
@@ -83,7 +83,7 @@ _engine: Engine | None = None
 _hop_seconds: float = DEFAULT_HOP_SECONDS
 
 
-def _init_worker(model_path: str | None, device: str, threads: int, hop_seconds: float) -> None:
+def _init_worker(model_path: str | Path | None, device: str, threads: int, hop_seconds: float) -> None:
     """Load the model once per process; the parent handles Ctrl-C, so workers ignore it."""
     global _engine, _hop_seconds
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -74,7 +74,7 @@ class SimilarityIndex:
         return [Match(self.paths[i], float(sims[i]), self.genres[i]) for i in top]
 
 
-def resolve_query(track: str | Path, index: SimilarityIndex, db: LibraryDB, model_path: str | None = None,
+def resolve_query(track: str | Path, index: SimilarityIndex, db: LibraryDB, model_path: str | Path | None = None,
                   device: str = "auto") -> Query:
     """The stored vector of a library track, or a fresh analysis of any other audio file."""
     path = os.path.abspath(track)

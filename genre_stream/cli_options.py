@@ -1,0 +1,52 @@
+"""Command-line options shared by the commands that run the model (classify, library)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "tensorrt")
+
+
+def model_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--model`` and ``--device``."""
+    f = click.option(
+        "--device",
+        type=click.Choice(DEVICE_CHOICES),
+        default="auto",
+        show_default=True,
+        help="Execution provider: auto uses TensorRT/CUDA when this onnxruntime build has them, else CPU.",
+    )(f)
+    return click.option(
+        "--model",
+        "model_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="An ONNX model exported by `genre-trainer export`, or `fp32` / `int8` for the bundled GTZAN exports (default: fp32).",
+    )(f)
+
+
+def engine_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--model``, ``--device``, ``--threads`` and ``--batch-size``."""
+    f = click.option(
+        "--batch-size",
+        type=click.IntRange(1),
+        default=1,
+        show_default=True,
+        help="Windows per inference call. Larger batches can be faster on big CPUs and GPUs but cost ~150 MB of memory per extra window.",
+    )(f)
+    f = click.option("--threads", type=click.IntRange(0), default=0, show_default=True, help="CPU inference threads (0 = onnxruntime decides).")(f)
+    return model_options(f)
+
+
+def load_engine(model_path: Path | None, device: str, threads: int = 0, batch_size: int = 1):
+    """Build the engine or turn its error into a clean CLI error (exit 1, message names the file)."""
+    from .engine import Engine, ModelError
+
+    try:
+        return Engine(model_path, device=device, threads=threads, batch_size=batch_size)
+    except ModelError as exc:
+        raise click.ClickException(str(exc)) from exc
