@@ -325,7 +325,7 @@ def _coerce(value: Any, tp: Any, key: str, origin: str) -> Any:
         raise fail("must be true or false")
     if tp in (int, float):
         if isinstance(value, bool):
-            raise fail(f"must be a number, not a boolean")
+            raise fail("must be a number, not a boolean")
         try:
             number = tp(value) if not (tp is int and isinstance(value, float)) else None
         except (TypeError, ValueError):

@@ -22,16 +22,12 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+
+from conftest import free_port
 from paho.mqtt.enums import CallbackAPIVersion
 
 HERE = Path(__file__).resolve().parent
 KINDS = ("mosquitto", "amqtt")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_port(port: int, timeout: float = 15.0) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,13 @@ def shared_path(relative: str) -> Path:
     if not path.exists():
         pytest.skip(f"needs ../shared/{relative} (present only in the project's workspace, not in a plain clone)")
     return path
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -20,7 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from _helpers_dashboard import ARTIFACTS, LABELS, changed, state
-from conftest import REPO, cli_env, run_cli, shared_path
+from conftest import REPO, cli_env, free_port, run_cli, shared_path
 from genre_stream.dashboard.config import DashboardConfig, DashboardError, HttpSettings, parse_address
 from genre_stream.dashboard.metrics import SinkMetrics, SourceMetrics
 from genre_stream.dashboard.server import DashboardServer
@@ -30,12 +30,6 @@ from genre_stream.history import History, HistoryConfig, HistoryReader
 from genre_stream.messages import GenreEvent, SourceStats
 
 TOKEN = "s3cret-token"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

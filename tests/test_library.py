@@ -24,7 +24,7 @@ import pytest
 from click.testing import CliRunner
 from sklearn.metrics import adjusted_rand_score
 
-from _helpers_library import SR, noise_hits, real_library, synthetic_library, write_wav
+from _helpers_library import noise_hits, real_library, synthetic_library, write_wav
 from conftest import SHARED_AUDIO, cli_env, run_cli
 from genre_stream.cli import main
 from genre_stream.library.db import LibraryDB, LibraryError

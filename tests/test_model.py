@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SEED_CHECKPOINTS, run_cli, shared_path
+from conftest import run_cli, shared_path
 from genre_stream.frontend import MelFrontend
 from genre_stream.audio import load_audio
 from genre_stream.model import BBNN, count_parameters

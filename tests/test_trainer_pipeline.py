@@ -9,9 +9,7 @@ stays within a few minutes on two shared cores (one thread per process).
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, cli_env, run_cli
+from conftest import REPO, cli_env, free_port, run_cli
 from trainer.checkpoint import load_checkpoint
 from trainer.synthset import make_dataset
 
@@ -139,17 +137,11 @@ def test_finetune_the_bundled_model_to_new_labels(ws: Path) -> None:
     assert heldout["accuracy"] >= 0.9, heldout["confusion"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_torchrun_two_gloo_processes(ws: Path) -> None:
     out = ws / "ddp"
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+        "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
         "-m", "trainer", "-v", "train", str(ws / "cache"), "--out", str(out), "--epochs", "2", "--device", "cpu",
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=cli_env(ONE_THREAD), cwd=REPO)

@@ -37,10 +37,11 @@ main.add_command(synth_cmd)
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Checkpoint file to write (.pt).")
 def import_keras(checkpoint: Path, out: Path) -> None:
     """Convert a seed Keras HDF5 CHECKPOINT (no TensorFlow needed) into a genre-stream checkpoint."""
+    from genre_stream.fsutil import sha256_file
     from genre_stream.modelinfo import ModelInfo
 
     from .checkpoint import save_checkpoint
-    from .keras_import import KerasImportError, load_keras_bbnn, sha256_file
+    from .keras_import import KerasImportError, load_keras_bbnn
 
     try:
         model, labels = load_keras_bbnn(checkpoint)

@@ -15,7 +15,6 @@ as ``classify`` does, so a model never sees a short clip differently at run time
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
 import os
@@ -31,7 +30,7 @@ import numpy as np
 
 from genre_stream.audio import AUDIO_EXTENSIONS, AudioError, load_audio
 from genre_stream.frontend import FrontendConfig, MelFrontend, loop_to_length, normalize_window
-from genre_stream.fsutil import atomic_path
+from genre_stream.fsutil import atomic_path, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -170,14 +169,6 @@ def check_labels(counts: Counter[str] | dict[str, int], where: str) -> None:
     if len(counts) < 2:
         only = ", ".join(f"{k!r} ({v} files)" for k, v in counts.items()) or "none"
         raise DataError(f"{where}: found one label only ({only}); a classifier needs at least two")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------- the cache

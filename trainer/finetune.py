@@ -21,10 +21,11 @@ from typing import Any
 
 from torch import nn
 
+from genre_stream.fsutil import sha256_file
 from genre_stream.model import BBNN
 
 from .checkpoint import load_checkpoint
-from .data import Cache, DataError, sha256_file
+from .data import Cache, DataError
 from .train import Progress, TrainConfig, no_progress, train_run
 
 log = logging.getLogger(__name__)

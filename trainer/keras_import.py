@@ -9,7 +9,6 @@ names the layer, never a silently mismatched weight.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,11 +216,3 @@ def load_keras_bbnn(path: str | Path) -> tuple[BBNN, list[str]]:
             raise graph.fail(f"weights of layers {unused} were not mapped onto the model")
     model.eval()
     return model, list(GTZAN_LABELS)
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

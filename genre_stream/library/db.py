@@ -19,11 +19,12 @@ import os
 import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from ..messages import utc_now_iso
 
 if TYPE_CHECKING:  # the daemon and the CLI import the database without loading torch/onnxruntime
     from ..windows import TrackResult
@@ -76,10 +77,6 @@ def file_hash(path: str | Path) -> str:
         while chunk := fh.read(_HASH_CHUNK):
             h.update(chunk)
     return h.hexdigest()
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)
@@ -246,7 +243,7 @@ class LibraryDB:
                     _blob(probs),
                     _blob(result.embedding),
                     result.model,
-                    utc_now(),
+                    utc_now_iso(),
                 ),
             )
             self.conn.execute("DELETE FROM errors WHERE path = ?", (str(path),))
@@ -277,7 +274,7 @@ class LibraryDB:
             self.conn.execute("DELETE FROM tracks WHERE path = ?", (path,))
             self.conn.execute(
                 "INSERT OR REPLACE INTO errors VALUES (?, ?, ?, ?, ?)",
-                (path, stamp.size if stamp else None, stamp.mtime_ns if stamp else None, reason, utc_now()),
+                (path, stamp.size if stamp else None, stamp.mtime_ns if stamp else None, reason, utc_now_iso()),
             )
 
     def remove(self, paths: Iterable[str]) -> int:
