@@ -2,12 +2,18 @@
 
 The seed checkpoints only work with librosa's exact mel power spectrogram followed
 by an unusual normalisation (dB relative to the window maximum, divided by the
-window's minimum dB), so both steps live here and nowhere else: the trainer, the
-``classify`` command and the live daemon all call these functions, which makes
-train/serve skew impossible by construction.
+window's minimum dB), so both steps are defined here and nowhere else: the
+trainer, the ``classify`` command and the live daemon all call these classes,
+which makes train/serve skew impossible by construction.
 
-Power frames are computed with torch/torchaudio; normalisation is per 30 s window
-and therefore applied only when a window is classified, never to the stored frames.
+The definition is torchaudio's spectrogram with librosa's Slaney filterbank; the
+trainer runs it with torch (``trainer.frontend_torch``), the runtime runs the same
+arithmetic with numpy's float64 FFT so that tagging needs no torch. The tests hold
+both to each other and to librosa within 1e-3 dB. An ONNX STFT was measured too
+(~170 ms per 30 s against ~35 ms here), which is why the runtime does not use one.
+
+Normalisation is per 30 s window and therefore applied only when a window is
+classified, never to the stored frames.
 """
 
 from __future__ import annotations
@@ -15,23 +21,26 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import librosa
 import numpy as np
-import torch
-import torchaudio.functional as AF
 
 __all__ = [
+    "FRONTEND_VERSION",
     "FrontendConfig",
     "MelFrontend",
     "StreamingMel",
     "MelRingBuffer",
+    "mel_filterbank",
     "normalize_window",
 ]
+
+# Bumped whenever the numbers the frontend produces change (padding, filterbank, STFT),
+# so a model or a trainer cache made with another definition is refused, not silently misfed.
+FRONTEND_VERSION = 1
 
 
 @dataclass(frozen=True)
 class FrontendConfig:
-    """Parameters of the mel frontend; stored in every checkpoint and ONNX export."""
+    """Parameters of the mel frontend; stored in every checkpoint, ONNX export and trainer cache."""
 
     sample_rate: int = 22050
     n_fft: int = 2048
@@ -41,6 +50,8 @@ class FrontendConfig:
     f_max: float = 11025.0
     top_db: float = 80.0
     window_frames: int = 647
+    # Records written before the version existed were made with version 1, the only one then.
+    version: int = FRONTEND_VERSION
 
     @property
     def window_samples(self) -> int:
@@ -63,65 +74,95 @@ class FrontendConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "FrontendConfig":
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        known.setdefault("version", 1)
         return cls(**known)
+
+
+def _hz_to_mel(freqs: np.ndarray) -> np.ndarray:
+    """Slaney's mel scale (librosa ``htk=False``): linear below 1 kHz, logarithmic above."""
+    f_sp = 200.0 / 3
+    mels = freqs / f_sp
+    min_log_hz, min_log_mel, logstep = 1000.0, 1000.0 / f_sp, np.log(6.4) / 27.0
+    return np.where(freqs >= min_log_hz, min_log_mel + np.log(np.maximum(freqs, 1e-300) / min_log_hz) / logstep, mels)
+
+
+def _mel_to_hz(mels: np.ndarray) -> np.ndarray:
+    f_sp = 200.0 / 3
+    min_log_hz, min_log_mel, logstep = 1000.0, 1000.0 / f_sp, np.log(6.4) / 27.0
+    return np.where(mels >= min_log_mel, min_log_hz * np.exp(logstep * (mels - min_log_mel)), f_sp * mels)
+
+
+def mel_filterbank(config: FrontendConfig) -> np.ndarray:
+    """librosa's Slaney-normalised mel filterbank in float64, shape (n_fft // 2 + 1, n_mels).
+
+    The same arithmetic as ``librosa.filters.mel(norm="slaney", htk=False)``, written
+    out so the runtime needs no librosa; torchaudio's ``melscale_fbanks`` is the same
+    formula in float32, which leaves 1.6e-4 relative error in the top bands, so both
+    frontends use this one.
+    """
+    c = config
+    fft_freqs = np.fft.rfftfreq(c.n_fft, d=1.0 / c.sample_rate)
+    mel_pts = _mel_to_hz(np.linspace(_hz_to_mel(np.array(c.f_min)), _hz_to_mel(np.array(c.f_max)), c.n_mels + 2))
+    fdiff = np.diff(mel_pts)
+    ramps = np.subtract.outer(mel_pts, fft_freqs)
+    weights = np.zeros((c.n_mels, fft_freqs.size), dtype=np.float64)
+    for i in range(c.n_mels):
+        lower = -ramps[i] / fdiff[i]
+        upper = ramps[i + 2] / fdiff[i + 1]
+        weights[i] = np.maximum(0.0, np.minimum(lower, upper))
+    weights *= (2.0 / (mel_pts[2 : c.n_mels + 2] - mel_pts[: c.n_mels]))[:, None]
+    return np.ascontiguousarray(weights.T)
 
 
 class MelFrontend:
     """Mel power frames, numerically equal to ``librosa.feature.melspectrogram``.
 
     librosa: periodic Hann window, centred frames with reflect padding, Slaney mel
-    scale with Slaney area normalisation, power 2. The STFT runs in float64: torch's
-    float32 FFT drifts to ~4e-4 relative error in bins 80 dB down, which the model
-    still sees, while float64 matches librosa to ~1e-6. Frames are computed in blocks
-    so that an hour-long file never needs gigabytes of STFT at once.
+    scale with Slaney area normalisation, power 2. The STFT runs in float64: a float32
+    FFT drifts to ~4e-4 relative error in bins 80 dB down, which the model still sees,
+    while float64 matches librosa to ~1e-6. Frames are computed in blocks so that an
+    hour-long file never needs gigabytes of STFT at once. Subclasses replace only
+    ``_power_block`` (the trainer's torch version).
     """
 
     BLOCK_FRAMES = 512
 
     def __init__(self, config: FrontendConfig | None = None) -> None:
         self.config = config or FrontendConfig()
+        if self.config.version != FRONTEND_VERSION:
+            raise ValueError(
+                f"frontend version {self.config.version} is not the one this genre-stream computes "
+                f"({FRONTEND_VERSION}); re-export the model or re-prepare the cache with this version"
+            )
         c = self.config
-        self._window = torch.hann_window(c.n_fft, periodic=True, dtype=torch.float64)
-        # (n_freqs, n_mels). librosa's own Slaney filterbank, computed in float64:
-        # torchaudio's melscale_fbanks is the same formula evaluated in float32, which
-        # leaves 1.6e-4 relative error in the top bands.
-        fbank = librosa.filters.mel(
-            sr=c.sample_rate,
-            n_fft=c.n_fft,
-            n_mels=c.n_mels,
-            fmin=c.f_min,
-            fmax=c.f_max,
-            htk=False,
-            norm="slaney",
-            dtype=np.float64,
-        )
-        self._fbank = torch.from_numpy(np.ascontiguousarray(fbank.T))
+        n = np.arange(c.n_fft, dtype=np.float64)
+        self._hann = 0.5 - 0.5 * np.cos(2.0 * np.pi * n / c.n_fft)  # periodic, as torch.hann_window
+        self._fbank = mel_filterbank(c)
 
-    def frames_from_padded(self, padded: np.ndarray | torch.Tensor) -> np.ndarray:
+    def _power_block(self, segment: np.ndarray, n_frames: int) -> np.ndarray:
+        """Mel power (n_frames, n_mels) of ``segment`` (float64), frames ``hop`` apart, no padding."""
+        c = self.config
+        frames = np.lib.stride_tricks.as_strided(
+            segment, shape=(n_frames, c.n_fft), strides=(segment.strides[0] * c.hop_length, segment.strides[0]), writeable=False
+        )
+        spec = np.fft.rfft(frames * self._hann, axis=1)
+        power = spec.real**2 + spec.imag**2
+        return power @ self._fbank
+
+    def frames_from_padded(self, padded: np.ndarray) -> np.ndarray:
         """Power mel frames (T, n_mels) of already padded audio, no centring.
 
         Frame ``t`` covers ``padded[t*hop : t*hop + n_fft]``; both the batch path and
         the streaming path go through here.
         """
         c = self.config
-        x = torch.as_tensor(np.asarray(padded, dtype=np.float64))
-        n_frames = 1 + (x.numel() - c.n_fft) // c.hop_length if x.numel() >= c.n_fft else 0
+        x = np.ascontiguousarray(padded, dtype=np.float64).reshape(-1)
+        n_frames = 1 + (x.size - c.n_fft) // c.hop_length if x.size >= c.n_fft else 0
         out = np.empty((n_frames, c.n_mels), dtype=np.float32)
         for f0 in range(0, n_frames, self.BLOCK_FRAMES):
             f1 = min(n_frames, f0 + self.BLOCK_FRAMES)
             seg = x[f0 * c.hop_length : (f1 - 1) * c.hop_length + c.n_fft]
-            power = AF.spectrogram(
-                seg,
-                pad=0,
-                window=self._window,
-                n_fft=c.n_fft,
-                hop_length=c.hop_length,
-                win_length=c.n_fft,
-                power=2.0,
-                normalized=False,
-                center=False,
-            )  # (freq, frames)
-            out[f0:f1] = (power.transpose(0, 1) @ self._fbank).numpy()
+            out[f0:f1] = self._power_block(seg, f1 - f0)
         return out
 
     def power(self, audio: np.ndarray) -> np.ndarray:
@@ -181,22 +222,22 @@ class StreamingMel:
 
     The stream start is reflect-padded exactly like the batch path, so frame ``t`` of
     a stream equals frame ``t`` of ``MelFrontend.power`` on the same audio for every
-    frame whose right half lies inside the audio; only the last ``n_fft // (2*hop)``
-    frames of a finished batch computation (which reflect the end of the file) have
-    no streaming counterpart, because a live stream has no end to reflect.
+    frame whose right half lies inside the audio. The last ``n_fft // (2*hop)`` frames
+    of a batch computation reflect the end of the file, which a live stream does not
+    have; a finite stream gets them from ``finish``, after which the frames equal the
+    batch frames exactly.
     """
 
     def __init__(self, frontend: MelFrontend | None = None) -> None:
         self.frontend = frontend or MelFrontend()
         c = self.frontend.config
         self._pad = c.n_fft // 2
-        self._buf = np.zeros(0, dtype=np.float32)
-        self._started = False
-        self.frames_emitted = 0
+        self.reset()
 
     def reset(self) -> None:
         """Forget the stream, e.g. after a device was reopened and continuity is lost."""
         self._buf = np.zeros(0, dtype=np.float32)
+        self._tail = np.zeros(0, dtype=np.float32)  # the last pad + 1 samples, for finish()'s reflection
         self._started = False
         self.frames_emitted = 0
 
@@ -205,6 +246,7 @@ class StreamingMel:
         c = self.frontend.config
         chunk = np.asarray(chunk, dtype=np.float32).reshape(-1)
         self._buf = np.concatenate([self._buf, chunk]) if self._buf.size else chunk.copy()
+        self._tail = np.concatenate([self._tail, chunk])[-(self._pad + 1) :]
         if not self._started:
             if self._buf.size <= self._pad:
                 return np.zeros((0, c.n_mels), dtype=np.float32)
@@ -219,6 +261,20 @@ class StreamingMel:
         frames = self.frontend.frames_from_padded(self._buf[:used])
         self._buf = self._buf[n_frames * c.hop_length :].copy()
         self.frames_emitted += n_frames
+        return frames
+
+    def finish(self) -> np.ndarray:
+        """End of a finite stream: the remaining frames, the end reflected as the batch path does.
+
+        A stream that never grew past ``n_fft // 2`` samples is padded with zeros, like
+        ``MelFrontend.power`` pads such a short clip. The stream is reset afterwards.
+        """
+        if not self._started:
+            frames = self.frontend.power(self._buf)
+        else:
+            right = self._tail[-2::-1][: self._pad]  # np.pad(mode="reflect") of the end
+            frames = self.frontend.frames_from_padded(np.concatenate([self._buf, right]))
+        self.reset()
         return frames
 
 
