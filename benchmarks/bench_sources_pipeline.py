@@ -22,10 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from genre_stream.audio import load_audio, resample
+from genre_stream.audio import load_audio
+from genre_stream.resample import StreamResampler, resample
 from genre_stream.engine import Engine
 from genre_stream.pipeline import PipelineConfig, SourcePipeline
-from genre_stream.sources.base import AudioChunk, StreamResampler
+from genre_stream.sources.base import AudioChunk
 from genre_stream.windows import analyse_audio
 
 SR = 22050

@@ -37,7 +37,7 @@ import soundfile as sf
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from genre_stream.audio import resample  # noqa: E402
+from genre_stream.resample import resample  # noqa: E402
 from genre_stream.engine import Engine  # noqa: E402
 from genre_stream.library.db import FileStamp, LibraryDB  # noqa: E402
 from genre_stream.library.features import track_features  # noqa: E402

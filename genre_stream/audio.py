@@ -1,26 +1,31 @@
-"""Decoding files to mono float32 at the model's rate, with errors a user can act on.
+"""Decoding files to mono float32 at the model's rate, block by block, with errors a user can act on.
 
 libsndfile (soundfile) reads wav/flac/ogg/mp3/au/aiff directly; anything it
-refuses is handed to ffmpeg when it is installed. Every failure becomes an
-``AudioError`` naming the file and the reason, so one bad file never takes a
-batch down with a traceback.
+refuses is handed to ffmpeg when it is installed. Files are decoded in blocks of
+``BLOCK_SECONDS`` and resampled as a stream, so a three-hour recording costs the
+memory of a ten-minute one. Every failure becomes an ``AudioError`` naming the
+file and the reason, so one bad file never takes a batch down with a traceback.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-import torch
-import torchaudio.functional as AF
+
+from .resample import StreamResampler
 
 log = logging.getLogger(__name__)
 
 AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".oga", ".mp3", ".au", ".snd", ".aif", ".aiff", ".aifc"})
+BLOCK_SECONDS = 10.0  # decoding unit: what one block of a file may cost in memory, whatever its length
 
 
 class AudioError(Exception):
@@ -40,16 +45,8 @@ def to_mono(audio: np.ndarray) -> np.ndarray:
     return audio
 
 
-def resample(audio: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
-    """Band-limited resampling (torchaudio's windowed sinc) of mono float32 audio."""
-    if orig_sr == target_sr or audio.size == 0:
-        return np.asarray(audio, dtype=np.float32)
-    out = AF.resample(torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)), orig_sr, target_sr)
-    return out.numpy()
-
-
 def ffmpeg_executable() -> str | None:
-    """The system ffmpeg if installed, else the one bundled with imageio-ffmpeg (a dependency)."""
+    """The system ffmpeg if installed, else the one of imageio-ffmpeg (the [ffmpeg] extra) if installed."""
     found = shutil.which("ffmpeg")
     if found:
         return found
@@ -61,16 +58,49 @@ def ffmpeg_executable() -> str | None:
         return None
 
 
-def _ffmpeg_decode(path: Path, sr: int) -> np.ndarray:
+@functools.lru_cache(maxsize=4)
+def ffmpeg_resample_args(exe: str, rate: int) -> tuple[str, ...]:
+    """Output options that make ffmpeg resample with libsoxr at soxr's "HQ" precision.
+
+    The in-process resampler is soxr too (``resample.py``), so a file gives the same
+    samples whether libsndfile or ffmpeg decodes it. An ffmpeg built without libsoxr
+    falls back to its own resampler, which is said once in the log.
+    """
+    try:
+        conf = subprocess.run([exe, "-hide_banner", "-buildconf"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        conf = ""
+    if "--enable-libsoxr" in conf:
+        return ("-af", "aresample=resampler=soxr:precision=20", "-ar", str(rate))
+    log.info("%s was built without libsoxr; it resamples with its own filter", exe)
+    return ("-ar", str(rate))
+
+
+def _ffmpeg_blocks(path: Path, sr: int, block_samples: int) -> Iterator[np.ndarray]:
     ffmpeg = ffmpeg_executable()
     if ffmpeg is None:
         raise AudioError(path, "format not readable by libsndfile and no ffmpeg was found")
-    cmd = [ffmpeg, "-nostdin", "-v", "error", "-i", str(path), "-f", "f32le", "-ac", "1", "-ar", str(sr), "-"]
-    proc = subprocess.run(cmd, capture_output=True, check=False)
-    if proc.returncode != 0:
-        msg = proc.stderr.decode(errors="replace").strip().splitlines()
-        raise AudioError(path, f"not decodable audio ({msg[-1] if msg else 'ffmpeg failed'})")
-    return np.frombuffer(proc.stdout, dtype="<f4").astype(np.float32)
+    cmd = [ffmpeg, "-nostdin", "-v", "error", "-i", str(path), "-vn", "-f", "f32le", "-rematrix_maxval", "1.0", "-ac", "1",
+           *ffmpeg_resample_args(ffmpeg, sr), "-"]
+    with tempfile.TemporaryFile() as errors:  # a file, not a pipe: ffmpeg can never block on it
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors)
+        assert proc.stdout is not None
+        try:
+            while True:
+                data = proc.stdout.read(block_samples * 4)
+                if not data:
+                    break
+                usable = len(data) - len(data) % 4
+                yield np.frombuffer(data[:usable], dtype="<f4").astype(np.float32)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            status = proc.wait()
+            proc.stdout.close()
+        if status != 0:
+            errors.seek(0)
+            msg = errors.read().decode(errors="replace").strip().splitlines()
+            raise AudioError(path, f"not decodable audio ({msg[-1] if msg else 'ffmpeg failed'})")
 
 
 def _declared_frames(path: Path, handle: sf.SoundFile) -> int:
@@ -100,8 +130,38 @@ def _declared_frames(path: Path, handle: sf.SoundFile) -> int:
 _SUBTYPE_BYTES = {"PCM_U8": 1, "PCM_S8": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4, "DOUBLE": 8}
 
 
-def load_audio(path: str | Path, sr: int = 22050) -> np.ndarray:
-    """Decode a whole file to mono float32 at ``sr``. Raises ``AudioError`` with the reason."""
+def _soundfile_blocks(path: Path, handle: sf.SoundFile, sr: int) -> Iterator[np.ndarray]:
+    """Blocks of a file libsndfile opened, down-mixed and resampled as one stream."""
+    with handle:
+        declared = _declared_frames(path, handle)
+        native = int(handle.samplerate)
+        resampler = StreamResampler(native, sr)
+        block = max(1, int(BLOCK_SECONDS * native))
+        read = 0
+        while True:
+            try:
+                data = handle.read(block, dtype="float32", always_2d=True)
+            except (sf.LibsndfileError, RuntimeError) as exc:
+                raise AudioError(path, f"corrupt or truncated audio data ({exc})") from exc
+            if data.shape[0] == 0:
+                break
+            read += data.shape[0]
+            yield resampler.push(to_mono(data))
+        if declared and read < 0.99 * declared - native * 0.05:
+            raise AudioError(
+                path,
+                f"truncated: the header promises {declared / native:.1f} s, only {read / native:.1f} s are present",
+            )
+        yield resampler.flush()
+
+
+def iter_audio(path: str | Path, sr: int = 22050) -> Iterator[np.ndarray]:
+    """Decode a file to blocks of mono float32 at ``sr``; raises ``AudioError`` with the reason.
+
+    Memory is one block, whatever the file's length. The error can come after some
+    blocks were yielded (a file found truncated or corrupt part way through), so a
+    caller must treat everything it made of the earlier blocks as unfinished.
+    """
     path = Path(path)
     if not path.exists():
         raise AudioError(path, "no such file")
@@ -116,30 +176,28 @@ def load_audio(path: str | Path, sr: int = 22050) -> np.ndarray:
         handle = sf.SoundFile(str(path))
     except sf.LibsndfileError as exc:
         log.debug("libsndfile cannot open %s (%s); trying ffmpeg", path, exc)
-        audio = _ffmpeg_decode(path, sr)
+        blocks = _ffmpeg_blocks(path, sr, max(1, int(BLOCK_SECONDS * sr)))
     except PermissionError as exc:
         raise AudioError(path, "permission denied") from exc
     except (RuntimeError, OSError) as exc:
         raise AudioError(path, f"read failed ({exc})") from exc
     else:
-        with handle:
-            declared = _declared_frames(path, handle)
-            try:
-                data = handle.read(dtype="float32", always_2d=True)
-            except (sf.LibsndfileError, RuntimeError) as exc:
-                raise AudioError(path, f"corrupt or truncated audio data ({exc})") from exc
-            if declared and data.shape[0] < 0.99 * declared - handle.samplerate * 0.05:
-                raise AudioError(
-                    path,
-                    f"truncated: the header promises {declared / handle.samplerate:.1f} s, "
-                    f"only {data.shape[0] / handle.samplerate:.1f} s are present",
-                )
-            audio = resample(to_mono(data), int(handle.samplerate), sr)
-    if audio.size == 0:
+        blocks = _soundfile_blocks(path, handle, sr)
+    total = 0
+    for block in blocks:
+        if block.size == 0:
+            continue
+        if not np.all(np.isfinite(block)):
+            raise AudioError(path, "contains NaN or infinite samples")
+        total += block.size
+        yield block
+    if total == 0:
         raise AudioError(path, "no audio samples (empty or truncated file)")
-    if not np.all(np.isfinite(audio)):
-        raise AudioError(path, "contains NaN or infinite samples")
-    return audio
+
+
+def load_audio(path: str | Path, sr: int = 22050) -> np.ndarray:
+    """Decode a whole file to mono float32 at ``sr`` (for clips; long files go through ``iter_audio``)."""
+    return np.concatenate(list(iter_audio(path, sr)))
 
 
 def find_audio_files(paths: list[str | Path]) -> tuple[list[Path], list[AudioError]]:

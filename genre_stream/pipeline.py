@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .audio import AudioError
 from .config import PipelineConfig
@@ -49,21 +48,8 @@ def _loop_frames(frames: np.ndarray, length: int) -> np.ndarray:
     return frames[np.arange(length) % frames.shape[0]]
 
 
-def limit_torch_threads() -> None:
-    """Run torch's small per-chunk ops on one thread.
-
-    The live frontend does an STFT of a few thousand samples per chunk; with torch's
-    default intra-op pool (one thread per core) the pool's spin-waiting costs ~30x
-    the work itself (measured: 117 vs 3.4 CPU s per hour of audio on 2 cores).
-    """
-    if torch.get_num_threads() != 1:
-        log.info("limiting torch to 1 intra-op thread (was %d) for the live frontend", torch.get_num_threads())
-        torch.set_num_threads(1)
-
-
 class SourcePipeline:
     def __init__(self, source_id: str, engine: Engine, config: PipelineConfig | None = None) -> None:
-        limit_torch_threads()
         self.source_id = source_id
         self.engine = engine
         self.config = config or PipelineConfig()

@@ -9,21 +9,24 @@ same answer whichever feature looks at it.
   not reach the end, one more window aligned to the end is added so the ending is
   heard too. The track result is the mean of the window probabilities.
 
-Mel frames are computed once for the whole track and windows are sliced from them,
-which is why the window grid is in frames (1024 samples), not exact seconds.
+The file is decoded block by block (``audio.iter_audio``) and its mel frames are
+computed as a stream that ends exactly like the batch computation would
+(``StreamingMel.finish``); windows are cut as soon as their frames exist and only
+the last window's worth of frames is kept, so memory does not grow with the
+track's length. The window grid is in frames (1024 samples), not exact seconds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .audio import load_audio
+from .audio import iter_audio
 from .engine import Engine
-from .frontend import MelFrontend, loop_to_length, normalize_window
+from .frontend import MelFrontend, StreamingMel, loop_to_length, normalize_window
 
 DEFAULT_HOP_SECONDS = 10.0
 
@@ -66,35 +69,100 @@ def window_starts(n_frames: int, window_frames: int, hop_frames: int) -> list[in
     return starts
 
 
+class _WindowCutter:
+    """Cut normalised windows out of a stream of mel frames, on the ``window_starts`` grid.
+
+    Holds only the frames a window still to come can need: at most one window plus
+    the frames of the latest push.
+    """
+
+    def __init__(self, window_frames: int, hop_frames: int, top_db: float) -> None:
+        self.window = window_frames
+        self.hop = max(1, hop_frames)
+        self.top_db = top_db
+        self._frames = np.zeros((0, 0), dtype=np.float32)
+        self._base = 0  # absolute index of self._frames[0]
+        self._next = 0  # next start on the hop grid
+        self._last_cut = -1
+
+    @property
+    def total(self) -> int:
+        return self._base + self._frames.shape[0]
+
+    def push(self, frames: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+        if frames.shape[0] == 0:
+            return
+        self._frames = np.concatenate([self._frames, frames]) if self._frames.size else frames
+        while self._next + self.window <= self.total:
+            yield self._cut(self._next)
+            self._next += self.hop
+        keep_from = min(self._next, self.total - self.window)
+        if keep_from > self._base:
+            self._frames = self._frames[keep_from - self._base :]
+            self._base = keep_from
+
+    def finish(self) -> Iterator[tuple[int, np.ndarray]]:
+        """The window aligned to the end, when the hop grid did not land on it."""
+        last = self.total - self.window
+        if last >= 0 and last != self._last_cut:
+            yield self._cut(last)
+
+    def _cut(self, start: int) -> tuple[int, np.ndarray]:
+        self._last_cut = start
+        i = start - self._base
+        return start, normalize_window(self._frames[i : i + self.window], self.top_db)
+
+
 def iter_windows(
-    audio: np.ndarray, frontend: MelFrontend, hop_seconds: float = DEFAULT_HOP_SECONDS
+    blocks: Iterable[np.ndarray], frontend: MelFrontend, hop_seconds: float = DEFAULT_HOP_SECONDS
 ) -> Iterator[tuple[float, float, np.ndarray]]:
-    """Yield (start_s, end_s, normalised window) for a decoded track."""
+    """Yield (start_s, end_s, normalised window) for a track given as blocks of samples.
+
+    The end of the last window is capped at the track's duration, which is only known
+    once the blocks run out, so ends are nominal (start + 30 s) until then.
+    """
     c = frontend.config
-    duration = audio.size / c.sample_rate
-    if audio.size < c.window_samples:
-        yield 0.0, duration, frontend.window(loop_to_length(audio, c.window_samples))
+    mel = StreamingMel(frontend)
+    cutter = _WindowCutter(c.window_frames, c.seconds_to_frames(hop_seconds), c.top_db)
+    head: list[np.ndarray] | None = []  # the audio while it is shorter than a window (looped below)
+    total = 0
+    for block in blocks:
+        total += block.size
+        if head is not None:
+            head.append(block)
+            if total >= c.window_samples:
+                head = None
+        for start, window in cutter.push(mel.push(block)):
+            yield c.frames_to_seconds(start), c.frames_to_seconds(start) + c.window_seconds, window
+    duration = total / c.sample_rate
+    tail = mel.finish()
+    if head is not None:  # shorter than one window: one looped window spanning the track
+        yield 0.0, duration, frontend.window(loop_to_length(np.concatenate(head), c.window_samples))
         return
-    power = frontend.power(audio)
-    hop_frames = max(1, c.seconds_to_frames(hop_seconds))
-    for s in window_starts(power.shape[0], c.window_frames, hop_frames):
-        start = c.frames_to_seconds(s)
-        end = min(duration, start + c.window_seconds)
-        yield start, end, normalize_window(power[s : s + c.window_frames], c.top_db)
+    for start, window in [*cutter.push(tail), *cutter.finish()]:
+        s = c.frames_to_seconds(start)
+        yield s, min(duration, s + c.window_seconds), window
 
 
-def analyse_audio(
-    audio: np.ndarray,
+def analyse_blocks(
+    blocks: Iterable[np.ndarray],
     engine: Engine,
     frontend: MelFrontend | None = None,
     hop_seconds: float = DEFAULT_HOP_SECONDS,
 ) -> TrackResult:
-    """Classify a decoded track; windows go to the engine in batches to bound memory."""
+    """Classify a track given as blocks of samples; windows go to the engine in batches."""
     frontend = frontend or MelFrontend(engine.info.frontend)
-    duration = audio.size / frontend.config.sample_rate
+    sr = frontend.config.sample_rate
+    total = 0
     results: list[WindowResult] = []
     embeddings: list[np.ndarray] = []
     batch: list[tuple[float, float, np.ndarray]] = []
+
+    def counted(source: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        nonlocal total
+        for block in source:
+            total += block.size
+            yield block
 
     def flush() -> None:
         pred = engine.predict(np.stack([w for _, _, w in batch]))
@@ -103,19 +171,31 @@ def analyse_audio(
         embeddings.append(pred.embeddings)
         batch.clear()
 
-    for item in iter_windows(audio, frontend, hop_seconds):
+    for item in iter_windows(counted(blocks), frontend, hop_seconds):
         batch.append(item)
         if len(batch) >= engine.batch_size:
             flush()
     if batch:
         flush()
+    duration = total / sr
+    for r in results:
+        r.end = min(r.end, duration)
     probs = np.mean([r.probabilities for r in results], axis=0)
     emb = np.concatenate(embeddings).mean(axis=0)
     return TrackResult(duration, probs, emb, list(engine.labels), engine.model_id, results)
 
 
+def analyse_audio(
+    audio: np.ndarray,
+    engine: Engine,
+    frontend: MelFrontend | None = None,
+    hop_seconds: float = DEFAULT_HOP_SECONDS,
+) -> TrackResult:
+    """Classify a track already decoded to one array."""
+    return analyse_blocks([np.asarray(audio, dtype=np.float32)], engine, frontend, hop_seconds)
+
+
 def analyse_file(path: str | Path, engine: Engine, hop_seconds: float = DEFAULT_HOP_SECONDS) -> TrackResult:
-    """Decode and classify one file; raises ``audio.AudioError`` for unusable files."""
+    """Decode (block by block) and classify one file; raises ``audio.AudioError`` for unusable files."""
     frontend = MelFrontend(engine.info.frontend)
-    audio = load_audio(path, frontend.config.sample_rate)
-    return analyse_audio(audio, engine, frontend, hop_seconds)
+    return analyse_blocks(iter_audio(path, frontend.config.sample_rate), engine, frontend, hop_seconds)

@@ -79,7 +79,7 @@ def synthetic_library(root: Path, per_group: int = 4, seed: int = 0) -> dict[Pat
 
 def _speed(audio: np.ndarray, factor: float) -> np.ndarray:
     """Play ``factor`` times faster (pitch follows), by resampling."""
-    from genre_stream.audio import resample
+    from genre_stream.resample import resample
 
     return resample(audio.astype(np.float32), int(round(SR * factor)), SR)
 

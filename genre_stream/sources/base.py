@@ -11,7 +11,6 @@ file); they report them as ``SourceProblem`` and carry on.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -19,9 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-import torchaudio.transforms as AT
-
 
 log = logging.getLogger(__name__)
 
@@ -104,46 +100,3 @@ class Backoff:
     @property
     def next_delay(self) -> float:
         return self._next
-
-
-class StreamResampler:
-    """Resample a stream chunk by chunk without clicks at chunk edges.
-
-    Resampling each chunk alone would treat every chunk edge as
-    silence. Here each call resamples the new samples together with ``context``
-    samples on either side and keeps only the middle, aligned to the rate ratio's
-    period so output samples land exactly where one long resample would put them.
-    The price is ``context`` samples (a few ms) of delay.
-    """
-
-    def __init__(self, orig_rate: int, target_rate: int = TARGET_RATE, context: int = 256) -> None:
-        self.orig_rate = int(orig_rate)
-        self.target_rate = int(target_rate)
-        g = math.gcd(self.orig_rate, self.target_rate)
-        self._step_in = self.orig_rate // g
-        self._step_out = self.target_rate // g
-        self._ctx = self._step_in * max(1, math.ceil(context / self._step_in))
-        self._buf = np.zeros(self._ctx, dtype=np.float32)  # left context; zeros before the stream starts
-        # The same windowed-sinc filter as audio.resample, built once: rebuilding the kernel
-        # on every 50 ms block would cost more than everything else the mic source does.
-        self._kernel = AT.Resample(self.orig_rate, self.target_rate)
-
-    @property
-    def passthrough(self) -> bool:
-        return self.orig_rate == self.target_rate
-
-    def push(self, samples: np.ndarray) -> np.ndarray:
-        samples = np.asarray(samples, dtype=np.float32).reshape(-1)
-        if self.passthrough:
-            return samples
-        self._buf = np.concatenate([self._buf, samples])
-        ready = len(self._buf) - 2 * self._ctx
-        n = (ready // self._step_in) * self._step_in
-        if n <= 0:
-            return np.zeros(0, dtype=np.float32)
-        with torch.no_grad():
-            out = self._kernel(torch.from_numpy(self._buf[: n + 2 * self._ctx])).numpy()
-        first = self._ctx // self._step_in * self._step_out
-        result = out[first : first + n // self._step_in * self._step_out]
-        self._buf = self._buf[n:]
-        return np.ascontiguousarray(result, dtype=np.float32)

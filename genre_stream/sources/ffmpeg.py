@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..audio import ffmpeg_executable
+from ..audio import ffmpeg_executable, ffmpeg_resample_args
 from .base import TARGET_RATE, SourceError
 
 log = logging.getLogger(__name__)
@@ -36,11 +36,11 @@ class FfmpegPcm:
     def __init__(self, url: str, input_args: Sequence[str] = (), rate: int = TARGET_RATE, live: bool = False) -> None:
         exe = ffmpeg_executable()
         if exe is None:
-            raise SourceError("no ffmpeg found (install ffmpeg, or the imageio-ffmpeg package)")
+            raise SourceError("no ffmpeg found (apt install ffmpeg, or pip install \"genre-stream[ffmpeg]\")")
         # rematrix_maxval 1: down-mix to the channel mean like audio.to_mono; ffmpeg's default
         # mixes stereo at -3 dB per channel, 1.41 times louder, which would skew silence levels.
         cmd = [exe, "-nostdin", "-hide_banner", "-loglevel", "error", *input_args, "-i", url, "-vn",
-               "-f", "f32le", "-acodec", "pcm_f32le", "-rematrix_maxval", "1.0", "-ac", "1", "-ar", str(rate),
+               "-f", "f32le", "-acodec", "pcm_f32le", "-rematrix_maxval", "1.0", "-ac", "1", *ffmpeg_resample_args(exe, rate),
                *(LIVE_OUTPUT_ARGS if live else ()), "pipe:1"]
         log.debug("starting %s", " ".join(cmd))
         self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from ..devices import AudioDeviceError, import_sounddevice, resolve_input_device
-from .base import TARGET_RATE, AudioChunk, Backoff, Emit, Source, SourceError, SourceProblem, StreamResampler
+from ..resample import StreamResampler
+from .base import TARGET_RATE, AudioChunk, Backoff, Emit, Source, SourceError, SourceProblem
 
 log = logging.getLogger(__name__)
 
