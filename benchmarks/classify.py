@@ -2,12 +2,13 @@
 
     python benchmarks/classify.py [--minutes 10] [--out benchmarks/results/classify.json]
 
-* ours: decode once, mel once for the whole file (MelFrontend), 30 s windows every
+* ours: decode in blocks, mel frames streamed once (MelFrontend), 30 s windows every
   10 s sliced from it, batched ONNX inference with the bundled default model.
 * naive baseline: librosa.load, librosa's melspectrogram computed from scratch for
   every window, PyTorch eager BBNN one window at a time.
 * the real CLI as a child process: wall time including interpreter start and peak
-  RSS (ru_maxrss of the child).
+  RSS (the child's own high-water mark, see peak_rss.py; ru_maxrss of a child would
+  include the pages it inherited from this process).
 
 The audio is the bundled demo clip varied in gain and pitch and concatenated to the
 requested length, so the benchmark needs nothing outside the repository.
@@ -19,7 +20,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +30,9 @@ import soundfile as sf
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from peak_rss import run_measured  # noqa: E402
 
 from genre_stream.engine import Engine  # noqa: E402
 from genre_stream.windows import analyse_file  # noqa: E402
@@ -54,7 +57,7 @@ def naive_classify(path: Path, hop_s: float = 10.0) -> np.ndarray:
     import librosa
     import torch
 
-    from genre_stream.model import BBNN
+    from trainer.model import BBNN
 
     seed = REPO.parent / "shared" / "seed" / "checkpoints" / "bbnn-gtzan-augmented-fold0.hdf5"
     if seed.exists():
@@ -79,15 +82,8 @@ def naive_classify(path: Path, hop_s: float = 10.0) -> np.ndarray:
 
 def run_cli(path: Path) -> tuple[float, float]:
     """Wall time and peak RSS (MB) of the real CLI process, interpreter start included."""
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "genre_stream", "classify", "--json", str(path)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
-    proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError("classify failed")
-    return wall, usage.ru_maxrss / 1024.0
+    result = run_measured(["classify", "--json", str(path)], REPO)
+    return result["wall_seconds"], result["peak_rss_mb"]
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ import torch
 
 from genre_stream.frontend import FrontendConfig, MelFrontend, normalize_window
 from genre_stream.fsutil import atomic_path
-from genre_stream.model import BBNN
+from trainer.model import BBNN
 from trainer.augment import SpecAugmentConfig, spec_augment
 from trainer.data import Cache, PrepareConfig, decode_clip, prepare
 from trainer.synthset import make_dataset

@@ -71,7 +71,9 @@ def ffmpeg_resample_args(exe: str, rate: int) -> tuple[str, ...]:
     except (OSError, subprocess.SubprocessError):
         conf = ""
     if "--enable-libsoxr" in conf:
-        return ("-af", "aresample=resampler=soxr:precision=20", "-ar", str(rate))
+        # The filter does the down-mix too, so it needs rematrix_maxval itself (the channel mean
+        # like to_mono; ffmpeg's default mixes stereo 1.41x louder).
+        return ("-af", "aresample=resampler=soxr:precision=20:rematrix_maxval=1.0", "-ar", str(rate))
     log.info("%s was built without libsoxr; it resamples with its own filter", exe)
     return ("-ar", str(rate))
 

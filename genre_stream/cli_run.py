@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -128,20 +127,7 @@ def run(config_path: Path | None, **options: Any) -> None:
     except OSError as exc:  # an output file or the state dir that cannot be created
         click.echo(f"genre-stream: {exc}", err=True)
         sys.exit(EXIT_MODEL)
-    _exit_now(code)
-
-
-def _exit_now(code: int) -> None:
-    """Leave without the interpreter's teardown once every sink is flushed and closed.
-
-    Finalising torch/onnxruntime/librosa objects (the "Garbage-collecting" phase) took 3-5 s
-    on the 2-core test machine, all of it inside systemd's stop timeout and after the work
-    was done. Nothing is left to flush: sinks and queues were closed by ``Daemon.run``.
-    """
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    sys.exit(code)
 
 
 @click.group("config")

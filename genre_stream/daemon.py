@@ -30,7 +30,7 @@ from .dashboard.config import DashboardError
 from .engine import Engine
 from .history import History
 from .messages import GenreEvent, SourceStats
-from .pipeline import SourcePipeline, limit_torch_threads, tag_track
+from .pipeline import SourcePipeline, tag_track
 from .sinks import Fanout, Sink
 from .sinks.jsonl import JsonlSink
 from .sources import AudioChunk, Source, SourceError, SourceItem, SourceProblem, TrackReady, parse_source
@@ -260,10 +260,6 @@ class Daemon:
 
     def _run_source(self, r: _Running) -> None:
         """Run one source; a crash is reported and, for live sources, retried with backoff."""
-        # torch's OpenMP thread count is per calling thread: limiting it where the pipeline was
-        # built (the main thread) left this thread with the default pool, whose spin-waiting
-        # cost 10-16 % of a core per live source instead of 1 % (benchmarks/daemon.py).
-        limit_torch_threads()
         delay = 1.0
         while not r.stop.is_set():
             try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import subprocess
@@ -14,6 +15,19 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 SHARED_AUDIO = SHARED / "audio"
 SEED_CHECKPOINTS = SHARED / "seed" / "checkpoints"
+
+# Tests of the trainer import torch at module level and carry the `train` marker. Where the
+# [train] extra is not installed (the runtime-only venv, which runs `-m "not train"`) their
+# modules are not collected at all rather than failing to import; the header says so.
+TRAIN_EXTRA = all(importlib.util.find_spec(name) for name in ("torch", "torchaudio", "librosa"))
+TRAIN_MODULES = sorted(p.name for p in Path(__file__).parent.glob("test_*.py") if "pytestmark = pytest.mark.train" in p.read_text())
+collect_ignore = [] if TRAIN_EXTRA else TRAIN_MODULES
+
+
+def pytest_report_header() -> str:
+    if TRAIN_EXTRA:
+        return "[train] extra present: trainer tests included"
+    return f"[train] extra absent (runtime-only install): {len(TRAIN_MODULES)} trainer test modules not collected"
 
 
 def shared_path(relative: str) -> Path:

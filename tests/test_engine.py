@@ -5,15 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-import torch
 
 from genre_stream.engine import Engine, ModelError
 from genre_stream.models import default_model_path
-from genre_stream.model import BBNN
 from genre_stream.modelinfo import METADATA_KEY, ModelInfo
-from trainer.export import save_atomic, to_onnx_model, torch_probabilities
 
 
 def test_bundled_model_carries_its_labels_and_frontend(engine: Engine) -> None:
@@ -23,7 +19,13 @@ def test_bundled_model_carries_its_labels_and_frontend(engine: Engine) -> None:
     assert engine.info.provenance["source"] == "bbnn-gtzan-augmented-fold0.hdf5"
 
 
+@pytest.mark.train
 def test_labels_come_from_the_model_metadata(tmp_path: Path) -> None:
+    import torch
+
+    from trainer.export import save_atomic, to_onnx_model, torch_probabilities
+    from trainer.model import BBNN
+
     torch.manual_seed(0)
     model = BBNN(n_classes=3).eval()
     info = ModelInfo(labels=["ambient", "techno", "speech"], model_id="tiny")
@@ -39,7 +41,13 @@ def test_labels_come_from_the_model_metadata(tmp_path: Path) -> None:
     np.testing.assert_allclose(single.probabilities[0], pred.probabilities[3], atol=1e-6)
 
 
+@pytest.mark.train
 def test_model_without_metadata_is_refused(tmp_path: Path) -> None:
+    import onnx
+
+    from trainer.export import to_onnx_model
+    from trainer.model import BBNN
+
     proto = to_onnx_model(BBNN(n_classes=2).eval(), ModelInfo(labels=["a", "b"]), window_frames=32)
     del proto.metadata_props[:]
     onnx.save(proto, tmp_path / "bare.onnx")

@@ -13,13 +13,15 @@ import torch
 from genre_stream.engine import Engine
 from genre_stream.models import bundled_model_path
 from genre_stream.frontend import MelFrontend
-from genre_stream.model import BBNN
+from trainer.model import BBNN
 from genre_stream.modelinfo import ModelInfo
 from tests.conftest import run_cli, shared_path
 from trainer.calibration import offset_windows
 from trainer.checkpoint import save_checkpoint
 from trainer.fold import equalize, fold_bbnn
 from trainer.quantize import AccuracyBar, agreement
+
+pytestmark = pytest.mark.train  # needs the [train] extra
 
 LABELS = ["alpha", "beta", "gamma", "delta"]
 

@@ -14,9 +14,11 @@ import torch
 from conftest import run_cli, shared_path
 from genre_stream.frontend import MelFrontend
 from genre_stream.audio import load_audio
-from genre_stream.model import BBNN, count_parameters
+from trainer.model import BBNN, count_parameters
 from trainer.checkpoint import load_checkpoint
 from trainer.keras_import import GTZAN_LABELS, KerasImportError, load_keras_bbnn
+
+pytestmark = pytest.mark.train  # needs the [train] extra
 
 CHECKPOINT_NAMES = [f"bbnn-gtzan-raw-fold{i}.hdf5" for i in range(10)] + [f"bbnn-gtzan-augmented-fold{i}.hdf5" for i in range(7)]
 

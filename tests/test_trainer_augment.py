@@ -8,6 +8,8 @@ import pytest
 from trainer.augment import SILENCE, SpecAugmentConfig, parse_pitch_shifts, spec_augment, time_warp
 from trainer.split import fold_split, partition
 
+pytestmark = pytest.mark.train  # needs the [train] extra
+
 
 def _ramp(frames: int = 200, bands: int = 128) -> np.ndarray:
     return np.tile(np.linspace(0.0, 0.9, frames, dtype=np.float32)[:, None], (1, bands))

@@ -16,6 +16,8 @@ from genre_stream.frontend import FrontendConfig, MelFrontend, loop_to_length, n
 from trainer.data import Cache, DataError, PrepareConfig, prepare
 from trainer.synthset import SAMPLE_RATE, make_dataset
 
+pytestmark = pytest.mark.train  # needs the [train] extra
+
 SMALL = PrepareConfig(FrontendConfig(window_frames=32))
 
 

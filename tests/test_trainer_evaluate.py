@@ -12,6 +12,8 @@ from trainer.evaluate import EvaluateError, evaluate
 from trainer.metrics import classification_report
 from trainer.synthset import make_dataset
 
+pytestmark = pytest.mark.train  # needs the [train] extra
+
 
 def test_report_matches_hand_computed_values() -> None:
     labels = ["a", "b", "c"]
@@ -31,7 +33,7 @@ def test_report_matches_hand_computed_values() -> None:
 def test_labels_the_model_does_not_know_are_refused(tmp_path: Path) -> None:
     make_dataset(tmp_path / "data", classes=2, clips=1, seconds=1.0, seed=0)
     with pytest.raises(EvaluateError, match=r"labels \['lament', 'sawdance'\] are not among the model's labels"):
-        evaluate(REPO / "genre_stream" / "models" / "bbnn-gtzan-augmented-fold0.pt", tmp_path / "data", tmp_path / "out")
+        evaluate(REPO / "trainer" / "models" / "bbnn-gtzan-augmented-fold0.pt", tmp_path / "data", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 

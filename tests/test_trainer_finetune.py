@@ -7,10 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-from genre_stream.model import BBNN
+from trainer.model import BBNN
 from trainer.finetune import adapt, resolve_checkpoint
 from trainer.checkpoint import load_checkpoint
 from trainer.train import recalibrate_batch_norm, set_train_mode
+
+pytestmark = pytest.mark.train  # needs the [train] extra
 
 
 @pytest.fixture(scope="module")

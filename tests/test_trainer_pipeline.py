@@ -22,6 +22,8 @@ from conftest import REPO, cli_env, free_port, run_cli
 from trainer.checkpoint import load_checkpoint
 from trainer.synthset import make_dataset
 
+pytestmark = pytest.mark.train  # needs the [train] extra
+
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 WINDOW = "32"
 
@@ -127,7 +129,7 @@ def test_finetune_the_bundled_model_to_new_labels(ws: Path) -> None:
     model, info, _ = load_checkpoint(out / "model.pt")
     assert info.labels == ["clatter", "lament", "sawdance"]
     assert info.provenance["base_model"] == "bbnn-gtzan-augmented-fold0" and info.provenance["freeze"] == "partial"
-    base, _, _ = load_checkpoint(REPO / "genre_stream" / "models" / "bbnn-gtzan-augmented-fold0.pt")
+    base, _, _ = load_checkpoint(REPO / "trainer" / "models" / "bbnn-gtzan-augmented-fold0.pt")
     # frozen layers are exactly the base model's; the new decision layer has 3 outputs
     assert torch.equal(model.stem[0].weight, base.stem[0].weight)
     assert torch.equal(model.broadcast[0].branch1[0].running_mean, base.broadcast[0].branch1[0].running_mean)

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from genre_stream.fsutil import atomic_path
-from genre_stream.model import BBNN
+from trainer.model import BBNN
 from genre_stream.modelinfo import ModelInfo
 
 FORMAT = "genre-stream-checkpoint/1"

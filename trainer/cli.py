@@ -84,18 +84,17 @@ def export(
     fp32 must match PyTorch within 1e-4 (probability); int8 must keep top-1 agreement >= 0.97, mean |dp| <= 0.03
     and max |dp| <= 0.1 on the test windows, or nothing is written (unless --force).
     """
-    from genre_stream.frontend import MelFrontend
-
     from .calibration import folder_sets, folder_test_windows, synthetic_sets
     from .checkpoint import CheckpointError, load_checkpoint
     from .export import save_atomic
+    from .frontend_torch import TorchMelFrontend
     from .quantize import FP32_PARITY, AccuracyBar, Int8Config, build_export
 
     try:
         model, info, _ = load_checkpoint(checkpoint)
     except CheckpointError as exc:
         raise click.ClickException(str(exc)) from exc
-    frontend = MelFrontend(info.frontend)
+    frontend = TorchMelFrontend(info.frontend)
     n_cal = calibration_windows if quantize == "int8" else 0
     try:
         sets = folder_sets(calibration, frontend, max(n_cal, 1), test_windows) if calibration else synthetic_sets(frontend, n_cal, 0 if test_audio else test_windows)

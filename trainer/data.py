@@ -32,6 +32,8 @@ from genre_stream.audio import AUDIO_EXTENSIONS, AudioError, load_audio
 from genre_stream.frontend import FrontendConfig, MelFrontend, loop_to_length, normalize_window
 from genre_stream.fsutil import atomic_path, sha256_file
 
+from .frontend_torch import TorchMelFrontend
+
 log = logging.getLogger(__name__)
 
 FORMAT = "genre-trainer-cache/1"
@@ -319,7 +321,7 @@ def prepare(
     (root / SHARDS).mkdir(parents=True, exist_ok=True)
     old_entries, old_shards = _old_entries(root, config)
     old = {e.key: e for e in old_entries}
-    frontend = MelFrontend(config.frontend)
+    frontend = TorchMelFrontend(config.frontend)
     pitches = [0] + [p for p in config.pitch_shifts if p != 0]
     report = PrepareReport()
     entries: list[Entry] = []

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from genre_stream.fsutil import atomic_path
-from genre_stream.model import BBNN
+from trainer.model import BBNN
 from genre_stream.modelinfo import METADATA_KEY, ModelInfo
 
 log = logging.getLogger(__name__)

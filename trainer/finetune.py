@@ -7,7 +7,7 @@ running statistics (see ``train.set_train_mode``), so a frozen backbone computes
 exactly the features it was trained to compute.
 
 ``default`` names the PyTorch twin of the bundled ONNX model
-(``genre_stream/models/bbnn-gtzan-augmented-fold0.pt``), so a user can fine-tune
+(``trainer/models/bbnn-gtzan-augmented-fold0.pt``), so a user can fine-tune
 without the seed checkpoints.
 """
 
@@ -22,7 +22,7 @@ from typing import Any
 from torch import nn
 
 from genre_stream.fsutil import sha256_file
-from genre_stream.model import BBNN
+from trainer.model import BBNN
 
 from .checkpoint import load_checkpoint
 from .data import Cache, DataError
@@ -37,7 +37,7 @@ FREEZE = ("all", "partial", "none")
 def resolve_checkpoint(name: str | Path) -> Path:
     """``default`` -> the bundled checkpoint; anything else is a path."""
     if str(name) == "default":
-        return Path(str(resources.files("genre_stream") / "models" / DEFAULT_CHECKPOINT))
+        return Path(str(resources.files("trainer") / "models" / DEFAULT_CHECKPOINT))
     return Path(name)
 
 

@@ -36,7 +36,7 @@ import copy
 import torch
 from torch import nn
 
-from genre_stream.model import BBNN, Inception, PreActConv
+from trainer.model import BBNN, Inception, PreActConv
 
 __all__ = ["FoldedBBNN", "fold_bbnn"]
 

@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 import torch
 
-from genre_stream.model import BBNN
+from trainer.model import BBNN
 
 # Output order of the seed checkpoints (CHECKPOINTS.md of the seed).
 GTZAN_LABELS = ["blues", "reggae", "metal", "classical", "pop", "jazz", "disco", "hiphop", "rock", "country"]

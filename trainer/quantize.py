@@ -23,7 +23,7 @@ import torch
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from genre_stream.model import BBNN
+from trainer.model import BBNN
 from genre_stream.modelinfo import ModelInfo
 
 from .export import INPUT_NAME, set_metadata, to_onnx_model, torch_probabilities

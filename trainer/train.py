@@ -40,7 +40,7 @@ from torch import nn
 
 from genre_stream import __version__ as genre_stream_version
 from genre_stream.fsutil import atomic_path
-from genre_stream.model import BBNN
+from trainer.model import BBNN
 from genre_stream.modelinfo import ModelInfo
 
 from .augment import SpecAugmentConfig, spec_augment

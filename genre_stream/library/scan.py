@@ -87,9 +87,6 @@ def _init_worker(model_path: str | Path | None, device: str, threads: int, hop_s
     """Load the model once per process; the parent handles Ctrl-C, so workers ignore it."""
     global _engine, _hop_seconds
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    import torch
-
-    torch.set_num_threads(max(1, threads))
     _engine = Engine(model_path, device=device, threads=threads)
     _hop_seconds = hop_seconds
 
@@ -175,7 +172,7 @@ class _Pool:
         threads = 1 if self.workers > 1 else 0
         return ProcessPoolExecutor(
             max_workers=self.workers,
-            mp_context=multiprocessing.get_context("spawn"),  # no fork after onnxruntime/torch threads exist
+            mp_context=multiprocessing.get_context("spawn"),  # no fork after onnxruntime threads exist
             initializer=_init_worker,
             initargs=(self.config.model_path, self.config.device, threads, self.config.hop_seconds),
         )

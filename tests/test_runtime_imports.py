@@ -1,0 +1,74 @@
+"""The tagging runtime never imports the training stack.
+
+`pip install genre-stream` brings no torch, torchaudio or librosa (the [train] extra
+does), so every runtime command must work with them absent. Each command runs in a
+fresh interpreter in which importing any of them raises ImportError, and which
+reports at exit whether one was loaded anyway; this holds in the full venv too,
+where they are installed.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, cli_env
+
+FORBIDDEN = ("torch", "torchaudio", "librosa", "numba", "trainer")
+DEMO = REPO / "examples" / "demo.wav"
+
+_RUNNER = """
+import atexit, importlib.abc, json, sys
+FORBIDDEN = set({forbidden!r})
+
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in FORBIDDEN:
+            raise ImportError(f"runtime imported {{name}}")
+        return None
+
+sys.meta_path.insert(0, Block())
+atexit.register(lambda: sys.stderr.write("LOADED " + json.dumps(sorted({{m.split('.')[0] for m in sys.modules}} & FORBIDDEN)) + "\\n"))
+sys.argv = ["genre-stream", *{args!r}]
+from genre_stream.cli import main
+main()
+"""
+
+
+def _run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    code = _RUNNER.format(forbidden=FORBIDDEN, args=args)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=cli_env(), cwd=tmp_path)
+
+
+def _loaded(proc: subprocess.CompletedProcess[str]) -> list[str]:
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("LOADED ")]
+    assert lines, proc.stderr
+    return json.loads(lines[-1][len("LOADED "):])
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["classify", "--json", str(DEMO)],
+        ["classify", "--model", "int8", str(DEMO)],
+        ["run", "--fast", "--source", f"demo=file:{DEMO}", "--jsonl", "-", "--state-dir", "state"],
+        ["history", "--state-dir", "state", "--format", "json"],
+        ["library", "scan", "--db", "lib.sqlite", str(DEMO.parent)],
+        ["config", "check", str(REPO / "examples" / "config.toml")],
+        ["devices"],
+    ],
+    ids=["classify", "classify-int8", "run", "history", "library-scan", "config-check", "devices"],
+)
+def test_runtime_commands_never_import_the_training_stack(args: list[str], tmp_path: Path) -> None:
+    proc = _run(args, tmp_path)
+    assert "runtime imported" not in proc.stderr, proc.stderr[-2000:]
+    assert _loaded(proc) == []
+    if args[0] in {"classify", "run", "config"}:
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    if args[0] == "classify" and "--json" in args:
+        result = json.loads(proc.stdout.splitlines()[0])
+        assert result["genre"] and 0 < result["confidence"] <= 1
