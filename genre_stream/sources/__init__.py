@@ -22,6 +22,7 @@ __all__ = [
     "SourceError",
     "parse_source",
     "source_id_for",
+    "source_kind",
     "KINDS",
 ]
 
@@ -58,6 +59,14 @@ def _split(spec: str) -> tuple[str | None, str, str]:
     if kind != "mic" and not arg.strip():
         raise ValueError(f"source {spec!r}: {kind} needs an argument ({kind}:{ {'watch': 'DIR', 'file': 'PATH', 'stream': 'URL'}[kind]})")
     return source_id, kind, arg.strip()
+
+
+def source_kind(spec: str) -> str | None:
+    """The kind (one of ``KINDS``) a spec names, or None when it is not in the ``--source`` syntax."""
+    try:
+        return _split(spec)[1]
+    except ValueError:
+        return None
 
 
 def source_id_for(kind: str, arg: str) -> str:
