@@ -264,6 +264,25 @@ def test_value_templates_turn_real_payloads_into_valid_states_and_events() -> No
     assert json.loads(render(last["json_attributes_template"], tagged)) == {"path": '/music/a "b".mp3', "confidence": 0.612, "duration": 181.2}
 
 
+def test_example_automation_uses_announced_entities_and_event_attributes() -> None:
+    """examples/homeassistant-automation.yaml must name entities discovery creates, and read
+    event attributes the genre-change template really provides."""
+    import yaml
+
+    from conftest import REPO
+
+    text = (REPO / "examples" / "homeassistant-automation.yaml").read_text()
+    automations = yaml.safe_load(text)
+    announced = {c["default_entity_id"]: c for c in configs([info("studio", "mic")]).values()}
+    used = {t["entity_id"] for a in automations for t in a["triggers"]}
+    assert used <= announced.keys()
+    change = announced["event.genre_stream_studio_genre_change"]
+    attributes = json.loads(render(change["value_template"], GenreEvent.genre_changed("studio", "jazz", "rock", 0.8).to_dict()))
+    assert {"to", "confidence"} <= attributes.keys() and attributes["event_type"] in change["event_types"]
+    assert "trigger.to_state.attributes.to" in text and "trigger.to_state.attributes.confidence" in text
+    assert "silence" in announced["sensor.genre_stream_studio_genre"]["options"]
+
+
 def test_attribute_gate_rounds_and_skips_small_changes() -> None:
     gate = AttributeGate()
     first = gate.update("radio", {"rock": 0.712345678, "jazz": 0.287654322})
