@@ -33,7 +33,8 @@ from .messages import GenreEvent, SourceStats
 from .pipeline import SourcePipeline, limit_torch_threads, tag_track
 from .sinks import Fanout, Sink, SourceAvailability, SourceInfo
 from .sinks.jsonl import JsonlSink
-from .sources import AudioChunk, Source, SourceError, SourceItem, SourceProblem, TrackReady, parse_source, source_kind
+from .sources import AudioChunk, Source, SourceError, SourceItem, SourceProblem, TrackReady, parse_source
+from .sources import TRACK_KINDS, source_kind
 from .systemd import Notifier
 
 if TYPE_CHECKING:
@@ -271,7 +272,7 @@ class Daemon:
 
     def _source_thread(self, r: _Running) -> None:
         # A folder is "up" while it is watched; an audio source once audio flows.
-        self._set_online(r, r.kind == "watch")
+        self._set_online(r, r.kind in TRACK_KINDS)
         try:
             self._run_source(r)
         finally:
@@ -331,7 +332,7 @@ class Daemon:
                     self._index(r, item.path, result)
                 r.source.mark_done(item.path, ok=event.type == "track_tagged")
             elif isinstance(item, SourceProblem):
-                if r.kind != "watch":  # mic/stream drop, undecodable file: no audio now
+                if r.kind not in TRACK_KINDS:  # mic/stream drop, undecodable file: no audio now
                     self._set_online(r, False)
                 log.warning("%s: %s", item.source, item.reason)
                 self._publish(GenreEvent.error(item.source, item.reason, item.path))

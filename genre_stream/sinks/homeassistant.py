@@ -39,6 +39,7 @@ from .. import __version__
 from ..config import HomeAssistantConfig
 from ..dashboard.config import DashboardConfig
 from ..fsutil import atomic_path
+from ..sources import TRACK_KINDS
 from .base import SourceInfo
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,6 @@ ATTRIBUTE_DECIMALS = 3
 ATTRIBUTE_STEP = 0.05  # re-publish the probabilities attribute once one of them moved this much
 LEDGER_FILE = "homeassistant-discovery.json"
 ORIGIN = {"name": "genre-stream", "sw_version": __version__}
-TRACK_SOURCES = ("watch",)  # kinds that publish tagged tracks instead of a running state
 RECONNECTING_SOURCES = ("mic", "stream")  # kinds whose stats count reconnects
 
 
@@ -186,7 +186,7 @@ def _source_configs(ha: HomeAssistantConfig, topics: Topics, info: SourceInfo) -
             "availability": daemon_up,
         })
     ]
-    if info.kind in TRACK_SOURCES:
+    if info.kind in TRACK_KINDS:
         configs += [
             _config(ha, "sensor", f"{s}_last_track", device, {
                 **alive,
@@ -253,7 +253,7 @@ def _source_configs(ha: HomeAssistantConfig, topics: Topics, info: SourceInfo) -
             **diagnostic, "name": "Errors", "icon": "mdi:alert-circle-outline",
             "state_class": "total_increasing", "value_template": "{{ value_json.errors }}",
         }))
-        if info.kind not in TRACK_SOURCES:
+        if info.kind not in TRACK_KINDS:
             configs.append(_config(ha, "sensor", f"{s}_real_time_factor", device, {
                 **diagnostic, "name": "Real-time factor", "icon": "mdi:speedometer",
                 "state_class": "measurement", "suggested_display_precision": 3,

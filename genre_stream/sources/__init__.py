@@ -24,9 +24,11 @@ __all__ = [
     "source_id_for",
     "source_kind",
     "KINDS",
+    "TRACK_KINDS",
 ]
 
 KINDS = ("mic", "watch", "file", "stream")
+TRACK_KINDS = ("watch",)  # deliver whole files (TrackReady), not a running audio stream
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
