@@ -14,14 +14,13 @@ from typing import Any
 
 import jinja2
 import numpy as np
-import pytest
 
 from brokers import Broker, Subscriber, broker  # noqa: F401
 from genre_stream.config import DaemonConfig, HomeAssistantConfig, MqttConfig
 from genre_stream.daemon import Daemon
 from genre_stream.dashboard.config import DashboardConfig
 from genre_stream.messages import GenreEvent, GenreState
-from genre_stream.sinks import Fanout, SourceAvailability, SourceInfo
+from genre_stream.sinks import Fanout, SourceInfo
 from genre_stream.sinks.homeassistant import (
     ATTRIBUTE_STEP,
     NON_GENRE_STATES,
