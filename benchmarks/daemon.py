@@ -149,7 +149,7 @@ class ProbeSink:
             self.captured[key] = self.current[message.source]
             self.published[key] = time.monotonic()
 
-    def sources_changed(self, source_ids, model) -> None: ...
+    def sources_changed(self, sources, model) -> None: ...
 
     def close(self, timeout: float) -> bool:
         return True

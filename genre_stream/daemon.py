@@ -31,9 +31,10 @@ from .engine import Engine
 from .history import History
 from .messages import GenreEvent, SourceStats
 from .pipeline import SourcePipeline, tag_track
-from .sinks import Fanout, Sink
+from .sinks import Fanout, Sink, SourceAvailability, SourceInfo
 from .sinks.jsonl import JsonlSink
 from .sources import AudioChunk, Source, SourceError, SourceItem, SourceProblem, TrackReady, parse_source
+from .sources import TRACK_KINDS, source_kind
 from .systemd import Notifier
 
 if TYPE_CHECKING:
@@ -75,9 +76,10 @@ def build_sinks(config: DaemonConfig) -> Fanout:
     if config.jsonl_target:
         sinks.append(JsonlSink(config.jsonl_target))
     if config.mqtt.url:
+        from .sinks.homeassistant import dashboard_url
         from .sinks.mqtt import MqttSink
 
-        sinks.append(MqttSink(config.mqtt, config.homeassistant, config.state_dir))
+        sinks.append(MqttSink(config.mqtt, config.homeassistant, config.state_dir, dashboard_url(config.http.dashboard())))
     return Fanout(sinks)
 
 
@@ -91,7 +93,12 @@ class _Running:
     thread: threading.Thread | None = None
     errors: int = 0
     ended: bool = False  # finished on its own (not stopped)
+    online: bool | None = None  # last availability published: audio flows / folder watched
     library: LibraryDB | None = None  # watch sources with watch.library_db: this thread's connection
+
+    @property
+    def kind(self) -> str | None:
+        return source_kind(self.spec)
 
 
 class Daemon:
@@ -156,7 +163,7 @@ class Daemon:
             raise ConfigError(f"http.listen: {exc}") from None
         for spec, source in sources:
             self._start(spec, source)
-        self.sinks.sources_changed(list(self.running), self.engine.model_id)
+        self.sinks.sources_changed(self._source_infos(), self.engine.model_id)
         self.notifier.ready(self._status_line())
         log.info("running %d source(s): %s", len(self.running), ", ".join(self.running))
         next_stats = time.monotonic() + config.stats_interval if config.stats_interval else None
@@ -250,10 +257,26 @@ class Daemon:
             self.dashboard.watch_source(source.id, r.source.stats, lambda: r.pipeline.stats())
         r.thread.start()
 
+    def _source_infos(self) -> list[SourceInfo]:
+        assert self.engine is not None
+        return [
+            SourceInfo(sid, r.kind, tuple(self.engine.labels), self.config.pipeline.hop_seconds, self.config.stats_interval)
+            for sid, r in self.running.items()
+        ]
+
+    def _set_online(self, r: _Running, online: bool) -> None:
+        """Publish the source's availability when it changes, so a dead stream does not look alive."""
+        if r.online != online:
+            r.online = online
+            self._publish(SourceAvailability(r.source.id, online))
+
     def _source_thread(self, r: _Running) -> None:
+        # A folder is "up" while it is watched; an audio source once audio flows.
+        self._set_online(r, r.kind in TRACK_KINDS)
         try:
             self._run_source(r)
         finally:
+            self._set_online(r, False)  # ended, failed or stopped
             if r.library is not None:
                 r.library.close()
                 r.library = None
@@ -290,6 +313,7 @@ class Daemon:
     def _handle(self, r: _Running, item: SourceItem) -> None:
         try:
             if isinstance(item, AudioChunk):
+                self._set_online(r, True)
                 with r.lock:
                     messages = r.pipeline.feed(item)
                     if self.dashboard is not None:
@@ -304,6 +328,8 @@ class Daemon:
                     self._index(r, item.path, result)
                 r.source.mark_done(item.path, ok=event.type == "track_tagged")
             elif isinstance(item, SourceProblem):
+                if r.kind not in TRACK_KINDS:  # mic/stream drop, undecodable file: no audio now
+                    self._set_online(r, False)
                 log.warning("%s: %s", item.source, item.reason)
                 self._publish(GenreEvent.error(item.source, item.reason, item.path))
         except Exception:  # one bad chunk or file must not end the source
@@ -399,7 +425,7 @@ class Daemon:
             self._start(spec, source)
             log.info("reload: source %s added (%s)", source.id, spec)
         assert self.sinks is not None and self.engine is not None
-        self.sinks.sources_changed(list(self.running), self.engine.model_id)
+        self.sinks.sources_changed(self._source_infos(), self.engine.model_id)
         log.info("configuration reloaded")
         self.notifier.ready(self._status_line())
 

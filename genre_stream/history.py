@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .messages import GenreEvent, GenreState, Message
+from .sinks.base import SourceInfo
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +184,7 @@ class History:
             self._report("queue-full", "history: write queue full (%d); dropping messages until the disk catches up",
                          self.config.queue_size)
 
-    def sources_changed(self, source_ids: list[str], model: str) -> None:
+    def sources_changed(self, sources: list[SourceInfo], model: str) -> None:
         """Sink protocol: nothing to do, the history keeps whatever sources it has seen."""
 
     def close(self, timeout: float = 5.0) -> bool:

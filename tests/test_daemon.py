@@ -89,9 +89,17 @@ def test_run_publishes_the_same_messages_to_mqtt_and_jsonl(broker: Broker, demo:
     assert on("genre-stream/file-demo/state") == [m for m in written if "state" in m]
     assert on("genre-stream/file-demo/event") == [m for m in written if "type" in m]
     assert {m.topic for m in msgs if m.topic.startswith("homeassistant/")} == {
+        "homeassistant/binary_sensor/genre_stream/bridge_status/config",
+        "homeassistant/binary_sensor/genre_stream/file-demo_audio/config",
         "homeassistant/sensor/genre_stream/file-demo_genre/config",
         "homeassistant/sensor/genre_stream/file-demo_confidence/config",
+        "homeassistant/event/genre_stream/file-demo_genre_change/config",
+        "homeassistant/sensor/genre_stream/file-demo_errors/config",
+        "homeassistant/sensor/genre_stream/file-demo_real_time_factor/config",
     }
+    # audio flowing, then the file ended (an "offline" before the first audio may be coalesced
+    # with "online" while the sink is still connecting: the queue keeps a retained topic's newest)
+    assert [m.payload for m in msgs if m.topic == "genre-stream/file-demo/availability"][-2:] == [b"online", b"offline"]
     assert msgs[-1].topic == "genre-stream/status" and msgs[-1].payload == b"offline"
     sub.close()
 

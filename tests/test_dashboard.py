@@ -405,11 +405,13 @@ class MqttState:
 
 def test_dashboard_sink_hooks(tmp_path):
     from genre_stream.dashboard.sink import DashboardSink
+    from genre_stream.sinks import SourceInfo
 
     sink = DashboardSink(DashboardConfig(port=0), LABELS, "test-model", tmp_path / "history.sqlite")
     sink.start()
     try:
-        sink.sources_changed(["radio", "tv"], "model-2")
+        infos = {sid: SourceInfo(sid, "stream", tuple(LABELS), 5.0, 60.0) for sid in ("radio", "tv")}
+        sink.sources_changed([infos["radio"], infos["tv"]], "model-2")
         sink.watch_source("radio", lambda: {"overflows": 4, "queue_depth": 1}, lambda: {"real_time_factor": 0.02})
         mqtt = MqttState(delivered=17, queue_depth=3)
         sink.watch_mqtt(mqtt)
@@ -437,7 +439,7 @@ def test_dashboard_sink_hooks(tmp_path):
             doc = json.loads(r.read())
         assert doc["model"] == "model-2"
         assert [(s["source"], s["status"]) for s in doc["sources"]] == [("radio", "music"), ("tv", "waiting")]
-        sink.sources_changed(["tv"], "model-2")  # radio removed on reload
+        sink.sources_changed([infos["tv"]], "model-2")  # radio removed on reload
         with urllib.request.urlopen(base + "/api/sources") as r:
             assert [s["source"] for s in json.loads(r.read())["sources"]] == ["tv"]
         with urllib.request.urlopen(base + "/metrics") as r:

@@ -16,6 +16,7 @@ from brokers import Broker, Gate, Subscriber, any_broker, broker, free_port, mos
 from genre_stream.config import ConfigError, HomeAssistantConfig, MqttConfig
 from genre_stream.messages import GenreEvent, GenreState, SourceStats
 from genre_stream.sinks import Fanout
+from genre_stream.sinks import SourceInfo
 from genre_stream.sinks.jsonl import JsonlSink
 from genre_stream.sinks.mqtt import MqttSink
 from genre_stream.sinks.outbox import Outbox
@@ -25,6 +26,10 @@ PROBS = {"rock": 0.7, "jazz": 0.2, "pop": 0.1}
 
 def state(source: str = "radio", genre: str = "rock", n: int = 0) -> GenreState:
     return GenreState(source, genre, PROBS[genre], dict(PROBS), "music", float(n), n + 30.0, "test-model")
+
+
+def info(source: str, kind: str | None = "stream", stats_interval: float = 0.0) -> SourceInfo:
+    return SourceInfo(source, kind, tuple(PROBS), 5.0, stats_interval)
 
 
 def event(i: int, source: str = "radio") -> GenreEvent:
@@ -48,7 +53,7 @@ def test_contract_topics_payloads_qos_retain_and_discovery(broker: Broker, tmp_p
     live = Subscriber(broker.port, ["genre-stream/#", "homeassistant/#"])
     sink = sink_for(broker.url, tmp_path)
     sink.start()
-    sink.sources_changed(["radio"], "test-model")
+    sink.sources_changed([info("radio")], "test-model")
     wait_until(sink.connected.is_set, what="sink connected")
     s = state()
     e = event(1)
@@ -73,9 +78,8 @@ def test_contract_topics_payloads_qos_retain_and_discovery(broker: Broker, tmp_p
     [genre_cfg] = live.on("homeassistant/sensor/genre_stream/radio_genre/config")
     cfg = genre_cfg.json()
     assert cfg["state_topic"] == "genre-stream/radio/state"
-    assert cfg["availability_topic"] == "genre-stream/status"
-    assert (cfg["payload_available"], cfg["payload_not_available"]) == ("online", "offline")
-    assert cfg["unique_id"] == "genre_stream_radio_genre" and cfg["device"]["identifiers"] == ["genre_stream"]
+    assert cfg["availability"] == [{"topic": "genre-stream/status"}, {"topic": "genre-stream/radio/availability"}]
+    assert cfg["unique_id"] == "genre_stream_radio_genre" and cfg["device"]["via_device"] == "genre_stream"
     conf = live.on("homeassistant/sensor/genre_stream/radio_confidence/config")[0].json()
     assert conf["unit_of_measurement"] == "%" and "confidence" in conf["value_template"]
 
@@ -83,15 +87,20 @@ def test_contract_topics_payloads_qos_retain_and_discovery(broker: Broker, tmp_p
     live.wait_for(lambda ms: [m.payload for m in ms if m.topic == "genre-stream/status"] == [b"online", b"offline"])
     live.close()
 
-    # A late subscriber gets exactly the retained topics: last state, status, discovery; no event, no stats.
+    # A late subscriber gets exactly the retained topics: last state, its attributes, status,
+    # discovery; no event, no stats.
     late = Subscriber(broker.port, ["genre-stream/#", "homeassistant/#"])
-    retained = late.wait_for(lambda ms: len(ms) >= 4, timeout=10)
+    retained = late.wait_for(lambda ms: len(ms) >= 8, timeout=10)
     time.sleep(0.3)
     retained = late.messages
     # amqtt replays the retained store once per topic filter of a SUBSCRIBE; mosquitto once.
     assert sorted({m.topic for m in retained}) == [
+        "genre-stream/radio/attributes",
         "genre-stream/radio/state",
         "genre-stream/status",
+        "homeassistant/binary_sensor/genre_stream/bridge_status/config",
+        "homeassistant/binary_sensor/genre_stream/radio_audio/config",
+        "homeassistant/event/genre_stream/radio_genre_change/config",
         "homeassistant/sensor/genre_stream/radio_confidence/config",
         "homeassistant/sensor/genre_stream/radio_genre/config",
     ]
@@ -104,11 +113,13 @@ def test_retracted_source_removes_discovery(broker: Broker, tmp_path: Path) -> N
     sub = Subscriber(broker.port, ["homeassistant/#"])
     sink = sink_for(broker.url, tmp_path)
     sink.start()
-    sink.sources_changed(["a", "b"], "m")
-    sub.wait_for(lambda ms: len({m.topic for m in ms}) == 4)
-    sink.sources_changed(["a"], "m")
-    msgs = sub.wait_for(lambda ms: len({m.topic for m in ms if m.payload == b""}) >= 2)
+    sink.sources_changed([info("a"), info("b")], "m")
+    sub.wait_for(lambda ms: len({m.topic for m in ms}) == 9)  # bridge + 4 per source
+    sink.sources_changed([info("a")], "m")
+    msgs = sub.wait_for(lambda ms: len({m.topic for m in ms if m.payload == b""}) >= 4)
     assert {m.topic for m in msgs if m.payload == b""} == {
+        "homeassistant/binary_sensor/genre_stream/b_audio/config",
+        "homeassistant/event/genre_stream/b_genre_change/config",
         "homeassistant/sensor/genre_stream/b_genre/config",
         "homeassistant/sensor/genre_stream/b_confidence/config",
     }

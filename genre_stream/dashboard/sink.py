@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from ..history import HistoryReader, HistoryStats
 from ..messages import GenreEvent, GenreState
+from ..sinks.base import SourceInfo
 from .config import DashboardConfig
 from .metrics import SinkMetrics, SourceMetrics
 from .server import DashboardServer
@@ -74,9 +75,9 @@ class DashboardSink:
         if isinstance(message, GenreState | GenreEvent):  # periodic stats are served by /metrics instead
             self.state.publish(message)
 
-    def sources_changed(self, source_ids: list[str], model: str) -> None:
+    def sources_changed(self, sources: list[SourceInfo], model: str) -> None:
         self.state.model = model
-        self.state.set_sources(source_ids)
+        self.state.set_sources([s.id for s in sources])
 
     def close(self, timeout: float) -> bool:
         self.server.stop(timeout)

@@ -1,5 +1,5 @@
 """Where messages go: JSON lines (stdout or a file) and MQTT (with Home Assistant discovery)."""
 
-from .base import Fanout, Sink
+from .base import Fanout, Sink, SourceAvailability, SourceInfo
 
-__all__ = ["Fanout", "Sink"]
+__all__ = ["Fanout", "Sink", "SourceAvailability", "SourceInfo"]

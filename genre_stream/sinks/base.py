@@ -3,13 +3,37 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Protocol
 
 from ..messages import GenreEvent, GenreState, SourceStats
 
 log = logging.getLogger(__name__)
 
-Publishable = GenreState | GenreEvent | SourceStats
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What a sink may need to know about a running source beyond its id (Home Assistant discovery
+    announces different entities for a folder of tracks than for a live stream)."""
+
+    id: str
+    kind: str | None  # "mic", "stream", "file", "watch"; None for a source built from another spec syntax
+    labels: tuple[str, ...]  # the genres its model can answer
+    hop_seconds: float  # a state is published about this often while audio flows
+    stats_interval: float  # periodic stats every this many seconds; 0 = none
+
+
+@dataclass(frozen=True)
+class SourceAvailability:
+    """A source started or stopped delivering: audio flows (or a folder is watched), or it is down,
+    reconnecting or ended. Without it a dead stream's last retained state would look current."""
+
+    source: str
+    online: bool
+
+
+Publishable = GenreState | GenreEvent | SourceStats | SourceAvailability
 
 
 class Sink(Protocol):
@@ -24,7 +48,7 @@ class Sink(Protocol):
     def publish(self, message: Publishable) -> None:
         """Deliver (or durably queue) one message."""
 
-    def sources_changed(self, source_ids: list[str], model: str) -> None:
+    def sources_changed(self, sources: list[SourceInfo], model: str) -> None:
         """The set of running sources changed (start, SIGHUP): announce or retract them."""
 
     def close(self, timeout: float) -> bool:
@@ -48,9 +72,9 @@ class Fanout:
             except Exception:  # a sink bug must not stop classification or the other sinks
                 log.exception("sink %s failed to publish a %s", type(sink).__name__, type(message).__name__)
 
-    def sources_changed(self, source_ids: list[str], model: str) -> None:
+    def sources_changed(self, sources: list[SourceInfo], model: str) -> None:
         for sink in self.sinks:
-            sink.sources_changed(source_ids, model)
+            sink.sources_changed(sources, model)
 
     def close(self, timeout: float) -> bool:
         ok = True

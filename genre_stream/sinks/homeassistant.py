@@ -1,76 +1,345 @@
-"""Home Assistant MQTT discovery: one genre sensor and one confidence sensor per source.
+"""Home Assistant MQTT discovery: a bridge device for the daemon and one device per source.
 
-The configs are retained, so Home Assistant picks them up whenever it (re)starts, and their
-availability is the daemon's status topic, so the sensors go "unavailable" when the daemon
-stops or dies (the status topic is also the MQTT last will).
+What Home Assistant shows (configs are retained, so it picks them up whenever it (re)starts):
+
+* the bridge device ``genre-stream`` (identifier ``node_id``; ``configuration_url`` is the
+  dashboard when it runs): a *Status* connectivity sensor on ``<prefix>/status``.
+* one device per source, linked to the bridge with ``via_device``:
+
+  - audio sources (mic, stream, file): *Genre* (an enum sensor: the model's labels plus
+    ``NON_GENRE_STATES``), *Genre confidence* (%), a *Genre change* event entity;
+  - watch sources, which publish whole tracks rather than a running state: *Last track genre*
+    (with path, confidence and duration as attributes) and a *Track tagged* event entity;
+  - every source: an *Audio* connectivity sensor on the source's availability topic and,
+    when periodic stats are on, diagnostic sensors (*Errors*; *Real-time factor* for audio
+    sources; *Reconnects* for mic and stream sources).
+
+A dead source must not look alive: the source entities are available only while the daemon's
+status topic AND the source's own availability topic say ``online`` (``availability_mode:
+all``), and the state sensors also expire when no state arrives for a few hops.
+
+``DiscoveryLedger`` remembers in the state dir what was announced, so entities of a source
+that was renamed or removed (also across a restart) are retracted instead of lingering.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import re
+import socket
+import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from .. import __version__
 from ..config import HomeAssistantConfig
+from ..dashboard.config import DashboardConfig
+from ..fsutil import atomic_path
+from ..sources import TRACK_KINDS
+from .base import SourceInfo
+
+log = logging.getLogger(__name__)
+
+NON_GENRE_STATES: tuple[str, ...] = ("silence", "uncertain")
+"""States a source's genre sensor takes besides the model's labels: the state payload's ``state``
+whenever it is not ``music``. Home Assistant rejects enum states missing from ``options``."""
+
+ONLINE, OFFLINE = "online", "offline"
+EXPIRE_HOPS = 4  # a state sensor goes unavailable after this many hops without a state...
+EXPIRE_MIN_SECONDS = 30  # ...but never sooner than this (short hops on a loaded machine)
+STATS_EXPIRE_INTERVALS = 3  # diagnostic sensors expire after this many missed stats messages
+ATTRIBUTE_DECIMALS = 3
+ATTRIBUTE_STEP = 0.05  # re-publish the probabilities attribute once one of them moved this much
+LEDGER_FILE = "homeassistant-discovery.json"
+ORIGIN = {"name": "genre-stream", "sw_version": __version__}
+RECONNECTING_SOURCES = ("mic", "stream")  # kinds whose stats count reconnects
 
 
 @dataclass(frozen=True)
 class Discovery:
     topic: str
-    payload: bytes  # b"" retracts the sensor
+    payload: bytes  # b"" retracts the entity
 
 
-def object_id(source: str) -> str:
-    """Home Assistant object ids allow [a-zA-Z0-9_-]; anything else in a source id becomes _."""
+@dataclass(frozen=True)
+class Topics:
+    """The daemon's topic names, in one place for the sink that publishes and the configs that point at them."""
+
+    prefix: str
+
+    @property
+    def status(self) -> str:
+        return f"{self.prefix}/status"
+
+    def state(self, source: str) -> str:
+        return f"{self.prefix}/{source}/state"
+
+    def event(self, source: str) -> str:
+        return f"{self.prefix}/{source}/event"
+
+    def stats(self, source: str) -> str:
+        return f"{self.prefix}/{source}/stats"
+
+    def availability(self, source: str) -> str:
+        return f"{self.prefix}/{source}/availability"
+
+    def attributes(self, source: str) -> str:
+        return f"{self.prefix}/{source}/attributes"
+
+    def track(self, source: str) -> str:
+        return f"{self.prefix}/{source}/track"
+
+
+def slug(source: str) -> str:
+    """Home Assistant ids allow [a-zA-Z0-9_-]; anything else in a source id becomes _."""
     return re.sub(r"[^a-zA-Z0-9_-]", "_", source)
 
 
-def discovery_messages(ha: HomeAssistantConfig, prefix: str, source: str, model: str) -> list[Discovery]:
-    state_topic = f"{prefix}/{source}/state"
-    oid = object_id(source)
-    device = {
+def dashboard_url(dashboard: DashboardConfig | None) -> str | None:
+    """The dashboard's address for the device page: a wildcard bind is reached through this host's name;
+    a random port (0) is unknown before it binds, so no link; the token is a secret and stays out."""
+    if dashboard is None or dashboard.port == 0:
+        return None
+    host = dashboard.host
+    if host in ("0.0.0.0", "::"):
+        host = socket.getfqdn()
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{dashboard.port}/"
+
+
+def expire_after(hop_seconds: float) -> int:
+    return max(EXPIRE_MIN_SECONDS, math.ceil(EXPIRE_HOPS * hop_seconds))
+
+
+GENRE_TEMPLATE = "{{ value_json.genre if value_json.state == 'music' else value_json.state }}"
+CONFIDENCE_TEMPLATE = "{{ (value_json.confidence * 100) | round(1) }}"
+# Event entities need {"event_type": ...}; other event types on the same topic render {} and are ignored.
+GENRE_CHANGE_TEMPLATE = (
+    "{% if value_json.type == 'genre_changed' %}"
+    '{"event_type":"genre_changed","from":{{ value_json["from"] | tojson }},"to":{{ value_json.to | tojson }},'
+    '"confidence":{{ value_json.confidence | round(3) }}}'
+    "{% else %}{}{% endif %}"
+)
+TRACK_TAGGED_TEMPLATE = (
+    "{% if value_json.type == 'track_tagged' %}"
+    '{"event_type":"track_tagged","path":{{ value_json.path | tojson }},"genre":{{ value_json.genre | tojson }},'
+    '"confidence":{{ value_json.confidence | round(3) }},"duration":{{ value_json.duration | round(1) }}}'
+    "{% else %}{}{% endif %}"
+)
+TRACK_ATTRIBUTES_TEMPLATE = (
+    "{{ {'path': value_json.path, 'confidence': value_json.confidence | round(3),"
+    " 'duration': value_json.duration | round(1)} | tojson }}"
+)
+
+
+def discovery_messages(
+    ha: HomeAssistantConfig, topics: Topics, sources: Iterable[SourceInfo], model: str, configuration_url: str | None
+) -> list[Discovery]:
+    """Every config the daemon announces: the bridge's, then each source's."""
+    bridge: dict[str, Any] = {
         "identifiers": [ha.node_id],
         "name": "genre-stream",
         "manufacturer": "genre-stream",
         "model": model,
         "sw_version": __version__,
     }
-    common = {
-        "state_topic": state_topic,
-        "availability_topic": f"{prefix}/status",
-        "payload_available": "online",
-        "payload_not_available": "offline",
-        "device": device,
-    }
-    genre = {
-        **common,
-        "name": f"{source} genre",
-        "unique_id": f"{ha.node_id}_{oid}_genre",
-        "object_id": f"{ha.node_id}_{oid}_genre",
-        "icon": "mdi:music",
-        "value_template": "{{ value_json.genre if value_json.state == 'music' else 'silence' }}",
-        "json_attributes_topic": state_topic,
-        "json_attributes_template": "{{ value_json.probabilities | tojson }}",
-    }
-    confidence = {
-        **common,
-        "name": f"{source} genre confidence",
-        "unique_id": f"{ha.node_id}_{oid}_confidence",
-        "object_id": f"{ha.node_id}_{oid}_confidence",
-        "icon": "mdi:percent",
-        "unit_of_measurement": "%",
-        "state_class": "measurement",
-        "value_template": "{{ (value_json.confidence * 100) | round(1) }}",
-    }
-    base = f"{ha.discovery_prefix}/sensor/{ha.node_id}"
-    return [
-        Discovery(f"{base}/{oid}_genre/config", json.dumps(genre, separators=(",", ":")).encode()),
-        Discovery(f"{base}/{oid}_confidence/config", json.dumps(confidence, separators=(",", ":")).encode()),
+    if configuration_url:
+        bridge["configuration_url"] = configuration_url
+    messages = [
+        _config(ha, "binary_sensor", "bridge_status", bridge, {
+            "name": "Status",
+            "state_topic": topics.status,
+            "payload_on": ONLINE,
+            "payload_off": OFFLINE,
+            "device_class": "connectivity",
+            "entity_category": "diagnostic",
+        })
     ]
+    for info in sources:
+        messages += _source_configs(ha, topics, info)
+    return messages
 
 
-def retraction_messages(ha: HomeAssistantConfig, source: str) -> list[Discovery]:
-    """Empty retained configs remove the sensors of a source that was dropped from the config."""
-    base = f"{ha.discovery_prefix}/sensor/{ha.node_id}/{object_id(source)}"
-    return [Discovery(f"{base}_genre/config", b""), Discovery(f"{base}_confidence/config", b"")]
+def _source_configs(ha: HomeAssistantConfig, topics: Topics, info: SourceInfo) -> list[Discovery]:
+    s = slug(info.id)
+    device = {
+        "identifiers": [f"{ha.node_id}_{s}"],
+        "name": info.id,
+        "manufacturer": "genre-stream",
+        "model": f"{info.kind or 'audio'} source",
+        "via_device": ha.node_id,
+    }
+    daemon_up = [{"topic": topics.status}]
+    alive = {"availability": [*daemon_up, {"topic": topics.availability(info.id)}], "availability_mode": "all"}
+    configs = [
+        _config(ha, "binary_sensor", f"{s}_audio", device, {
+            "name": "Audio",
+            "state_topic": topics.availability(info.id),
+            "payload_on": ONLINE,
+            "payload_off": OFFLINE,
+            "device_class": "connectivity",
+            "availability": daemon_up,
+        })
+    ]
+    if info.kind in TRACK_KINDS:
+        configs += [
+            _config(ha, "sensor", f"{s}_last_track", device, {
+                **alive,
+                "name": "Last track genre",
+                "icon": "mdi:music-box",
+                "state_topic": topics.track(info.id),
+                "device_class": "enum",
+                "options": list(info.labels),
+                "value_template": "{{ value_json.genre }}",
+                "json_attributes_topic": topics.track(info.id),
+                "json_attributes_template": TRACK_ATTRIBUTES_TEMPLATE,
+            }),
+            _config(ha, "event", f"{s}_track_tagged", device, {
+                **alive,
+                "name": "Track tagged",
+                "icon": "mdi:music-box-outline",
+                "state_topic": topics.event(info.id),
+                "event_types": ["track_tagged"],
+                "value_template": TRACK_TAGGED_TEMPLATE,
+            }),
+        ]
+    else:
+        expire = expire_after(info.hop_seconds)
+        configs += [
+            _config(ha, "sensor", f"{s}_genre", device, {
+                **alive,
+                "name": "Genre",
+                "icon": "mdi:music",
+                "state_topic": topics.state(info.id),
+                "device_class": "enum",
+                "options": [*info.labels, *NON_GENRE_STATES],
+                "value_template": GENRE_TEMPLATE,
+                "json_attributes_topic": topics.attributes(info.id),
+                "expire_after": expire,
+            }),
+            _config(ha, "sensor", f"{s}_confidence", device, {
+                **alive,
+                "name": "Genre confidence",
+                "icon": "mdi:percent",
+                "state_topic": topics.state(info.id),
+                "unit_of_measurement": "%",
+                "state_class": "measurement",
+                "suggested_display_precision": 1,
+                "value_template": CONFIDENCE_TEMPLATE,
+                "expire_after": expire,
+            }),
+            _config(ha, "event", f"{s}_genre_change", device, {
+                **alive,
+                "name": "Genre change",
+                "icon": "mdi:swap-horizontal",
+                "state_topic": topics.event(info.id),
+                "event_types": ["genre_changed"],
+                "value_template": GENRE_CHANGE_TEMPLATE,
+            }),
+        ]
+    if info.stats_interval > 0:
+        diagnostic = {
+            "availability": daemon_up,  # a down source's counters are exactly what one wants to see
+            "state_topic": topics.stats(info.id),
+            "entity_category": "diagnostic",
+            "expire_after": math.ceil(STATS_EXPIRE_INTERVALS * info.stats_interval),
+        }
+        configs.append(_config(ha, "sensor", f"{s}_errors", device, {
+            **diagnostic, "name": "Errors", "icon": "mdi:alert-circle-outline",
+            "state_class": "total_increasing", "value_template": "{{ value_json.errors }}",
+        }))
+        if info.kind not in TRACK_KINDS:
+            configs.append(_config(ha, "sensor", f"{s}_real_time_factor", device, {
+                **diagnostic, "name": "Real-time factor", "icon": "mdi:speedometer",
+                "state_class": "measurement", "suggested_display_precision": 3,
+                "value_template": "{{ value_json.real_time_factor | round(3) }}",
+            }))
+        if info.kind in RECONNECTING_SOURCES:
+            configs.append(_config(ha, "sensor", f"{s}_reconnects", device, {
+                **diagnostic, "name": "Reconnects", "icon": "mdi:connection",
+                "state_class": "total_increasing", "value_template": "{{ value_json.reconnects }}",
+            }))
+    return configs
+
+
+def _config(ha: HomeAssistantConfig, component: str, key: str, device: dict[str, Any], fields: dict[str, Any]) -> Discovery:
+    unique_id = f"{ha.node_id}_{key}"
+    payload = {
+        **fields,
+        "unique_id": unique_id,
+        "default_entity_id": f"{component}.{unique_id}",  # replaces object_id (deprecated in HA 2025.10)
+        "device": device,
+        "origin": ORIGIN,
+    }
+    return Discovery(f"{ha.discovery_prefix}/{component}/{ha.node_id}/{key}/config", _dumps(payload))
+
+
+def _dumps(payload: Any) -> bytes:
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+class AttributeGate:
+    """The genre sensor's attributes (the class probabilities), rounded and published only on a real change.
+
+    Home Assistant records a new state row whenever attributes change; ten unrounded floats
+    every hop would fill its database with noise. Sources publish from their own threads.
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[str, dict[str, float]] = {}
+        self._lock = threading.Lock()
+
+    def update(self, source: str, probabilities: dict[str, float]) -> bytes | None:
+        """The payload to publish for this source now, or None while nothing moved by ``ATTRIBUTE_STEP``."""
+        if not probabilities:  # silence: no probabilities, keep the last ones
+            return None
+        rounded = {label: round(float(p), ATTRIBUTE_DECIMALS) for label, p in probabilities.items()}
+        with self._lock:
+            last = self._last.get(source)
+            if last is not None and last.keys() == rounded.keys() and all(
+                abs(rounded[k] - last[k]) < ATTRIBUTE_STEP for k in rounded
+            ):
+                return None
+            self._last[source] = rounded
+        return _dumps(rounded)
+
+
+class DiscoveryLedger:
+    """The discovery topics announced last time, kept in ``<state_dir>/homeassistant-discovery.json``.
+
+    Without it a source renamed across a restart leaves its old entities in Home Assistant
+    for ever ("unavailable" ghosts): the new run never heard of the old name. The file is
+    small and rewritten atomically after each announcement.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._topics = self._load()
+
+    def _load(self) -> set[str]:
+        try:
+            data = json.loads(self.path.read_text())
+            return {str(t) for t in data["topics"]}
+        except FileNotFoundError:
+            return set()
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("%s is unreadable (%s); entities announced by an earlier run cannot be retracted", self.path, exc)
+            return set()
+
+    def plan(self, messages: list[Discovery]) -> list[Discovery]:
+        """Retractions (empty retained payloads) for what is no longer announced, then ``messages``."""
+        current = {m.topic for m in messages}
+        return [Discovery(t, b"") for t in sorted(self._topics - current)] + messages
+
+    def record(self, messages: list[Discovery]) -> None:
+        self._topics = {m.topic for m in messages}
+        try:
+            with atomic_path(self.path) as tmp:
+                tmp.write_text(json.dumps({"topics": sorted(self._topics)}, indent=1) + "\n")
+        except OSError as exc:
+            log.warning("cannot write %s (%s); a renamed source may leave stale entities after a restart", self.path, exc)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ..messages import SourceStats
-from .base import Publishable
+from .base import Publishable, SourceAvailability, SourceInfo
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class JsonlSink:
             raise OSError(f"{path}: cannot open JSON lines output ({exc.strerror})") from exc
 
     def publish(self, message: Publishable) -> None:
-        if isinstance(message, SourceStats):
+        if isinstance(message, SourceStats | SourceAvailability):
             return
         line = json.dumps(message.to_dict(), ensure_ascii=False, separators=(",", ":"))
         with self._lock:
@@ -55,7 +55,7 @@ class JsonlSink:
                 log.warning("JSON lines reader went away; further lines are dropped")
                 self._fh = open(os.devnull, "w", encoding="utf-8")
 
-    def sources_changed(self, source_ids: list[str], model: str) -> None:
+    def sources_changed(self, sources: list[SourceInfo], model: str) -> None:
         """JSON lines have no discovery."""
 
     def close(self, timeout: float) -> bool:

@@ -6,6 +6,9 @@ Topics (``prefix`` defaults to ``genre-stream``):
 * ``<prefix>/<source>/event``  QoS 1, genre changes, tagged tracks, errors
 * ``<prefix>/<source>/stats``  QoS 0, periodic counters (dropped while offline: they are only news)
 * ``<prefix>/status``          retained ``online``/``offline``; ``offline`` is also the last will
+* ``<prefix>/<source>/availability``  retained ``online`` while audio flows, ``offline`` when the source is down
+* with Home Assistant discovery also, retained: ``<prefix>/<source>/attributes`` (rounded probabilities,
+  only on a real change) and ``<prefix>/<source>/track`` (the last ``track_tagged`` event)
 
 States and events go through the on-disk ``Outbox`` and leave it only when the broker has
 acknowledged them, so a broker restart or a daemon restart loses nothing and order is kept.
@@ -31,8 +34,8 @@ from paho.mqtt.properties import Properties
 
 from ..config import ConfigError, HomeAssistantConfig, MqttConfig
 from ..messages import GenreEvent, GenreState, SourceStats
-from .base import Publishable
-from .homeassistant import Discovery, discovery_messages, retraction_messages
+from .base import Publishable, SourceAvailability, SourceInfo
+from .homeassistant import LEDGER_FILE, OFFLINE, ONLINE, AttributeGate, DiscoveryLedger, Topics, discovery_messages
 from .outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -66,13 +69,17 @@ def default_client_id() -> str:
 
 
 class MqttSink:
-    def __init__(self, config: MqttConfig, homeassistant: HomeAssistantConfig, state_dir: Path) -> None:
+    def __init__(
+        self, config: MqttConfig, homeassistant: HomeAssistantConfig, state_dir: Path, configuration_url: str | None = None
+    ) -> None:
         if not config.url:
             raise ValueError("MqttSink needs mqtt.url")
         self.config = config
         self.ha = homeassistant
         self.url = config.url
-        self.status_topic = f"{config.prefix}/status"
+        self.topics = Topics(config.prefix)
+        self.status_topic = self.topics.status
+        self.configuration_url = configuration_url  # the dashboard, shown on the Home Assistant device page
         context = tls_context(config) if config.tls else None  # fail on bad files before creating anything
         self.outbox = Outbox(state_dir / QUEUE_FILE, config.queue_max)
         v5 = config.protocol == "5"
@@ -100,13 +107,15 @@ class MqttSink:
         self._stop = threading.Event()
         self._inflight: dict[int, int] = {}  # paho mid -> outbox row id
         self._last_handed = 0  # highest outbox id handed to paho
-        self._lock = threading.Lock()  # guards _inflight, _acked_early, _last_handed, _sources, _retract
+        self._lock = threading.Lock()  # guards _inflight, _acked_early, _last_handed, _sources
         self._pump_lock = threading.Lock()  # one pump at a time, so rows go out in queue order
         self._acked_early: set[int] = set()  # acks that overtook the recording of their mid
         self._publishing = False  # a queued row is inside client.publish right now
-        self._sources: list[str] = []
+        self._sources: list[SourceInfo] = []
         self._model = ""
-        self._retract: set[str] = set()
+        self._announce_lock = threading.Lock()  # network thread (connect, HA restart) vs. reloads
+        self._ledger = DiscoveryLedger(state_dir / LEDGER_FILE)
+        self._attributes = AttributeGate()
         self._thread = threading.Thread(target=self._network, name="mqtt", daemon=True)
         self.connects = 0
         self.delivered = 0  # messages the broker acknowledged since start (dashboard metrics)
@@ -117,15 +126,25 @@ class MqttSink:
         self._thread.start()
 
     def publish(self, message: Publishable) -> None:
+        topics = self.topics
+        if isinstance(message, SourceAvailability):
+            self.outbox.put(topics.availability(message.source), (ONLINE if message.online else OFFLINE).encode(), qos=1, retain=True)
+            if self.connected.is_set():
+                self._pump()
+            return
         payload = json.dumps(message.to_dict(), ensure_ascii=False, separators=(",", ":")).encode()
-        prefix = self.config.prefix
         if isinstance(message, GenreState):
-            self.outbox.put(f"{prefix}/{message.source}/state", payload, qos=1, retain=True)
+            self.outbox.put(topics.state(message.source), payload, qos=1, retain=True)
+            attributes = self._attributes.update(message.source, message.probabilities) if self.ha.enabled else None
+            if attributes is not None:
+                self.outbox.put(topics.attributes(message.source), attributes, qos=1, retain=True)
         elif isinstance(message, GenreEvent):
-            self.outbox.put(f"{prefix}/{message.source}/event", payload, qos=1, retain=False)
+            self.outbox.put(topics.event(message.source), payload, qos=1, retain=False)
+            if message.type == "track_tagged" and self.ha.enabled:
+                self.outbox.put(topics.track(message.source), payload, qos=1, retain=True)
         elif isinstance(message, SourceStats):
             if self.connected.is_set():
-                self.client.publish(f"{prefix}/{message.source}/stats", payload, qos=0, properties=self._props)
+                self.client.publish(topics.stats(message.source), payload, qos=0, properties=self._props)
             return
         else:  # pragma: no cover - the Publishable union is closed
             raise TypeError(f"cannot publish {type(message).__name__}")
@@ -134,11 +153,9 @@ class MqttSink:
             # network thread's next tick: that tick was most of the delivery latency.
             self._pump()
 
-    def sources_changed(self, source_ids: list[str], model: str) -> None:
+    def sources_changed(self, sources: list[SourceInfo], model: str) -> None:
         with self._lock:
-            self._retract |= set(self._sources) - set(source_ids)
-            self._retract -= set(source_ids)
-            self._sources = list(source_ids)
+            self._sources = list(sources)
             self._model = model
         if self.connected.is_set():
             self._announce()
@@ -287,18 +304,18 @@ class MqttSink:
             self._announce()
 
     def _announce(self) -> None:
+        """Publish the discovery configs, retracting what the ledger says was announced before and is gone now."""
         if not self.ha.enabled:
             return
         with self._lock:
-            sources, model, retract = list(self._sources), self._model, set(self._retract)
-            self._retract.clear()
-        messages: list[Discovery] = []
-        for source in sorted(retract):
-            messages += retraction_messages(self.ha, source)
-        for source in sources:
-            messages += discovery_messages(self.ha, self.config.prefix, source, model)
-        for m in messages:
-            self.client.publish(m.topic, m.payload, qos=1, retain=True)
+            sources, model = list(self._sources), self._model
+        if not sources:
+            return  # not told yet (connected before the daemon started its sources): nothing to compare with
+        with self._announce_lock:
+            messages = discovery_messages(self.ha, self.topics, sources, model, self.configuration_url)
+            for m in self._ledger.plan(messages):
+                self.client.publish(m.topic, m.payload, qos=1, retain=True)
+            self._ledger.record(messages)
 
 
 def _describe(exc: BaseException) -> str:

@@ -22,10 +22,13 @@ __all__ = [
     "SourceError",
     "parse_source",
     "source_id_for",
+    "source_kind",
     "KINDS",
+    "TRACK_KINDS",
 ]
 
 KINDS = ("mic", "watch", "file", "stream")
+TRACK_KINDS = ("watch",)  # deliver whole files (TrackReady), not a running audio stream
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
@@ -58,6 +61,14 @@ def _split(spec: str) -> tuple[str | None, str, str]:
     if kind != "mic" and not arg.strip():
         raise ValueError(f"source {spec!r}: {kind} needs an argument ({kind}:{ {'watch': 'DIR', 'file': 'PATH', 'stream': 'URL'}[kind]})")
     return source_id, kind, arg.strip()
+
+
+def source_kind(spec: str) -> str | None:
+    """The kind (one of ``KINDS``) a spec names, or None when it is not in the ``--source`` syntax."""
+    try:
+        return _split(spec)[1]
+    except ValueError:
+        return None
 
 
 def source_id_for(kind: str, arg: str) -> str:
