@@ -23,8 +23,9 @@ FRAMES, MELS = 16, 128
 
 def tiny_model(path: Path, info: ModelInfo) -> Path:
     """An ONNX model with the engine's interface and no torch: mean over frames, a linear layer, softmax."""
-    w = np.zeros((MELS, len(LABELS)), np.float32)
-    w[0, 0], w[1, 1], w[2, 2] = 8.0, 4.0, 1.0  # mel band i drives class i
+    n = len(info.labels)
+    w = np.zeros((MELS, n), np.float32)
+    w[np.arange(n), np.arange(n)] = 8.0 / 2.0 ** np.arange(n)  # mel band i drives class i
     e = np.ones((MELS, 32), np.float32) / MELS
     graph = helper.make_graph(
         [
@@ -34,8 +35,8 @@ def tiny_model(path: Path, info: ModelInfo) -> Path:
             helper.make_node("MatMul", ["m", "e"], ["embedding"]),
         ],
         "tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", FRAMES, MELS])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["n", len(LABELS)]),
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", info.frontend.window_frames, MELS])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["n", n]),
          helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["n", 32])],
         [numpy_helper.from_array(w, "w"), numpy_helper.from_array(e, "e")],
     )
@@ -51,7 +52,7 @@ def _windows() -> np.ndarray:
     x = np.zeros((3, FRAMES, MELS), np.float32)
     x[0, :, 0] = 1.0
     x[1, :, 1] = 0.5
-    x[2, :, 2] = 0.2
+    x[2, :, 2] = 0.5
     return x
 
 
@@ -150,3 +151,26 @@ def test_chosen_rule_keeps_the_coverage_floor() -> None:
     s = temperature.selective(probs, y, rule)
     assert s.coverage >= 0.6 and rule != UncertaintyRule()
     assert s.precision > temperature.selective(probs, y, UncertaintyRule()).precision
+
+
+def test_evaluate_reports_ece_reliability_and_the_uncertain_rule(tmp_path: Path) -> None:
+    from trainer.evaluate import evaluate
+    from trainer.synthset import make_dataset
+
+    make_dataset(tmp_path / "data", classes=3, clips=3, seconds=2.0, seed=0)
+    labels = sorted(p.name for p in (tmp_path / "data").iterdir() if p.is_dir())
+    cal = Calibration(temperature=3.0, uncertain_threshold=0.5)
+    model = tiny_model(tmp_path / "m.onnx", ModelInfo(labels, FrontendConfig(window_frames=FRAMES), calibration=cal))
+    report = evaluate(model, tmp_path / "data", tmp_path / "out", threads=1)
+    assert (tmp_path / "out" / "reliability.png").stat().st_size > 1000
+    assert report["calibration"]["temperature"] == 3.0
+    conf = np.array([f["confidence"] for f in report["files"]])
+    right = np.array([f["predicted"] == f["label"] for f in report["files"]])
+    by_hand = sum(abs(right[m].mean() - conf[m].mean()) * m.mean()
+                  for m in (np.ceil(conf * 10) == k for k in range(1, 11)) if m.any())
+    assert report["ece"] == pytest.approx(by_hand)
+    assert sum(b["count"] for b in report["reliability"]) == report["n"] == 9
+    u = report["uncertain"]
+    assert u["threshold"] == 0.5 and u["coverage"] == pytest.approx((conf >= 0.5).mean())
+    if u["answered"]:
+        assert u["precision"] == pytest.approx(right[conf >= 0.5].mean())
