@@ -69,7 +69,7 @@ def plot_reliability(bins: list[dict[str, float]], path: str | Path, title: str 
     width = 1.0 / n_bins
     lows = [b["low"] for b in bins]
     ax.bar(lows, [b["accuracy"] for b in bins], width=width, align="edge", edgecolor="black", alpha=0.7, label="accuracy")
-    ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o", color="black", ms=4, label="mean confidence")
+    ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o", color="black", ms=4, label="accuracy at the mean confidence")
     ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
     for b in bins:
         ax.text(b["low"] + width / 2, min(b["accuracy"] + 0.02, 0.97), str(b["count"]), ha="center", fontsize=8)
