@@ -98,10 +98,8 @@ class UncertaintyRule:
         """The model's own defaults, each overridden by the user's value when one is given."""
         if calibration is None and (threshold or margin):
             log.warning("the model has no calibration: the uncertain threshold applies to uncalibrated probabilities")
-        return cls(
-            threshold=threshold if threshold is not None else (calibration.uncertain_threshold if calibration else 0.0),
-            margin=margin if margin is not None else (calibration.uncertain_margin if calibration else 0.0),
-        )
+        base = cls(calibration.uncertain_threshold, calibration.uncertain_margin) if calibration else cls()
+        return cls(base.threshold if threshold is None else threshold, base.margin if margin is None else margin)
 
     def is_uncertain(self, probabilities: np.ndarray) -> bool:
         return bool(self.uncertain_mask(np.asarray(probabilities)[None])[0])

@@ -39,6 +39,7 @@ sys.path.insert(0, str(REPO))
 
 from genre_stream.calibration import DEFAULT_FLOOR, Calibration, UncertaintyRule  # noqa: E402
 from genre_stream.engine import Engine  # noqa: E402
+from genre_stream.fsutil import atomic_path  # noqa: E402
 from genre_stream.modelinfo import METADATA_KEY  # noqa: E402
 from genre_stream.windows import analyse_file  # noqa: E402
 from trainer import temperature  # noqa: E402
@@ -106,9 +107,8 @@ def write_calibration(path: Path, cal: Calibration) -> None:
     data = json.loads(entry.value)
     data["calibration"] = cal.to_dict()
     entry.value = json.dumps(data, sort_keys=True)
-    tmp = path.with_suffix(".tmp")
-    onnx.save(proto, str(tmp))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        onnx.save(proto, str(tmp))
 
 
 def main() -> None:
@@ -130,9 +130,12 @@ def main() -> None:
     for spec in args.model:
         engine = Engine(spec, device="cpu", threads=1)
         index = {label: i for i, label in enumerate(engine.labels)}
-        cache = (lambda tag: args.cache / f"{engine.path.stem}-{tag}.npz") if args.cache else (lambda tag: None)
         if args.cache:
             args.cache.mkdir(parents=True, exist_ok=True)
+
+        def cache(tag: str) -> Path | None:
+            return args.cache / f"{engine.path.stem}-{tag}.npz" if args.cache else None
+
         tracks = window_probabilities(engine, args.labels_csv, fit_rows, cache("fit"))
         targets = np.array([index[r["label"]] for r in fit_rows])
         floor = output_floor(tracks)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -174,3 +176,33 @@ def test_evaluate_reports_ece_reliability_and_the_uncertain_rule(tmp_path: Path)
     assert u["threshold"] == 0.5 and u["coverage"] == pytest.approx((conf >= 0.5).mean())
     if u["answered"]:
         assert u["precision"] == pytest.approx(right[conf >= 0.5].mean())
+
+
+def test_fit_calibration_script_writes_only_the_metadata(tmp_path: Path) -> None:
+    import csv
+
+    from conftest import REPO, cli_env
+    from trainer.synthset import make_dataset
+
+    files = make_dataset(tmp_path / "data", classes=3, clips=4, seconds=2.0, seed=1)
+    labels = sorted({p.parent.name for p in files})
+    with open(tmp_path / "labels.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "split"])
+        for i, p in enumerate(files):
+            w.writerow([p.relative_to(tmp_path), p.parent.name, "fit" if i % 4 else "other"])
+    model = tiny_model(tmp_path / "m.onnx", ModelInfo(labels, FrontendConfig(window_frames=FRAMES), model_id="tiny"))
+    before = onnx.load(str(model))
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "fit_calibration.py"), str(tmp_path / "labels.csv"), "--model", str(model),
+                           "--where", "split=fit", "--report", "split=other", "--folds", "3", "--write"],
+                          capture_output=True, text=True, env=cli_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)[str(model)]
+    assert out["calibration"]["measurements"]["cross_validated"]["tracks"] == 9
+    assert out["calibration"]["measurements"]["cross_validated"]["folds"] == 3
+    assert out["report split=other"]["tracks"] == 3
+    after = onnx.load(str(model))
+    assert after.graph.SerializeToString() == before.graph.SerializeToString()
+    info = Engine(model, device="cpu", threads=1).info
+    assert info.model_id == "tiny" and info.calibration is not None
+    assert info.calibration.temperature == pytest.approx(out["calibration"]["temperature"])
