@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .audio import AudioError, find_audio_files
+from .calibration import UncertaintyRule
 from .engine import Engine
 from .windows import DEFAULT_HOP_SECONDS, TrackResult, analyse_file
 
@@ -28,6 +29,12 @@ class ClassifyOptions:
     top_k: int = 3
     as_json: bool = False
     with_windows: bool = False
+    uncertainty: UncertaintyRule = UncertaintyRule()  # the CLI passes the model's rule (UncertaintyRule.for_model)
+
+
+def track_state(result: TrackResult, options: ClassifyOptions) -> str:
+    """"uncertain" when the rule says the track's mean probabilities name no genre reliably, else "music"."""
+    return "uncertain" if options.uncertainty.is_uncertain(result.probabilities) else "music"
 
 
 def result_to_dict(path: Path, result: TrackResult, options: ClassifyOptions) -> dict[str, Any]:
@@ -35,7 +42,8 @@ def result_to_dict(path: Path, result: TrackResult, options: ClassifyOptions) ->
     data: dict[str, Any] = {
         "path": str(path),
         "duration": round(result.duration, 3),
-        "genre": result.genre,
+        "genre": result.genre,  # the best guess even when uncertain, so readers of "genre" alone see no change
+        "state": track_state(result, options),
         "confidence": round(result.confidence, 6),
         "top": [{"genre": g, "confidence": round(p, 6)} for g, p in result.top(options.top_k)],
         "probabilities": {lab: round(float(p), 6) for lab, p in zip(labels, result.probabilities)},
@@ -55,7 +63,8 @@ def result_to_dict(path: Path, result: TrackResult, options: ClassifyOptions) ->
 
 def format_human(path: Path, result: TrackResult, options: ClassifyOptions) -> str:
     tops = ", ".join(f"{g} {p * 100:.1f}%" for g, p in result.top(options.top_k))
-    line = f"{path}: {tops}  ({result.duration:.1f} s"
+    uncertain = "uncertain: " if track_state(result, options) == "uncertain" else ""
+    line = f"{path}: {uncertain}{tops}  ({result.duration:.1f} s"
     line += f", {len(result.windows)} windows)" if len(result.windows) > 1 else ")"
     if options.with_windows and len(result.windows) > 1:
         for w in result.windows:

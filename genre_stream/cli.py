@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .cli_options import engine_options, load_engine
+from .cli_options import engine_options, load_engine, uncertainty_options
 
 log = logging.getLogger("genre_stream")
 
@@ -43,19 +43,25 @@ def main(verbose: int) -> None:
 @click.option("-k", "--top-k", type=click.IntRange(1), default=3, show_default=True, help="How many genres to show per file.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line per file instead of text.")
 @click.option("--windows", "with_windows", is_flag=True, help="Also give the per-window timeline of long files.")
-def classify(paths: tuple[Path, ...], model_path: Path | None, device: str, threads: int, batch_size: int, hop_seconds: float, top_k: int, as_json: bool, with_windows: bool) -> None:
+@uncertainty_options
+def classify(paths: tuple[Path, ...], model_path: Path | None, device: str, threads: int, batch_size: int, hop_seconds: float, top_k: int, as_json: bool, with_windows: bool,
+             uncertain_threshold: float | None, uncertain_margin: float | None) -> None:
     """Classify audio FILES and DIRECTORIES (searched recursively).
 
     Reads wav, flac, ogg, mp3, au and aiff (anything ffmpeg decodes when named
     explicitly). A clip shorter than 30 s is looped to 30 s; a longer one is cut
     into 30 s windows every --hop seconds and the track's genre is the mean of the
-    window probabilities. Files that cannot be read are reported on stderr and the
+    window probabilities. A file whose calibrated probabilities are too flat is
+    marked "uncertain" (the best guess is still given). Files that cannot be read are reported on stderr and the
     exit status is 1; the others are still classified.
     """
+    from .calibration import UncertaintyRule
     from .classify import ClassifyOptions, classify_paths
 
     engine = load_engine(model_path, device, threads, batch_size)
-    options = ClassifyOptions(hop_seconds=hop_seconds, top_k=min(top_k, len(engine.labels)), as_json=as_json, with_windows=with_windows)
+    uncertainty = UncertaintyRule.for_model(engine.info.calibration, uncertain_threshold, uncertain_margin)
+    options = ClassifyOptions(hop_seconds=hop_seconds, top_k=min(top_k, len(engine.labels)), as_json=as_json, with_windows=with_windows,
+                              uncertainty=uncertainty)
     failures = classify_paths(paths, engine, options, progress=_progress if sys.stderr.isatty() else None)
     if failures:
         sys.exit(1)

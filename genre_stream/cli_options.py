@@ -42,6 +42,22 @@ def engine_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return model_options(f)
 
 
+def uncertainty_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--uncertain-threshold`` and ``--uncertain-margin`` (None: the model's calibrated defaults)."""
+    f = click.option(
+        "--uncertain-margin",
+        type=click.FloatRange(0, 1, max_open=True),
+        default=None,
+        help="Say 'uncertain' when the top genre leads the second by less than this (default: the model's; 0 = off).",
+    )(f)
+    return click.option(
+        "--uncertain-threshold",
+        type=click.FloatRange(0, 1, max_open=True),
+        default=None,
+        help="Say 'uncertain' below this calibrated top probability (default: the model's; 0 = never).",
+    )(f)
+
+
 def load_engine(model_path: Path | None, device: str, threads: int = 0, batch_size: int = 1):
     """Build the engine or turn its error into a clean CLI error (exit 1, message names the file)."""
     from .engine import Engine, ModelError

@@ -33,6 +33,8 @@ FLAG_KEYS = {
     "silence_dbfs": "pipeline.silence_dbfs",
     "hold_windows": "pipeline.hold_windows",
     "margin": "pipeline.margin",
+    "uncertain_threshold": "pipeline.uncertain_threshold",
+    "uncertain_margin": "pipeline.uncertain_margin",
     "mqtt_url": "mqtt.url",
     "mqtt_protocol": "mqtt.protocol",
     "client_id": "mqtt.client_id",
@@ -76,6 +78,10 @@ def _fail_config(exc: ConfigError) -> None:
 @click.option("--silence-dbfs", type=float, default=None, help="RMS level below which a window is 'silence' (default -60).")
 @click.option("--hold-windows", type=int, default=None, help="Windows a new genre must lead before it is announced (default 2).")
 @click.option("--margin", type=float, default=None, help="Probability lead a new genre needs (default 0.1).")
+@click.option("--uncertain-threshold", type=float, default=None,
+              help="State 'uncertain' below this calibrated top probability (default: the model's; 0 = never).")
+@click.option("--uncertain-margin", type=float, default=None,
+              help="State 'uncertain' when the top genre leads the second by less (default: the model's; 0 = off).")
 @click.option("--mqtt", "mqtt_url", default=None, help="Broker URL, mqtt://host[:port] or mqtts://host[:port].")
 @click.option("--mqtt-protocol", type=click.Choice(["3.1.1", "5"]), default=None)
 @click.option("--client-id", default=None)

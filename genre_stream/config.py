@@ -43,6 +43,8 @@ class PipelineConfig:
     ema_alpha: float = 0.5
     hold_windows: int = 2  # a new genre must lead for this many consecutive windows
     margin: float = 0.1  # ...by at least this much smoothed probability over the current one
+    uncertain_threshold: float | None = None  # "uncertain" below this top probability; None: the model's own default
+    uncertain_margin: float | None = None  # ...or below this lead over the second; None: the model's own default
 
     def __post_init__(self) -> None:
         if not self.hop_seconds > 0:
@@ -364,6 +366,8 @@ def _validate(config: DaemonConfig, origins: dict[str, str]) -> None:
     check(0 < p.ema_alpha <= 1, "pipeline.ema_alpha", "must be in (0, 1]")
     check(p.hold_windows >= 1, "pipeline.hold_windows", "must be >= 1")
     check(0 <= p.margin < 1, "pipeline.margin", "must be in [0, 1)")
+    check(p.uncertain_threshold is None or 0 <= p.uncertain_threshold < 1, "pipeline.uncertain_threshold", "must be in [0, 1) (0 = never uncertain)")
+    check(p.uncertain_margin is None or 0 <= p.uncertain_margin < 1, "pipeline.uncertain_margin", "must be in [0, 1) (0 = off)")
     if m.url is not None:
         parts = urlsplit(m.url)
         check(parts.scheme in ("mqtt", "mqtts"), "mqtt.url", "scheme must be mqtt:// or mqtts://")

@@ -30,7 +30,7 @@ from .dashboard.config import DashboardError
 from .engine import Engine
 from .history import History
 from .messages import GenreEvent, SourceStats
-from .pipeline import SourcePipeline, tag_track
+from .pipeline import SourcePipeline, tag_track, uncertainty_rule
 from .sinks import Fanout, Sink, SourceAvailability, SourceInfo
 from .sinks.jsonl import JsonlSink
 from .sources import AudioChunk, Source, SourceError, SourceItem, SourceProblem, TrackReady, parse_source
@@ -322,7 +322,8 @@ class Daemon:
                     self._publish(message)
             elif isinstance(item, TrackReady):
                 assert self.engine is not None
-                event, result = tag_track(item.source, item.path, self.engine, self.config.track_hop_seconds)
+                event, result = tag_track(item.source, item.path, self.engine, self.config.track_hop_seconds,
+                                          uncertainty_rule(self.engine, self.config.pipeline))
                 self._publish(event)
                 if result is not None and self.config.watch.library_db is not None:
                     self._index(r, item.path, result)

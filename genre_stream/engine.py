@@ -114,7 +114,11 @@ class Engine:
         return self.info.model_id or self.path.stem
 
     def predict(self, windows: np.ndarray) -> Prediction:
-        """Classify normalised windows (N, frames, n_mels), ``batch_size`` at a time."""
+        """Classify normalised windows (N, frames, n_mels), ``batch_size`` at a time.
+
+        Probabilities are calibrated here, per window, when the model carries a
+        calibration, so classify, the daemon and evaluate all see the same numbers.
+        """
         windows = np.asarray(windows, dtype=np.float32)
         if windows.ndim == 2:
             windows = windows[None]
@@ -127,4 +131,7 @@ class Engine:
         if not probs:
             n = len(self.labels)
             return Prediction(np.zeros((0, n), np.float32), np.zeros((0, 32), np.float32))
-        return Prediction(np.concatenate(probs), np.concatenate(embs))
+        probabilities = np.concatenate(probs)
+        if self.info.calibration is not None:
+            probabilities = self.info.calibration.apply(probabilities)
+        return Prediction(probabilities, np.concatenate(embs))

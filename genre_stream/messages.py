@@ -24,7 +24,7 @@ class GenreState:
     genre: str | None
     confidence: float
     probabilities: dict[str, float]
-    state: Literal["music", "silence"]
+    state: Literal["music", "silence", "uncertain"]  # uncertain: music, but too unsure to name; genre is the best guess
     window_start: float  # seconds of stream time
     window_end: float
     model: str
@@ -39,7 +39,7 @@ class GenreEvent:
     """Published (QoS 1, not retained) on ``<prefix>/<source>/event``.
 
     ``type`` is ``genre_changed`` (with ``from``/``to``/``confidence``),
-    ``track_tagged`` (with ``path``/``genre``/``confidence``/``probabilities``/``duration``)
+    ``track_tagged`` (with ``path``/``genre``/``state``/``confidence``/``probabilities``/``duration``)
     or ``error`` (with ``reason`` and optionally ``path``); the type-specific fields
     live in ``data`` and are flattened into the payload.
     """

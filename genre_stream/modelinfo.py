@@ -10,6 +10,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .calibration import Calibration
 from .frontend import FrontendConfig
 
 METADATA_KEY = "genre_stream"
@@ -24,10 +25,13 @@ class ModelInfo:
     architecture: str = "bbnn"
     model_id: str = ""
     provenance: dict[str, Any] = field(default_factory=dict)
+    calibration: Calibration | None = None  # absent in models exported before calibration existed
 
     def to_json(self) -> str:
         data = asdict(self)
         data["frontend"] = self.frontend.to_dict()
+        if self.calibration is None:
+            del data["calibration"]  # old readers and files stay byte-identical
         return json.dumps(data, sort_keys=True)
 
     @classmethod
@@ -44,6 +48,7 @@ class ModelInfo:
             architecture=str(data.get("architecture", "bbnn")),
             model_id=str(data.get("model_id", "")),
             provenance=dict(data.get("provenance", {})),
+            calibration=Calibration.from_dict(data["calibration"]) if data.get("calibration") else None,
         )
 
     @classmethod

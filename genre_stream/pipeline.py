@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .audio import AudioError
+from .calibration import UncertaintyRule
 from .config import PipelineConfig
 from .engine import Engine
 from .frontend import MelFrontend, MelRingBuffer, StreamingMel, normalize_window
@@ -48,6 +49,11 @@ def _loop_frames(frames: np.ndarray, length: int) -> np.ndarray:
     return frames[np.arange(length) % frames.shape[0]]
 
 
+def uncertainty_rule(engine: Engine, config: PipelineConfig) -> UncertaintyRule:
+    """The daemon's "uncertain" rule: the model's calibrated defaults unless the config overrides them."""
+    return UncertaintyRule.for_model(engine.info.calibration, config.uncertain_threshold, config.uncertain_margin)
+
+
 class SourcePipeline:
     def __init__(self, source_id: str, engine: Engine, config: PipelineConfig | None = None) -> None:
         self.source_id = source_id
@@ -58,7 +64,8 @@ class SourcePipeline:
         self._fc = fc
         self.mel = StreamingMel(self.frontend)
         self.ring = MelRingBuffer(fc.window_frames, fc.n_mels)
-        self.smoother = Smoother(engine.labels, self.config.ema_alpha, self.config.hold_windows, self.config.margin)
+        self.smoother = Smoother(engine.labels, self.config.ema_alpha, self.config.hold_windows, self.config.margin,
+                                 uncertainty_rule(engine, self.config))
         self._hop_frames = max(1, fc.seconds_to_frames(self.config.hop_seconds))
         self._min_frames = min(fc.window_frames, max(1, fc.seconds_to_frames(self.config.min_fill_seconds)))
         self._frames_since = 0  # frames added since the last classification
@@ -169,7 +176,7 @@ class SourcePipeline:
                 genre=result.genre,
                 confidence=result.confidence,
                 probabilities={label: float(p) for label, p in zip(labels, result.probabilities)},
-                state="music",
+                state="uncertain" if result.uncertain else "music",
                 window_start=start,
                 window_end=end,
                 model=self.engine.model_id,
@@ -194,23 +201,27 @@ class SourcePipeline:
         }
 
 
-def tag_track(source_id: str, path: Path, engine: Engine, hop_seconds: float = 10.0) -> tuple[GenreEvent, TrackResult | None]:
+def tag_track(source_id: str, path: Path, engine: Engine, hop_seconds: float = 10.0,
+              uncertainty: UncertaintyRule | None = None) -> tuple[GenreEvent, TrackResult | None]:
     """Classify a whole file for the watch source.
 
     Returns a ``track_tagged`` event with the analysis (which the daemon may also
     index into a library database), or an ``error`` event naming the file and None.
+    Its ``state`` is "uncertain" when ``uncertainty`` (default: the model's own rule) says so.
     """
     try:
         result = analyse_file(path, engine, hop_seconds)
     except AudioError as exc:
         log.warning("%s: %s", source_id, exc)
         return GenreEvent.error(source_id, str(exc), path=str(path)), None
+    rule = uncertainty or UncertaintyRule.for_model(engine.info.calibration)
     event = GenreEvent(
         "track_tagged",
         source_id,
         {
             "path": str(path),
             "genre": result.genre,
+            "state": "uncertain" if rule.is_uncertain(result.probabilities) else "music",
             "confidence": result.confidence,
             "probabilities": {label: float(p) for label, p in zip(result.labels, result.probabilities)},
             "duration": round(result.duration, 3),

@@ -5,6 +5,10 @@ windows, and hysteresis announces a new genre only once it has led the current
 one by ``margin`` (in smoothed probability) for ``hold_windows`` windows in a
 row. A drum break or a spoken intro therefore does not flip the tag, while a
 real change of music is announced after ``hold_windows`` hops.
+
+While the smoothed probabilities are "uncertain" (``calibration.UncertaintyRule``)
+no genre is confirmed: the current one is kept, a challenger's streak starts
+over, and so no ``genre_changed`` is announced on a guess.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from .calibration import UncertaintyRule
 
 
 @dataclass(frozen=True)
@@ -21,10 +27,12 @@ class SmoothedResult:
     confidence: float  # smoothed probability of the confirmed genre
     changed: bool  # the confirmed genre changed with this window
     previous: str | None  # the confirmed genre before this window
+    uncertain: bool = False  # the smoothed probabilities are too flat to name a genre (genre is then a guess)
 
 
 class Smoother:
-    def __init__(self, labels: list[str], alpha: float = 0.5, hold_windows: int = 2, margin: float = 0.1) -> None:
+    def __init__(self, labels: list[str], alpha: float = 0.5, hold_windows: int = 2, margin: float = 0.1,
+                 uncertainty: UncertaintyRule | None = None) -> None:
         if not 0.0 < alpha <= 1.0:
             raise ValueError(f"ema_alpha must be in (0, 1], got {alpha}")
         if hold_windows < 1:
@@ -35,6 +43,7 @@ class Smoother:
         self.alpha = alpha
         self.hold_windows = hold_windows
         self.margin = margin
+        self.uncertainty = uncertainty or UncertaintyRule()
         self._ema: np.ndarray | None = None
         self.current: int | None = None
         self._challenger: int | None = None
@@ -57,7 +66,10 @@ class Smoother:
         self._ema = p.copy() if self._ema is None else self.alpha * p + (1.0 - self.alpha) * self._ema
         previous = self.current
         leader = int(np.argmax(self._ema))
-        if self.current is None:
+        uncertain = self.uncertainty.is_uncertain(self._ema)
+        if uncertain:
+            self._challenger, self._streak = None, 0
+        elif self.current is None:
             self.current = leader  # the first tag needs no confirmation: there is nothing to flip from
         elif leader != self.current and self._ema[leader] - self._ema[self.current] >= self.margin:
             if leader == self._challenger:
@@ -70,10 +82,12 @@ class Smoother:
         else:
             self._challenger, self._streak = None, 0
         changed = self.current != previous
+        shown = leader if self.current is None else self.current  # an uncertain first window still carries its best guess
         return SmoothedResult(
             probabilities=self._ema.astype(np.float32),
-            genre=self.labels[self.current],
-            confidence=float(self._ema[self.current]),
+            genre=self.labels[shown],
+            confidence=float(self._ema[shown]),
             changed=changed,
             previous=None if previous is None else self.labels[previous],
+            uncertain=uncertain,
         )

@@ -147,3 +147,31 @@ def test_bad_model_path_is_a_clean_error(tmp_path: Path) -> None:
 def test_help_explains_the_behaviour() -> None:
     proc = run_cli("classify", "--help")
     assert proc.returncode == 0 and "looped to 30 s" in proc.stdout and "--hop" in proc.stdout
+
+
+def test_uncertain_state_in_json_and_text() -> None:
+    strict = ("--uncertain-threshold", "0.999", "--uncertain-margin", "0.99")
+    proc = run_cli("classify", "--json", *strict, str(DEMO))
+    assert proc.returncode == 0, proc.stderr
+    (obj,) = _json_lines(proc.stdout)
+    assert obj["state"] == "uncertain"
+    # still the full answer: readers of "genre" alone see the same shape
+    assert obj["genre"] == max(obj["probabilities"], key=obj["probabilities"].get) and len(obj["probabilities"]) == 10
+    text = run_cli("classify", *strict, str(DEMO))
+    assert text.stdout.startswith(f"{DEMO}: uncertain: ")
+    off = _json_lines(run_cli("classify", "--json", "--uncertain-threshold", "0", "--uncertain-margin", "0", str(DEMO)).stdout)
+    assert off[0]["state"] == "music"
+
+
+def test_default_rule_comes_from_the_bundled_models_calibration(engine: Engine) -> None:
+    from genre_stream.calibration import UncertaintyRule
+    from genre_stream.classify import ClassifyOptions, result_to_dict
+
+    cal = engine.info.calibration
+    assert cal is not None and cal.temperature > 1  # the bundled model is over-confident on real music
+    rule = UncertaintyRule.for_model(cal)
+    assert rule != UncertaintyRule()
+    noise = np.random.default_rng(0).standard_normal(30 * 22050).astype(np.float32) * 0.1
+    result = analyse_audio(noise, engine)  # white noise: raw softmax says jazz with ~0.9, calibrated it is flat
+    assert result_to_dict(Path("noise.wav"), result, ClassifyOptions(uncertainty=rule))["state"] == "uncertain"
+    assert result_to_dict(Path("noise.wav"), result, ClassifyOptions())["state"] == "music"

@@ -104,6 +104,22 @@ def test_run_publishes_the_same_messages_to_mqtt_and_jsonl(broker: Broker, demo:
     sub.close()
 
 
+def test_uncertain_state_reaches_mqtt_with_probabilities_and_no_genre_changed(broker: Broker, demo: Path, tmp_path: Path) -> None:
+    """Thresholds no answer can pass: every state is "uncertain" (genre and probabilities kept), no change is announced."""
+    sub = Subscriber(broker.port, ["genre-stream/#"])
+    config = tmp_path / "config.toml"
+    config.write_text("[pipeline]\nuncertain_threshold = 0.999\n")
+    result = run_cli("run", "--config", str(config), "--source", f"file:{demo}", "--fast", "--mqtt", broker.url,
+                     "--uncertain-margin", "0.99", "--state-dir", str(tmp_path / "state"), timeout=120)
+    assert result.returncode == 0, result.stderr
+    msgs = sub.wait_for(lambda ms: [m.payload for m in ms if m.topic == "genre-stream/status"] == [b"online", b"offline"])
+    states = [m.json() for m in msgs if m.topic == "genre-stream/file-demo/state"]
+    assert len(states) == 2 and all(s["state"] == "uncertain" for s in states)
+    assert all(s["genre"] in s["probabilities"] and abs(sum(s["probabilities"].values()) - 1) < 1e-3 for s in states)
+    assert [m.json()["type"] for m in msgs if m.topic == "genre-stream/file-demo/event"] == []
+    sub.close()
+
+
 def test_sigterm_stops_gracefully_with_stats_and_offline(any_broker: Broker, long_clip: Path, tmp_path: Path) -> None:
     sub = Subscriber(any_broker.port, ["genre-stream/#"])
     proc = spawn(tmp_path, "--source", f"live=file:{long_clip}", "--realtime", "--mqtt", any_broker.url,
@@ -191,6 +207,7 @@ def test_bad_tls_file_exits_78_naming_the_file(demo: Path, tmp_path: Path) -> No
     [
         (["--source", "file:x.wav", "--hop", "0"], "pipeline.hop_seconds = 0.0 (from command line): must be > 0"),
         ([], "sources: none configured"),
+        (["--source", "file:x.wav", "--uncertain-threshold", "1.5"], "pipeline.uncertain_threshold = 1.5 (from command line): must be in [0, 1)"),
     ],
 )
 def test_bad_config_exits_78_with_the_reason(args: list[str], message: str, tmp_path: Path) -> None:

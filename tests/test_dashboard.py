@@ -550,7 +550,7 @@ def test_dashboard_in_a_real_browser_follows_the_daemon(tmp_path):
         states = [m.json() for m in subscriber.on("genre-stream/radio/state")]
         last = states[-1]
         shown = genre.get_attribute("textContent")
-        assert shown == (last["genre"] if last["state"] == "music" else last["state"])
+        assert shown == {"music": last["genre"], "uncertain": f"uncertain ({last['genre']}?)"}.get(last["state"], last["state"])
         assert card.get_attribute("data-status") == last["state"]
         top = card.find_element(By.CSS_SELECTOR, f'.bar[data-label="{last["genre"]}"] .pct').get_attribute("textContent")
         assert top == f"{last['probabilities'][last['genre']] * 100:.1f}%"

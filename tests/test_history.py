@@ -363,3 +363,11 @@ def test_history_settings_from_the_daemon_config(tmp_path):
     assert load_config(off, {}, environ={}).history.enabled is False
     with pytest.raises(ConfigError, match="history.retention_days"):
         load_config(None, {}, environ={"GENRE_STREAM_HISTORY_RETENTION_DAYS": "ninety"})
+
+
+def test_uncertain_states_form_their_own_segments():
+    rows = [StateRow("radio", t, st, g, 0.5) for t, st, g in
+            [(0, "music", "rock"), (5, "uncertain", "rock"), (10, "uncertain", "jazz"), (15, "music", "rock")]]
+    segs = merge_segments(rows)
+    assert [(s.state, s.genre, s.start, s.end) for s in segs] == [
+        ("music", "rock", 0, 5), ("uncertain", "rock", 5, 15), ("music", "rock", 15, 15)]

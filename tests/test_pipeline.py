@@ -9,6 +9,7 @@ import pytest
 
 from conftest import shared_path
 from genre_stream.audio import load_audio
+from genre_stream.calibration import UncertaintyRule
 from genre_stream.messages import GenreEvent, GenreState
 from genre_stream.pipeline import PipelineConfig, SourcePipeline, tag_track
 from genre_stream.sources.base import AudioChunk
@@ -140,6 +141,15 @@ def test_tag_track(engine):
     assert d["genre"] == "country" and d["confidence"] > 0.5
     assert d["duration"] == pytest.approx(30.0, abs=0.1)
     assert set(d["probabilities"]) == set(engine.labels)
+    assert d["state"] == "music"  # a GTZAN clip the model knows: confident under the model's own rule
+    strict, _ = tag_track("watch-in", path, engine, uncertainty=UncertaintyRule(threshold=0.999))
+    assert strict.to_dict()["state"] == "uncertain" and strict.to_dict()["genre"] == "country"
+
+
+def test_pipeline_config_thresholds_override_the_models(engine):
+    p = SourcePipeline("x", engine, PipelineConfig(uncertain_margin=0.0))
+    assert p.smoother.uncertainty == UncertaintyRule(engine.info.calibration.uncertain_threshold, 0.0)
+    assert SourcePipeline("x", engine).smoother.uncertainty == UncertaintyRule.for_model(engine.info.calibration)
 
 
 def test_tag_track_corrupt_file_is_an_error_event(engine, tmp_path):

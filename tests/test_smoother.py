@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from genre_stream.calibration import UncertaintyRule
 from genre_stream.smoother import Smoother
 
 LABELS = ["blues", "rock", "hiphop", "jazz"]
@@ -93,3 +94,22 @@ def test_bad_parameters_are_named(kwargs, word):
 def test_wrong_number_of_probabilities():
     with pytest.raises(ValueError, match="expected 4"):
         Smoother(LABELS).update(np.ones(3) / 3)
+
+
+def test_uncertain_windows_keep_the_genre_and_announce_no_change():
+    s = Smoother(LABELS, alpha=1.0, hold_windows=1, margin=0.1, uncertainty=UncertaintyRule(threshold=0.5))
+    assert s.update(probs(rock=0.9)).genre == "rock"
+    # hip hop leads, but too weakly to be named: no change, the state says uncertain
+    for _ in range(3):
+        r = s.update(probs(hiphop=0.45, rock=0.2))
+        assert r.uncertain and r.genre == "rock" and not r.changed
+    r = s.update(probs(hiphop=0.8))
+    assert not r.uncertain and r.changed and (r.previous, r.genre) == ("rock", "hiphop")
+
+
+def test_uncertain_first_window_carries_its_guess_and_the_first_confident_one_is_announced():
+    s = Smoother(LABELS, uncertainty=UncertaintyRule(margin=0.2))
+    r = s.update(probs(jazz=0.4, blues=0.35))
+    assert r.uncertain and r.genre == "jazz" and not r.changed and s.genre is None
+    r = s.update(probs(jazz=0.9))
+    assert not r.uncertain and r.changed and r.previous is None and r.genre == "jazz"

@@ -144,11 +144,15 @@ def _no_bar(items, label):
 @click.command("evaluate")
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("data", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Folder for metrics.json and confusion.png.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Folder for metrics.json, confusion.png and reliability.png.")
 @click.option("--hop", "hop_seconds", type=click.FloatRange(min=0.5), default=10.0, show_default=True, help="Seconds between windows of long clips (as in classify).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 def evaluate_cmd(model: Path, data: Path, out: Path | None, hop_seconds: float, as_json: bool) -> None:
-    """Accuracy, per-class P/R/F1 and confusion of MODEL (.pt checkpoint or .onnx export) on labelled DATA (cache or audio)."""
+    """Accuracy, per-class P/R/F1, confusion and calibration (ECE) of MODEL (.pt checkpoint or .onnx export) on labelled DATA (cache or audio).
+
+    An ONNX export is scored with its calibration applied (as classify does); the
+    "uncertain" line is the model's own rule: tracks answered and their precision.
+    """
     from .evaluate import evaluate
 
     try:
@@ -159,6 +163,9 @@ def evaluate_cmd(model: Path, data: Path, out: Path | None, hop_seconds: float, 
         click.echo(json.dumps(report))
         return
     click.echo(f"{model}: accuracy {report['accuracy']:.3f}, loss {report['loss']:.4f}, macro F1 {report['macro_f1']:.3f} on {report['n']} clips")
+    u = report["uncertain"]
+    click.echo(f"  calibration: ECE {report['ece']:.3f} (10 bins); uncertain rule (top < {u['threshold']:.2f} or margin < {u['margin']:.2f}): "
+               f"answers {u['coverage']:.0%} of clips, precision {u['precision']:.3f}")
     for label, row in report["per_class"].items():
         if row["support"]:
             click.echo(f"  {label:>14}: precision {row['precision']:.3f} recall {row['recall']:.3f} f1 {row['f1']:.3f} ({row['support']})")

@@ -7,6 +7,11 @@ accuracy of an int8 or fp16 export is measured rather than assumed.
 
 DATA may be a prepared cache or audio (a folder tree or CSV); audio is prepared
 into a temporary cache with the model's own frontend settings first.
+
+Besides accuracy, the report says how well the confidences can be trusted:
+expected calibration error (10 bins) with a reliability diagram, and what the
+model's "uncertain" rule (``calibration.UncertaintyRule``, the defaults stored
+with the model) costs in coverage and buys in precision.
 """
 
 from __future__ import annotations
@@ -21,16 +26,19 @@ from typing import Any
 
 import numpy as np
 
+from genre_stream.calibration import UncertaintyRule
 from genre_stream.fsutil import atomic_path
 from genre_stream.modelinfo import ModelInfo
 from genre_stream.windows import window_starts
 
 from .data import MANIFEST, Cache, PrepareConfig, prepare
-from .metrics import classification_report
-from .plots import plot_confusion
+from .metrics import classification_report, expected_calibration_error, reliability_bins
+from .plots import plot_confusion, plot_reliability
+from .temperature import selective
 
 log = logging.getLogger(__name__)
 
+ECE_BINS = 10
 Predictor = Callable[[np.ndarray], np.ndarray]  # normalised windows (N, T, F) -> probabilities (N, C)
 
 
@@ -148,6 +156,11 @@ def evaluate(
         index = {label: i for i, label in enumerate(labels)}
         targets = np.array([index[cache.entries[i].label] for i in indices], dtype=int)
         report = classification_report(targets, probs, labels)
+        report["ece"] = expected_calibration_error(probs, targets, ECE_BINS)
+        report["reliability"] = reliability_bins(probs, targets, ECE_BINS)
+        report["calibration"] = model.info.calibration.to_dict() if model.info.calibration else None
+        rule = UncertaintyRule.for_model(model.info.calibration)
+        report["uncertain"] = {"threshold": rule.threshold, "margin": rule.margin, **selective(probs, targets, rule).to_dict()}
         report["model"] = str(model_path)
         report["model_kind"] = model.kind
         report["model_id"] = model.info.model_id
@@ -161,6 +174,7 @@ def evaluate(
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         plot_confusion(report["confusion"], labels, out / "confusion.png", f"{Path(model_path).name}: accuracy {report['accuracy']:.3f}")
+        plot_reliability(report["reliability"], out / "reliability.png", f"{Path(model_path).name}: ECE {report['ece']:.3f} ({report['n']} tracks)", ECE_BINS)
         with atomic_path(out / "metrics.json") as tmp_json:
             tmp_json.write_text(json.dumps(report, indent=1))
     return report

@@ -46,3 +46,26 @@ def classification_report(targets: np.ndarray, probabilities: np.ndarray, labels
         "labels": list(labels),
         "confusion": confusion.tolist(),
     }
+
+
+def reliability_bins(probabilities: np.ndarray, targets: np.ndarray, bins: int = 10) -> list[dict[str, float]]:
+    """Per equal-width confidence bin: count, mean confidence and accuracy of the top answer (empty bins left out)."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == np.asarray(targets)
+    index = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)  # bin i holds (i/bins, (i+1)/bins]
+    out = []
+    for i in range(bins):
+        m = index == i
+        if m.any():
+            out.append({"low": i / bins, "high": (i + 1) / bins, "count": int(m.sum()),
+                        "confidence": float(confidence[m].mean()), "accuracy": float(correct[m].mean())})
+    return out
+
+
+def expected_calibration_error(probabilities: np.ndarray, targets: np.ndarray, bins: int = 10) -> float:
+    """ECE: the count-weighted mean gap between confidence and accuracy over ``bins`` equal-width bins."""
+    n = len(targets)
+    if n == 0:
+        return float("nan")
+    return float(sum(b["count"] / n * abs(b["accuracy"] - b["confidence"]) for b in reliability_bins(probabilities, targets, bins)))

@@ -58,3 +58,22 @@ def plot_confusion(confusion: list[list[int]] | np.ndarray, labels: list[str], p
             ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=8, color="white" if norm[i, j] > 0.5 else "black")
     fig.colorbar(im, ax=ax, fraction=0.046)
     return _save(fig, Path(path))
+
+
+def plot_reliability(bins: list[dict[str, float]], path: str | Path, title: str = "", n_bins: int = 10) -> Path:
+    """Reliability diagram: accuracy per confidence bin against the diagonal, with the tracks per bin.
+
+    ``bins`` is ``metrics.reliability_bins`` output; a bar below the diagonal is over-confidence.
+    """
+    fig, ax = plt.subplots(figsize=(5, 5))
+    width = 1.0 / n_bins
+    lows = [b["low"] for b in bins]
+    ax.bar(lows, [b["accuracy"] for b in bins], width=width, align="edge", edgecolor="black", alpha=0.7, label="accuracy")
+    ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o", color="black", ms=4, label="accuracy at the mean confidence")
+    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+    for b in bins:
+        ax.text(b["low"] + width / 2, min(b["accuracy"] + 0.02, 0.97), str(b["count"]), ha="center", fontsize=8)
+    ax.set(xlabel="confidence (top probability)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.02), title=title or "reliability")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    return _save(fig, Path(path))

@@ -99,5 +99,5 @@ class DashboardSink:
     def after_feed(self, source_id: str, pipeline: FedPipeline, messages: Sequence[object]) -> None:
         """Call in the source's thread right after ``pipeline.feed`` (under the same lock)."""
         self.state.offer_mel(source_id, pipeline.ring)
-        if any(isinstance(m, GenreState) and m.state == "music" for m in messages):
+        if any(isinstance(m, GenreState) and m.state != "silence" for m in messages):  # the model ran
             self.state.observe_inference(source_id, float(pipeline.stats().get("inference_ms_last", 0.0)) / 1000.0)

@@ -61,6 +61,9 @@ function showState(c, state) {
   if (state.state === "music" && state.genre) {
     genreEl.textContent = state.genre;
     c.el.querySelector(".confidence").textContent = Math.round(state.confidence * 100) + " %";
+  } else if (state.state === "uncertain" && state.genre) {
+    genreEl.textContent = "uncertain (" + state.genre + "?)";  // the best guess, marked as such
+    c.el.querySelector(".confidence").textContent = Math.round(state.confidence * 100) + " %";
   } else {
     genreEl.textContent = state.state;
     c.el.querySelector(".confidence").textContent = "";
