@@ -435,7 +435,8 @@ def test_source_availability_follows_the_audio_and_is_retained(engine, broker: B
         wait_until(lambda: availability()[-1:] == [b"offline"])
         got = retained(broker.port, "genre-stream/#")
         assert got["genre-stream/net/availability"] == b"offline" and got["genre-stream/status"] == b"online"
-        assert json.loads(got["genre-stream/net/state"])["state"] == "music"  # the last state stays (the contract)...
+        # the last state stays (the contract); white noise is "uncertain" under the calibrated model
+        assert json.loads(got["genre-stream/net/state"])["state"] in {"music", "uncertain"}  # ...
         genre = json.loads(retained(broker.port, "homeassistant/sensor/genre_stream/net_genre/config")[
             "homeassistant/sensor/genre_stream/net_genre/config"])
         # ...but HA shows the genre unavailable: it needs this topic online too.
