@@ -22,6 +22,12 @@ def _report():
         hwm = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
     sys.stderr.write("PEAK_RSS_KB %d\\n" % hwm)
 atexit.register(_report)
+import os
+_exit = os._exit
+def _report_and_exit(code):  # the pre-lean daemon left through os._exit, skipping atexit
+    _report()
+    _exit(code)
+os._exit = _report_and_exit
 sys.argv = ["genre-stream", *{args!r}]
 from genre_stream.cli import main
 main()
