@@ -16,13 +16,17 @@ carries on.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import socket
+import sqlite3
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -92,10 +96,10 @@ class MqttSink:
         if config.username is not None:
             self.client.username_pw_set(config.username, config.password)
         self.client.will_set(self.status_topic, "offline", qos=1, retain=True)
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
-        self.client.on_publish = self._on_publish
-        self.client.on_message = self._on_message
+        self.client.on_connect = _contained(self._on_connect)
+        self.client.on_disconnect = _contained(self._on_disconnect)
+        self.client.on_publish = _contained(self._on_publish)
+        self.client.on_message = _contained(self._on_message)
         self.connected = threading.Event()
         self._stop = threading.Event()
         self._inflight: dict[int, int] = {}  # paho mid -> outbox row id
@@ -103,6 +107,8 @@ class MqttSink:
         self._lock = threading.Lock()  # guards _inflight, _acked_early, _last_handed, _sources, _retract
         self._pump_lock = threading.Lock()  # one pump at a time, so rows go out in queue order
         self._acked_early: set[int] = set()  # acks that overtook the recording of their mid
+        self._unremoved: set[int] = set()  # acknowledged rows the queue could not delete yet (disk full)
+        self._queue_failing = False  # the last outbox write failed (logged once per outage)
         self._publishing = False  # a queued row is inside client.publish right now
         self._sources: list[str] = []
         self._model = ""
@@ -120,9 +126,9 @@ class MqttSink:
         payload = json.dumps(message.to_dict(), ensure_ascii=False, separators=(",", ":")).encode()
         prefix = self.config.prefix
         if isinstance(message, GenreState):
-            self.outbox.put(f"{prefix}/{message.source}/state", payload, qos=1, retain=True)
+            self._queue(f"{prefix}/{message.source}/state", payload, retain=True)
         elif isinstance(message, GenreEvent):
-            self.outbox.put(f"{prefix}/{message.source}/event", payload, qos=1, retain=False)
+            self._queue(f"{prefix}/{message.source}/event", payload, retain=False)
         elif isinstance(message, SourceStats):
             if self.connected.is_set():
                 self.client.publish(f"{prefix}/{message.source}/stats", payload, qos=0, properties=self._props)
@@ -133,6 +139,19 @@ class MqttSink:
             # Send right away from this thread (paho wakes its loop) instead of waiting for the
             # network thread's next tick: that tick was most of the delivery latency.
             self._pump()
+
+    def _queue(self, topic: str, payload: bytes, retain: bool) -> None:
+        """Put one QoS 1 message into the outbox; a failing queue (disk full) is logged once, then re-raised."""
+        try:
+            self.outbox.put(topic, payload, qos=1, retain=retain)
+        except sqlite3.Error as exc:
+            if not self._queue_failing:
+                log.error("MQTT queue %s cannot be written (%s); messages are lost until it can", self.outbox.path, exc)
+            self._queue_failing = True
+            raise
+        if self._queue_failing:
+            log.warning("MQTT queue %s is writable again", self.outbox.path)
+            self._queue_failing = False
 
     def sources_changed(self, source_ids: list[str], model: str) -> None:
         with self._lock:
@@ -183,6 +202,20 @@ class MqttSink:
             return bool(self._inflight) or len(self.outbox) > 0
 
     def _network(self) -> None:
+        """The connect/loop cycle; an unexpected error is logged and the cycle goes on (it is the only sender)."""
+        while not self._stop.is_set():
+            try:
+                self._connect_and_loop()
+            except Exception:
+                log.exception("MQTT network thread: unexpected error; reconnecting in %.1f s", self.config.reconnect_max)
+                self.connected.clear()
+                try:
+                    self.client.disconnect()
+                except Exception:  # already down; the next cycle connects afresh
+                    pass
+                self._stop.wait(self.config.reconnect_max)
+
+    def _connect_and_loop(self) -> None:
         delay = self.config.reconnect_min
         need_connect = True
         first = True
@@ -228,6 +261,7 @@ class MqttSink:
         ``_acked_early`` instead.
         """
         with self._pump_lock:
+            self._retry_removals()
             with self._lock:
                 free = INFLIGHT_WINDOW - len(self._inflight)
                 after = self._last_handed
@@ -247,8 +281,7 @@ class MqttSink:
                     if not acked:
                         self._inflight[info.mid] = row.id
                 if acked:
-                    self.outbox.remove(row.id)
-                    self.delivered += 1
+                    self._acknowledged(row.id)
 
     # ----------------------------------------------------------- paho callbacks (network thread)
 
@@ -263,9 +296,9 @@ class MqttSink:
             # paho re-sends what it still holds in flight; everything else restarts from the queue.
             self._last_handed = max(self._inflight.values(), default=0)
         client.publish(self.status_topic, "online", qos=1, retain=True)
+        self.connected.set()  # before discovery: a failing announcement must not hold up states and events
         if self.ha.enabled:
             client.subscribe(f"{self.ha.discovery_prefix}/status", qos=1)
-        self.connected.set()
         self._announce()
 
     def _on_disconnect(self, client: mqtt.Client, userdata, flags, reason, properties) -> None:
@@ -277,8 +310,34 @@ class MqttSink:
             if row is None and self._publishing:
                 self._acked_early.add(mid)
         if row is not None:
-            self.outbox.remove(row)
-            self.delivered += 1
+            self._acknowledged(row)
+
+    def _acknowledged(self, row_id: int) -> None:
+        """The broker has the message: drop it from the queue, or remember to once the disk allows."""
+        self.delivered += 1
+        try:
+            self.outbox.remove(row_id)
+        except sqlite3.Error as exc:
+            with self._lock:
+                first = not self._unremoved
+                self._unremoved.add(row_id)
+            if first:
+                log.error("MQTT queue %s: cannot delete delivered messages (%s); retrying (they are not sent twice "
+                          "unless the daemon restarts meanwhile)", self.outbox.path, exc)
+
+    def _retry_removals(self) -> None:
+        with self._lock:
+            pending = sorted(self._unremoved)
+        if not pending:
+            return
+        try:
+            for row_id in pending:
+                self.outbox.remove(row_id)
+                with self._lock:
+                    self._unremoved.discard(row_id)
+        except sqlite3.Error:
+            return  # still failing; logged when it started
+        log.warning("MQTT queue %s: delivered messages deleted again (%d)", self.outbox.path, len(pending))
 
     def _on_message(self, client: mqtt.Client, userdata, message: mqtt.MQTTMessage) -> None:
         # Home Assistant publishes "online" on <discovery_prefix>/status when it (re)starts.
@@ -299,6 +358,19 @@ class MqttSink:
             messages += discovery_messages(self.ha, self.config.prefix, source, model)
         for m in messages:
             self.client.publish(m.topic, m.payload, qos=1, retain=True)
+
+
+def _contained(callback: Callable[..., None]) -> Callable[..., None]:
+    """Log a paho callback's exception instead of letting it end the network loop (and with it every delivery)."""
+
+    @functools.wraps(callback)
+    def wrapper(*args: Any) -> None:
+        try:
+            callback(*args)
+        except Exception:
+            log.exception("MQTT %s failed; the connection carries on", callback.__name__)
+
+    return wrapper
 
 
 def _describe(exc: BaseException) -> str:
