@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import ConfigError, DaemonConfig
+from .config import ConfigError, DaemonConfig, require_sources
 from .dashboard.config import DashboardError
 from .engine import Engine
 from .history import History
@@ -141,8 +141,7 @@ class Daemon:
     def run(self) -> int:
         """Run until the finite sources end or a stop is requested; the exit status."""
         config = self.config
-        if not config.sources:
-            raise ConfigError("sources: none configured; give --source SPEC (or sources = [...] in the config file)")
+        require_sources(config)
         sources = self._make_sources(config.sources, config)  # ConfigError before anything opens
         if self.engine is None:
             m = config.model
@@ -363,10 +362,13 @@ class Daemon:
         self.notifier.reloading()
         try:
             new = self.reload_config()
-            if not new.sources:
-                raise ConfigError("sources: none configured")
+            require_sources(new)
         except ConfigError as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
+            self.notifier.ready(self._status_line())
+            return
+        except Exception:  # a loader bug must not take a running daemon down on SIGHUP
+            log.exception("reload failed unexpectedly, keeping the running configuration")
             self.notifier.ready(self._status_line())
             return
         old = self.config

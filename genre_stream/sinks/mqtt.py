@@ -33,7 +33,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from ..config import ConfigError, HomeAssistantConfig, MqttConfig
+from ..config import ConfigError, HomeAssistantConfig, MqttConfig, redact_url
 from ..messages import GenreEvent, GenreState, SourceStats
 from .base import Publishable
 from .homeassistant import Discovery, discovery_messages, retraction_messages
@@ -75,7 +75,7 @@ class MqttSink:
             raise ValueError("MqttSink needs mqtt.url")
         self.config = config
         self.ha = homeassistant
-        self.url = config.url
+        self.url = redact_url(config.url)  # for log lines: never the password
         self.status_topic = f"{config.prefix}/status"
         context = tls_context(config) if config.tls else None  # fail on bad files before creating anything
         self.outbox = Outbox(state_dir / QUEUE_FILE, config.queue_max)
