@@ -18,11 +18,12 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from .dashboard.config import HttpSettings
 from .models import resolve_model
 from .history import HistorySettings
+from .redact import MASK, redact_url
 from .settings import RangeError, check_ranges, setting, topic_problem
 
 log = logging.getLogger(__name__)
@@ -413,20 +414,6 @@ def _lookup(config: DaemonConfig, key: str) -> Any:
 
 SECRET_KEYS = frozenset({"mqtt.password", "http.token"})
 URL_KEYS = frozenset({"mqtt.url"})
-MASK = "***"
-
-
-def redact_url(url: str) -> str:
-    """``mqtt://bob:hunter2@host`` -> ``mqtt://bob:***@host``: the one rule for showing a URL in output or logs."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return MASK if "@" in url else url
-    if parts.password is None and "@" not in parts.netloc:
-        return url
-    user, _, host = parts.netloc.rpartition("@")
-    name = user.partition(":")[0]
-    return urlunsplit(parts._replace(netloc=f"{name}:{MASK}@{host}" if ":" in user else f"{name}@{host}"))
 
 
 def _shown(key: str, value: Any) -> str:

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, cli_env, free_port, run_cli
-from genre_stream.config import ConfigError, load_config, redact_url
+from genre_stream.config import ConfigError, load_config
+from genre_stream.redact import redact_url
 
 TOP = 'sources = ["mic"]\n'
 

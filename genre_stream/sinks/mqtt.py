@@ -33,7 +33,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from ..config import ConfigError, HomeAssistantConfig, MqttConfig, redact_url
+from ..config import ConfigError, HomeAssistantConfig, MqttConfig
+from ..redact import redact_url
 from ..messages import GenreEvent, GenreState, SourceStats
 from .base import Publishable
 from .homeassistant import Discovery, discovery_messages, retraction_messages
