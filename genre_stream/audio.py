@@ -113,7 +113,7 @@ def load_audio(path: str | Path, sr: int = 22050) -> np.ndarray:
     except OSError as exc:
         raise AudioError(path, f"cannot stat ({exc.strerror})") from exc
     try:
-        handle = sf.SoundFile(str(path))
+        handle = sf.SoundFile(bytes(path))  # bytes: names that are not UTF-8 open too
     except sf.LibsndfileError as exc:
         log.debug("libsndfile cannot open %s (%s); trying ffmpeg", path, exc)
         audio = _ffmpeg_decode(path, sr)

@@ -27,6 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .jsonsafe import dumps
 from .messages import GenreEvent, GenreState, Message
 
 log = logging.getLogger(__name__)
@@ -281,9 +282,9 @@ class History:
             payload = msg.to_dict()
             ts = _message_time(msg)
             if isinstance(msg, GenreState):
-                states.append((msg.source, ts, msg.state, msg.genre, float(msg.confidence), json.dumps(payload)))
+                states.append((msg.source, ts, msg.state, msg.genre, float(msg.confidence), dumps(payload)))
             elif isinstance(msg, GenreEvent):
-                events.append((msg.source, ts, msg.type, json.dumps(payload)))
+                events.append((msg.source, ts, msg.type, dumps(payload)))
         with _transaction(conn):
             conn.executemany(
                 "INSERT INTO states (source, ts, state, genre, confidence, payload) VALUES (?, ?, ?, ?, ?, ?)", states

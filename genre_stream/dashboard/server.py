@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 import threading
 import time
@@ -29,6 +28,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from ..jsonsafe import dumps
 from ..history import HistoryError, HistoryReader, iso_utc
 from ..timespec import parse_time
 from .config import DashboardConfig, DashboardError
@@ -49,7 +49,7 @@ TOKEN_COOKIE = "genre_stream_token"
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(text=json.dumps(data), status=status, content_type="application/json")
+    return web.Response(text=dumps(data), status=status, content_type="application/json")
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -274,4 +274,4 @@ class DashboardServer:
 
     @staticmethod
     async def _send(response: web.StreamResponse, kind: str, payload: dict[str, Any]) -> None:
-        await response.write(f"event: {kind}\ndata: {json.dumps(payload)}\n\n".encode())
+        await response.write(f"event: {kind}\ndata: {dumps(payload)}\n\n".encode())

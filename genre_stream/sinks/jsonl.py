@@ -7,7 +7,6 @@ for appending: an existing log is never truncated.
 
 from __future__ import annotations
 
-import json
 import os
 import logging
 import sys
@@ -15,6 +14,7 @@ import threading
 from pathlib import Path
 from typing import TextIO
 
+from ..jsonsafe import dumps
 from ..messages import SourceStats
 from .base import Publishable
 
@@ -43,7 +43,7 @@ class JsonlSink:
     def publish(self, message: Publishable) -> None:
         if isinstance(message, SourceStats):
             return
-        line = json.dumps(message.to_dict(), ensure_ascii=False, separators=(",", ":"))
+        line = dumps(message.to_dict())
         with self._lock:
             if self._fh is None:
                 raise RuntimeError("JsonlSink.publish before start")

@@ -17,7 +17,6 @@ carries on.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import socket
 import sqlite3
@@ -34,6 +33,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from ..config import ConfigError, HomeAssistantConfig, MqttConfig
+from ..jsonsafe import dumps
 from ..redact import redact_url
 from ..messages import GenreEvent, GenreState, SourceStats
 from .base import Publishable
@@ -124,7 +124,7 @@ class MqttSink:
         self._thread.start()
 
     def publish(self, message: Publishable) -> None:
-        payload = json.dumps(message.to_dict(), ensure_ascii=False, separators=(",", ":")).encode()
+        payload = dumps(message.to_dict()).encode()
         prefix = self.config.prefix
         if isinstance(message, GenreState):
             self._queue(f"{prefix}/{message.source}/state", payload, retain=True)

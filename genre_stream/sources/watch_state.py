@@ -1,7 +1,9 @@
 """The watch source's memory: which files were already handled, in a small SQLite file.
 
 A file is identified by its path plus size and modification time (ns): the same
-path with other content (a replaced file) is new again. Only files whose result
+path with other content (a replaced file) is new again. Paths are stored as text,
+except names that are not valid UTF-8 (which SQLite cannot hold as text): those
+are stored as their raw bytes, so one odd name never stops the watch. Only files whose result
 was delivered are recorded, so a crash between "file ready" and "result
 published" makes the file come back after a restart instead of being lost.
 """
@@ -43,7 +45,7 @@ class WatchState:
 
     def lookup(self, path: Path) -> tuple[FileKey, str] | None:
         with self._lock:
-            row = self._db.execute("SELECT size, mtime_ns, status FROM files WHERE path = ?", (str(path),)).fetchone()
+            row = self._db.execute("SELECT size, mtime_ns, status FROM files WHERE path = ?", (_db_key(path),)).fetchone()
         return ((row[0], row[1]), row[2]) if row else None
 
     def is_done(self, path: Path, key: FileKey) -> bool:
@@ -56,7 +58,7 @@ class WatchState:
                 "INSERT INTO files (path, size, mtime_ns, status, updated) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT(path) DO UPDATE SET size=excluded.size, mtime_ns=excluded.mtime_ns, "
                 "status=excluded.status, updated=excluded.updated",
-                (str(path), key[0], key[1], status, time.time()),
+                (_db_key(path), key[0], key[1], status, time.time()),
             )
 
     def counts(self) -> dict[str, int]:
@@ -67,3 +69,13 @@ class WatchState:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _db_key(path: Path) -> str | bytes:
+    """The path as SQLite stores it: text when it is valid UTF-8 (as always before), else its bytes."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes in the name arrive as lone surrogates
+        return bytes(path)
+    return text

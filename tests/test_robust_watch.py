@@ -1,0 +1,91 @@
+"""The watch source against what a year of user folders brings: names that are not UTF-8, symlinks
+made at run time (out of the tree, loops, to /), and a state dir that fills up."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from _helpers_fs import fill, small_filesystem
+from _helpers_sources import running, write_tone
+from conftest import REPO, cli_env, run_cli
+from test_sources_watch import SETTLE, Tagger, fingerprint, make_source, settle_time
+
+ODD = b"caf\xe9 \xff.wav"  # Latin-1 bytes: not UTF-8, so Python sees lone surrogates in the str
+
+
+def odd_path(folder: Path) -> Path:
+    return Path(os.fsdecode(os.fsencode(folder) + b"/" + ODD))
+
+
+def write_odd(folder: Path, seconds: float) -> Path:
+    """A tone under the non-UTF-8 name (soundfile cannot create such a name itself: write, then rename)."""
+    plain = folder / ".writing.wav"
+    write_tone(plain, seconds)
+    target = odd_path(folder)
+    plain.rename(target)
+    return target
+
+
+def test_non_utf8_name_is_tagged_and_others_keep_coming(tmp_path: Path, engine) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_odd(folder, 1.0)
+    source = make_source(folder, tmp_path / "state", use_watchdog=False)
+    tagger = Tagger(source, engine)
+    with running(source, tagger.collector):
+        tagger.wait_events(1)
+        write_tone(folder / "later.wav", 1.0)  # the watch must still be alive after the odd name
+        tagger.wait_events(2)
+        settle_time()
+    events = {e["type"] for e in tagger.events}
+    assert events == {"track_tagged"}, tagger.events
+    assert sorted(os.fsencode(Path(e["path"]).name) for e in tagger.events) == sorted([ODD, b"later.wav"])
+    assert source.stats()["tagged"] == 2
+    # A restart does not tag the odd file again: its state row was found by its bytes.
+    again = make_source(folder, tmp_path / "state", use_watchdog=False)
+    tagger2 = Tagger(again, engine)
+    with running(again, tagger2.collector):
+        settle_time()
+    assert tagger2.events == []
+
+
+def test_classify_cli_handles_a_non_utf8_name(tmp_path: Path) -> None:
+    write_odd(tmp_path, 2.0)
+    write_tone(tmp_path / "plain.wav", 2.0)
+    result = run_cli("classify", "--json", str(tmp_path), timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    paths = sorted(Path(json.loads(line)["path"]).name for line in result.stdout.splitlines())
+    assert paths == ["caf\\xe9 \\xff.wav", "plain.wav"]
+
+
+def test_daemon_writes_valid_utf8_json_for_a_non_utf8_name(tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_odd(folder, 1.0)
+    out = tmp_path / "out.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "genre_stream", "run", "--source", f"box=watch:{folder}",
+                             "--jsonl", str(out), "--state-dir", str(tmp_path / "state"), "--stats-interval", "0",
+                             "--history"], env=cli_env({"GENRE_STREAM_WATCH_SETTLE_SECONDS": "0.3",
+                                                        "GENRE_STREAM_WATCH_POLL_SECONDS": "0.2"}),
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 90
+        while not (out.exists() and out.read_bytes().strip()):
+            assert proc.poll() is None and time.monotonic() < deadline, "no JSON line written"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    line = json.loads(out.read_bytes().decode("utf-8"))  # strict UTF-8 and valid JSON
+    assert line["type"] == "track_tagged" and line["path"].endswith("caf\\xe9 \\xff.wav")
+    assert b"Traceback" not in err
