@@ -89,3 +89,29 @@ def test_daemon_writes_valid_utf8_json_for_a_non_utf8_name(tmp_path: Path) -> No
     line = json.loads(out.read_bytes().decode("utf-8"))  # strict UTF-8 and valid JSON
     assert line["type"] == "track_tagged" and line["path"].endswith("caf\\xe9 \\xff.wav")
     assert b"Traceback" not in err
+
+
+@pytest.mark.parametrize("use_watchdog", [True, False], ids=["inotify", "polling"])
+def test_symlinks_made_at_run_time_are_not_followed(tmp_path: Path, engine, use_watchdog: bool) -> None:
+    folder, ext, done = tmp_path / "in", tmp_path / "ext", tmp_path / "done"
+    (folder / "sub").mkdir(parents=True)
+    ext.mkdir()
+    write_tone(ext / "outside.wav", 1.0)
+    write_tone(folder / "sub" / "inside.wav", 1.0)
+    before = fingerprint(ext)
+    source = make_source(folder, tmp_path / "state", use_watchdog, done_dir=done)
+    tagger = Tagger(source, engine)
+    with running(source, tagger.collector):
+        tagger.wait_events(1)
+        (folder / "extlink").symlink_to("../ext")  # out of the tree
+        (folder / "sub" / "up").symlink_to("..")  # a loop back into it
+        (folder / "root").symlink_to("/")  # the whole filesystem
+        (folder / "song-link.wav").symlink_to(ext / "outside.wav")  # a file link out of the tree
+        write_tone(folder / "new.wav", 1.0)  # the source is still working
+        tagger.wait_events(2)
+        settle_time()
+        settle_time()
+    assert tagger.tagged() == ["inside.wav", "new.wav"], tagger.events  # each once, nothing from outside
+    assert fingerprint(ext) == before  # nothing moved out of a folder the source was never given
+    assert sorted(p.name for p in done.rglob("*.wav")) == ["inside.wav", "new.wav"]
+    assert (folder / "song-link.wav").is_symlink()

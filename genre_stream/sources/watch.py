@@ -8,6 +8,11 @@ copied or downloaded is never read half-written, whatever tool writes it.
 
 User files are only read. They are moved only when the user configured a
 ``done_dir`` / ``failed_dir``, and a move never overwrites anything.
+
+Symbolic links are not followed: a file is watched only under its real path inside the
+folder. A link leading out of the folder (``in/music -> /srv/music``, ``in/root -> /``) would
+make the source tag, and move, files it was never given; a link inside it (``sub/up -> ..``)
+would tag the same file twice under two names. A link found is logged once and skipped.
 """
 
 from __future__ import annotations
@@ -67,6 +72,8 @@ class WatchSource(Source):
         self._events: set[Path] = set()
         self._lock = threading.Lock()
         self._watching = False
+        self._real_root = os.path.realpath(self.directory)  # updated when the folder (re)appears
+        self._links_reported: set[Path] = set()
 
     # -- the daemon's side -------------------------------------------------------------------
 
@@ -97,6 +104,9 @@ class WatchSource(Source):
         self.state.record(path, key, "tagged" if ok else "failed")
         target = self.done_dir if ok else self.failed_dir
         if target is not None:
+            if self._through_link(path):  # a folder on its way was swapped for a link meanwhile
+                log.warning("%s: not moving %s: it is no longer inside %s itself", self.id, path, self.directory)
+                return
             self._move(path, target)
 
     def _move(self, path: Path, target_root: Path) -> None:
@@ -124,6 +134,7 @@ class WatchSource(Source):
             emit(SourceProblem(self.id, f"watch folder {self.directory} does not exist (or is not a folder); waiting for it", str(self.directory)))
             if not backoff.wait(stop):
                 return
+        self._real_root = os.path.realpath(self.directory)
         observer = self._start_observer() if self.use_watchdog else None
         interval = self.rescan_seconds if observer else self.poll_seconds
         log.info("%s: watching %s (%s)", self.id, self.directory, "inotify/watchdog" if observer else f"polling every {interval:g} s")
@@ -191,7 +202,29 @@ class WatchSource(Source):
                 return True
         return False
 
+    def _through_link(self, path: Path) -> bool:
+        """True when a symbolic link lies between the watched folder and ``path`` (or ``path`` is one)."""
+        try:
+            rel = path.relative_to(self.directory)
+        except ValueError:
+            return True
+        if rel == Path("."):
+            return False  # the folder itself may be a link: the user named it
+        return path.is_symlink() or Path(os.path.realpath(path)) != Path(self._real_root) / rel
+
+    def _skip_link(self, path: Path) -> bool:
+        """The symlink policy (module docstring): skip, and say so once per path."""
+        if not self._through_link(path):
+            return False
+        if path not in self._links_reported:
+            self._links_reported.add(path)
+            log.info("%s: not following symbolic link %s (-> %s); only files inside %s itself are watched",
+                     self.id, path, os.path.realpath(path), self.directory)
+        return True
+
     def _scan(self, root: Path, now: float) -> None:
+        if self._skip_link(root):
+            return
         for dirpath, dirnames, filenames in os.walk(root, onerror=lambda exc: log.warning("%s: %s", self.id, exc)):
             base = Path(dirpath)
             dirnames[:] = [d for d in dirnames if not self._ignored(base / d)]
@@ -202,6 +235,8 @@ class WatchSource(Source):
         with self._lock:
             events, self._events = self._events, set()
         for p in events:
+            if self._ignored(p) or self._skip_link(p):
+                continue
             if p.is_dir():
                 if not self._ignored(p):
                     self._scan(p, now)  # a folder moved or copied in: its files may bring no events
@@ -209,7 +244,7 @@ class WatchSource(Source):
                 self._consider(p, now)
 
     def _consider(self, path: Path, now: float) -> None:
-        if self._ignored(path):
+        if self._ignored(path) or self._skip_link(path):
             return
         try:
             st = path.stat()
