@@ -24,6 +24,7 @@ import numpy as np
 from .audio import load_audio
 from .engine import Engine
 from .frontend import MelFrontend, loop_to_length, normalize_window
+from .sanitize import repair_file
 
 DEFAULT_HOP_SECONDS = 10.0
 
@@ -117,5 +118,5 @@ def analyse_audio(
 def analyse_file(path: str | Path, engine: Engine, hop_seconds: float = DEFAULT_HOP_SECONDS) -> TrackResult:
     """Decode and classify one file; raises ``audio.AudioError`` for unusable files."""
     frontend = MelFrontend(engine.info.frontend)
-    audio = load_audio(path, frontend.config.sample_rate)
+    audio = repair_file(load_audio(path, frontend.config.sample_rate), path)
     return analyse_audio(audio, engine, frontend, hop_seconds)
