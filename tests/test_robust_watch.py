@@ -115,3 +115,34 @@ def test_symlinks_made_at_run_time_are_not_followed(tmp_path: Path, engine, use_
     assert fingerprint(ext) == before  # nothing moved out of a folder the source was never given
     assert sorted(p.name for p in done.rglob("*.wav")) == ["inside.wav", "new.wav"]
     assert (folder / "song-link.wav").is_symlink()
+
+
+def test_full_state_dir_neither_stops_the_watch_nor_retags(tmp_path: Path, engine, caplog) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    with small_filesystem(tmp_path / "state", size="256k") as state:
+        source = make_source(folder, state, use_watchdog=False)
+        tagger = Tagger(source, engine)
+        with running(source, tagger.collector):
+            write_tone(folder / "first.wav", 1.0)
+            tagger.wait_events(1)
+            filler = fill(state)
+            write_tone(folder / "second.wav", 1.0)
+            (folder / "notes.txt").write_text("not audio")  # recorded as unsupported from the source's own thread
+            tagger.wait_events(2)
+            tagger.collector.wait_for(lambda items: any("notes.txt" in getattr(i, "reason", "") for i in items))
+            settle_time()
+            settle_time()  # several rescans: nothing is handed on twice while the state cannot be written
+            assert tagger.tagged() == ["first.wav", "second.wav"]
+            assert "cannot be written" in caplog.text
+            filler.unlink()
+            deadline = time.monotonic() + 10
+            while "writable again" not in caplog.text:
+                assert time.monotonic() < deadline, caplog.text
+                time.sleep(0.1)
+        # After a restart nothing comes back: the held results reached the state file.
+        again = make_source(folder, state, use_watchdog=False)
+        tagger2 = Tagger(again, engine)
+        with running(again, tagger2.collector):
+            settle_time()
+        assert tagger2.events == [] and tagger2.collector.problems() == []

@@ -153,6 +153,7 @@ class WatchSource(Source):
                     next_scan = now + interval
                 self._drain_events(now)
                 self._check_pending(emit, now)
+                self.state.retry()
                 stop.wait(min(0.2, self.settle_seconds / 4))
         finally:
             if observer is not None:
