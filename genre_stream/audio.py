@@ -9,6 +9,7 @@ batch down with a traceback.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -147,19 +148,35 @@ def find_audio_files(paths: list[str | Path]) -> tuple[list[Path], list[AudioErr
 
     Paths named explicitly are kept whatever their extension, so a user who names a
     non-audio file gets a decoding error for it instead of silence; paths that do
-    not exist come back as errors.
+    not exist, cannot be looked at, or folders that cannot be read come back as
+    errors (never silently skipped), and the other paths are still expanded.
     """
     files: list[Path] = []
     errors: list[AudioError] = []
+
+    def unreadable(exc: OSError) -> None:
+        errors.append(AudioError(exc.filename, f"cannot read folder ({exc.strerror}); its files are skipped"))
+
     for raw in paths:
         p = Path(raw)
-        if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS)
-            if not found:
-                errors.append(AudioError(p, "directory contains no audio files"))
-            files.extend(found)
-        elif p.exists():
-            files.append(p)
-        else:
+        try:
+            is_dir, exists = p.is_dir(), p.exists()
+        except OSError as exc:  # e.g. a file inside a folder this user may not enter
+            errors.append(AudioError(p, f"cannot access ({exc.strerror})"))
+            continue
+        if not exists:
             errors.append(AudioError(p, "no such file or directory"))
+            continue
+        if not is_dir:
+            files.append(p)
+            continue
+        found = sorted(
+            Path(folder) / name
+            for folder, _, names in os.walk(p, onerror=unreadable)
+            for name in names
+            if Path(name).suffix.lower() in AUDIO_EXTENSIONS and (Path(folder) / name).is_file()
+        )
+        if not found:
+            errors.append(AudioError(p, "directory contains no audio files"))
+        files.extend(found)
     return files, errors

@@ -1,5 +1,6 @@
-"""The watch source against what a year of user folders brings: names that are not UTF-8, symlinks
-made at run time (out of the tree, loops, to /), and a state dir that fills up."""
+"""The watch source and classify against what a year of user folders brings: names that are not UTF-8,
+symlinks made at run time (out of the tree, loops, to /), a state dir that fills up, and paths
+this user may not read."""
 
 from __future__ import annotations
 
@@ -146,3 +147,34 @@ def test_full_state_dir_neither_stops_the_watch_nor_retags(tmp_path: Path, engin
         with running(again, tagger2.collector):
             settle_time()
         assert tagger2.events == [] and tagger2.collector.problems() == []
+
+
+def without_root_override() -> list[str]:
+    """Run a command as this (root) user but without the capabilities that ignore file permissions."""
+    return ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--inh-caps", "-dac_override,-dac_read_search"]
+
+
+def test_classify_reports_unreadable_paths_and_goes_on(tmp_path: Path) -> None:
+    (tmp_path / "ok").mkdir()
+    (tmp_path / "locked" / "deep").mkdir(parents=True)
+    write_tone(tmp_path / "ok" / "good.wav", 2.0)
+    write_tone(tmp_path / "locked" / "deep" / "hidden.wav", 2.0)
+    write_tone(tmp_path / "noread.wav", 2.0)
+    (tmp_path / "locked").chmod(0)
+    (tmp_path / "noread.wav").chmod(0)
+    try:
+        probe = subprocess.run([*without_root_override(), "cat", str(tmp_path / "noread.wav")], capture_output=True)
+        if probe.returncode == 0:
+            pytest.skip("file permissions are not enforced for this user (cannot drop CAP_DAC_OVERRIDE)")
+        result = subprocess.run(
+            [*without_root_override(), sys.executable, "-m", "genre_stream", "classify", "--json", str(tmp_path),
+             str(tmp_path / "noread.wav"), str(tmp_path / "locked" / "deep" / "hidden.wav")],
+            capture_output=True, text=True, env=cli_env(), cwd=REPO, timeout=300)
+    finally:
+        (tmp_path / "locked").chmod(0o755)
+        (tmp_path / "noread.wav").chmod(0o644)
+    assert result.returncode == 1, result.stderr  # failures reported, not a usage error (2)
+    assert [Path(json.loads(line)["path"]).name for line in result.stdout.splitlines()] == ["good.wav"]
+    assert f"{tmp_path / 'locked'}: cannot read folder (Permission denied)" in result.stderr
+    assert f"{tmp_path / 'locked' / 'deep' / 'hidden.wav'}: cannot access (Permission denied)" in result.stderr
+    assert "noread.wav" in result.stderr and "Traceback" not in result.stderr
