@@ -178,3 +178,35 @@ def test_classify_reports_unreadable_paths_and_goes_on(tmp_path: Path) -> None:
     assert f"{tmp_path / 'locked'}: cannot read folder (Permission denied)" in result.stderr
     assert f"{tmp_path / 'locked' / 'deep' / 'hidden.wav'}: cannot access (Permission denied)" in result.stderr
     assert "noread.wav" in result.stderr and "Traceback" not in result.stderr
+
+
+WATCH_UNREADABLE = """
+import logging, sys, threading, time
+from pathlib import Path
+from genre_stream.sources import parse_source
+logging.basicConfig(level=logging.WARNING, format="%(message)s")
+source = parse_source("watch:" + sys.argv[1], state_dir=Path(sys.argv[2]), settle_seconds=0.1, poll_seconds=0.1,
+                      use_watchdog=False)
+stop = threading.Event()
+threading.Timer(1.5, stop.set).start()
+source.run(lambda item: print("ITEM", type(item).__name__, getattr(item, "path", "")), stop)
+"""
+
+
+def test_watch_reports_an_unreadable_subfolder_once(tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    (folder / "locked").mkdir(parents=True)
+    write_tone(folder / "locked" / "x.wav", 0.5)
+    write_tone(folder / "open.wav", 0.5)
+    (folder / "locked").chmod(0)
+    try:
+        result = subprocess.run([*without_root_override(), sys.executable, "-c", WATCH_UNREADABLE, str(folder),
+                                 str(tmp_path / "state")], capture_output=True, text=True, env=cli_env(), cwd=REPO,
+                                timeout=120)
+    finally:
+        (folder / "locked").chmod(0o755)
+    if "ITEM TrackReady" in result.stdout and "x.wav" in result.stdout:
+        pytest.skip("file permissions are not enforced for this user (cannot drop CAP_DAC_OVERRIDE)")
+    assert result.returncode == 0, result.stderr
+    assert "open.wav" in result.stdout
+    assert result.stderr.count("cannot read folder") == 1, result.stderr  # about 15 rescans, one warning

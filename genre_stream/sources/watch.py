@@ -74,6 +74,7 @@ class WatchSource(Source):
         self._watching = False
         self._real_root = os.path.realpath(self.directory)  # updated when the folder (re)appears
         self._links_reported: set[Path] = set()
+        self._unreadable_reported: set[str] = set()
 
     # -- the daemon's side -------------------------------------------------------------------
 
@@ -226,11 +227,18 @@ class WatchSource(Source):
     def _scan(self, root: Path, now: float) -> None:
         if self._skip_link(root):
             return
-        for dirpath, dirnames, filenames in os.walk(root, onerror=lambda exc: log.warning("%s: %s", self.id, exc)):
+        for dirpath, dirnames, filenames in os.walk(root, onerror=self._unreadable):
             base = Path(dirpath)
             dirnames[:] = [d for d in dirnames if not self._ignored(base / d)]
             for name in filenames:
                 self._consider(base / name, now)
+
+    def _unreadable(self, exc: OSError) -> None:
+        """A folder the scan cannot list: said once per folder, not at every rescan."""
+        if exc.filename not in self._unreadable_reported:
+            self._unreadable_reported.add(exc.filename)
+            log.warning("%s: cannot read folder %s (%s); its files are skipped while it stays unreadable",
+                        self.id, exc.filename, exc.strerror)
 
     def _drain_events(self, now: float) -> None:
         with self._lock:
