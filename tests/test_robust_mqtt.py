@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from _helpers_fs import fill, small_filesystem
-from brokers import Broker, Gate, Subscriber, any_broker  # noqa: F401
+from brokers import Broker, Gate, Subscriber, any_broker, mosquitto  # noqa: F401
 from genre_stream.config import HomeAssistantConfig, MqttConfig
 from genre_stream.messages import GenreEvent, GenreState
 from genre_stream.sinks.mqtt import MqttSink
@@ -119,3 +119,32 @@ def test_full_state_dir_does_not_kill_the_network_thread(any_broker: Broker, tmp
     live.close()
     received = [m.json()["to"] for m in live.messages]
     assert received[:5] == ["g1", "g2", "g3", "g4", "g5"]
+
+
+def test_two_daemons_with_one_client_id_are_named(mosquitto: Broker, tmp_path: Path, caplog) -> None:
+    """The broker kicks the older of two connections with one client id; both reconnect, forever."""
+    cfg = MqttConfig(url=mosquitto.url, client_id="gs-same-id", reconnect_min=0.2, reconnect_max=0.5)
+    sinks = [MqttSink(cfg, HomeAssistantConfig(enabled=False), tmp_path / f"state{i}") for i in range(2)]
+    with caplog.at_level(logging.WARNING, logger="genre_stream.sinks.mqtt"):
+        for s in sinks:
+            s.start()
+        wait_until(lambda: "probably uses the client id 'gs-same-id'" in caplog.text, timeout=30, what="flapping named")
+    for s in sinks:
+        s.close(0.5)
+    assert caplog.text.count("probably uses the client id") <= 2  # said once per daemon, not at every reconnect
+
+
+def test_a_stable_connection_is_not_called_flapping(any_broker: Broker, tmp_path: Path, caplog) -> None:
+    gate = Gate(any_broker.port)
+    gate.open()
+    sink = sink_for(gate.url, tmp_path)
+    with caplog.at_level(logging.WARNING, logger="genre_stream.sinks.mqtt"):
+        sink.start()
+        wait_until(sink.connected.is_set, what="connected")
+        gate.close()  # one broker outage, not a kick
+        wait_until(lambda: not sink.connected.is_set(), what="disconnected")
+        gate.open()
+        wait_until(sink.connected.is_set, what="reconnected")
+    sink.close(1)
+    gate.close()
+    assert "probably uses the client id" not in caplog.text

@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 QUEUE_FILE = "mqtt-queue.sqlite3"
 INFLIGHT_WINDOW = 64  # unacknowledged QoS 1 messages handed to paho at once
 LOOP_TIMEOUT = 0.5  # network loop tick; publishing threads wake the loop themselves (paho socketpair)
+SHORT_CONNECTION = 10.0  # a connection closed sooner than this after CONNACK counts as "kicked right away"
+FLAP_LIMIT = 3  # that many in a row: say that another client probably uses our client id
 
 
 def tls_context(config: MqttConfig) -> ssl.SSLContext:
@@ -220,6 +222,8 @@ class MqttSink:
         delay = self.config.reconnect_min
         need_connect = True
         first = True
+        connected_since: float | None = None  # when this loop first saw the current connection up
+        short_lived = 0  # connections in a row that the broker closed right after accepting them
         while not self._stop.is_set():
             if need_connect:
                 try:
@@ -243,14 +247,28 @@ class MqttSink:
                 was_connected = self.connected.is_set()
                 self.connected.clear()
                 need_connect = True
-                if was_connected:
+                if connected_since is not None and time.monotonic() - connected_since < SHORT_CONNECTION:
+                    short_lived += 1
+                    if short_lived == FLAP_LIMIT:
+                        log.error(
+                            "MQTT broker %s closed the connection %d times in a row right after accepting it; another "
+                            "client (a second daemon?) probably uses the client id %r: give each one its own "
+                            "mqtt.client_id", self.url, short_lived, self.config.client_id or default_client_id(),
+                        )
+                elif was_connected:
                     delay = self.config.reconnect_min
+                connected_since = None
                 log.warning("MQTT connection to %s lost (%s); reconnecting in %.1f s", self.url, mqtt.error_string(rc), delay)
                 self._stop.wait(delay)
                 delay = min(delay * 2, self.config.reconnect_max)
                 continue
             if self.connected.is_set():
-                delay = self.config.reconnect_min
+                now = time.monotonic()
+                if connected_since is None:
+                    connected_since = now
+                elif now - connected_since >= SHORT_CONNECTION:
+                    delay = self.config.reconnect_min  # a stable connection: the next outage starts fast again
+                    short_lived = 0
                 self._pump()
 
     def _pump(self) -> None:
