@@ -11,13 +11,8 @@ import time
 
 import pytest
 
-from conftest import free_port
-from genre_stream.dashboard.config import DashboardConfig, HttpSettings
-from genre_stream.dashboard.server import DashboardServer
-from genre_stream.dashboard.state import DashboardState
-from genre_stream.history import History, HistoryConfig, HistoryReader
-from genre_stream.messages import GenreState
-from test_dashboard import LABELS, LiveClient, TOKEN, publish, serve, state  # noqa: F401
+from genre_stream.dashboard.config import HttpSettings
+from test_dashboard import TOKEN, LiveClient, publish, serve, state
 
 
 def request(port: int, path: str, host: str | None = "127.0.0.1", headers: dict | None = None) -> tuple[int, dict, bytes]:

@@ -4,7 +4,6 @@ state dir, and exceptions inside paho callbacks; real brokers, a real size-limit
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 from _helpers_fs import fill, small_filesystem
 from brokers import Broker, Gate, Subscriber, any_broker, mosquitto  # noqa: F401
 from genre_stream.config import HomeAssistantConfig, MqttConfig
-from genre_stream.messages import GenreEvent, GenreState
+from genre_stream.messages import GenreEvent
 from genre_stream.sinks.mqtt import MqttSink
 from genre_stream.sinks.outbox import Outbox
 

@@ -17,7 +17,7 @@ import pytest
 from _helpers_fs import fill, small_filesystem
 from _helpers_sources import running, write_tone
 from conftest import REPO, cli_env, run_cli
-from test_sources_watch import SETTLE, Tagger, fingerprint, make_source, settle_time
+from test_sources_watch import Tagger, fingerprint, make_source, settle_time
 
 ODD = b"caf\xe9 \xff.wav"  # Latin-1 bytes: not UTF-8, so Python sees lone surrogates in the str
 
