@@ -325,7 +325,7 @@ class Daemon:
             if r.library is None:
                 r.library = LibraryDB(self.config.watch.library_db)
             r.library.upsert_track(path, result)
-        except (LibraryError, OSError, sqlite3.Error) as exc:
+        except (LibraryError, OSError, sqlite3.Error, ValueError) as exc:  # ValueError: a name SQLite cannot store
             log.error("%s: cannot index %s into %s: %s", r.source.id, path, self.config.watch.library_db, exc)
             self._publish(GenreEvent.error(r.source.id, f"library index: {exc}", str(path)))
 

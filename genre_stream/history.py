@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .jsonsafe import dumps
+from .settings import check_ranges, setting
 from .messages import GenreEvent, GenreState, Message
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,10 @@ class HistorySettings:
     """The ``[history]`` section of the daemon config (flags ``--history/--no-history``, ``--history-days``)."""
 
     enabled: bool = True
-    retention_days: float = 90.0  # <= 0 keeps everything
+    retention_days: float = setting(90.0, 0, 36500, note="days (0 keeps everything)")
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
     def config(self, state_dir: Path) -> HistoryConfig:
         return HistoryConfig.in_state_dir(state_dir, retention_days=self.retention_days)

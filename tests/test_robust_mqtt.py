@@ -107,11 +107,14 @@ def test_full_state_dir_does_not_kill_the_network_thread(any_broker: Broker, tmp
             live.wait_for(lambda ms: len(ms) >= 5)  # delivered although the queue cannot delete them
             wait_until(lambda: "cannot delete delivered messages" in caplog.text, what="removal failure logged")
             assert sink._thread.is_alive()
+            sink.publish(event(50))  # cannot be queued: counted and logged once, not raised into the daemon
+            sink.publish(event(51))
+            assert "are lost until it can" in caplog.text and sink.lost == 2
             filler.unlink()
             wait_until(lambda: len(sink.outbox) == 0, what="queue emptied once space returned")
             sink.publish(event(99))
             live.wait_for(lambda ms: any(b'"g100"' in m.payload for m in ms))
-        assert "deleted again" in caplog.text
+        assert "deleted again" in caplog.text and "2 message(s) were lost meanwhile" in caplog.text
         assert sink._thread.is_alive()
         assert sink.close(5)
         gate.close()

@@ -76,20 +76,27 @@ def test_daemon_writes_valid_utf8_json_for_a_non_utf8_name(tmp_path: Path) -> No
     proc = subprocess.Popen([sys.executable, "-m", "genre_stream", "run", "--source", f"box=watch:{folder}",
                              "--jsonl", str(out), "--state-dir", str(tmp_path / "state"), "--stats-interval", "0",
                              "--history"], env=cli_env({"GENRE_STREAM_WATCH_SETTLE_SECONDS": "0.3",
-                                                        "GENRE_STREAM_WATCH_POLL_SECONDS": "0.2"}),
+                                                        "GENRE_STREAM_WATCH_POLL_SECONDS": "0.2",
+                                                        "GENRE_STREAM_WATCH_LIBRARY_DB": str(tmp_path / "lib.sqlite")}),
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 90
-        while not (out.exists() and out.read_bytes().strip()):
-            assert proc.poll() is None and time.monotonic() < deadline, "no JSON line written"
+        while not (out.exists() and len(out.read_bytes().splitlines()) >= 2):
+            assert proc.poll() is None and time.monotonic() < deadline, "no JSON lines written"
             time.sleep(0.2)
+        time.sleep(1.0)  # the result is recorded right after the events are published
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
     finally:
         proc.kill()
-    line = json.loads(out.read_bytes().decode("utf-8"))  # strict UTF-8 and valid JSON
-    assert line["type"] == "track_tagged" and line["path"].endswith("caf\\xe9 \\xff.wav")
+    tagged, library_error = map(json.loads, out.read_bytes().decode("utf-8").splitlines())  # strict UTF-8 JSON
+    assert tagged["type"] == "track_tagged" and tagged["path"].endswith("caf\\xe9 \\xff.wav")
+    # The library database cannot hold such a name: that is reported, and the file is still marked done.
+    assert library_error["type"] == "error" and library_error["reason"].startswith("library index:")
     assert b"Traceback" not in err
+    from genre_stream.sources.watch_state import WatchState
+
+    assert WatchState(tmp_path / "state" / "box.sqlite3").lookup(odd_path(folder))[1] == "tagged"
 
 
 @pytest.mark.parametrize("use_watchdog", [True, False], ids=["inotify", "polling"])

@@ -111,7 +111,7 @@ class MqttSink:
         self._pump_lock = threading.Lock()  # one pump at a time, so rows go out in queue order
         self._acked_early: set[int] = set()  # acks that overtook the recording of their mid
         self._unremoved: set[int] = set()  # acknowledged rows the queue could not delete yet (disk full)
-        self._queue_failing = False  # the last outbox write failed (logged once per outage)
+        self.lost = 0  # messages that could not be queued in the current outage of the queue file
         self._publishing = False  # a queued row is inside client.publish right now
         self._sources: list[str] = []
         self._model = ""
@@ -144,17 +144,18 @@ class MqttSink:
             self._pump()
 
     def _queue(self, topic: str, payload: bytes, retain: bool) -> None:
-        """Put one QoS 1 message into the outbox; a failing queue (disk full) is logged once, then re-raised."""
+        """Put one QoS 1 message into the outbox; while it cannot be written (disk full) messages are counted as lost."""
         try:
             self.outbox.put(topic, payload, qos=1, retain=retain)
         except sqlite3.Error as exc:
-            if not self._queue_failing:
-                log.error("MQTT queue %s cannot be written (%s); messages are lost until it can", self.outbox.path, exc)
-            self._queue_failing = True
-            raise
-        if self._queue_failing:
-            log.warning("MQTT queue %s is writable again", self.outbox.path)
-            self._queue_failing = False
+            if not self.lost:
+                log.error("MQTT queue %s cannot be written (%s); states and events are lost until it can",
+                          self.outbox.path, exc)
+            self.lost += 1
+            return
+        if self.lost:
+            log.warning("MQTT queue %s is writable again; %d message(s) were lost meanwhile", self.outbox.path, self.lost)
+            self.lost = 0
 
     def sources_changed(self, source_ids: list[str], model: str) -> None:
         with self._lock:
