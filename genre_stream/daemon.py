@@ -302,6 +302,8 @@ class Daemon:
             elif isinstance(item, TrackReady):
                 assert self.engine is not None
                 event, result = tag_track(item.source, item.path, self.engine, self.config.track_hop_seconds)
+                if event.type == "error" and r.source.retry_later(item.path):
+                    return  # perhaps still being written: no verdict yet, the source hands it on again
                 self._publish(event)
                 if result is not None and self.config.watch.library_db is not None:
                     self._index(r, item.path, result)

@@ -217,3 +217,46 @@ def test_watch_reports_an_unreadable_subfolder_once(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "open.wav" in result.stdout
     assert result.stderr.count("cannot read folder") == 1, result.stderr  # about 15 rescans, one warning
+
+
+def test_a_file_that_fails_once_is_retried_before_it_is_failed(tmp_path: Path) -> None:
+    """A download that pauses longer than the settle time is not moved to failed_dir half-written."""
+    folder, failed = tmp_path / "in", tmp_path / "failed"
+    folder.mkdir()
+    whole = tmp_path / "whole.wav"
+    write_tone(whole, 3.0)
+    data = whole.read_bytes()
+    out, err_path = tmp_path / "out.jsonl", tmp_path / "stderr.txt"
+    with open(err_path, "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "genre_stream", "-v", "run", "--source", f"box=watch:{folder}", "--jsonl", str(out),
+             "--state-dir", str(tmp_path / "state"), "--stats-interval", "0", "--no-history"],
+            env=cli_env({"GENRE_STREAM_WATCH_SETTLE_SECONDS": "0.3", "GENRE_STREAM_WATCH_POLL_SECONDS": "0.2",
+                         "GENRE_STREAM_WATCH_FAILED_DIR": str(failed)}),
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=err)
+
+    def wait(cond, what: str, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not cond():
+            assert proc.poll() is None and time.monotonic() < deadline, f"{what}:\n{err_path.read_text()}"
+            time.sleep(0.1)
+
+    def events() -> list[dict]:
+        return [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
+
+    try:
+        (folder / "slow.wav").write_bytes(data[: len(data) // 3])  # the writer stalls here
+        (folder / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" * 10)  # never becomes audio
+        wait(lambda: err_path.read_text().count("trying once more") >= 2, "first attempts")
+        with open(folder / "slow.wav", "ab") as fh:  # ...and resumes
+            fh.write(data[len(data) // 3 :])
+        wait(lambda: {e["type"] for e in events()} >= {"track_tagged", "error"}, "verdicts")
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        proc.kill()
+    by_name = {(Path(e["path"]).name, e["type"]) for e in events()}
+    assert by_name == {("slow.wav", "track_tagged"), ("broken.wav", "error")}, events()  # one verdict each
+    assert [p.name for p in failed.rglob("*")] == ["broken.wav"]
+    assert (folder / "slow.wav").read_bytes() == data

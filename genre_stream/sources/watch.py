@@ -4,7 +4,10 @@ Change detection uses watchdog (inotify on Linux) when it is importable and
 works, plus a slow full rescan as a safety net for lost events; without it, a
 full rescan every ``poll_seconds``. Either way a file is only handed on once
 its size and mtime have stayed the same for ``settle_seconds``: a file being
-copied or downloaded is never read half-written, whatever tool writes it.
+copied or downloaded is never read half-written, whatever tool writes it. A writer
+that pauses for longer than that still gets a chance: a file that fails to decode
+is tried once more after ``RETRY_SETTLES`` settle periods (sooner if it changes)
+before it is reported and moved to ``failed_dir``.
 
 User files are only read. They are moved only when the user configured a
 ``done_dir`` / ``failed_dir``, and a move never overwrites anything.
@@ -31,6 +34,8 @@ from .base import Backoff, Emit, Source, SourceProblem, TrackReady
 from .watch_state import FileKey, WatchState
 
 log = logging.getLogger(__name__)
+
+RETRY_SETTLES = 5  # a file that failed to decode is tried again this many settle periods later
 
 # Names that download managers and copy tools use while a file is incomplete.
 PARTIAL_SUFFIXES = frozenset({".part", ".partial", ".tmp", ".crdownload", ".download", ".swp", ".!qb"})
@@ -74,6 +79,7 @@ class WatchSource(Source):
         self._watching = False
         self._real_root = os.path.realpath(self.directory)  # updated when the folder (re)appears
         self._links_reported: set[Path] = set()
+        self._retried: dict[Path, FileKey] = {}  # files that failed once, with the version that failed
         self._unreadable_reported: set[str] = set()
 
     # -- the daemon's side -------------------------------------------------------------------
@@ -102,6 +108,8 @@ class WatchSource(Source):
             except OSError:
                 log.warning("%s: %s vanished before its result was recorded", self.id, path)
                 return
+        with self._lock:
+            self._retried.pop(path, None)
         self.state.record(path, key, "tagged" if ok else "failed")
         target = self.done_dir if ok else self.failed_dir
         if target is not None:
@@ -109,6 +117,23 @@ class WatchSource(Source):
                 log.warning("%s: not moving %s: it is no longer inside %s itself", self.id, path, self.directory)
                 return
             self._move(path, target)
+
+    def retry_later(self, path: Path) -> bool:
+        """Give a file that failed to decode one more try, unless this very version already failed twice.
+
+        Called from the thread that handles this source's items (the one running ``run``).
+        """
+        with self._lock:
+            key = self._inflight.get(path)
+            if key is None or self._retried.get(path) == key:
+                return False
+            del self._inflight[path]
+            self._retried[path] = key
+        delay = RETRY_SETTLES * self.settle_seconds
+        self._pending[path] = _Pending(key, time.monotonic() + delay)  # "first seen" in the future
+        log.info("%s: %s could not be decoded; trying once more in %g s in case it was still being written",
+                 self.id, path, delay + self.settle_seconds)
+        return True
 
     def _move(self, path: Path, target_root: Path) -> None:
         try:
