@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import shutil
 import subprocess
 import tempfile
@@ -21,6 +22,7 @@ import numpy as np
 import soundfile as sf
 
 from .resample import StreamResampler
+from .sanitize import LOUD
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +134,27 @@ def _declared_frames(path: Path, handle: sf.SoundFile) -> int:
 _SUBTYPE_BYTES = {"PCM_U8": 1, "PCM_S8": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4, "DOUBLE": 8}
 
 
+def _float_file_scale(path: Path, handle: sf.SoundFile, block: int) -> float:
+    """1, or 1/peak for a float file whose samples reach absurd magnitudes (1e18 was seen).
+
+    Such values overflow the mel power to Inf and the probabilities to NaN. Scaling the
+    whole file changes nothing else (every window is normalised to its own maximum), but
+    a stream cannot know its peak ahead, so float files are scanned once first (integer
+    PCM cannot exceed full scale). Non-finite samples are left for ``iter_audio`` to refuse.
+    """
+    if handle.subtype not in ("FLOAT", "DOUBLE"):
+        return 1.0
+    peak = 0.0
+    while (data := handle.read(block, dtype="float64")).size:
+        finite = data[np.isfinite(data)]
+        peak = max(peak, float(np.max(np.abs(finite), initial=0.0)))
+    handle.seek(0)
+    if peak <= LOUD:
+        return 1.0
+    log.warning("%s: peak %g is far beyond full scale; scaled down to 1 before analysis", path, peak)
+    return 1.0 / peak
+
+
 def _soundfile_blocks(path: Path, handle: sf.SoundFile, sr: int) -> Iterator[np.ndarray]:
     """Blocks of a file libsndfile opened, down-mixed and resampled as one stream."""
     with handle:
@@ -139,6 +162,7 @@ def _soundfile_blocks(path: Path, handle: sf.SoundFile, sr: int) -> Iterator[np.
         native = int(handle.samplerate)
         resampler = StreamResampler(native, sr)
         block = max(1, int(BLOCK_SECONDS * native))
+        scale = _float_file_scale(path, handle, block)
         read = 0
         while True:
             try:
@@ -148,7 +172,8 @@ def _soundfile_blocks(path: Path, handle: sf.SoundFile, sr: int) -> Iterator[np.
             if data.shape[0] == 0:
                 break
             read += data.shape[0]
-            yield resampler.push(to_mono(data))
+            mono = to_mono(data)
+            yield resampler.push(mono * np.float32(scale) if scale != 1.0 else mono)
         if declared and read < 0.99 * declared - native * 0.05:
             raise AudioError(
                 path,
@@ -175,7 +200,7 @@ def iter_audio(path: str | Path, sr: int = 22050) -> Iterator[np.ndarray]:
     except OSError as exc:
         raise AudioError(path, f"cannot stat ({exc.strerror})") from exc
     try:
-        handle = sf.SoundFile(str(path))
+        handle = sf.SoundFile(bytes(path))  # bytes: names that are not UTF-8 open too
     except sf.LibsndfileError as exc:
         log.debug("libsndfile cannot open %s (%s); trying ffmpeg", path, exc)
         blocks = _ffmpeg_blocks(path, sr, max(1, int(BLOCK_SECONDS * sr)))
@@ -207,19 +232,35 @@ def find_audio_files(paths: list[str | Path]) -> tuple[list[Path], list[AudioErr
 
     Paths named explicitly are kept whatever their extension, so a user who names a
     non-audio file gets a decoding error for it instead of silence; paths that do
-    not exist come back as errors.
+    not exist, cannot be looked at, or folders that cannot be read come back as
+    errors (never silently skipped), and the other paths are still expanded.
     """
     files: list[Path] = []
     errors: list[AudioError] = []
+
+    def unreadable(exc: OSError) -> None:
+        errors.append(AudioError(exc.filename, f"cannot read folder ({exc.strerror}); its files are skipped"))
+
     for raw in paths:
         p = Path(raw)
-        if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS)
-            if not found:
-                errors.append(AudioError(p, "directory contains no audio files"))
-            files.extend(found)
-        elif p.exists():
-            files.append(p)
-        else:
+        try:
+            is_dir, exists = p.is_dir(), p.exists()
+        except OSError as exc:  # e.g. a file inside a folder this user may not enter
+            errors.append(AudioError(p, f"cannot access ({exc.strerror})"))
+            continue
+        if not exists:
             errors.append(AudioError(p, "no such file or directory"))
+            continue
+        if not is_dir:
+            files.append(p)
+            continue
+        found = sorted(
+            Path(folder) / name
+            for folder, _, names in os.walk(p, onerror=unreadable)
+            for name in names
+            if Path(name).suffix.lower() in AUDIO_EXTENSIONS and (Path(folder) / name).is_file()
+        )
+        if not found:
+            errors.append(AudioError(p, "directory contains no audio files"))
+        files.extend(found)
     return files, errors

@@ -7,7 +7,6 @@ the file and the reason, the rest are still classified, and the caller turns
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from collections.abc import Callable, Iterable
@@ -18,6 +17,7 @@ from typing import Any, TextIO
 from .audio import AudioError, find_audio_files
 from .calibration import UncertaintyRule
 from .engine import Engine
+from .jsonsafe import display_path, dumps
 from .windows import DEFAULT_HOP_SECONDS, TrackResult, analyse_file
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def track_state(result: TrackResult, options: ClassifyOptions) -> str:
 def result_to_dict(path: Path, result: TrackResult, options: ClassifyOptions) -> dict[str, Any]:
     labels = result.labels
     data: dict[str, Any] = {
-        "path": str(path),
+        "path": display_path(path),
         "duration": round(result.duration, 3),
         "genre": result.genre,  # the best guess even when uncertain, so readers of "genre" alone see no change
         "state": track_state(result, options),
@@ -64,7 +64,7 @@ def result_to_dict(path: Path, result: TrackResult, options: ClassifyOptions) ->
 def format_human(path: Path, result: TrackResult, options: ClassifyOptions) -> str:
     tops = ", ".join(f"{g} {p * 100:.1f}%" for g, p in result.top(options.top_k))
     uncertain = "uncertain: " if track_state(result, options) == "uncertain" else ""
-    line = f"{path}: {uncertain}{tops}  ({result.duration:.1f} s"
+    line = f"{display_path(path)}: {uncertain}{tops}  ({result.duration:.1f} s"
     line += f", {len(result.windows)} windows)" if len(result.windows) > 1 else ")"
     if options.with_windows and len(result.windows) > 1:
         for w in result.windows:
@@ -93,8 +93,12 @@ def classify_paths(
             print(f"error: {exc}", file=err)
             failures += 1
             continue
+        except (OSError, ValueError) as exc:  # an unforeseen fault in one file never ends the run
+            print(f"error: {display_path(path)}: {exc}", file=err)
+            failures += 1
+            continue
         if options.as_json:
-            out.write(json.dumps(result_to_dict(path, result, options)) + "\n")
+            out.write(dumps(result_to_dict(path, result, options), compact=False) + "\n")
         else:
             out.write(format_human(path, result, options) + "\n")
         out.flush()

@@ -37,7 +37,7 @@ def main(verbose: int) -> None:
 
 
 @main.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path, readable=False))  # reported per path
 @engine_options
 @click.option("--hop", "hop_seconds", type=click.FloatRange(min=0.5), default=10.0, show_default=True, help="Seconds between the starts of 30 s windows in long files.")
 @click.option("-k", "--top-k", type=click.IntRange(1), default=3, show_default=True, help="How many genres to show per file.")

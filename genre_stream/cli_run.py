@@ -14,7 +14,8 @@ from typing import Any
 
 import click
 
-from .config import ConfigError, DaemonConfig, describe, load_config
+from .config import ConfigError, DaemonConfig, describe, load_config, require_sources
+from .redact import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +151,7 @@ def check(file: Path) -> None:
     """
     try:
         config = load_config(file, {})
+        require_sources(config)
         _check_sources(config)
     except ConfigError as exc:
         _fail_config(exc)
@@ -192,7 +194,7 @@ def _check_sources(config: DaemonConfig) -> None:
 def _outputs(config: DaemonConfig) -> str:
     outs = []
     if config.mqtt.url:
-        outs.append(config.mqtt.url)
+        outs.append(redact_url(config.mqtt.url))
     if config.jsonl_target:
         outs.append("stdout" if config.jsonl_target == "-" else config.jsonl_target)
     return ", ".join(outs)

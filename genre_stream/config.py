@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import tomllib
 import types
@@ -22,6 +23,8 @@ from urllib.parse import urlsplit
 from .dashboard.config import HttpSettings
 from .models import resolve_model
 from .history import HistorySettings
+from .redact import MASK, redact_url
+from .settings import RangeError, check_ranges, setting, topic_problem
 
 log = logging.getLogger(__name__)
 
@@ -37,29 +40,27 @@ class ConfigError(ValueError):
 class PipelineConfig:
     """When and how a live source is classified (see pipeline.SourcePipeline)."""
 
-    hop_seconds: float = 5.0
-    min_fill_seconds: float = 10.0
-    silence_dbfs: float = -60.0
-    ema_alpha: float = 0.5
-    hold_windows: int = 2  # a new genre must lead for this many consecutive windows
-    margin: float = 0.1  # ...by at least this much smoothed probability over the current one
+    hop_seconds: float = setting(5.0, 0, 3600, lo_open=True)
+    min_fill_seconds: float = setting(10.0, 0, 30, lo_open=True, note="(the window is 30 s)")
+    silence_dbfs: float = setting(-60.0, -200, 0, hi_open=True, note="(dB below full scale)")
+    ema_alpha: float = setting(0.5, 0, 1, lo_open=True)
+    hold_windows: int = setting(2, 1, 1000)  # a new genre must lead for this many consecutive windows
+    margin: float = setting(0.1, 0, 1, hi_open=True)  # ...by at least this much smoothed probability over the current one
     uncertain_threshold: float | None = None  # "uncertain" below this top probability; None: the model's own default
     uncertain_margin: float | None = None  # ...or below this lead over the second; None: the model's own default
 
     def __post_init__(self) -> None:
-        if not self.hop_seconds > 0:
-            raise ValueError(f"hop_seconds must be > 0, got {self.hop_seconds}")
-        if not self.min_fill_seconds > 0:
-            raise ValueError(f"min_fill_seconds must be > 0, got {self.min_fill_seconds}")
-        if self.silence_dbfs > 0:
-            raise ValueError(f"silence_dbfs must be <= 0 (dB relative to full scale), got {self.silence_dbfs}")
+        check_ranges(self)
 
 
 @dataclass
 class ModelConfig:
     path: Path | None = None  # None: the bundled model
     device: Literal["auto", "cpu", "cuda", "tensorrt"] = "auto"
-    threads: int = 1  # one intra-op thread: a daemon shares the machine with everything else
+    threads: int = setting(1, 0, 256, note="(0 = one per core)")  # one intra-op thread: a daemon shares the machine
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 @dataclass
@@ -69,16 +70,19 @@ class MqttConfig:
     client_id: str = ""  # "" = genre-stream-<hostname>
     username: str | None = None
     password: str | None = None
-    keepalive: int = 60
+    keepalive: int = setting(60, 1, 65535, note="seconds")
     prefix: str = "genre-stream"
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
     tls_insecure: bool = False  # skip host name verification (self-signed test brokers only)
-    queue_max: int = 100_000  # messages kept on disk while the broker is unreachable
-    reconnect_min: float = 1.0
-    reconnect_max: float = 60.0
-    flush_timeout: float = 5.0  # how long a stop waits for queued messages to reach the broker
+    queue_max: int = setting(100_000, 1, 10_000_000)  # messages kept on disk while the broker is unreachable
+    reconnect_min: float = setting(1.0, 0, 3600, lo_open=True, note="seconds")
+    reconnect_max: float = setting(60.0, 0, 86400, lo_open=True, note="seconds")
+    flush_timeout: float = setting(5.0, 0, 3600, note="seconds")  # how long a stop waits for queued messages
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
     @property
     def tls(self) -> bool:
@@ -110,9 +114,12 @@ class JsonlConfig:
 class WatchConfig:
     done_dir: Path | None = None  # tagged files are moved here; None = never touch user files
     failed_dir: Path | None = None  # files that failed to decode are moved here; None = leave them
-    settle_seconds: float = 2.0  # a file's size must hold this long before it is read
-    poll_seconds: float = 2.0  # folder rescan interval (also the fallback without inotify)
+    settle_seconds: float = setting(2.0, 0, 3600)  # a file's size must hold this long before it is read
+    poll_seconds: float = setting(2.0, 0, 3600, lo_open=True)  # folder rescan interval (also the fallback without inotify)
     library_db: Path | None = None  # also index tagged files into this `genre-stream library` database
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 def default_state_dir() -> Path:
@@ -129,8 +136,8 @@ class DaemonConfig:
     realtime: bool = True  # file: sources play at the speed of the recording
     state_dir: Path = field(default_factory=default_state_dir)
     log_level: Literal["debug", "info", "warning", "error"] | None = None  # None: keep the -v level
-    stats_interval: float = 60.0  # seconds between <prefix>/<source>/stats messages; 0 = off
-    track_hop_seconds: float = 10.0  # window hop when a watched file is tagged as a whole track
+    stats_interval: float = setting(60.0, 0, 86400, note="(0 turns stats off)")  # seconds between stats messages
+    track_hop_seconds: float = setting(10.0, 0, 300, lo_open=True)  # window hop when a watched file is tagged as a whole track
     model: ModelConfig = field(default_factory=ModelConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     watch: WatchConfig = field(default_factory=WatchConfig)
@@ -139,6 +146,9 @@ class DaemonConfig:
     jsonl: JsonlConfig = field(default_factory=JsonlConfig)
     http: HttpSettings = field(default_factory=HttpSettings)
     history: HistorySettings = field(default_factory=HistorySettings)
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
     @property
     def jsonl_target(self) -> str | None:
@@ -181,6 +191,9 @@ def file_layer(path: Path) -> Layer:
         raise ConfigError(f"{path}: config file not found") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    except UnicodeDecodeError as exc:  # TOML is UTF-8 by definition
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                          "save the file as UTF-8") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from None
     layer = Layer()
@@ -267,9 +280,18 @@ def build_config(layers: list[Layer]) -> DaemonConfig:
             kwargs[name] = _coerce(value, hints[name], name, merged.origins[name])
         else:
             raise ConfigError(f"{merged.origins[name]}: unknown key {name!r}")
-    config = DaemonConfig(**kwargs)
+    try:
+        config = DaemonConfig(**kwargs)
+    except RangeError as exc:
+        raise ConfigError(f"{exc.name} = {exc.value!r} (from {merged.origins.get(exc.name, 'default')}): {exc.why}") from None
     _validate(config, merged.origins)
     return config
+
+
+def require_sources(config: DaemonConfig) -> None:
+    """A daemon without sources would only idle: refused by ``config check``, ``run`` and reloads alike."""
+    if not config.sources:
+        raise ConfigError("sources: none configured; give --source SPEC (or sources = [...] in the config file)")
 
 
 def _build_section(section: str, cls: type, values: dict[str, Any], origins: dict[str, str]) -> Any:
@@ -282,11 +304,11 @@ def _build_section(section: str, cls: type, values: dict[str, Any], origins: dic
         kwargs[name] = _coerce(value, hints[name], key, origins[key])
     try:
         return cls(**kwargs)
-    except ValueError as exc:  # a section's own __post_init__ check, e.g. "hop_seconds must be > 0, got 0"
-        name, _, why = str(exc).partition(" ")
-        if name in kwargs:
-            key = f"{section}.{name}"
-            raise ConfigError(f"{key} = {kwargs[name]!r} (from {origins[key]}): {why}") from None
+    except RangeError as exc:  # a setting outside the range declared next to it
+        key = f"{section}.{exc.name}"
+        origin = origins.get(key, "default")
+        raise ConfigError(f"{key} = {_shown(key, exc.value)} (from {origin}): {exc.why}") from None
+    except ValueError as exc:  # a section's own __post_init__ check
         where = sorted({origins[f"{section}.{n}"] for n in values})
         raise ConfigError(f"[{section}] (from {', '.join(where)}): {exc}") from None
 
@@ -299,7 +321,7 @@ def _coerce(value: Any, tp: Any, key: str, origin: str) -> Any:
     """Turn a TOML/env/flag value into ``tp``; strings from the environment are parsed."""
 
     def fail(why: str) -> ConfigError:
-        return ConfigError(f"{key} = {value!r} (from {origin}): {why}")
+        return ConfigError(f"{key} = {_shown(key, value)} (from {origin}): {why}")
 
     origin_tp = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -334,6 +356,8 @@ def _coerce(value: Any, tp: Any, key: str, origin: str) -> Any:
             number = None
         if number is None:
             raise fail(f"must be {'an integer' if tp is int else 'a number'}")
+        if tp is float and not math.isfinite(number):
+            raise fail("must be a finite number")
         return number
     if tp is Path:
         if not isinstance(value, (str, Path)):
@@ -342,6 +366,8 @@ def _coerce(value: Any, tp: Any, key: str, origin: str) -> Any:
     if tp is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise fail("must be a string")
+        if "\0" in str(value):
+            raise fail("must not contain a NUL character")
         return str(value)
     raise fail(f"unsupported type {tp}")  # pragma: no cover - a new field type without a coercion
 
@@ -351,21 +377,11 @@ def _validate(config: DaemonConfig, origins: dict[str, str]) -> None:
         if not ok:
             value = _lookup(config, key)
             origin = origins.get(key, "default")
-            raise ConfigError(f"{key} = {value!r} (from {origin}): {why}")
+            raise ConfigError(f"{key} = {_shown(key, value)} (from {origin}): {why}")
 
-    p, m = config.pipeline, config.mqtt
-    check(config.stats_interval >= 0, "stats_interval", "must be >= 0 (0 turns stats off)")
-    check(config.track_hop_seconds > 0, "track_hop_seconds", "must be > 0")
-    check(config.watch.settle_seconds >= 0, "watch.settle_seconds", "must be >= 0")
-    check(config.watch.poll_seconds > 0, "watch.poll_seconds", "must be > 0")
-    check(config.model.threads >= 0, "model.threads", "must be >= 0")
+    # Numeric ranges are declared next to each setting (settings.setting); these are the other rules.
+    m = config.mqtt
     check(config.model.path is None or resolve_model(config.model.path).is_file(), "model.path", "file not found (give an ONNX file, or fp32 / int8)")
-    check(p.hop_seconds > 0, "pipeline.hop_seconds", "must be > 0")
-    check(0 < p.min_fill_seconds <= 30, "pipeline.min_fill_seconds", "must be between 0 and 30 (the window length)")
-    check(p.silence_dbfs < 0, "pipeline.silence_dbfs", "must be negative (dB below full scale)")
-    check(0 < p.ema_alpha <= 1, "pipeline.ema_alpha", "must be in (0, 1]")
-    check(p.hold_windows >= 1, "pipeline.hold_windows", "must be >= 1")
-    check(0 <= p.margin < 1, "pipeline.margin", "must be in [0, 1)")
     check(p.uncertain_threshold is None or 0 <= p.uncertain_threshold < 1, "pipeline.uncertain_threshold", "must be in [0, 1) (0 = never uncertain)")
     check(p.uncertain_margin is None or 0 <= p.uncertain_margin < 1, "pipeline.uncertain_margin", "must be in [0, 1) (0 = off)")
     if m.url is not None:
@@ -377,11 +393,8 @@ def _validate(config: DaemonConfig, origins: dict[str, str]) -> None:
         except ValueError:
             check(False, "mqtt.url", "port must be a number between 0 and 65535")
         check(parts.path in ("", "/"), "mqtt.url", "must not have a path (set the topic prefix with mqtt.prefix)")
-    check(1 <= m.keepalive <= 65535, "mqtt.keepalive", "must be between 1 and 65535 seconds")
-    check(m.queue_max >= 1, "mqtt.queue_max", "must be >= 1")
-    check(0 < m.reconnect_min <= m.reconnect_max, "mqtt.reconnect_min", "must be > 0 and <= mqtt.reconnect_max")
-    check(m.flush_timeout >= 0, "mqtt.flush_timeout", "must be >= 0")
-    check(bool(m.prefix) and not any(c in m.prefix for c in "#+") and not m.prefix.endswith("/"), "mqtt.prefix", "must be non-empty, without # or + and without a trailing /")
+    check(m.reconnect_min <= m.reconnect_max, "mqtt.reconnect_min", "must be <= mqtt.reconnect_max")
+    check(topic_problem(m.prefix) is None, "mqtt.prefix", f"{topic_problem(m.prefix)} (an MQTT topic prefix)")
     check(m.password is None or m.username is not None, "mqtt.password", "given without mqtt.username")
     check(m.key_file is None or m.cert_file is not None, "mqtt.key_file", "given without mqtt.cert_file")
     for key in ("ca_file", "cert_file", "key_file"):
@@ -391,7 +404,8 @@ def _validate(config: DaemonConfig, origins: dict[str, str]) -> None:
     check(m.ca_file is None and m.cert_file is None or m.tls, "mqtt.url", "TLS files are configured but the URL is not mqtts://")
     ha = config.homeassistant
     check(bool(ha.node_id) and all(c.isalnum() or c in "_-" for c in ha.node_id), "homeassistant.node_id", "must be letters, digits, _ or -")
-    check(bool(ha.discovery_prefix), "homeassistant.discovery_prefix", "must not be empty")
+    check(topic_problem(ha.discovery_prefix) is None, "homeassistant.discovery_prefix",
+          f"{topic_problem(ha.discovery_prefix)} (an MQTT topic prefix)")
     check(config.jsonl.path != "", "jsonl.path", "must be a file path or - for stdout")
 
 
@@ -402,13 +416,27 @@ def _lookup(config: DaemonConfig, key: str) -> Any:
     return obj
 
 
+SECRET_KEYS = frozenset({"mqtt.password", "http.token"})
+URL_KEYS = frozenset({"mqtt.url"})
+
+
+def _shown(key: str, value: Any) -> str:
+    """A value as it may appear in a message: secrets masked, URL passwords redacted."""
+    if key in SECRET_KEYS and value not in (None, ""):
+        return repr(MASK)
+    if key in URL_KEYS and isinstance(value, str):
+        return repr(redact_url(value))
+    return repr(value)
+
+
 def describe(config: DaemonConfig) -> dict[str, Any]:
-    """The effective configuration as plain data (``config show``), with the password and token masked."""
+    """The effective configuration as plain data (``config show``), with secrets masked and URLs redacted."""
     data = dataclasses.asdict(config)
-    if data["mqtt"]["password"]:
-        data["mqtt"]["password"] = "***"
-    if data["http"]["token"]:
-        data["http"]["token"] = "***"
+    for key in SECRET_KEYS | URL_KEYS:
+        section, _, name = key.partition(".")
+        value = data[section][name]
+        if value:
+            data[section][name] = redact_url(value) if key in URL_KEYS else MASK
 
     def plain(v: Any) -> Any:
         if isinstance(v, dict):

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import ConfigError, DaemonConfig
+from .config import ConfigError, DaemonConfig, require_sources
 from .dashboard.config import DashboardError
 from .engine import Engine
 from .history import History
@@ -148,8 +148,7 @@ class Daemon:
     def run(self) -> int:
         """Run until the finite sources end or a stop is requested; the exit status."""
         config = self.config
-        if not config.sources:
-            raise ConfigError("sources: none configured; give --source SPEC (or sources = [...] in the config file)")
+        require_sources(config)
         sources = self._make_sources(config.sources, config)  # ConfigError before anything opens
         if self.engine is None:
             m = config.model
@@ -324,6 +323,8 @@ class Daemon:
                 assert self.engine is not None
                 event, result = tag_track(item.source, item.path, self.engine, self.config.track_hop_seconds,
                                           uncertainty_rule(self.engine, self.config.pipeline))
+                if event.type == "error" and r.source.retry_later(item.path):
+                    return  # perhaps still being written: no verdict yet, the source hands it on again
                 self._publish(event)
                 if result is not None and self.config.watch.library_db is not None:
                     self._index(r, item.path, result)
@@ -349,7 +350,7 @@ class Daemon:
             if r.library is None:
                 r.library = LibraryDB(self.config.watch.library_db)
             r.library.upsert_track(path, result)
-        except (LibraryError, OSError, sqlite3.Error) as exc:
+        except (LibraryError, OSError, sqlite3.Error, ValueError) as exc:  # ValueError: a name SQLite cannot store
             log.error("%s: cannot index %s into %s: %s", r.source.id, path, self.config.watch.library_db, exc)
             self._publish(GenreEvent.error(r.source.id, f"library index: {exc}", str(path)))
 
@@ -386,10 +387,13 @@ class Daemon:
         self.notifier.reloading()
         try:
             new = self.reload_config()
-            if not new.sources:
-                raise ConfigError("sources: none configured")
+            require_sources(new)
         except ConfigError as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
+            self.notifier.ready(self._status_line())
+            return
+        except Exception:  # a loader bug must not take a running daemon down on SIGHUP
+            log.exception("reload failed unexpectedly, keeping the running configuration")
             self.notifier.ready(self._status_line())
             return
         old = self.config

@@ -27,6 +27,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .jsonsafe import dumps
+from .settings import check_ranges, setting
 from .messages import GenreEvent, GenreState, Message
 from .sinks.base import SourceInfo
 
@@ -87,7 +89,10 @@ class HistorySettings:
     """The ``[history]`` section of the daemon config (flags ``--history/--no-history``, ``--history-days``)."""
 
     enabled: bool = True
-    retention_days: float = 90.0  # <= 0 keeps everything
+    retention_days: float = setting(90.0, 0, 36500, note="days (0 keeps everything)")
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
     def config(self, state_dir: Path) -> HistoryConfig:
         return HistoryConfig.in_state_dir(state_dir, retention_days=self.retention_days)
@@ -282,9 +287,9 @@ class History:
             payload = msg.to_dict()
             ts = _message_time(msg)
             if isinstance(msg, GenreState):
-                states.append((msg.source, ts, msg.state, msg.genre, float(msg.confidence), json.dumps(payload)))
+                states.append((msg.source, ts, msg.state, msg.genre, float(msg.confidence), dumps(payload)))
             elif isinstance(msg, GenreEvent):
-                events.append((msg.source, ts, msg.type, json.dumps(payload)))
+                events.append((msg.source, ts, msg.type, dumps(payload)))
         with _transaction(conn):
             conn.executemany(
                 "INSERT INTO states (source, ts, state, genre, confidence, payload) VALUES (?, ?, ?, ?, ?, ?)", states

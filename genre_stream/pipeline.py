@@ -27,6 +27,7 @@ from .config import PipelineConfig
 from .engine import Engine
 from .frontend import MelFrontend, MelRingBuffer, StreamingMel, normalize_window
 from .messages import GenreEvent, GenreState, Message
+from .sanitize import LOUD, repair
 from .smoother import Smoother
 from .sources.base import AudioChunk
 from .windows import TrackResult, analyse_file
@@ -79,6 +80,9 @@ class SourcePipeline:
         self.windows = 0
         self.silent_windows = 0
         self.discontinuities = 0
+        self.nonfinite_samples = 0  # NaN/Inf samples replaced by silence
+        self.clipped_samples = 0  # samples beyond +-sanitize.LOUD
+        self._repairing = False  # the previous chunk needed repair (log once per bad stretch)
         self._audio_seconds = 0.0
         self._busy_seconds = 0.0
         self._inference_last_ms = 0.0
@@ -89,7 +93,7 @@ class SourcePipeline:
     def feed(self, chunk: AudioChunk) -> list[Message]:
         """Add one chunk; the messages of every classification it completes (usually none or one)."""
         started = time.perf_counter()
-        samples = np.asarray(chunk.samples, dtype=np.float32).reshape(-1)
+        samples = self._repair(np.asarray(chunk.samples, dtype=np.float32).reshape(-1))
         sr = self._fc.sample_rate
         if self._expected is not None and abs(chunk.time - self._expected) > DISCONTINUITY_SECONDS:
             log.info("%s: audio jumped from %.2f s to %.2f s; restarting the frontend", self.source_id, self._expected, chunk.time)
@@ -127,6 +131,17 @@ class SourcePipeline:
         self._busy_seconds += time.perf_counter() - started
         return messages
 
+    def _repair(self, samples: np.ndarray) -> np.ndarray:
+        """Non-finite samples -> 0, absurd magnitudes clipped (sanitize.py); counted, logged when a bad stretch starts."""
+        samples, repaired = repair(samples)
+        if repaired and not self._repairing:
+            log.warning("%s: audio with %d non-finite and %d out-of-range samples (beyond +-%g); "
+                        "replaced by silence / clipped", self.source_id, repaired.nonfinite, repaired.clipped, LOUD)
+        self._repairing = bool(repaired)
+        self.nonfinite_samples += repaired.nonfinite
+        self.clipped_samples += repaired.clipped
+        return samples
+
     def _add_energy(self, samples: np.ndarray) -> None:
         if samples.size == 0:
             return
@@ -135,10 +150,15 @@ class SourcePipeline:
         self._energy_n += samples.size
         self._energy_sum += sq
         window = self._fc.window_samples
+        popped = False
         while self._energy and self._energy_n - self._energy[0][0] >= window:
-            n, s = self._energy.popleft()
+            n, _ = self._energy.popleft()
             self._energy_n -= n
-            self._energy_sum -= s
+            popped = True
+        if popped:
+            # Re-add instead of subtracting: after a loud stretch leaves the window, a running
+            # difference would keep its rounding error, far larger than quiet audio's energy.
+            self._energy_sum = math.fsum(s for _, s in self._energy)
 
     def level_dbfs(self) -> float:
         """RMS level of the audio behind the current window, in dB relative to full scale."""
@@ -198,6 +218,8 @@ class SourcePipeline:
             "audio_seconds": round(self._audio_seconds, 3),
             "buffered_seconds": round(self._fc.frames_to_seconds(len(self.ring)), 3),
             "discontinuities": self.discontinuities,
+            "nonfinite_samples": self.nonfinite_samples,
+            "clipped_samples": self.clipped_samples,
         }
 
 

@@ -205,7 +205,7 @@ def test_bad_tls_file_exits_78_naming_the_file(demo: Path, tmp_path: Path) -> No
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--source", "file:x.wav", "--hop", "0"], "pipeline.hop_seconds = 0.0 (from command line): must be > 0"),
+        (["--source", "file:x.wav", "--hop", "0"], "pipeline.hop_seconds = 0.0 (from command line): must be in (0, 3600]"),
         ([], "sources: none configured"),
         (["--source", "file:x.wav", "--uncertain-threshold", "1.5"], "pipeline.uncertain_threshold = 1.5 (from command line): must be in [0, 1)"),
     ],

@@ -9,7 +9,8 @@ import pytest
 from genre_stream.sources import parse_source
 from genre_stream.sources.file import FileSource
 from genre_stream.sources.mic import MicSource
-from genre_stream.sources.stream import StreamSource, redact
+from genre_stream.redact import redact_url as redact
+from genre_stream.sources.stream import StreamSource
 from genre_stream.sources.watch import WatchSource
 
 

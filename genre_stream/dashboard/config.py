@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from ..settings import check_ranges, setting
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
+DEFAULT_MAX_CLIENTS = 32
+LOOPBACK_NAMES = ("localhost",)  # IP literals are always accepted (see accepts_host)
 
 
 class DashboardError(Exception):
@@ -27,6 +31,8 @@ class DashboardConfig:
     token: str | None = None
     allow_remote: bool = False
     mel_interval_seconds: float = 1.0  # how often the live spectrogram is pushed to open pages
+    max_clients: int = DEFAULT_MAX_CLIENTS  # open live streams (each holds a socket); more get 503
+    allowed_hosts: tuple[str, ...] = ()  # Host header names accepted besides loopback and the bound host
 
     def __post_init__(self) -> None:
         self.validate()
@@ -34,6 +40,21 @@ class DashboardConfig:
     @property
     def is_loopback(self) -> bool:
         return is_loopback(self.host)
+
+    def accepts_host(self, name: str) -> bool:
+        """Whether a request whose Host header names ``name`` (lower case, port removed) is answered.
+
+        A page tricked by DNS rebinding sends the attacker's host *name* in ``Host``; answering only
+        IP addresses (the bound one included), localhost and the names in ``allowed_hosts`` keeps
+        such pages from reading the dashboard of a daemon on loopback or the LAN.
+        """
+        if name in LOOPBACK_NAMES or name in {h.lower() for h in self.allowed_hosts}:
+            return True
+        try:
+            ipaddress.ip_address(name[1:-1] if name.startswith("[") and name.endswith("]") else name)
+        except ValueError:
+            return False
+        return True
 
     def validate(self) -> None:
         """Raise ValueError naming the offending setting and why."""
@@ -53,6 +74,11 @@ class DashboardConfig:
             raise ValueError("http token: empty; leave it unset for no authentication")
         if self.mel_interval_seconds <= 0:
             raise ValueError(f"http mel interval {self.mel_interval_seconds}: must be > 0 seconds")
+        if self.max_clients < 1:
+            raise ValueError(f"http max_clients {self.max_clients}: must be >= 1")
+        for name in self.allowed_hosts:
+            if not name or any(c in name for c in " /@\t"):
+                raise ValueError(f"http allowed_hosts: {name!r} is not a host name")
 
     @classmethod
     def from_address(cls, address: str, **kwargs: object) -> DashboardConfig:
@@ -73,14 +99,18 @@ class HttpSettings:
     listen: str | None = None  # e.g. "127.0.0.1:8080"
     allow_remote: bool = False
     token: str | None = None  # prefer GENRE_STREAM_HTTP_TOKEN: flags are visible in ps
+    max_clients: int = setting(DEFAULT_MAX_CLIENTS, 1, 1000)  # open live streams (dashboard pages)
+    allowed_hosts: list[str] = field(default_factory=list)  # e.g. ["genre.example.lan"] behind a proxy
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         self.dashboard()
 
     def dashboard(self) -> DashboardConfig | None:
         if not self.listen:
             return None
-        return DashboardConfig.from_address(self.listen, token=self.token, allow_remote=self.allow_remote)
+        return DashboardConfig.from_address(self.listen, token=self.token, allow_remote=self.allow_remote,
+                                            max_clients=self.max_clients, allowed_hosts=tuple(self.allowed_hosts))
 
 
 def parse_address(address: str) -> tuple[str, int]:

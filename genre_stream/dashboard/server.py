@@ -12,13 +12,17 @@ Routes (all but ``/healthz`` behind the bearer token when one is configured):
 
 No route takes a file name from the request: the static files are a fixed set read
 from the package at start, and history reads only the daemon's own database.
+
+Every request must name an accepted host (``DashboardConfig.accepts_host``: IP addresses,
+localhost, ``allowed_hosts``), which defeats DNS rebinding; every response carries a
+strict Content-Security-Policy and no-sniff/no-framing headers. Live streams are capped at
+``max_clients`` (503 beyond), so pages left open cannot exhaust the daemon's file descriptors.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 import threading
 import time
@@ -29,6 +33,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from ..jsonsafe import dumps
 from ..history import HistoryError, HistoryReader, iso_utc
 from ..timespec import parse_time
 from .config import DashboardConfig, DashboardError
@@ -45,11 +50,19 @@ HISTORY_KINDS = ("segments", "states", "events")
 MAX_HISTORY_ROWS = 5000
 LIVE_QUEUE = 512  # items a slow page may lag behind before it is disconnected (it reconnects fresh)
 KEEPALIVE_SECONDS = 15.0
+IDLE_CONNECTION_SECONDS = 15.0  # an idle keep-alive connection is closed after this
 TOKEN_COOKIE = "genre_stream_token"
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; "
+                               "base-uri 'none'; form-action 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(text=json.dumps(data), status=status, content_type="application/json")
+    return web.Response(text=dumps(data), status=status, content_type="application/json")
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -69,6 +82,7 @@ class DashboardServer:
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
         self._closing: asyncio.Event | None = None
+        self.live_clients = 0  # open /api/live streams (event-loop thread only)
         self.port: int | None = None
 
     @property
@@ -91,10 +105,14 @@ class DashboardServer:
                 f"dashboard: cannot listen on {self.config.host}:{self.config.port}: {exc.strerror or exc}"
             ) from exc
         log.info("dashboard on %s%s", self.url, " (bearer token required)" if self.config.token else "")
+        if not self.config.is_loopback and not self.config.token:
+            log.warning("dashboard on %s is reachable from the network WITHOUT a token: anyone who can reach it "
+                        "sees what every source hears; set http.token (GENRE_STREAM_HTTP_TOKEN)", self.url)
 
     async def _start(self) -> None:
         self._closing = asyncio.Event()
-        app = web.Application(middlewares=[self._auth])
+        app = web.Application(middlewares=[self._check_host, self._auth])
+        app.on_response_prepare.append(self._security_headers)
         app.router.add_get("/", self._index)
         app.router.add_get("/static/{name}", self._static_file)
         app.router.add_get("/api/sources", self._sources)
@@ -103,7 +121,8 @@ class DashboardServer:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         # handler_cancellation: a closed page ends its live stream at once (unsubscribes), not at the next write.
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0, handler_cancellation=True)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0, handler_cancellation=True,
+                               keepalive_timeout=IDLE_CONNECTION_SECONDS)
         await runner.setup()
         site = web.TCPSite(runner, self.config.host, self.config.port, reuse_address=True)
         try:
@@ -144,6 +163,26 @@ class DashboardServer:
 
     # -- middleware --------------------------------------------------------------------
     @web.middleware
+    async def _check_host(self, request: web.Request,
+                          handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        """Answer only requests addressed to an accepted host name (see the module docstring)."""
+        host = request.headers.get("Host", "").strip().lower()
+        if host.startswith("["):  # [IPv6] or [IPv6]:port
+            name = host[: host.index("]") + 1] if "]" in host else host
+        else:
+            name = host.rpartition(":")[0] if ":" in host else host
+        if not self.config.accepts_host(name):
+            log.warning("dashboard: refused a request for host %r (accepted: IP addresses, localhost and "
+                        "http.allowed_hosts %s)", host, list(self.config.allowed_hosts))
+            return web.Response(status=403, text=f"host {host!r} not accepted by this dashboard\n")
+        return await handler(request)
+
+    @staticmethod
+    async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+
+    @web.middleware
     async def _auth(self, request: web.Request,
                     handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
         """Bearer token in the Authorization header, or ``?token=`` once, which a browser then keeps as a cookie.
@@ -155,8 +194,8 @@ class DashboardServer:
         token = self.config.token
         if not token or request.path == "/healthz":
             return await handler(request)
-        header = request.headers.get("Authorization", "")
-        candidates = [header[7:] if header.startswith("Bearer ") else "",
+        scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+        candidates = [credentials.strip() if scheme.lower() == "bearer" else "",
                       request.query.get("token", ""), request.cookies.get(TOKEN_COOKIE, "")]
         if not any(hmac.compare_digest(c.encode(), token.encode()) for c in candidates):
             return web.Response(status=401, text="bearer token required\n",
@@ -205,6 +244,8 @@ class DashboardServer:
             limit = min(int(q.get("limit", MAX_HISTORY_ROWS)), MAX_HISTORY_ROWS)
         except ValueError:
             return _error(400, f"limit={q.get('limit')!r}: not a whole number")
+        if limit < 1:  # SQLite reads LIMIT -1 as "no limit"
+            return _error(400, f"limit={limit}: must be at least 1 (at most {MAX_HISTORY_ROWS} rows are returned)")
         source = q.get("source") or None
         reader = self.history
 
@@ -222,6 +263,17 @@ class DashboardServer:
                       "items": items})
 
     async def _live(self, request: web.Request) -> web.StreamResponse:
+        if self.live_clients >= self.config.max_clients:
+            log.warning("dashboard: %d live streams open (http.max_clients); refusing another", self.live_clients)
+            return web.Response(status=503, text="too many open dashboard pages; close one or raise http.max_clients\n",
+                                headers={"Retry-After": "10"})
+        self.live_clients += 1
+        try:
+            return await self._stream(request)
+        finally:
+            self.live_clients -= 1
+
+    async def _stream(self, request: web.Request) -> web.StreamResponse:
         loop = asyncio.get_running_loop()
         items: asyncio.Queue[tuple[str, dict[str, Any]] | None] = asyncio.Queue(maxsize=LIVE_QUEUE)
 
@@ -274,4 +326,4 @@ class DashboardServer:
 
     @staticmethod
     async def _send(response: web.StreamResponse, kind: str, payload: dict[str, Any]) -> None:
-        await response.write(f"event: {kind}\ndata: {json.dumps(payload)}\n\n".encode())
+        await response.write(f"event: {kind}\ndata: {dumps(payload)}\n\n".encode())

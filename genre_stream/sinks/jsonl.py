@@ -2,12 +2,12 @@
 
 Each state and event is written as one line with exactly the MQTT payload, flushed at once,
 so ``genre-stream run ... | jq`` or ``tail -f`` see messages as they happen. Files are opened
-for appending: an existing log is never truncated.
+for appending: an existing log is never truncated. When the file is renamed or deleted under the
+daemon (logrotate without copytruncate), the next line goes to a fresh file at the configured path.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import logging
 import sys
@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 from typing import TextIO
 
+from ..jsonsafe import dumps
 from ..messages import SourceStats
 from .base import Publishable, SourceAvailability, SourceInfo
 
@@ -33,21 +34,40 @@ class JsonlSink:
         if self.target == "-":
             self._fh = sys.stdout
             return
+        self._fh = self._open()
+
+    def _open(self) -> TextIO:
         path = Path(self.target)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(path, "a", encoding="utf-8")
+            return open(path, "a", encoding="utf-8")
         except OSError as exc:
             raise OSError(f"{path}: cannot open JSON lines output ({exc.strerror})") from exc
+
+    def _reopen_if_rotated(self) -> None:
+        """Follow a rotation: the path now names another file (or none) than the one we hold."""
+        assert self._fh is not None
+        try:
+            current = os.stat(self.target)
+            held = os.fstat(self._fh.fileno())
+            if (current.st_dev, current.st_ino) == (held.st_dev, held.st_ino):
+                return
+        except FileNotFoundError:
+            pass
+        self._fh.close()
+        self._fh = self._open()
+        log.info("%s was rotated or removed; writing JSON lines to a new file", self.target)
 
     def publish(self, message: Publishable) -> None:
         if isinstance(message, SourceStats | SourceAvailability):
             return
-        line = json.dumps(message.to_dict(), ensure_ascii=False, separators=(",", ":"))
+        line = dumps(message.to_dict())
         with self._lock:
             if self._fh is None:
                 raise RuntimeError("JsonlSink.publish before start")
             try:
+                if self.target != "-":
+                    self._reopen_if_rotated()
                 self._fh.write(line + "\n")
                 self._fh.flush()
             except BrokenPipeError:

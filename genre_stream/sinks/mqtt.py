@@ -19,13 +19,16 @@ carries on.
 
 from __future__ import annotations
 
-import json
+import functools
 import logging
 import socket
+import sqlite3
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -33,6 +36,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from ..config import ConfigError, HomeAssistantConfig, MqttConfig
+from ..jsonsafe import dumps
+from ..redact import redact_url
 from ..messages import GenreEvent, GenreState, SourceStats
 from .base import Publishable, SourceAvailability, SourceInfo
 from .homeassistant import LEDGER_FILE, OFFLINE, ONLINE, AttributeGate, DiscoveryLedger, Topics, discovery_messages
@@ -43,6 +48,8 @@ log = logging.getLogger(__name__)
 QUEUE_FILE = "mqtt-queue.sqlite3"
 INFLIGHT_WINDOW = 64  # unacknowledged QoS 1 messages handed to paho at once
 LOOP_TIMEOUT = 0.5  # network loop tick; publishing threads wake the loop themselves (paho socketpair)
+SHORT_CONNECTION = 10.0  # a connection closed sooner than this after CONNACK counts as "kicked right away"
+FLAP_LIMIT = 3  # that many in a row: say that another client probably uses our client id
 
 
 def tls_context(config: MqttConfig) -> ssl.SSLContext:
@@ -76,7 +83,7 @@ class MqttSink:
             raise ValueError("MqttSink needs mqtt.url")
         self.config = config
         self.ha = homeassistant
-        self.url = config.url
+        self.url = redact_url(config.url)  # for log lines: never the password
         self.topics = Topics(config.prefix)
         self.status_topic = self.topics.status
         self.configuration_url = configuration_url  # the dashboard, shown on the Home Assistant device page
@@ -99,10 +106,10 @@ class MqttSink:
         if config.username is not None:
             self.client.username_pw_set(config.username, config.password)
         self.client.will_set(self.status_topic, "offline", qos=1, retain=True)
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
-        self.client.on_publish = self._on_publish
-        self.client.on_message = self._on_message
+        self.client.on_connect = _contained(self._on_connect)
+        self.client.on_disconnect = _contained(self._on_disconnect)
+        self.client.on_publish = _contained(self._on_publish)
+        self.client.on_message = _contained(self._on_message)
         self.connected = threading.Event()
         self._stop = threading.Event()
         self._inflight: dict[int, int] = {}  # paho mid -> outbox row id
@@ -110,6 +117,8 @@ class MqttSink:
         self._lock = threading.Lock()  # guards _inflight, _acked_early, _last_handed, _sources
         self._pump_lock = threading.Lock()  # one pump at a time, so rows go out in queue order
         self._acked_early: set[int] = set()  # acks that overtook the recording of their mid
+        self._unremoved: set[int] = set()  # acknowledged rows the queue could not delete yet (disk full)
+        self.lost = 0  # messages that could not be queued in the current outage of the queue file
         self._publishing = False  # a queued row is inside client.publish right now
         self._sources: list[SourceInfo] = []
         self._model = ""
@@ -128,20 +137,20 @@ class MqttSink:
     def publish(self, message: Publishable) -> None:
         topics = self.topics
         if isinstance(message, SourceAvailability):
-            self.outbox.put(topics.availability(message.source), (ONLINE if message.online else OFFLINE).encode(), qos=1, retain=True)
+            self._queue(topics.availability(message.source), (ONLINE if message.online else OFFLINE).encode(), retain=True)
             if self.connected.is_set():
                 self._pump()
             return
-        payload = json.dumps(message.to_dict(), ensure_ascii=False, separators=(",", ":")).encode()
+        payload = dumps(message.to_dict()).encode()
         if isinstance(message, GenreState):
-            self.outbox.put(topics.state(message.source), payload, qos=1, retain=True)
+            self._queue(topics.state(message.source), payload, retain=True)
             attributes = self._attributes.update(message.source, message.probabilities) if self.ha.enabled else None
             if attributes is not None:
-                self.outbox.put(topics.attributes(message.source), attributes, qos=1, retain=True)
+                self._queue(topics.attributes(message.source), attributes, retain=True)
         elif isinstance(message, GenreEvent):
-            self.outbox.put(topics.event(message.source), payload, qos=1, retain=False)
+            self._queue(topics.event(message.source), payload, retain=False)
             if message.type == "track_tagged" and self.ha.enabled:
-                self.outbox.put(topics.track(message.source), payload, qos=1, retain=True)
+                self._queue(topics.track(message.source), payload, retain=True)
         elif isinstance(message, SourceStats):
             if self.connected.is_set():
                 self.client.publish(topics.stats(message.source), payload, qos=0, properties=self._props)
@@ -152,6 +161,20 @@ class MqttSink:
             # Send right away from this thread (paho wakes its loop) instead of waiting for the
             # network thread's next tick: that tick was most of the delivery latency.
             self._pump()
+
+    def _queue(self, topic: str, payload: bytes, retain: bool) -> None:
+        """Put one QoS 1 message into the outbox; while it cannot be written (disk full) messages are counted as lost."""
+        try:
+            self.outbox.put(topic, payload, qos=1, retain=retain)
+        except sqlite3.Error as exc:
+            if not self.lost:
+                log.error("MQTT queue %s cannot be written (%s); states and events are lost until it can",
+                          self.outbox.path, exc)
+            self.lost += 1
+            return
+        if self.lost:
+            log.warning("MQTT queue %s is writable again; %d message(s) were lost meanwhile", self.outbox.path, self.lost)
+            self.lost = 0
 
     def sources_changed(self, sources: list[SourceInfo], model: str) -> None:
         with self._lock:
@@ -200,9 +223,25 @@ class MqttSink:
             return bool(self._inflight) or len(self.outbox) > 0
 
     def _network(self) -> None:
+        """The connect/loop cycle; an unexpected error is logged and the cycle goes on (it is the only sender)."""
+        while not self._stop.is_set():
+            try:
+                self._connect_and_loop()
+            except Exception:
+                log.exception("MQTT network thread: unexpected error; reconnecting in %.1f s", self.config.reconnect_max)
+                self.connected.clear()
+                try:
+                    self.client.disconnect()
+                except Exception:  # already down; the next cycle connects afresh
+                    pass
+                self._stop.wait(self.config.reconnect_max)
+
+    def _connect_and_loop(self) -> None:
         delay = self.config.reconnect_min
         need_connect = True
         first = True
+        connected_since: float | None = None  # when this loop first saw the current connection up
+        short_lived = 0  # connections in a row that the broker closed right after accepting them
         while not self._stop.is_set():
             if need_connect:
                 try:
@@ -226,14 +265,28 @@ class MqttSink:
                 was_connected = self.connected.is_set()
                 self.connected.clear()
                 need_connect = True
-                if was_connected:
+                if connected_since is not None and time.monotonic() - connected_since < SHORT_CONNECTION:
+                    short_lived += 1
+                    if short_lived == FLAP_LIMIT:
+                        log.error(
+                            "MQTT broker %s closed the connection %d times in a row right after accepting it; another "
+                            "client (a second daemon?) probably uses the client id %r: give each one its own "
+                            "mqtt.client_id", self.url, short_lived, self.config.client_id or default_client_id(),
+                        )
+                elif was_connected:
                     delay = self.config.reconnect_min
+                connected_since = None
                 log.warning("MQTT connection to %s lost (%s); reconnecting in %.1f s", self.url, mqtt.error_string(rc), delay)
                 self._stop.wait(delay)
                 delay = min(delay * 2, self.config.reconnect_max)
                 continue
             if self.connected.is_set():
-                delay = self.config.reconnect_min
+                now = time.monotonic()
+                if connected_since is None:
+                    connected_since = now
+                elif now - connected_since >= SHORT_CONNECTION:
+                    delay = self.config.reconnect_min  # a stable connection: the next outage starts fast again
+                    short_lived = 0
                 self._pump()
 
     def _pump(self) -> None:
@@ -245,6 +298,7 @@ class MqttSink:
         ``_acked_early`` instead.
         """
         with self._pump_lock:
+            self._retry_removals()
             with self._lock:
                 free = INFLIGHT_WINDOW - len(self._inflight)
                 after = self._last_handed
@@ -264,8 +318,7 @@ class MqttSink:
                     if not acked:
                         self._inflight[info.mid] = row.id
                 if acked:
-                    self.outbox.remove(row.id)
-                    self.delivered += 1
+                    self._acknowledged(row.id)
 
     # ----------------------------------------------------------- paho callbacks (network thread)
 
@@ -280,9 +333,9 @@ class MqttSink:
             # paho re-sends what it still holds in flight; everything else restarts from the queue.
             self._last_handed = max(self._inflight.values(), default=0)
         client.publish(self.status_topic, "online", qos=1, retain=True)
+        self.connected.set()  # before discovery: a failing announcement must not hold up states and events
         if self.ha.enabled:
             client.subscribe(f"{self.ha.discovery_prefix}/status", qos=1)
-        self.connected.set()
         self._announce()
 
     def _on_disconnect(self, client: mqtt.Client, userdata, flags, reason, properties) -> None:
@@ -294,8 +347,34 @@ class MqttSink:
             if row is None and self._publishing:
                 self._acked_early.add(mid)
         if row is not None:
-            self.outbox.remove(row)
-            self.delivered += 1
+            self._acknowledged(row)
+
+    def _acknowledged(self, row_id: int) -> None:
+        """The broker has the message: drop it from the queue, or remember to once the disk allows."""
+        self.delivered += 1
+        try:
+            self.outbox.remove(row_id)
+        except sqlite3.Error as exc:
+            with self._lock:
+                first = not self._unremoved
+                self._unremoved.add(row_id)
+            if first:
+                log.error("MQTT queue %s: cannot delete delivered messages (%s); retrying (they are not sent twice "
+                          "unless the daemon restarts meanwhile)", self.outbox.path, exc)
+
+    def _retry_removals(self) -> None:
+        with self._lock:
+            pending = sorted(self._unremoved)
+        if not pending:
+            return
+        try:
+            for row_id in pending:
+                self.outbox.remove(row_id)
+                with self._lock:
+                    self._unremoved.discard(row_id)
+        except sqlite3.Error:
+            return  # still failing; logged when it started
+        log.warning("MQTT queue %s: delivered messages deleted again (%d)", self.outbox.path, len(pending))
 
     def _on_message(self, client: mqtt.Client, userdata, message: mqtt.MQTTMessage) -> None:
         # Home Assistant publishes "online" on <discovery_prefix>/status when it (re)starts.
@@ -316,6 +395,19 @@ class MqttSink:
             for m in self._ledger.plan(messages):
                 self.client.publish(m.topic, m.payload, qos=1, retain=True)
             self._ledger.record(messages)
+
+
+def _contained(callback: Callable[..., None]) -> Callable[..., None]:
+    """Log a paho callback's exception instead of letting it end the network loop (and with it every delivery)."""
+
+    @functools.wraps(callback)
+    def wrapper(*args: Any) -> None:
+        try:
+            callback(*args)
+        except Exception:
+            log.exception("MQTT %s failed; the connection carries on", callback.__name__)
+
+    return wrapper
 
 
 def _describe(exc: BaseException) -> str:

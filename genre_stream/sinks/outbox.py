@@ -6,6 +6,10 @@ in insertion order. Retained messages are "current value" topics (states): a new
 same topic replaces the queued older one, which keeps the queue small during long outages
 without losing any event. When the bound is reached the oldest rows are dropped, counted and
 logged: a bounded queue has to give somewhere, and the oldest news is the least useful.
+
+A write that fails (disk full, I/O error) is rolled back, so the next one starts clean. A queue
+file that SQLite cannot read is never deleted: it is moved aside under a timestamped name
+(``mqtt-queue.sqlite3.damaged-20260101T120000Z``), logged, and a fresh queue is started.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,33 +41,39 @@ class Outbox:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         try:
-            self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT,"
-                " topic TEXT NOT NULL, payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL)"
+            self._db = _open(path)
+        except _Damaged as exc:
+            aside = _move_aside(path, exc)
+            log.error(
+                "MQTT queue %s is damaged (%s); moved it to %s and started an empty queue "
+                "(the messages in it were not delivered; inspect or delete that file)", path, exc, aside,
             )
-        except sqlite3.DatabaseError as exc:
-            raise OSError(f"{path}: cannot open the MQTT queue database ({exc})") from exc
+            self._db = _open(path)
         pending = len(self)
         if pending:
             log.info("%d queued MQTT message(s) from an earlier run will be delivered first", pending)
 
     def put(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        """Queue one message; on failure (sqlite3.Error, e.g. disk full) nothing is queued and the error propagates."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
-            if retain:
-                self._db.execute("DELETE FROM outbox WHERE topic = ? AND retain = 1", (topic,))
-            self._db.execute(
-                "INSERT INTO outbox (topic, payload, qos, retain) VALUES (?, ?, ?, ?)", (topic, payload, qos, int(retain))
-            )
-            excess = self._count() - self.max_messages
-            if excess > 0:
-                self._db.execute("DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT ?)", (excess,))
-                self.dropped += excess
-                log.warning("MQTT queue full (%d messages): dropped the %d oldest", self.max_messages, excess)
-            self._db.execute("COMMIT")
+            try:
+                if retain:
+                    self._db.execute("DELETE FROM outbox WHERE topic = ? AND retain = 1", (topic,))
+                self._db.execute(
+                    "INSERT INTO outbox (topic, payload, qos, retain) VALUES (?, ?, ?, ?)", (topic, payload, qos, int(retain))
+                )
+                excess = self._count() - self.max_messages
+                if excess > 0:
+                    self._db.execute("DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT ?)", (excess,))
+                    self.dropped += excess
+                    log.warning("MQTT queue full (%d messages): dropped the %d oldest", self.max_messages, excess)
+                self._db.execute("COMMIT")
+            except BaseException:
+                # An open transaction would make every later BEGIN fail ("within a transaction").
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
 
     def peek(self, after_id: int, limit: int) -> list[QueuedMessage]:
         """The oldest ``limit`` messages with an id above ``after_id`` (those not yet handed to the client)."""
@@ -90,3 +101,55 @@ class Outbox:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+class _Damaged(Exception):
+    """The queue file exists but is not a readable SQLite database (as opposed to, say, a permission problem)."""
+
+
+_DAMAGED_CODES = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    """Open (or create) the queue; _Damaged for a corrupt file, OSError for anything else that prevents it."""
+    try:
+        db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise OSError(f"{path}: cannot open the MQTT queue database ({exc})") from exc
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT,"
+            " topic TEXT NOT NULL, payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL)"
+        )
+        check = db.execute("PRAGMA quick_check").fetchone()[0]
+    except sqlite3.Error as exc:
+        db.close()
+        if getattr(exc, "sqlite_errorcode", None) in _DAMAGED_CODES:
+            raise _Damaged(str(exc)) from exc
+        raise OSError(f"{path}: cannot open the MQTT queue database ({exc})") from exc
+    if check != "ok":
+        db.close()
+        raise _Damaged(f"integrity check: {check}")
+    return db
+
+
+def _move_aside(path: Path, why: Exception) -> Path:
+    """Rename a damaged queue (and its WAL/SHM companions) to ``<name>.damaged-<UTC time>``; never delete it."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside = path.with_name(f"{path.name}.damaged-{stamp}")
+    n = 1
+    while aside.exists():
+        aside = path.with_name(f"{path.name}.damaged-{stamp}-{n}")
+        n += 1
+    try:
+        for suffix in ("-wal", "-shm"):
+            companion = path.with_name(path.name + suffix)
+            if companion.exists():
+                companion.rename(aside.with_name(aside.name + suffix))
+        path.rename(aside)
+    except OSError as exc:
+        raise OSError(f"{path}: the MQTT queue database is damaged ({why}) and cannot be moved aside ({exc.strerror}); "
+                      "move or remove it by hand") from exc
+    return aside

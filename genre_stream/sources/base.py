@@ -76,6 +76,10 @@ class Source(ABC):
     def mark_done(self, path: Path, ok: bool) -> None:
         """Called by the daemon after a ``TrackReady`` was handled; only the watch source keeps state."""
 
+    def retry_later(self, path: Path) -> bool:
+        """A handed-on file failed to decode: True when the source will hand it on again (no result yet)."""
+        return False
+
 
 class Backoff:
     """Exponential reconnect delays (1, 2, 4 ... ``maximum`` s), reset after a success.

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..audio import ffmpeg_executable, ffmpeg_resample_args
+from ..redact import redact_text
 from .base import TARGET_RATE, SourceError
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,8 @@ class FfmpegPcm:
         cmd = [exe, "-nostdin", "-hide_banner", "-loglevel", "error", *input_args, "-i", url, "-vn",
                "-f", "f32le", "-acodec", "pcm_f32le", "-rematrix_maxval", "1.0", "-ac", "1", *ffmpeg_resample_args(exe, rate),
                *(LIVE_OUTPUT_ARGS if live else ()), "pipe:1"]
-        log.debug("starting %s", " ".join(cmd))
+        self._url = url
+        log.debug("starting %s", redact_text(" ".join(cmd), url))
         self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self._pending = b""
         self._errors: collections.deque[str] = collections.deque(maxlen=5)
@@ -56,7 +58,7 @@ class FfmpegPcm:
             line = raw.decode(errors="replace").strip()
             if line:
                 self._errors.append(line)
-                log.debug("ffmpeg: %s", line)
+                log.debug("ffmpeg: %s", redact_text(line, self._url))
 
     def read(self, max_samples: int, timeout: float) -> np.ndarray | None:
         """Up to ``max_samples`` samples; empty array at end of input, None when nothing came within ``timeout``."""

@@ -13,23 +13,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from urllib.parse import urlsplit
 
 import numpy as np
 
+from ..redact import redact_text, redact_url
 from .base import TARGET_RATE, AudioChunk, Backoff, Emit, Source, SourceProblem
 from .ffmpeg import LIVE_INPUT_ARGS, FfmpegPcm
 
 log = logging.getLogger(__name__)
-
-
-def redact(url: str) -> str:
-    """The URL without a password, for logs and events."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return parts._replace(netloc=netloc).geturl()
 
 
 class StreamSource(Source):
@@ -66,7 +57,7 @@ class StreamSource(Source):
                 self._time_offset = max(self._time_offset + self._samples / TARGET_RATE, time.monotonic() - start)
                 self._samples = 0
             first = False
-            log.info("%s: connecting to %s", self.id, redact(self.url))
+            log.info("%s: connecting to %s", self.id, redact_url(self.url))
             decoder = FfmpegPcm(self.url, LIVE_INPUT_ARGS, live=True)
             try:
                 reason = self._pump(decoder, emit, stop)
@@ -76,10 +67,8 @@ class StreamSource(Source):
             if reason is None:
                 return
             detail = errors or (f"ffmpeg exit status {status}" if status else "end of stream")
-            password = urlsplit(self.url).password
-            if password:
-                detail = detail.replace(password, "***")  # ffmpeg may quote the URL it failed on
-            message = f"stream {redact(self.url)} dropped: {reason} ({detail}); reconnecting in {backoff.next_delay:.0f} s"
+            detail = redact_text(detail, self.url)  # ffmpeg may quote the URL it failed on
+            message = f"stream {redact_url(self.url)} dropped: {reason} ({detail}); reconnecting in {backoff.next_delay:.0f} s"
             log.warning("%s: %s", self.id, message)
             emit(SourceProblem(self.id, message))
             self._reconnects += 1
@@ -103,7 +92,7 @@ class StreamSource(Source):
                     self._emit(pending, emit)
                 return "connection ended"
             if not self._connected:
-                log.info("%s: receiving audio from %s", self.id, redact(self.url))
+                log.info("%s: receiving audio from %s", self.id, redact_url(self.url))
                 self._connected = True
             last_data = time.monotonic()
             pending = np.concatenate([pending, data]) if pending.size else data

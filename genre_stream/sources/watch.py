@@ -4,10 +4,18 @@ Change detection uses watchdog (inotify on Linux) when it is importable and
 works, plus a slow full rescan as a safety net for lost events; without it, a
 full rescan every ``poll_seconds``. Either way a file is only handed on once
 its size and mtime have stayed the same for ``settle_seconds``: a file being
-copied or downloaded is never read half-written, whatever tool writes it.
+copied or downloaded is never read half-written, whatever tool writes it. A writer
+that pauses for longer than that still gets a chance: a file that fails to decode
+is tried once more after ``RETRY_SETTLES`` settle periods (sooner if it changes)
+before it is reported and moved to ``failed_dir``.
 
 User files are only read. They are moved only when the user configured a
 ``done_dir`` / ``failed_dir``, and a move never overwrites anything.
+
+Symbolic links are not followed: a file is watched only under its real path inside the
+folder. A link leading out of the folder (``in/music -> /srv/music``, ``in/root -> /``) would
+make the source tag, and move, files it was never given; a link inside it (``sub/up -> ..``)
+would tag the same file twice under two names. A link found is logged once and skipped.
 """
 
 from __future__ import annotations
@@ -26,6 +34,8 @@ from .base import Backoff, Emit, Source, SourceProblem, TrackReady
 from .watch_state import FileKey, WatchState
 
 log = logging.getLogger(__name__)
+
+RETRY_SETTLES = 5  # a file that failed to decode is tried again this many settle periods later
 
 # Names that download managers and copy tools use while a file is incomplete.
 PARTIAL_SUFFIXES = frozenset({".part", ".partial", ".tmp", ".crdownload", ".download", ".swp", ".!qb"})
@@ -67,6 +77,10 @@ class WatchSource(Source):
         self._events: set[Path] = set()
         self._lock = threading.Lock()
         self._watching = False
+        self._real_root = os.path.realpath(self.directory)  # updated when the folder (re)appears
+        self._links_reported: set[Path] = set()
+        self._retried: dict[Path, FileKey] = {}  # files that failed once, with the version that failed
+        self._unreadable_reported: set[str] = set()
 
     # -- the daemon's side -------------------------------------------------------------------
 
@@ -94,10 +108,32 @@ class WatchSource(Source):
             except OSError:
                 log.warning("%s: %s vanished before its result was recorded", self.id, path)
                 return
+        with self._lock:
+            self._retried.pop(path, None)
         self.state.record(path, key, "tagged" if ok else "failed")
         target = self.done_dir if ok else self.failed_dir
         if target is not None:
+            if self._through_link(path):  # a folder on its way was swapped for a link meanwhile
+                log.warning("%s: not moving %s: it is no longer inside %s itself", self.id, path, self.directory)
+                return
             self._move(path, target)
+
+    def retry_later(self, path: Path) -> bool:
+        """Give a file that failed to decode one more try, unless this very version already failed twice.
+
+        Called from the thread that handles this source's items (the one running ``run``).
+        """
+        with self._lock:
+            key = self._inflight.get(path)
+            if key is None or self._retried.get(path) == key:
+                return False
+            del self._inflight[path]
+            self._retried[path] = key
+        delay = RETRY_SETTLES * self.settle_seconds
+        self._pending[path] = _Pending(key, time.monotonic() + delay)  # "first seen" in the future
+        log.info("%s: %s could not be decoded; trying once more in %g s in case it was still being written",
+                 self.id, path, delay + self.settle_seconds)
+        return True
 
     def _move(self, path: Path, target_root: Path) -> None:
         try:
@@ -124,6 +160,7 @@ class WatchSource(Source):
             emit(SourceProblem(self.id, f"watch folder {self.directory} does not exist (or is not a folder); waiting for it", str(self.directory)))
             if not backoff.wait(stop):
                 return
+        self._real_root = os.path.realpath(self.directory)
         observer = self._start_observer() if self.use_watchdog else None
         interval = self.rescan_seconds if observer else self.poll_seconds
         log.info("%s: watching %s (%s)", self.id, self.directory, "inotify/watchdog" if observer else f"polling every {interval:g} s")
@@ -142,6 +179,7 @@ class WatchSource(Source):
                     next_scan = now + interval
                 self._drain_events(now)
                 self._check_pending(emit, now)
+                self.state.retry()
                 stop.wait(min(0.2, self.settle_seconds / 4))
         finally:
             if observer is not None:
@@ -191,17 +229,48 @@ class WatchSource(Source):
                 return True
         return False
 
+    def _through_link(self, path: Path) -> bool:
+        """True when a symbolic link lies between the watched folder and ``path`` (or ``path`` is one)."""
+        try:
+            rel = path.relative_to(self.directory)
+        except ValueError:
+            return True
+        if rel == Path("."):
+            return False  # the folder itself may be a link: the user named it
+        return path.is_symlink() or Path(os.path.realpath(path)) != Path(self._real_root) / rel
+
+    def _skip_link(self, path: Path) -> bool:
+        """The symlink policy (module docstring): skip, and say so once per path."""
+        if not self._through_link(path):
+            return False
+        if path not in self._links_reported:
+            self._links_reported.add(path)
+            log.info("%s: not following symbolic link %s (-> %s); only files inside %s itself are watched",
+                     self.id, path, os.path.realpath(path), self.directory)
+        return True
+
     def _scan(self, root: Path, now: float) -> None:
-        for dirpath, dirnames, filenames in os.walk(root, onerror=lambda exc: log.warning("%s: %s", self.id, exc)):
+        if self._skip_link(root):
+            return
+        for dirpath, dirnames, filenames in os.walk(root, onerror=self._unreadable):
             base = Path(dirpath)
             dirnames[:] = [d for d in dirnames if not self._ignored(base / d)]
             for name in filenames:
                 self._consider(base / name, now)
 
+    def _unreadable(self, exc: OSError) -> None:
+        """A folder the scan cannot list: said once per folder, not at every rescan."""
+        if exc.filename not in self._unreadable_reported:
+            self._unreadable_reported.add(exc.filename)
+            log.warning("%s: cannot read folder %s (%s); its files are skipped while it stays unreadable",
+                        self.id, exc.filename, exc.strerror)
+
     def _drain_events(self, now: float) -> None:
         with self._lock:
             events, self._events = self._events, set()
         for p in events:
+            if self._ignored(p) or self._skip_link(p):
+                continue
             if p.is_dir():
                 if not self._ignored(p):
                     self._scan(p, now)  # a folder moved or copied in: its files may bring no events
@@ -209,7 +278,7 @@ class WatchSource(Source):
                 self._consider(p, now)
 
     def _consider(self, path: Path, now: float) -> None:
-        if self._ignored(path):
+        if self._ignored(path) or self._skip_link(path):
             return
         try:
             st = path.stat()

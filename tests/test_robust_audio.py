@@ -1,0 +1,94 @@
+"""NaN, Inf and absurd magnitudes in audio: the live pipeline, whole files, and every JSON output."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from conftest import run_cli
+from genre_stream.jsonsafe import dumps
+from genre_stream.messages import GenreState
+from genre_stream.pipeline import PipelineConfig, SourcePipeline
+from genre_stream.sources.base import AudioChunk
+
+SR = 22050
+
+
+def tone(seconds: float, amplitude: float = 0.3, freq: float = 440.0) -> np.ndarray:
+    t = np.arange(int(seconds * SR)) / SR
+    return (amplitude * np.sin(2 * np.pi * freq * t) * (1 + np.sign(np.sin(2 * np.pi * 2 * t))) / 2).astype(np.float32)
+
+
+def feed(pipeline: SourcePipeline, audio: np.ndarray, start: float = 0.0, chunk: int = 2205) -> list:
+    out = []
+    for i in range(0, audio.size, chunk):
+        out += pipeline.feed(AudioChunk("s", audio[i : i + chunk], start + i / SR, time.monotonic()))
+    return out
+
+
+def states(messages: list) -> list[GenreState]:
+    return [m for m in messages if isinstance(m, GenreState)]
+
+
+def test_one_nan_does_not_silence_the_stream_forever(engine) -> None:
+    pipeline = SourcePipeline("s", engine, PipelineConfig(hop_seconds=2.0, min_fill_seconds=4.0))
+    audio = tone(40.0)
+    audio[SR * 5] = np.nan
+    out = states(feed(pipeline, audio))
+    assert [s.state for s in out[-5:]] == ["music"] * 5, [s.state for s in out]
+    assert pipeline.stats()["nonfinite_samples"] == 1
+    assert all(math.isfinite(s.confidence) for s in out)
+
+
+def test_inf_and_huge_samples_give_finite_confidences(engine) -> None:
+    pipeline = SourcePipeline("s", engine, PipelineConfig(hop_seconds=2.0, min_fill_seconds=4.0))
+    audio = tone(20.0)
+    audio[SR * 3] = np.inf
+    audio[SR * 6 : SR * 7] *= np.float32(1e18)
+    out = states(feed(pipeline, audio))
+    assert out and all(math.isfinite(s.confidence) for s in out)
+    assert all(math.isfinite(p) for s in out for p in s.probabilities.values())
+    assert pipeline.stats()["nonfinite_samples"] == 1 and pipeline.stats()["clipped_samples"] > 0
+    json.loads(dumps(out[-1].to_dict()))  # strict JSON
+
+
+def test_quiet_audio_after_a_loud_burst_keeps_its_level(engine) -> None:
+    """The running energy sum must not keep the rounding error of a huge chunk that left the window
+    (it made -55 dBFS audio read as silence for good)."""
+    pipeline = SourcePipeline("s", engine, PipelineConfig(hop_seconds=2.0, min_fill_seconds=4.0))
+    rng = np.random.default_rng(2)
+    loud = (rng.standard_normal(SR * 2) * 5e5).astype(np.float32)
+    quiet = (rng.standard_normal(SR * 40) * 10 ** (-55 / 20)).astype(np.float32)  # -55 dBFS, above -60
+    out = states(feed(pipeline, np.concatenate([loud, quiet])))
+    assert out[-1].state == "music"
+    assert abs(pipeline.level_dbfs() - -55.0) < 0.5
+
+
+def test_json_writers_never_write_nan() -> None:
+    payload = {"confidence": float("nan"), "probabilities": {"rock": float("inf")}, "ok": 0.5}
+    text = dumps(payload)
+    assert json.loads(text, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c))) == {
+        "confidence": None, "probabilities": {"rock": None}, "ok": 0.5}
+
+
+def test_classify_json_of_a_huge_float_wav_is_finite(tmp_path: Path) -> None:
+    normal = tone(12.0)
+    sf.write(tmp_path / "normal.wav", normal, SR, subtype="FLOAT")
+    sf.write(tmp_path / "huge.wav", normal * np.float32(1e18), SR, subtype="FLOAT")
+    with_nan = normal.copy()
+    with_nan[1000:1010] = np.nan
+    sf.write(tmp_path / "nan.wav", with_nan, SR, subtype="FLOAT")
+    result = run_cli("classify", "--json", str(tmp_path), timeout=300)
+    assert result.returncode == 1, result.stderr  # the corrupt file is reported, the others classified
+    assert "nan.wav: contains NaN or infinite samples" in result.stderr
+    rows = {Path(r["path"]).name: r for r in map(json.loads, result.stdout.splitlines())}
+    assert all(math.isfinite(r["confidence"]) for r in rows.values()), rows
+    # Scaling a whole file changes nothing: each window is normalised to its own maximum.
+    assert rows["huge.wav"]["genre"] == rows["normal.wav"]["genre"]
+    assert abs(rows["huge.wav"]["confidence"] - rows["normal.wav"]["confidence"]) < 1e-3
+    assert "huge.wav: peak" in result.stderr and "Traceback" not in result.stderr
