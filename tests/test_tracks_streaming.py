@@ -1,0 +1,65 @@
+"""Whole-track analysis streams: blocks in, windows out, the same windows as one batch computation.
+
+``classify``, the watch source and the library decode a file block by block so memory
+does not grow with its length; these tests hold the streamed windows to the batch
+definition (mel over the whole track, windows every hop plus one aligned to the end).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from genre_stream.audio import BLOCK_SECONDS, iter_audio, load_audio
+from genre_stream.frontend import MelFrontend, normalize_window
+from genre_stream.windows import iter_windows, window_starts
+
+
+def _batch_windows(audio: np.ndarray, frontend: MelFrontend, hop_seconds: float) -> list[tuple[float, float, np.ndarray]]:
+    c = frontend.config
+    duration = audio.size / c.sample_rate
+    if audio.size < c.window_samples:
+        return [(0.0, duration, frontend.window(audio))]
+    power = frontend.power(audio)
+    starts = window_starts(power.shape[0], c.window_frames, c.seconds_to_frames(hop_seconds))
+    return [(c.frames_to_seconds(s), min(duration, c.frames_to_seconds(s) + c.window_seconds),
+             normalize_window(power[s : s + c.window_frames], c.top_db)) for s in starts]
+
+
+def _music(seconds: float, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * 22050)) / 22050
+    y = 0.3 * np.sin(2 * np.pi * 220 * t * (1 + 0.1 * np.sin(0.3 * t))) + 0.05 * rng.standard_normal(t.size)
+    return (y * (0.5 + 0.4 * np.sin(0.05 * t))).astype(np.float32)
+
+
+@pytest.mark.parametrize("seconds", [3.0, 29.9, 30.0, 71.3])
+@pytest.mark.parametrize("hop", [10.0, 7.3, 30.0])
+@pytest.mark.parametrize("block", [4096, 22050 * 10])
+def test_streamed_windows_equal_the_batch_windows(seconds: float, hop: float, block: int) -> None:
+    frontend = MelFrontend()
+    audio = _music(seconds)
+    blocks = [audio[i : i + block] for i in range(0, audio.size, block)]
+    streamed = list(iter_windows(blocks, frontend, hop))
+    batch = _batch_windows(audio, frontend, hop)
+    assert [s for s, _, _ in streamed] == [s for s, _, _ in batch]
+    assert streamed[-1][1] == batch[-1][1]  # the last window ends at the track's end
+    for (_, _, a), (_, _, b) in zip(streamed, batch):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_files_are_decoded_in_bounded_blocks(tmp_path) -> None:
+    path = tmp_path / "long.wav"
+    rate = 44100
+    audio = np.tile(_music(5.0), 9)  # 45 s at 22050 -> written at 44.1 kHz stereo
+    from genre_stream.resample import resample
+
+    native = resample(audio, 22050, rate)
+    sf.write(path, np.stack([native, native], axis=1), rate, subtype="PCM_16")
+    blocks = list(iter_audio(path))
+    assert len(blocks) >= 45 / BLOCK_SECONDS
+    assert max(b.size for b in blocks) <= BLOCK_SECONDS * 22050 + 1024
+    whole = load_audio(path)
+    np.testing.assert_array_equal(np.concatenate(blocks), whole)
+    assert abs(whole.size - audio.size) <= 1
