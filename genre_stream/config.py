@@ -46,8 +46,9 @@ class PipelineConfig:
     ema_alpha: float = setting(0.5, 0, 1, lo_open=True)
     hold_windows: int = setting(2, 1, 1000)  # a new genre must lead for this many consecutive windows
     margin: float = setting(0.1, 0, 1, hi_open=True)  # ...by at least this much smoothed probability over the current one
-    uncertain_threshold: float | None = None  # "uncertain" below this top probability; None: the model's own default
-    uncertain_margin: float | None = None  # ...or below this lead over the second; None: the model's own default
+    # "uncertain" below this top probability, or below this lead over the second; None: the model's own default
+    uncertain_threshold: float | None = setting(None, 0, 1, hi_open=True, note="(0 = never uncertain)")
+    uncertain_margin: float | None = setting(None, 0, 1, hi_open=True, note="(0 = off)")
 
     def __post_init__(self) -> None:
         check_ranges(self)
@@ -382,8 +383,6 @@ def _validate(config: DaemonConfig, origins: dict[str, str]) -> None:
     # Numeric ranges are declared next to each setting (settings.setting); these are the other rules.
     m = config.mqtt
     check(config.model.path is None or resolve_model(config.model.path).is_file(), "model.path", "file not found (give an ONNX file, or fp32 / int8)")
-    check(p.uncertain_threshold is None or 0 <= p.uncertain_threshold < 1, "pipeline.uncertain_threshold", "must be in [0, 1) (0 = never uncertain)")
-    check(p.uncertain_margin is None or 0 <= p.uncertain_margin < 1, "pipeline.uncertain_margin", "must be in [0, 1) (0 = off)")
     if m.url is not None:
         parts = urlsplit(m.url)
         check(parts.scheme in ("mqtt", "mqtts"), "mqtt.url", "scheme must be mqtt:// or mqtts://")

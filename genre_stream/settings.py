@@ -46,8 +46,8 @@ class Range:
         return f"{text} {self.note}".rstrip()
 
 
-def setting(default: float, lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False, note: str = "") -> Any:
-    """A dataclass field holding a number within [lo, hi] (open ends on request)."""
+def setting(default: float | None, lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False, note: str = "") -> Any:
+    """A dataclass field holding a number within [lo, hi] (open ends on request); None is always allowed."""
     return field(default=default, metadata={"range": Range(lo, hi, lo_open, hi_open, note)})
 
 

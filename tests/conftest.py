@@ -7,8 +7,10 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,6 +38,25 @@ def shared_path(relative: str) -> Path:
     if not path.exists():
         pytest.skip(f"needs ../shared/{relative} (present only in the project's workspace, not in a plain clone)")
     return path
+
+
+def wait_until(cond, timeout: float = 20.0, what: str = "condition") -> None:
+    """Poll ``cond`` until it holds; TimeoutError naming ``what`` after ``timeout`` seconds."""
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            raise TimeoutError(what)
+        time.sleep(0.02)
+
+
+def music_like(seconds: float = 8.0, sr: int = 22050, seed: int = 0) -> np.ndarray:
+    """Harmonic tones, noise bursts and a quiet passage: wide dynamic range in every band."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    y = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.1 * np.sin(2 * np.pi * 3520 * t * (1 + 0.01 * np.sin(t)))
+    y += 0.05 * rng.standard_normal(t.size) * (np.sin(2 * np.pi * 2 * t) > 0.7)
+    y[: sr // 2] *= 1e-3
+    return y.astype(np.float32)
 
 
 def free_port() -> int:

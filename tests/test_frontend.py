@@ -5,17 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import music_like
 from genre_stream.frontend import FrontendConfig, MelFrontend, MelRingBuffer, StreamingMel, loop_to_length, normalize_window
 
 
-def _music_like(seconds: float = 8.0, sr: int = 22050, seed: int = 0) -> np.ndarray:
-    """Harmonic tones, noise bursts and a quiet passage: wide dynamic range in every band."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * sr)) / sr
-    y = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.1 * np.sin(2 * np.pi * 3520 * t * (1 + 0.01 * np.sin(t)))
-    y += 0.05 * rng.standard_normal(t.size) * (np.sin(2 * np.pi * 2 * t) > 0.7)
-    y[: sr // 2] *= 1e-3
-    return y.astype(np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +22,7 @@ def test_normalization_of_digital_silence_is_finite() -> None:
 
 
 def test_window_loops_short_clips_to_thirty_seconds(frontend: MelFrontend) -> None:
-    y = _music_like(3.0)
+    y = music_like(3.0)
     looped = loop_to_length(y, frontend.config.window_samples)
     assert looped.size == frontend.config.window_samples
     np.testing.assert_array_equal(looped[y.size : 2 * y.size], y)
@@ -41,7 +34,7 @@ def test_window_loops_short_clips_to_thirty_seconds(frontend: MelFrontend) -> No
 
 @pytest.mark.parametrize("chunk", [256, 1000, 4410, 70000])
 def test_incremental_equals_batch_except_the_final_frames(frontend: MelFrontend, chunk: int) -> None:
-    y = _music_like(6.0)
+    y = music_like(6.0)
     batch = frontend.power(y)
     stream = StreamingMel(frontend)
     got = [stream.push(y[i : i + chunk]) for i in range(0, y.size, chunk)]
@@ -58,7 +51,7 @@ def test_incremental_equals_batch_except_the_final_frames(frontend: MelFrontend,
 @pytest.mark.parametrize("length", [10, 1024, 1025, 5000, 22050 * 3 + 17])
 @pytest.mark.parametrize("chunk", [7, 1000, 100000])
 def test_finished_stream_equals_batch_exactly(frontend: MelFrontend, length: int, chunk: int) -> None:
-    y = _music_like(length / 22050 + 0.01)[:length]
+    y = music_like(length / 22050 + 0.01)[:length]
     stream = StreamingMel(frontend)
     frames = np.concatenate([*(stream.push(y[i : i + chunk]) for i in range(0, y.size, chunk)), stream.finish()])
     np.testing.assert_array_equal(frames, frontend.power(y))
@@ -73,7 +66,7 @@ def test_a_model_of_another_frontend_version_is_refused() -> None:
 
 def test_frames_appear_as_soon_as_their_hop_is_complete(frontend: MelFrontend) -> None:
     stream = StreamingMel(frontend)
-    y = _music_like(1.0)
+    y = music_like(1.0)
     # frame 0 is centred on sample 0; its left half reflects y[1..1024], so it needs 1025 samples
     assert stream.push(y[:1024]).shape[0] == 0
     assert stream.push(y[1024:1025]).shape[0] == 1

@@ -22,7 +22,7 @@ import librosa  # noqa: E402
 import torch  # noqa: E402
 import torchaudio.functional as AF  # noqa: E402
 
-from conftest import REPO, SHARED_AUDIO, shared_path  # noqa: E402
+from conftest import REPO, SHARED_AUDIO, music_like, shared_path  # noqa: E402
 from genre_stream.audio import load_audio  # noqa: E402
 from genre_stream.frontend import FrontendConfig, MelFrontend, mel_filterbank, normalize_window  # noqa: E402
 from genre_stream.resample import resample  # noqa: E402
@@ -31,14 +31,6 @@ from trainer.frontend_torch import TorchMelFrontend  # noqa: E402
 DB_TOLERANCE = 1e-3
 
 
-def _music_like(seconds: float = 8.0, sr: int = 22050, seed: int = 0) -> np.ndarray:
-    """Harmonic tones, noise bursts and a quiet passage: wide dynamic range in every band."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * sr)) / sr
-    y = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.1 * np.sin(2 * np.pi * 3520 * t * (1 + 0.01 * np.sin(t)))
-    y += 0.05 * rng.standard_normal(t.size) * (np.sin(2 * np.pi * 2 * t) > 0.7)
-    y[: sr // 2] *= 1e-3
-    return y.astype(np.float32)
 
 
 def _librosa_mel(y: np.ndarray) -> np.ndarray:
@@ -78,7 +70,7 @@ def test_filterbank_is_librosas() -> None:
 
 
 def test_batch_matches_librosa_power_and_db() -> None:
-    y = _music_like()
+    y = music_like()
     ref, ours = _librosa_mel(y), MelFrontend().power(y)
     assert ours.shape == ref.shape == (1 + y.size // 1024, 128)
     significant = ref > ref.max() * 1e-10

@@ -15,6 +15,7 @@ from typing import Any
 import jinja2
 import numpy as np
 
+from conftest import wait_until
 from brokers import Broker, Subscriber, broker  # noqa: F401
 from genre_stream.config import DaemonConfig, HomeAssistantConfig, MqttConfig
 from genre_stream.daemon import Daemon
@@ -318,11 +319,6 @@ def retained(port: int, pattern: str = "#", settle: float = 0.5) -> dict[str, by
     return got
 
 
-def wait_until(cond, timeout: float = 20.0) -> None:
-    end = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < end, "timed out"
-        time.sleep(0.02)
 
 
 def test_renamed_source_leaves_no_ghost_entities_after_a_restart(broker: Broker, tmp_path: Path) -> None:

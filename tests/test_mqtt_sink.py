@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import wait_until
 from brokers import Broker, Gate, Subscriber, any_broker, broker, free_port, mosquitto, require, wait_port  # noqa: F401
 from genre_stream.config import ConfigError, HomeAssistantConfig, MqttConfig
 from genre_stream.messages import GenreEvent, GenreState, SourceStats
@@ -41,12 +42,6 @@ def sink_for(url: str, state_dir: Path, **kw) -> MqttSink:
     return MqttSink(cfg, HomeAssistantConfig(), state_dir)
 
 
-def wait_until(cond, timeout: float = 20.0, what: str = "condition") -> None:
-    end = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > end:
-            raise TimeoutError(what)
-        time.sleep(0.02)
 
 
 def test_contract_topics_payloads_qos_retain_and_discovery(broker: Broker, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from _helpers_fs import fill, small_filesystem
+from conftest import wait_until
 from brokers import Broker, Gate, Subscriber, any_broker, mosquitto  # noqa: F401
 from genre_stream.config import HomeAssistantConfig, MqttConfig
 from genre_stream.messages import GenreEvent
@@ -17,12 +18,6 @@ from genre_stream.sinks.mqtt import MqttSink
 from genre_stream.sinks.outbox import Outbox
 
 
-def wait_until(cond, timeout: float = 20.0, what: str = "condition") -> None:
-    end = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > end:
-            raise TimeoutError(what)
-        time.sleep(0.02)
 
 
 def sink_for(url: str, state_dir: Path, ha: HomeAssistantConfig | None = None) -> MqttSink:
