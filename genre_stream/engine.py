@@ -113,11 +113,13 @@ class Engine:
     def model_id(self) -> str:
         return self.info.model_id or self.path.stem
 
-    def predict(self, windows: np.ndarray) -> Prediction:
+    def predict(self, windows: np.ndarray, calibrated: bool = True) -> Prediction:
         """Classify normalised windows (N, frames, n_mels), ``batch_size`` at a time.
 
         Probabilities are calibrated here, per window, when the model carries a
         calibration, so classify, the daemon and evaluate all see the same numbers.
+        ``calibrated=False`` gives the network's own softmax, e.g. to compare two
+        exports of one network whose calibrations differ.
         """
         windows = np.asarray(windows, dtype=np.float32)
         if windows.ndim == 2:
@@ -132,6 +134,6 @@ class Engine:
             n = len(self.labels)
             return Prediction(np.zeros((0, n), np.float32), np.zeros((0, 32), np.float32))
         probabilities = np.concatenate(probs)
-        if self.info.calibration is not None:
+        if calibrated and self.info.calibration is not None:
             probabilities = self.info.calibration.apply(probabilities)
         return Prediction(probabilities, np.concatenate(embs))

@@ -124,7 +124,8 @@ def test_shipped_int8_meets_the_accuracy_bar_on_real_clips() -> None:
     windows = _clip_windows()
     fp32 = Engine(bundled_model_path("fp32"), device="cpu", threads=2)
     int8 = Engine(bundled_model_path("int8"), device="cpu", threads=2)
-    result = agreement(int8.predict(windows).probabilities, fp32.predict(windows).probabilities)
+    # the network's own outputs: each export carries its own calibration (temperatures differ)
+    result = agreement(int8.predict(windows, calibrated=False).probabilities, fp32.predict(windows, calibrated=False).probabilities)
     assert result.meets(AccuracyBar()), result.summary()
     assert int8.labels == fp32.labels
     genres = [int8.labels[i] for i in int8.predict(windows).probabilities.argmax(1)]
