@@ -97,11 +97,20 @@ def test_source_items_tell_offline_errors_folder_files_and_changes(served):
 
 def test_dashboard_sink_passes_availability_on(tmp_path):
     sink = DashboardSink(DashboardConfig(port=0), LABELS, "test-model")
-    sink.sources_changed([info("radio", "stream")], "test-model")
+    sink.publish(SourceAvailability("radio", True))  # a source thread may say so before the daemon lists it
+    sink.sources_changed([info("radio", "stream"), info("tv", "stream")], "test-model")
+    assert sink.state.sources()["sources"][0]["online"] is True
     sink.publish(state("radio", "rock", 0.9, time.time()))
     sink.publish(SourceAvailability("radio", False))
-    (radio,) = sink.state.sources()["sources"]
+    radio, _ = sink.state.sources()["sources"]
     assert radio["status"] == "offline" and radio["online"] is False
+
+    seen: list[str] = []
+    sink.state.subscribe(lambda kind, item: seen.append(item["source"]) if kind == "source" else None)
+    sink.sources_changed([info("radio", "stream")], "test-model")  # tv removed on reload...
+    sink.publish(SourceAvailability("tv", False))  # ...and its stopping thread says so afterwards
+    sink.publish(SourceAvailability("radio", True))
+    assert seen == ["radio"] and [s["source"] for s in sink.state.sources()["sources"]] == ["radio"]
 
 
 def test_live_health_tells_the_mqtt_connection_even_while_items_flow(served, monkeypatch):

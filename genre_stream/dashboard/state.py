@@ -188,9 +188,13 @@ class DashboardState:
         """
         if isinstance(message, SourceAvailability):
             with self._lock:
+                # Kept even before ``set_sources`` names the source (a thread says so as it starts), but
+                # shown only for a running one: a source removed on reload must not come back as a card.
                 self._info.setdefault(message.source, _Source()).online = message.online
+                known = message.source in self._order
                 item, listeners = self._source_item(message.source), list(self._listeners)
-            self._notify(listeners, "source", item)
+            if known:
+                self._notify(listeners, "source", item)
             return
         payload = message.to_dict()
         if isinstance(message, GenreState):
