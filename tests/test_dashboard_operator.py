@@ -105,12 +105,14 @@ def test_dashboard_sink_passes_availability_on(tmp_path):
     radio, _ = sink.state.sources()["sources"]
     assert radio["status"] == "offline" and radio["online"] is False
 
-    seen: list[str] = []
-    sink.state.subscribe(lambda kind, item: seen.append(item["source"]) if kind == "source" else None)
-    sink.sources_changed([info("radio", "stream")], "test-model")  # tv removed on reload...
+    seen: list[dict] = []
+    sink.state.subscribe(lambda kind, item: seen.append(item) if kind == "source" else None)
+    sink.sources_changed([info("radio", "stream", hop=4.0)], "test-model")  # tv removed on reload...
+    assert [(s["source"], s["stale_after"]) for s in seen] == [("radio", STALE_HOPS * 4.0)]  # open pages hear it
     sink.publish(SourceAvailability("tv", False))  # ...and its stopping thread says so afterwards
     sink.publish(SourceAvailability("radio", True))
-    assert seen == ["radio"] and [s["source"] for s in sink.state.sources()["sources"]] == ["radio"]
+    assert [s["source"] for s in seen] == ["radio", "radio"]
+    assert [s["source"] for s in sink.state.sources()["sources"]] == ["radio"]
 
 
 def test_live_health_tells_the_mqtt_connection_even_while_items_flow(served, monkeypatch):

@@ -168,8 +168,11 @@ class DashboardState:
                 info = self._info.setdefault(s.id, _Source())
                 info.kind = s.kind
                 info.stale_after = None if s.kind in TRACK_KINDS else STALE_HOPS * s.hop_seconds
+            items, listeners = [self._source_item(source) for source in ids], list(self._listeners)
         for source in gone:
             self.metrics.remove_source(source)
+        for item in items:  # open pages learn a reloaded source's kind and hop (rare: start and SIGHUP)
+            self._notify(listeners, "source", item)
 
     def set_sink_metrics(self, provider: Callable[[], SinkMetrics]) -> None:
         self.metrics.set_sink(provider)

@@ -102,8 +102,9 @@ function showSource(c, item) {
   problem.hidden = !error && item.status !== "offline";
   c.el.querySelector(".problem-summary").textContent =
     error ? summary(error.reason) : "no audio: the source is offline";
-  c.el.querySelector(".problem-detail").textContent =
-    error ? error.reason + (error.path ? "\n" + error.path : "") + "\n" + error.timestamp : "";
+  const detail = c.el.querySelector(".problem-detail");
+  detail.hidden = !error; // offline without an error: the summary says it all
+  detail.textContent = error ? error.reason + (error.path ? "\n" + error.path : "") + "\n" + error.timestamp : "";
   c.el.querySelector(".changes").hidden = item.changes.length === 0;
   const changes = c.el.querySelector(".changes .recent");
   changes.replaceChildren(...item.changes.slice().reverse().map(ev => {
@@ -369,9 +370,9 @@ function connect() {
     const state = JSON.parse(e.data);
     const c = card(state.source);
     // A new state replaces a state-like status; offline and error change only with a "source" item.
-    if (c.item && ["music", "uncertain", "silence", "waiting", "stale"].includes(c.item.status)) {
-      c.item.status = state.state;
-    }
+    const stateLike = !c.item || ["music", "uncertain", "silence", "waiting"].includes(c.item.status);
+    if (stateLike && c.item) c.item.status = state.state;
+    if (stateLike && !c.item) setStatus(c, state.state); // a source the page has no item for yet
     showState(c, state);
     addToTimeline(c, state);
   });
