@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import sys
 from datetime import datetime
@@ -11,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .history import HISTORY_FILENAME, HistoryError, HistoryReader, Segment
+from .history import HISTORY_FILENAME, HistoryError, HistoryReader, Segment, segments_csv
 from .timespec import parse_time
 
 
@@ -49,21 +47,11 @@ def render_table(segments: list[Segment]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_csv(segments: list[Segment]) -> str:
-    buf = io.StringIO()
-    fields = ["source", "start", "end", "duration", "state", "genre", "confidence", "windows"]
-    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
-    writer.writeheader()
-    for s in segments:
-        writer.writerow(s.to_dict())
-    return buf.getvalue()
-
-
 def render_json(segments: list[Segment]) -> str:
     return json.dumps([s.to_dict() for s in segments], indent=2) + "\n"
 
 
-RENDERERS = {"table": render_table, "csv": render_csv, "json": render_json}
+RENDERERS = {"table": render_table, "csv": segments_csv, "json": render_json}
 
 
 class TimeParam(click.ParamType):

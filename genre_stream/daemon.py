@@ -197,7 +197,7 @@ class Daemon:
         from .dashboard.sink import DashboardSink  # the HTTP stack is loaded only when asked for
 
         self.dashboard = DashboardSink(dash_config, self.engine.labels, self.engine.model_id,
-                                       history.config.path if history is not None else None)
+                                       history.config.path if history is not None else None, self.engine.info.frontend)
         sinks.sinks.insert(0, self.dashboard)  # started first: a busy port stops us before MQTT connects
         if history is not None:
             self.dashboard.watch_history(history.stats)

@@ -14,6 +14,8 @@ so the ``history`` command and the dashboard can query while the daemon writes
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
 import queue
@@ -137,6 +139,17 @@ class Segment:
             "confidence": round(self.confidence, 4),
             "windows": self.windows,
         }
+
+
+def segments_csv(segments: list[Segment]) -> str:
+    """Segments as CSV (one row per ``Segment.to_dict``), the export of the CLI and the dashboard alike."""
+    buf = io.StringIO()
+    fields = ["source", "start", "end", "duration", "state", "genre", "confidence", "windows"]
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for s in segments:
+        writer.writerow(s.to_dict())
+    return buf.getvalue()
 
 
 def iso_utc(ts: float) -> str:

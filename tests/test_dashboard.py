@@ -218,7 +218,8 @@ def test_serves_only_its_own_page(served):
 def test_api_sources_gives_the_mqtt_payloads(served):
     served.state.add_source("radio")
     assert served.json("/api/sources")["sources"] == [
-        {"source": "radio", "status": "waiting", "state": None, "last_event": None, "error": None}
+        {"source": "radio", "status": "waiting", "state": None, "last_event": None, "error": None,
+         "kind": None, "online": None, "stale_after": None, "retry_at": None, "changes": [], "tracks": []}
     ]
     now = time.time()
     first, second = state("radio", "rock", 0.8, now - 5), state("radio", None, 0.0, now, "silence")
@@ -327,6 +328,7 @@ def test_live_stream_states_events_and_mel(served):
         assert full["full"] and full["total"] == 100 and full["count"] == 100 and full["n_mels"] == 128
         frames = np.frombuffer(base64.b64decode(full["frames"]), dtype=np.uint8).reshape(100, 128)
         assert np.array_equal(frames, encode_mel(ring.latest()))
+        assert full["level_db"] == MEL_DB_MIN + frames[-100:].max() * MEL_DB_STEP  # the meter: loudest bin
         # Decoding per the payload's own scale gives back the dB values (to the 0.5 dB step).
         db = 10 * np.log10(np.maximum(ring.latest(), 1e-10))
         assert np.allclose(full["db_min"] + frames * full["db_step"], np.clip(db, MEL_DB_MIN, None), atol=MEL_DB_STEP)
@@ -339,6 +341,7 @@ def test_live_stream_states_events_and_mel(served):
         assert not delta["full"] and delta["total"] == 120 and delta["count"] == 20
         got = np.frombuffer(base64.b64decode(delta["frames"]), dtype=np.uint8).reshape(20, 128)
         assert np.array_equal(got, encode_mel(new))
+        assert delta["level_db"] == MEL_DB_MIN + got.max() * MEL_DB_STEP  # of the new frames only
         copies = ring.copies
         served.state.offer_mel("radio", ring)  # within the interval: no copy
         assert ring.copies == copies
@@ -493,6 +496,7 @@ def chromium_driver(tmp_path: Path):
 
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # script and CSP errors, for get_log
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1200,800",
                  f"--user-data-dir={tmp_path / 'chromium-profile'}"):
@@ -501,7 +505,8 @@ def chromium_driver(tmp_path: Path):
 
 
 def test_dashboard_in_a_real_browser_follows_the_daemon(tmp_path):
-    """A daemon plays a recording; the page shows the source, the last MQTT state's genre, a growing timeline."""
+    """A daemon plays a recording; the page shows the source, the last MQTT state's genre, a growing timeline,
+    and once the recording has ended, the source as offline."""
     from brokers import Broker, Subscriber, available
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -530,6 +535,8 @@ def test_dashboard_in_a_real_browser_follows_the_daemon(tmp_path):
         wait.until(lambda d: int(timeline.get_attribute("data-windows")) >= first + 2)
         wait.until(lambda d: int(card.find_element(By.CSS_SELECTOR, "canvas").get_attribute("data-total") or 0) > 0)
         assert len(card.find_elements(By.CSS_SELECTOR, ".bar")) == 10
+        assert driver.find_element(By.ID, "mqtt").text == "MQTT connected"  # the daemon's real MQTT sink
+        wait.until(lambda d: card.find_element(By.CSS_SELECTOR, ".level-db").text.endswith(" dB"))  # real audio
         ARTIFACTS.mkdir(exist_ok=True)
         driver.save_screenshot(str(ARTIFACTS / "dashboard.png"))  # live, mid-recording
         assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
@@ -551,7 +558,10 @@ def test_dashboard_in_a_real_browser_follows_the_daemon(tmp_path):
         last = states[-1]
         shown = genre.get_attribute("textContent")
         assert shown == {"music": last["genre"], "uncertain": f"uncertain ({last['genre']}?)"}.get(last["state"], last["state"])
-        assert card.get_attribute("data-status") == last["state"]
+        # The recording ended, so the source is offline: the last genre stays, as "last heard", not as current.
+        wait.until(lambda d: card.get_attribute("data-status") == "offline")
+        assert "down" in card.get_attribute("class")
+        assert card.find_element(By.CSS_SELECTOR, ".lastheard").text.startswith("last heard")
         top = card.find_element(By.CSS_SELECTOR, f'.bar[data-label="{last["genre"]}"] .pct').get_attribute("textContent")
         assert top == f"{last['probabilities'][last['genre']] * 100:.1f}%"
         assert int(timeline.get_attribute("data-windows")) == len(states)

@@ -6,8 +6,11 @@ Routes (all but ``/healthz`` behind the bearer token when one is configured):
 * ``GET /api/sources`` -- last state/event payload per source;
 * ``GET /api/history?source=&since=&until=&kind=segments|states|events&limit=`` --
   from the tag history; states and events are the MQTT payloads as published;
+* ``GET /api/history.csv?source=&since=&until=&limit=`` -- the segments as a CSV download;
 * ``GET /api/live`` -- server-sent events: ``hello`` (the /api/sources document),
-  then ``state``, ``event`` and ``mel`` as they happen;
+  then ``state``, ``event``, ``source`` (one source's item after an event or an
+  availability change) and ``mel`` as they happen, and ``health`` (MQTT connection)
+  every ``HEALTH_SECONDS``, which doubles as the keep-alive;
 * ``GET /metrics`` -- Prometheus text; ``GET /healthz`` -- liveness.
 
 No route takes a file name from the request: the static files are a fixed set read
@@ -27,6 +30,7 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -34,7 +38,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from ..jsonsafe import dumps
-from ..history import HistoryError, HistoryReader, iso_utc
+from ..history import HistoryError, HistoryReader, Segment, iso_utc, segments_csv
 from ..timespec import parse_time
 from .config import DashboardConfig, DashboardError
 from .state import DashboardState
@@ -49,7 +53,7 @@ STATIC_FILES = {
 HISTORY_KINDS = ("segments", "states", "events")
 MAX_HISTORY_ROWS = 5000
 LIVE_QUEUE = 512  # items a slow page may lag behind before it is disconnected (it reconnects fresh)
-KEEPALIVE_SECONDS = 15.0
+HEALTH_SECONDS = 5.0  # how often an open page hears the MQTT connection state (and that the stream is alive)
 IDLE_CONNECTION_SECONDS = 15.0  # an idle keep-alive connection is closed after this
 TOKEN_COOKIE = "genre_stream_token"
 SECURITY_HEADERS = {
@@ -59,6 +63,22 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
 }
+
+
+@dataclass(frozen=True)
+class HistoryQuery:
+    """The validated parameters of a history request (JSON or CSV)."""
+
+    reader: HistoryReader
+    kind: str
+    source: str | None
+    since: float
+    until: float
+    limit: int
+
+    def segments(self) -> list[Segment]:
+        """The newest ``limit`` segments: the cap keeps a 7-day page from loading an unbounded list."""
+        return self.reader.segments(self.source, self.since, self.until)[-self.limit:]
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -117,6 +137,7 @@ class DashboardServer:
         app.router.add_get("/static/{name}", self._static_file)
         app.router.add_get("/api/sources", self._sources)
         app.router.add_get("/api/history", self._history)
+        app.router.add_get("/api/history.csv", self._history_csv)
         app.router.add_get("/api/live", self._live)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
@@ -228,7 +249,8 @@ class DashboardServer:
         body = await asyncio.get_running_loop().run_in_executor(None, self.state.metrics.render)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    async def _history(self, request: web.Request) -> web.Response:
+    def _history_query(self, request: web.Request) -> HistoryQuery | web.Response:
+        """The history parameters of a request, or the error response that says which one is wrong."""
         if self.history is None:
             return _error(404, "tag history is not enabled in this daemon")
         q = request.query
@@ -246,21 +268,44 @@ class DashboardServer:
             return _error(400, f"limit={q.get('limit')!r}: not a whole number")
         if limit < 1:  # SQLite reads LIMIT -1 as "no limit"
             return _error(400, f"limit={limit}: must be at least 1 (at most {MAX_HISTORY_ROWS} rows are returned)")
-        source = q.get("source") or None
-        reader = self.history
+        return HistoryQuery(self.history, kind, q.get("source") or None, since, until, limit)
 
-        def query() -> list[dict[str, Any]]:
-            if kind == "segments":
-                return [s.to_dict() for s in reader.segments(source, since, until)][-limit:]
-            return getattr(reader, kind)(source, since, until, limit=limit)
+    async def _history(self, request: web.Request) -> web.Response:
+        query = self._history_query(request)
+        if isinstance(query, web.Response):
+            return query
+
+        def read() -> list[dict[str, Any]]:
+            if query.kind == "segments":
+                return [s.to_dict() for s in query.segments()]
+            return getattr(query.reader, query.kind)(query.source, query.since, query.until, limit=query.limit)
 
         try:
-            items = await asyncio.get_running_loop().run_in_executor(None, query) if reader.exists() else []
+            items = await asyncio.get_running_loop().run_in_executor(None, read) if query.reader.exists() else []
         except HistoryError as exc:
             log.warning("dashboard: %s", exc)
             return _error(503, str(exc))
-        return _json({"kind": kind, "source": source, "since": iso_utc(since), "until": iso_utc(until),
-                      "items": items})
+        return _json({"kind": query.kind, "source": query.source, "since": iso_utc(query.since),
+                      "until": iso_utc(query.until), "items": items})
+
+    async def _history_csv(self, request: web.Request) -> web.Response:
+        """The segments as a file to save (the page's "CSV" link), same parameters and cap as /api/history."""
+        query = self._history_query(request)
+        if isinstance(query, web.Response):
+            return query
+        if query.kind != "segments":
+            return _error(400, "history.csv exports segments only; use /api/history for states and events")
+        try:
+            segments = (await asyncio.get_running_loop().run_in_executor(None, query.segments)
+                        if query.reader.exists() else [])
+        except HistoryError as exc:
+            log.warning("dashboard: %s", exc)
+            return _error(503, str(exc))
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(query.until))
+        name = f"genre-history-{query.source or 'all'}-{stamp}.csv"
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)  # a source id goes into a header
+        return web.Response(text=segments_csv(segments), content_type="text/csv", charset="utf-8",
+                            headers={"Content-Disposition": f'attachment; filename="{safe}"'})
 
     async def _live(self, request: web.Request) -> web.StreamResponse:
         if self.live_clients >= self.config.max_clients:
@@ -301,15 +346,19 @@ class DashboardServer:
             await self._send(response, "hello", self.state.sources())
             for snapshot in self.state.mel_snapshots():
                 await self._send(response, "mel", snapshot)
+            health_due = loop.time() + HEALTH_SECONDS
             while True:
                 getter = asyncio.ensure_future(items.get())
-                done, _ = await asyncio.wait({getter, closing}, timeout=KEEPALIVE_SECONDS,
+                done, _ = await asyncio.wait({getter, closing}, timeout=max(0.0, health_due - loop.time()),
                                              return_when=asyncio.FIRST_COMPLETED)
+                if closing in done:
+                    getter.cancel()
+                    break
+                if loop.time() >= health_due:  # also while items keep coming (mel every second)
+                    health_due = loop.time() + HEALTH_SECONDS
+                    await self._send(response, "health", {"mqtt_connected": self.state.mqtt_connected()})
                 if getter not in done:
                     getter.cancel()
-                    if closing in done:
-                        break
-                    await response.write(b": keepalive\n\n")
                     continue
                 item = getter.result()
                 if item is None:

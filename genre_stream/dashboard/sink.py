@@ -14,9 +14,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..frontend import FrontendConfig
 from ..history import HistoryReader, HistoryStats
 from ..messages import GenreEvent, GenreState
-from ..sinks.base import SourceInfo
+from ..sinks.base import SourceAvailability, SourceInfo
 from .config import DashboardConfig
 from .metrics import SinkMetrics, SourceMetrics
 from .server import DashboardServer
@@ -60,9 +61,9 @@ class DashboardSink:
     """Owns the dashboard's state and HTTP server for the daemon's lifetime."""
 
     def __init__(self, config: DashboardConfig, labels: list[str], model: str,
-                 history_path: Path | None = None) -> None:
+                 history_path: Path | None = None, frontend: FrontendConfig | None = None) -> None:
         self.config = config
-        self.state = DashboardState(labels, model, config.mel_interval_seconds)
+        self.state = DashboardState(labels, model, config.mel_interval_seconds, frontend)
         reader = HistoryReader(history_path) if history_path is not None else None
         self.server = DashboardServer(config, self.state, reader)
 
@@ -72,12 +73,12 @@ class DashboardSink:
         self.server.start()
 
     def publish(self, message: object) -> None:
-        if isinstance(message, GenreState | GenreEvent):  # periodic stats are served by /metrics instead
+        if isinstance(message, GenreState | GenreEvent | SourceAvailability):  # stats are served by /metrics
             self.state.publish(message)
 
     def sources_changed(self, sources: list[SourceInfo], model: str) -> None:
         self.state.model = model
-        self.state.set_sources([s.id for s in sources])
+        self.state.set_sources(sources)
 
     def close(self, timeout: float) -> bool:
         self.server.stop(timeout)

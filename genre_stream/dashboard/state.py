@@ -5,7 +5,8 @@ is safe to call from any thread:
 
 * ``add_source(id, metrics=...)`` once per source; ``metrics`` is called only when
   ``/metrics`` is scraped;
-* ``publish(message)`` for every GenreState/GenreEvent (the same call as a sink);
+* ``set_sources(infos)`` when the running sources change (their kind and hop);
+* ``publish(message)`` for every GenreState/GenreEvent/SourceAvailability (the same call as a sink);
 * ``observe_inference(id, seconds)`` after each classified window;
 * ``offer_mel(id, ring)`` from the pipeline thread after feeding audio: it copies the
   rolling mel buffer only while a page is open and at most every
@@ -14,23 +15,32 @@ is safe to call from any thread:
   sink's and the history writer's counters.
 
 Listeners (the server's live streams) are called in the publishing thread and must
-only hand the item over to their own loop.
+only hand the item over to their own loop. Per classified window a listener gets one
+``state`` item, as before; everything an operator needs besides (availability, recent
+changes and tracks, the folded error, the reconnect time) changes only on events and
+travels as a whole ``source`` item then.
 """
 
 from __future__ import annotations
 
 import base64
 import logging
+import re
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
-from ..history import HistoryStats
+from ..frontend import FrontendConfig
+from ..frontend import _hz_to_mel as hz_to_mel  # the frontend's own (Slaney) mel scale
+from ..history import HistoryStats, parse_payload_time
 from ..messages import GenreEvent, GenreState, Message
+from ..sinks.base import SourceAvailability, SourceInfo
+from ..sources import TRACK_KINDS
 from .metrics import DashboardMetrics, SinkMetrics, SourceMetrics
 
 log = logging.getLogger(__name__)
@@ -40,6 +50,12 @@ Listener = Callable[[str, dict[str, Any]], None]
 # Live spectrogram encoding: mel power in dB, 0.5 dB steps from -80 dB, one byte per bin.
 MEL_DB_MIN = -80.0
 MEL_DB_STEP = 0.5
+STALE_HOPS = 3  # a live source with no window for this many hops is shown as stale, not as current
+RECENT_CHANGES = 8  # genre changes kept per source for the "recent changes" list
+RECENT_TRACKS = 12  # tagged (or failed) files kept per watched folder
+FREQ_TICKS_HZ = (500, 1000, 2000, 4000, 8000)
+# The stream source states its backoff only in its message ("...; reconnecting in 4 s").
+RETRY_RE = re.compile(r"reconnecting in (\d+(?:\.\d+)?) s")
 
 
 class MelSource(Protocol):
@@ -64,7 +80,18 @@ def encode_mel(power: np.ndarray) -> np.ndarray:
     return np.clip((db - MEL_DB_MIN) / MEL_DB_STEP, 0, 255).astype(np.uint8)
 
 
-def mel_payload(source: str, frames: np.ndarray, total: int, full: bool) -> dict[str, Any]:
+def level_db(frames: np.ndarray, count: int) -> float | None:
+    """Input level for the meter: the loudest mel bin of the newest ``count`` encoded frames, in dB.
+
+    Read from the snapshot the page gets anyway, so the meter costs the daemon no
+    per-chunk work; None when there are no frames.
+    """
+    if frames.size == 0 or count <= 0:
+        return None
+    return round(MEL_DB_MIN + float(frames[-count:].max()) * MEL_DB_STEP, 1)
+
+
+def mel_payload(source: str, frames: np.ndarray, total: int, full: bool, level: float | None) -> dict[str, Any]:
     """The ``mel`` live message: frames as base64 rows, the last one being frame ``total - 1``."""
     return {
         "source": source,
@@ -74,17 +101,41 @@ def mel_payload(source: str, frames: np.ndarray, total: int, full: bool) -> dict
         "n_mels": int(frames.shape[1]) if frames.ndim == 2 else 0,
         "db_min": MEL_DB_MIN,
         "db_step": MEL_DB_STEP,
+        "level_db": level,
         "frames": base64.b64encode(np.ascontiguousarray(frames).tobytes()).decode("ascii"),
     }
+
+
+def spectrogram_axes(frontend: FrontendConfig, frames: int) -> dict[str, Any]:
+    """Where the page puts its axis labels: the span of the rolling buffer in seconds, and a few
+    frequencies with their height (0 = bottom, 1 = top) on the frontend's mel scale."""
+    lo, hi = (float(hz_to_mel(np.array(f))) for f in (frontend.f_min, frontend.f_max))
+    ticks = [{"hz": hz, "at": round((float(hz_to_mel(np.array(float(hz)))) - lo) / (hi - lo), 4)}
+             for hz in FREQ_TICKS_HZ if frontend.f_min < hz < frontend.f_max]
+    return {"seconds": round(frontend.frames_to_seconds(frames), 2), "freq_ticks": ticks}
+
+
+@dataclass
+class _Source:
+    """What the page shows about one source besides its latest state."""
+
+    kind: str | None = None
+    stale_after: float | None = None  # seconds without a window before it looks stale; None: no windows (folders)
+    online: bool | None = None  # None until the daemon says
+    changes: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT_CHANGES))
+    tracks: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT_TRACKS))
 
 
 class DashboardState:
     """Latest state per source, live listeners, the mel snapshots and the metrics."""
 
-    def __init__(self, labels: list[str], model: str, mel_interval_seconds: float = 1.0) -> None:
+    def __init__(self, labels: list[str], model: str, mel_interval_seconds: float = 1.0,
+                 frontend: FrontendConfig | None = None) -> None:
         self.labels = list(labels)
         self.model = model
         self.mel_interval_seconds = mel_interval_seconds
+        frontend = frontend or FrontendConfig()
+        self.axes = spectrogram_axes(frontend, frontend.window_frames)
         self.metrics = DashboardMetrics()
         self.started = time.time()
         self._lock = threading.Lock()
@@ -92,6 +143,7 @@ class DashboardState:
         self._states: dict[str, dict[str, Any]] = {}
         self._events: dict[str, dict[str, Any]] = {}
         self._errors: dict[str, dict[str, Any]] = {}
+        self._info: dict[str, _Source] = {}
         self._mel: dict[str, _MelSnapshot] = {}
         self._listeners: list[Listener] = []
 
@@ -103,16 +155,24 @@ class DashboardState:
         if metrics is not None:
             self.metrics.add_source(source, metrics)
 
-    def set_sources(self, sources: list[str]) -> None:
+    def set_sources(self, sources: Sequence[SourceInfo]) -> None:
         """The daemon's running sources changed (start, reload): forget the ones that went away."""
+        ids = [s.id for s in sources]
         with self._lock:
-            gone = [s for s in self._order if s not in sources]
-            self._order = list(sources)
+            gone = [s for s in self._order if s not in ids]
+            self._order = ids
             for source in gone:
-                for table in (self._states, self._events, self._errors, self._mel):
+                for table in (self._states, self._events, self._errors, self._info, self._mel):
                     table.pop(source, None)
+            for s in sources:
+                info = self._info.setdefault(s.id, _Source())
+                info.kind = s.kind
+                info.stale_after = None if s.kind in TRACK_KINDS else STALE_HOPS * s.hop_seconds
+            items, listeners = [self._source_item(source) for source in ids], list(self._listeners)
         for source in gone:
             self.metrics.remove_source(source)
+        for item in items:  # open pages learn a reloaded source's kind and hop (rare: start and SIGHUP)
+            self._notify(listeners, "source", item)
 
     def set_sink_metrics(self, provider: Callable[[], SinkMetrics]) -> None:
         self.metrics.set_sink(provider)
@@ -123,8 +183,22 @@ class DashboardState:
     def observe_inference(self, source: str, seconds: float) -> None:
         self.metrics.observe_inference(source, seconds)
 
-    def publish(self, message: Message) -> None:
-        """Record a message and pass it to open pages; never raises into the daemon."""
+    def publish(self, message: Message | SourceAvailability) -> None:
+        """Record a message and pass it to open pages; never raises into the daemon.
+
+        Pages get each state as a ``state`` item; an event or an availability change also
+        sends the source's whole ``source`` item (see ``_source_item``), events being rare.
+        """
+        if isinstance(message, SourceAvailability):
+            with self._lock:
+                # Kept even before ``set_sources`` names the source (a thread says so as it starts), but
+                # shown only for a running one: a source removed on reload must not come back as a card.
+                self._info.setdefault(message.source, _Source()).online = message.online
+                known = message.source in self._order
+                item, listeners = self._source_item(message.source), list(self._listeners)
+            if known:
+                self._notify(listeners, "source", item)
+            return
         payload = message.to_dict()
         if isinstance(message, GenreState):
             kind = "state"
@@ -136,16 +210,27 @@ class DashboardState:
         with self._lock:
             if message.source not in self._order:
                 self._order.append(message.source)
+            info = self._info.setdefault(message.source, _Source())
+            recovered = False
             if kind == "state":
                 self._states[message.source] = payload
-                self._errors.pop(message.source, None)  # a classification means the source works again
+                # A classification means the source works again; pages hear it through a ``source`` item.
+                recovered = self._errors.pop(message.source, None) is not None
             else:
                 self._events[message.source] = payload
-                if message.type == "error":
+                if message.type == "genre_changed":
+                    info.changes.append(payload)
+                elif message.type == "track_tagged" or (message.type == "error" and "path" in payload
+                                                        and info.kind in TRACK_KINDS):
+                    info.tracks.append(payload)  # one file of a watched folder: listed, not the folder's error
+                elif message.type == "error":
                     self._errors[message.source] = payload
+            item = self._source_item(message.source) if kind == "event" or recovered else None
             listeners = list(self._listeners)
         self.metrics.count_message(message)
         self._notify(listeners, kind, payload)
+        if item is not None:
+            self._notify(listeners, "source", item)
 
     def offer_mel(self, source: str, ring: MelSource) -> None:
         """Snapshot ``ring`` for open pages if one is due; call from the thread that writes ``ring``."""
@@ -166,7 +251,8 @@ class DashboardState:
             return
         new = total - previous.total if previous is not None else len(frames)
         full = not 0 < new < len(frames)  # first snapshot, a gap longer than the buffer, or a new pipeline (reload)
-        self._notify(listeners, "mel", mel_payload(source, frames[-new:] if not full else frames, total, full))
+        level = level_db(frames, new)
+        self._notify(listeners, "mel", mel_payload(source, frames[-new:] if not full else frames, total, full, level))
 
     # -- server side -------------------------------------------------------------------
     def subscribe(self, listener: Listener) -> Callable[[], None]:
@@ -188,28 +274,56 @@ class DashboardState:
         with self._lock:
             return len(self._listeners)
 
+    def mqtt_connected(self) -> bool | None:
+        """The MQTT sink's connection, None without one."""
+        provider = self.metrics.sink_provider()
+        return None if provider is None else provider().mqtt_connected
+
     def sources(self) -> dict[str, Any]:
-        """The ``/api/sources`` document: per source its last state and event payloads."""
+        """The ``/api/sources`` document (also the live ``hello``): per source its ``source`` item."""
         with self._lock:
-            items = []
-            for source in self._order:
-                state = self._states.get(source)
-                error = self._errors.get(source)
-                status = "error" if error else (state["state"] if state else "waiting")
-                items.append({
-                    "source": source,
-                    "status": status,
-                    "state": state,
-                    "last_event": self._events.get(source),
-                    "error": error,
-                })
-        return {"model": self.model, "labels": self.labels, "sources": items}
+            items = [self._source_item(source) for source in self._order]
+        return {"model": self.model, "labels": self.labels, "mqtt_connected": self.mqtt_connected(),
+                "spectrogram": self.axes, "sources": items}
+
+    def _source_item(self, source: str) -> dict[str, Any]:
+        """One source as the page shows it; call with the lock held.
+
+        ``status`` is the one rule for what the big label may claim: offline (the daemon said
+        the source is down) wins over error, which wins over the last state.
+        """
+        state = self._states.get(source)
+        error = self._errors.get(source)
+        info = self._info.get(source) or _Source()
+        if info.online is False:
+            status = "offline"
+        elif error:
+            status = "error"
+        elif info.kind in TRACK_KINDS:
+            status = "watching"  # a folder has no running state; its files are listed in ``tracks``
+        else:
+            status = state["state"] if state else "waiting"
+        retry = RETRY_RE.search(error["reason"]) if error else None
+        return {
+            "source": source,
+            "status": status,
+            "state": state,
+            "last_event": self._events.get(source),
+            "error": error,
+            "kind": info.kind,
+            "online": info.online,
+            "stale_after": info.stale_after,
+            "retry_at": (parse_payload_time(error["timestamp"]) + float(retry.group(1))
+                         if retry and error else None),
+            "changes": list(info.changes),
+            "tracks": list(info.tracks),
+        }
 
     def mel_snapshots(self) -> list[dict[str, Any]]:
         """Full ``mel`` messages of the latest snapshots, for a page that just connected."""
         with self._lock:
             snaps = dict(self._mel)
-        return [mel_payload(source, s.frames, s.total, True) for source, s in snaps.items()]
+        return [mel_payload(source, s.frames, s.total, True, level_db(s.frames, 1)) for source, s in snaps.items()]
 
     @staticmethod
     def _notify(listeners: list[Listener], kind: str, payload: dict[str, Any]) -> None:

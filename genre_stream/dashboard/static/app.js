@@ -1,14 +1,23 @@
-// genre-stream dashboard: one EventSource for live states, events and the mel spectrogram;
-// the timeline starts from /api/history and grows with the live states.
+// genre-stream dashboard: one EventSource for live states, source items and the mel spectrogram;
+// the timeline starts from /api/history (1 h / 24 h / 7 d) and grows with the live states.
+// What the big label may claim (offline, error, a state) is decided by the daemon ("status");
+// the page adds only what depends on the clock: a live source silent for "stale_after" seconds looks stale.
 "use strict";
 
-const TIMELINE_SECONDS = 3600;
+const RANGES = { // the history selector: seconds shown, and the timeline's axis labels
+  "1h": {seconds: 3600, axis: ["−60 min", "−45", "−30", "−15", "now"]},
+  "24h": {seconds: 86400, axis: ["−24 h", "−18", "−12", "−6", "now"]},
+  "7d": {seconds: 604800, axis: ["−7 d", "−5¼", "−3½", "−1¾", "now"]},
+};
 const MAX_GAP_SECONDS = 60; // same rule as the history's segments
+const SUMMARY_CHARS = 90; // the visible part of an error; the rest is behind "details"
 const PALETTE = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", // Tableau 10,
                  "#b07aa1", "#ff9da7", "#9c755f", "#a0cbe8", "#8cd17d", "#d37295"];  // grey left to silence
 
 let labels = [];
-const cards = new Map(); // source -> {el, segments, canvas, ctx, melTotal}
+let axes = null; // the spectrogram's axes, from the hello document
+let range = "1h";
+const cards = new Map(); // source -> {el, segments, canvas, ctx, melTotal, item, lastState}
 
 function colour(genre) {
   const i = labels.indexOf(genre);
@@ -28,11 +37,35 @@ function card(source) {
   ctx.fillRect(0, 0, canvas.width, canvas.height);
   document.getElementById("empty")?.remove();
   document.getElementById("sources").appendChild(el);
-  c = {el, segments: [], canvas, ctx, melTotal: 0};
+  c = {el, segments: [], canvas, ctx, melTotal: 0, item: null, lastState: null};
   cards.set(source, c);
   buildBars(c);
+  drawAxes(c);
   loadHistory(source, c);
   return c;
+}
+
+function clock(seconds) {
+  return new Date(seconds * 1000).toLocaleTimeString([], {hour: "2-digit", minute: "2-digit", second: "2-digit",
+                                                          hour12: false});
+}
+
+function ago(seconds) {
+  seconds = Math.max(0, Math.round(seconds));
+  if (seconds < 90) return seconds + " s";
+  if (seconds < 5400) return Math.round(seconds / 60) + " min";
+  if (seconds < 172800) return Math.round(seconds / 3600) + " h";
+  return Math.round(seconds / 86400) + " d";
+}
+
+function summary(reason) {
+  // "stream X dropped: refused (ffmpeg: ...); reconnecting in 4 s" -> "stream X dropped: refused"
+  let text = reason.split(" (")[0].split("; ")[0];
+  return text.length > SUMMARY_CHARS ? text.slice(0, SUMMARY_CHARS - 1) + "…" : text;
+}
+
+function basename(path) {
+  return path.split(/[\\/]/).pop();
 }
 
 function buildBars(c) {
@@ -54,6 +87,94 @@ function setStatus(c, status) {
   badge.textContent = status;
   badge.className = "badge status " + status;
   c.el.dataset.status = status;
+  // Down: the genre is what was last heard, not what is on air.
+  c.el.classList.toggle("down", status === "offline" || status === "stale");
+}
+
+// A source's item (hello, or after an event / availability change): status, folded error, lists.
+function showSource(c, item) {
+  c.item = item;
+  c.el.dataset.kind = item.kind ?? "";
+  if (item.state) showState(c, item.state);
+  setStatus(c, item.status);
+  const problem = c.el.querySelector(".problem");
+  const error = item.error;
+  problem.hidden = !error && item.status !== "offline";
+  c.el.querySelector(".problem-summary").textContent =
+    error ? summary(error.reason) : "no audio: the source is offline";
+  const detail = c.el.querySelector(".problem-detail");
+  detail.hidden = !error; // offline without an error: the summary says it all
+  detail.textContent = error ? error.reason + (error.path ? "\n" + error.path : "") + "\n" + error.timestamp : "";
+  c.el.querySelector(".changes").hidden = item.changes.length === 0;
+  const changes = c.el.querySelector(".changes .recent");
+  changes.replaceChildren(...item.changes.slice().reverse().map(ev => {
+    const li = document.createElement("li");
+    const when = document.createElement("span");
+    when.className = "when";
+    when.textContent = clock(Date.parse(ev.timestamp) / 1000);
+    li.append(when, " " + (ev.from ?? "–") + " → " + ev.to);
+    return li;
+  }));
+  const tracks = c.el.querySelector(".tracks");
+  tracks.hidden = item.kind !== "watch" && item.tracks.length === 0;
+  tracks.querySelector(".recent").replaceChildren(...item.tracks.slice().reverse().map(trackRow));
+  tick(c);
+}
+
+function trackRow(ev) {
+  const li = document.createElement("li");
+  const t = Date.parse(ev.timestamp) / 1000;
+  let verdict;
+  if (ev.type === "error") {
+    li.className = "failed";  // fades with age (CSS): one bad file is not the folder's state
+    li.style.animationDelay = -(Date.now() / 1000 - t) + "s";
+    verdict = "skipped: " + summary(ev.reason.replace(ev.path + ": ", "")); // the name is shown already
+    li.title = ev.reason;
+  } else if (ev.state === "uncertain") {
+    li.className = "uncertain";
+    verdict = "uncertain (" + ev.genre + "?) " + Math.round(ev.confidence * 100) + " %";
+  } else if (ev.state === "silence") {
+    li.className = "silence";
+    verdict = "silence";
+  } else {
+    verdict = ev.genre + " " + Math.round(ev.confidence * 100) + " %";
+  }
+  li.dataset.state = ev.type === "error" ? "failed" : ev.state;
+  for (const [cls, text] of [["when", clock(t)], ["file", basename(ev.path ?? "")], ["verdict", verdict]]) {
+    const span = document.createElement("span");
+    span.className = cls;
+    span.textContent = text;
+    li.append(span, " ");
+  }
+  return li;
+}
+
+// Once a second: what depends on the clock (age of the last window, stale look, countdown, on air).
+function tick(c) {
+  const now = Date.now() / 1000;
+  const item = c.item, state = c.lastState;
+  const age = state ? now - Date.parse(state.timestamp) / 1000 : null;
+  const live = item?.status === "music" || item?.status === "uncertain" || item?.status === "silence";
+  if (item && live) {
+    setStatus(c, item.stale_after != null && age != null && age > item.stale_after ? "stale" : item.status);
+  }
+  c.el.querySelector(".age").textContent = age == null ? "" : "last window " + ago(age) + " ago";
+  const retry = c.el.querySelector(".retry");
+  const retryIn = item?.retry_at != null && (item.status === "offline" || item.status === "error")
+    ? item.retry_at - now : null;
+  retry.textContent = retryIn == null ? "" : retryIn > 0 ? "reconnecting in " + Math.ceil(retryIn) + " s"
+                                                         : "reconnecting…";
+  const down = c.el.classList.contains("down");
+  c.el.querySelector(".lastheard").textContent = down && state ? "last heard " + ago(age) + " ago:" : "";
+  const onair = c.el.querySelector(".onair");
+  const seg = c.segments[c.segments.length - 1];
+  if (!down && state?.state === "music" && seg && seg.genre === state.genre) {
+    onair.textContent = "on air since " + clock(seg.start) + " (" + ago(now - seg.start) + ")";
+    onair.dataset.since = seg.start;
+  } else {
+    onair.textContent = "";
+    delete onair.dataset.since;
+  }
 }
 
 function showState(c, state) {
@@ -78,27 +199,33 @@ function showState(c, state) {
     if (state.state === "music" && row.dataset.label === state.genre) top = row;
   }
   if (top) top.querySelector(".fill").style.background = colour(state.genre); // same colour as the timeline
-  setStatus(c, state.state);
-  c.el.querySelector(".error").textContent = "";
-}
-
-function showError(c, event) {
-  setStatus(c, "error");
-  c.el.querySelector(".error").textContent = event.reason + (event.path ? " (" + event.path + ")" : "");
+  c.lastState = state;
+  tick(c);
 }
 
 // -- timeline ---------------------------------------------------------------------------
 async function loadHistory(source, c) {
+  const query = "since=-" + range + "&source=" + encodeURIComponent(source);
+  c.el.querySelector(".csv").href = "api/history.csv?" + query;
+  c.el.querySelector(".axis").replaceChildren(...RANGES[range].axis.map(text => {
+    const span = document.createElement("span");
+    span.textContent = text;
+    return span;
+  }));
   try {
-    const r = await fetch("api/history?kind=segments&since=-1h&source=" + encodeURIComponent(source));
-    if (!r.ok) return;
+    const asked = range;
+    const r = await fetch("api/history?kind=segments&" + query);
+    if (!r.ok || asked !== range) return;
     const body = await r.json();
     const earlier = body.items.map(s => ({state: s.state, genre: s.genre, start: Date.parse(s.start) / 1000,
                                           end: Date.parse(s.end) / 1000, windows: s.windows}));
     // Live states that arrived while the request was in flight are newer than the history.
-    const firstLive = c.segments.length ? c.segments[0].start : Infinity;
-    c.segments = earlier.filter(s => s.start < firstLive).concat(c.segments);
+    const live = c.segments.filter(s => s.live);
+    const firstLive = live.length ? live[0].start : Infinity;
+    c.segments = earlier.filter(s => s.start < firstLive).concat(live);
+    c.el.querySelector(".timeline").dataset.range = range;
     renderTimeline(c);
+    tick(c);
   } catch (e) {
     console.warn("history unavailable", e);
   }
@@ -113,14 +240,15 @@ function addToTimeline(c, state) {
     last.windows += 1;
   } else {
     if (last && t - last.end <= MAX_GAP_SECONDS) last.end = t; // segments meet, as in the history report
-    c.segments.push({state: state.state, genre, start: t, end: t, windows: 1});
+    c.segments.push({state: state.state, genre, start: t, end: t, windows: 1, live: true});
   }
   renderTimeline(c);
 }
 
 function renderTimeline(c) {
+  const span = RANGES[range].seconds;
   const now = Date.now() / 1000;
-  const t0 = now - TIMELINE_SECONDS;
+  const t0 = now - span;
   c.segments = c.segments.filter(s => s.end >= t0);
   const box = c.el.querySelector(".timeline");
   box.replaceChildren();
@@ -130,8 +258,8 @@ function renderTimeline(c) {
     div.className = "seg " + s.state;
     div.dataset.genre = s.genre ?? "";
     div.dataset.windows = s.windows;
-    div.style.left = (Math.max(0, s.start - t0) / TIMELINE_SECONDS * 100) + "%";
-    div.style.width = ((s.end - Math.max(s.start, t0)) / TIMELINE_SECONDS * 100) + "%";
+    div.style.left = (Math.max(0, s.start - t0) / span * 100) + "%";
+    div.style.width = ((s.end - Math.max(s.start, t0)) / span * 100) + "%";
     div.style.background = colour(s.genre);
     div.title = (s.genre ?? s.state) + ", " + new Date(s.start * 1000).toLocaleTimeString() + "–" +
                 new Date(s.end * 1000).toLocaleTimeString();
@@ -151,6 +279,26 @@ function renderTimeline(c) {
 }
 
 // -- mel spectrogram ----------------------------------------------------------------------
+function drawAxes(c) {
+  if (!axes) return;
+  const yaxis = c.el.querySelector(".yaxis");
+  yaxis.replaceChildren(...axes.freq_ticks.map(t => {
+    const span = document.createElement("span");
+    span.textContent = t.hz >= 1000 ? t.hz / 1000 + " kHz" : t.hz + " Hz";
+    span.style.bottom = (t.at * 100) + "%";
+    return span;
+  }));
+  const xaxis = c.el.querySelector(".xaxis");
+  const ticks = [];
+  for (let s = Math.floor(axes.seconds / 10) * 10; s > 0; s -= 10) ticks.push(s);
+  xaxis.replaceChildren(...ticks.concat([0]).map(s => {
+    const span = document.createElement("span");
+    span.textContent = s ? "−" + s + " s" : "now";
+    span.style.left = ((1 - s / axes.seconds) * 100) + "%";
+    return span;
+  }));
+}
+
 const LUT = (() => { // black -> purple -> orange -> yellow, indexed by byte value
   const stops = [[0, 0, 0, 4], [0.35, 87, 16, 110], [0.65, 221, 81, 58], [1, 252, 255, 164]];
   const lut = new Uint8ClampedArray(256 * 3);
@@ -193,6 +341,11 @@ function drawMel(c, msg) {
   ctx.putImageData(img, canvas.width - frames, 0);
   c.melTotal = msg.total;
   canvas.dataset.total = msg.total;
+  if (msg.level_db != null) {
+    c.el.querySelector(".level-box").hidden = false;
+    c.el.querySelector(".level").value = msg.level_db;
+    c.el.querySelector(".level-db").textContent = Math.round(msg.level_db) + " dB";
+  }
 }
 
 // -- live stream --------------------------------------------------------------------------
@@ -202,26 +355,32 @@ function connect() {
   es.addEventListener("hello", e => {
     const doc = JSON.parse(e.data);
     labels = doc.labels;
+    axes = doc.spectrogram;
     document.getElementById("model").textContent = "model " + doc.model;
     conn.textContent = "live"; conn.className = "badge online";
+    showMqtt(doc.mqtt_connected);
     for (const s of doc.sources) {
       const c = card(s.source);
       buildBars(c);
-      setStatus(c, s.status);
-      if (s.state) showState(c, s.state);
-      if (s.error) showError(c, s.error);
+      drawAxes(c);
+      showSource(c, s);
     }
   });
   es.addEventListener("state", e => {
     const state = JSON.parse(e.data);
     const c = card(state.source);
+    // A new state replaces a state-like status; offline and error change only with a "source" item.
+    const stateLike = !c.item || ["music", "uncertain", "silence", "waiting"].includes(c.item.status);
+    if (stateLike && c.item) c.item.status = state.state;
+    if (stateLike && !c.item) setStatus(c, state.state); // a source the page has no item for yet
     showState(c, state);
     addToTimeline(c, state);
   });
-  es.addEventListener("event", e => {
-    const ev = JSON.parse(e.data);
-    if (ev.type === "error") showError(card(ev.source), ev);
+  es.addEventListener("source", e => {
+    const item = JSON.parse(e.data);
+    showSource(card(item.source), item);
   });
+  es.addEventListener("health", e => showMqtt(JSON.parse(e.data).mqtt_connected));
   es.addEventListener("mel", e => {
     const msg = JSON.parse(e.data);
     drawMel(card(msg.source), msg);
@@ -229,5 +388,17 @@ function connect() {
   es.onerror = () => { conn.textContent = "reconnecting…"; conn.className = "badge offline"; };
 }
 
+function showMqtt(connected) {
+  const badge = document.getElementById("mqtt");
+  badge.hidden = connected == null; // no MQTT sink configured
+  badge.textContent = connected ? "MQTT connected" : "MQTT disconnected";
+  badge.className = "badge " + (connected ? "online" : "offline");
+}
+
+document.getElementById("range").addEventListener("change", e => {
+  range = e.target.value;
+  cards.forEach((c, source) => loadHistory(source, c));
+});
 setInterval(() => cards.forEach(renderTimeline), 10000);
+setInterval(() => cards.forEach(tick), 1000);
 connect();
