@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import socket
 import tomllib
 import types
 import typing
@@ -79,6 +80,11 @@ class MqttConfig:
     reconnect_min: float = 1.0
     reconnect_max: float = 60.0
     flush_timeout: float = 5.0  # how long a stop waits for queued messages to reach the broker
+
+    @property
+    def effective_client_id(self) -> str:
+        """The id the broker sees: the configured one, else ``genre-stream-<hostname>`` (MQTT 3.1.1 allows 23+ bytes; brokers take 64)."""
+        return self.client_id or f"genre-stream-{socket.gethostname()}"[:64]
 
     @property
     def tls(self) -> bool:
@@ -405,6 +411,7 @@ def _lookup(config: DaemonConfig, key: str) -> Any:
 def describe(config: DaemonConfig) -> dict[str, Any]:
     """The effective configuration as plain data (``config show``), with the password and token masked."""
     data = dataclasses.asdict(config)
+    data["mqtt"]["client_id"] = config.mqtt.effective_client_id
     if data["mqtt"]["password"]:
         data["mqtt"]["password"] = "***"
     if data["http"]["token"]:
