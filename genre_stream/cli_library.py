@@ -12,12 +12,15 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from .cli_options import model_options
 from .library.db import LibraryDB, LibraryError, default_db_path
+
+if TYPE_CHECKING:
+    from .library.cluster import Clustering
 
 
 def _db_option(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -66,7 +69,7 @@ def scan(paths: tuple[Path, ...], db_path: Path | None, model_path: Path | None,
 
     Every finished track is committed at once: Ctrl-C (or SIGTERM) stops the scan
     and the next scan resumes with the files not yet indexed. Files that cannot be
-    decoded are recorded; see `genre-stream library errors`.
+    decoded are recorded (see `genre-stream library errors`) and make the exit status 1.
     """
     from .engine import ModelError
     from .library.scan import ScanConfig, scan as run_scan
@@ -113,6 +116,8 @@ def scan(paths: tuple[Path, ...], db_path: Path | None, model_path: Path | None,
     if report.interrupted:
         click.echo("scan interrupted; run it again to finish", err=True)
         sys.exit(130)
+    if report.failed:  # as `classify`: a script must see that part of the collection was not indexed
+        sys.exit(1)
 
 
 @contextlib.contextmanager
@@ -165,10 +170,14 @@ def cluster(db_path: Path | None, k: int | None, method: str, playlist_dir: Path
             durations = dict(zip(matrix.paths, matrix.durations.tolist()))
             out_dir = playlist_dir or db.path.parent / "playlists"
             playlists = write_playlists(result, durations, out_dir)
-            if plot_path:
-                plot_clusters(result, plot_path)
         except LibraryError as exc:
             raise click.ClickException(str(exc)) from exc
+    plot_error = None
+    if plot_path:
+        try:
+            plot_clusters(result, plot_path)
+        except LibraryError as exc:  # the clusters and playlists stand without the map
+            plot_error, plot_path = str(exc), None
     if as_json:
         _echo_json({
             "k": result.k,
@@ -177,9 +186,16 @@ def cluster(db_path: Path | None, k: int | None, method: str, playlist_dir: Path
             "silhouette_by_k": result.silhouettes,
             "clusters": [c.to_dict() | {"playlist": str(p)} for c, p in zip(result.clusters, playlists)],
         })
-        return
+    else:
+        _print_clusters(result, playlists, len(matrix), out_dir, plot_path)
+    if plot_error:
+        click.echo(f"error: no map drawn: {plot_error}", err=True)
+        sys.exit(1)
+
+
+def _print_clusters(result: Clustering, playlists: list[Path], n_tracks: int, out_dir: Path, plot_path: Path | None) -> None:
     sil = f", silhouette {result.silhouette:.3f}" if result.silhouette is not None else ""
-    click.echo(f"{len(matrix)} tracks in {result.k} clusters ({result.method}{sil})")
+    click.echo(f"{n_tracks} tracks in {result.k} clusters ({result.method}{sil})")
     rows = [("#", "name", "tracks", "mean length", "dominant genres", "playlist")]
     for c, p in zip(result.clusters, playlists):
         genres = ", ".join(f"{g} {share:.0%}" for g, share in c.genres)

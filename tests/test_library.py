@@ -25,7 +25,7 @@ from click.testing import CliRunner
 from sklearn.metrics import adjusted_rand_score
 
 from _helpers_library import noise_hits, real_library, synthetic_library, write_wav
-from conftest import SHARED_AUDIO, cli_env, run_cli
+from conftest import REPO, SHARED_AUDIO, cli_env, run_cli
 from genre_stream.cli import main
 from genre_stream.library.db import LibraryDB, LibraryError
 from genre_stream.library.scan import ScanConfig, scan
@@ -378,3 +378,29 @@ def test_cluster_names_and_duplicate_tracks() -> None:
     many = cluster_library(matrix, labels, ClusterConfig(k=4))
     assert many.k == 3 and sorted(len(c.paths) for c in many.clusters) == [1, 1, 2]
     assert len({c.name for c in many.clusters}) == 3, "cluster names are unique"
+
+
+def test_scan_exit_status_says_files_failed(tmp_path: Path) -> None:
+    lib = tmp_path / "lib"
+    write_wav(lib / "good.wav", noise_hits(np.random.default_rng(1)))
+    (lib / "garbage.mp3").write_bytes(os.urandom(3000))
+    db = tmp_path / "lib.sqlite"
+    proc = run_cli("library", "scan", str(lib), "--db", str(db), "--workers", "1")
+    assert proc.returncode == 1, proc.stderr
+    assert "1 analysed" in proc.stdout and "1 failed" in proc.stdout  # the good file is still indexed
+    assert "library errors" in proc.stderr
+
+
+def test_cluster_without_matplotlib_still_clusters_and_says_why_there_is_no_map(synthetic, tmp_path: Path) -> None:
+    _, _, db = synthetic
+    hide = tmp_path / "hide"
+    (hide / "matplotlib").mkdir(parents=True)
+    (hide / "matplotlib" / "__init__.py").write_text("raise ImportError(\"No module named 'matplotlib'\")\n")
+    lists = tmp_path / "lists"
+    proc = run_cli("library", "cluster", "--db", str(db), "--k", "3", "--playlists", str(lists), "--plot", str(tmp_path / "map.png"),
+                   env={"PYTHONPATH": f"{REPO}{os.pathsep}{hide}"})
+    assert proc.returncode == 1
+    assert "12 tracks in 3 clusters" in proc.stdout
+    assert len(list(lists.glob("*.m3u"))) == 3
+    assert "no map drawn: --plot needs matplotlib, which comes with the [train] extra" in proc.stderr
+    assert not (tmp_path / "map.png").exists()
