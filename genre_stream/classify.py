@@ -18,7 +18,7 @@ from typing import Any, TextIO
 from .audio import AudioError, find_audio_files
 from .calibration import UncertaintyRule
 from .engine import Engine
-from .windows import DEFAULT_HOP_SECONDS, TrackResult, analyse_file
+from .windows import DEFAULT_HOP_SECONDS, TrackResult, WindowResult, analyse_file
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +67,46 @@ def format_human(path: Path, result: TrackResult, options: ClassifyOptions) -> s
     line = f"{path}: {uncertain}{tops}  ({result.duration:.1f} s"
     line += f", {len(result.windows)} windows)" if len(result.windows) > 1 else ")"
     if options.with_windows and len(result.windows) > 1:
-        for w in result.windows:
-            best = int(w.probabilities.argmax())
-            line += f"\n  {w.start:7.1f}-{w.end:7.1f} s  {result.labels[best]} {w.probabilities[best] * 100:.1f}%"
+        for seg in segments(result):
+            n = f"{seg.windows} windows" if seg.windows > 1 else "1 window"
+            line += f"\n  {clock(seg.start)}-{clock(seg.end)}  {seg.genre} {seg.confidence * 100:.0f}%  ({n})"
     return line
+
+
+def clock(seconds: float) -> str:
+    """mm:ss (h:mm:ss from an hour on): how people read positions in a recording."""
+    total = int(round(seconds))
+    h, rest = divmod(total, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60:02d}:{rest % 60:02d}"
+
+
+@dataclass
+class Segment:
+    start: float
+    end: float
+    genre: str
+    confidence: float  # mean of the genre's probability over the segment's windows
+    windows: int
+
+
+def segments(result: TrackResult) -> list[Segment]:
+    """Consecutive windows with the same top genre merged into one segment.
+
+    Windows overlap (30 s every hop), so a segment runs from its first window's start
+    to the next segment's first start; the last one runs to the end of the track.
+    """
+    runs: list[tuple[int, list[WindowResult]]] = []
+    for w in result.windows:
+        best = int(w.probabilities.argmax())
+        if runs and runs[-1][0] == best:
+            runs[-1][1].append(w)
+        else:
+            runs.append((best, [w]))
+    ends = [ws[0].start for _, ws in runs[1:]] + [result.windows[-1].end]
+    return [
+        Segment(ws[0].start, end, result.labels[best], float(sum(w.probabilities[best] for w in ws) / len(ws)), len(ws))
+        for (best, ws), end in zip(runs, ends)
+    ]
 
 
 def classify_paths(

@@ -175,3 +175,23 @@ def test_default_rule_comes_from_the_bundled_models_calibration(engine: Engine) 
     result = analyse_audio(noise, engine)  # white noise: raw softmax says jazz with ~0.9, calibrated it is flat
     assert result_to_dict(Path("noise.wav"), result, ClassifyOptions(uncertainty=rule))["state"] == "uncertain"
     assert result_to_dict(Path("noise.wav"), result, ClassifyOptions())["state"] == "music"
+
+
+def test_windows_human_output_merges_runs_into_mm_ss_segments(tmp_path: Path) -> None:
+    """48 s of the (country) demo, then 48 s of a sawtooth the model hears as something else."""
+    audio, sr = sf.read(DEMO, dtype="float32")
+    t = np.arange(48 * sr) / sr
+    saw = (0.3 * (2 * ((150 * t) % 1) - 1)).astype(np.float32)
+    mix = tmp_path / "mix.flac"
+    sf.write(mix, np.concatenate([np.tile(audio, 4), saw]), sr)
+    proc = run_cli("classify", "--windows", "--hop", "5", str(mix))
+    assert proc.returncode == 0, proc.stderr
+    head, *rows = proc.stdout.splitlines()
+    assert "(96.0 s, 15 windows)" in head
+    parsed = [row.split() for row in rows]  # ['00:00-00:25', 'country', '62%', '(5', 'windows)']
+    assert 2 <= len(parsed) < 15, proc.stdout  # consecutive windows of one genre are one line
+    assert parsed[0][0].startswith("00:00-") and parsed[0][1] == "country"
+    assert parsed[-1][0].endswith("-01:36") and parsed[-1][1] != "country"
+    assert all(a[1] != b[1] for a, b in zip(parsed, parsed[1:]))  # neighbours differ, else they would be merged
+    assert all(a[0].split("-")[1] == b[0].split("-")[0] for a, b in zip(parsed, parsed[1:]))  # contiguous
+    assert sum(int(p[3].strip("(")) for p in parsed) == 15
