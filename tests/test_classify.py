@@ -195,3 +195,11 @@ def test_windows_human_output_merges_runs_into_mm_ss_segments(tmp_path: Path) ->
     assert all(a[1] != b[1] for a, b in zip(parsed, parsed[1:]))  # neighbours differ, else they would be merged
     assert all(a[0].split("-")[1] == b[0].split("-")[0] for a, b in zip(parsed, parsed[1:]))  # contiguous
     assert sum(int(p[3].strip("(")) for p in parsed) == 15
+
+
+def test_a_pytorch_checkpoint_is_answered_with_how_to_export_it() -> None:
+    checkpoint = REPO / "trainer" / "models" / "bbnn-gtzan-augmented-fold0.pt"
+    proc = run_cli("classify", "--model", str(checkpoint), str(DEMO))
+    assert proc.returncode == 1
+    assert f"{checkpoint}: a PyTorch checkpoint, not an ONNX model; export it first: genre-trainer export {checkpoint}" in proc.stderr
+    assert "Traceback" not in proc.stderr and "INVALID_PROTOBUF" not in proc.stderr

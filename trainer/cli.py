@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from genre_stream import __version__
+
 from .commands import evaluate_cmd, finetune_cmd, prepare_cmd, synth_cmd, train_cmd
 
 log = logging.getLogger("trainer")
@@ -18,7 +20,21 @@ def _setup_logging(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
+def _versions() -> str:
+    """The package version and the versions that decide what a model file is (read without importing torch)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    parts = []
+    for dist in ("torch", "onnxruntime"):
+        try:
+            parts.append(f"{dist} {version(dist)}")
+        except PackageNotFoundError:
+            parts.append(f"{dist} not installed")
+    return f"{__version__} ({', '.join(parts)})"
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(_versions(), prog_name="genre-trainer")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 def main(verbose: int) -> None:
     """Produce models for genre-stream: import the seed checkpoints, train, evaluate, export to ONNX."""
