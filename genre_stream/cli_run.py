@@ -118,8 +118,10 @@ def run(config_path: Path | None, **options: Any) -> None:
     except ConfigError as exc:
         _fail_config(exc)
         return
-    if config.log_level:
-        logging.getLogger().setLevel(config.log_level.upper())
+    # A service should say what it does: start, genre changes and sources going up or down are INFO,
+    # shown unless the config asks for less (-v/-vv still ask for more).
+    root = logging.getLogger()
+    root.setLevel(config.log_level.upper() if config.log_level else min(root.level, logging.INFO))
     daemon = Daemon(config, reload_config=lambda: load_config(config_path, flags))
     daemon.install_signal_handlers()
     try:
@@ -158,7 +160,9 @@ def check(file: Path) -> None:
     except ConfigError as exc:
         _fail_config(ConfigError(f"{file}: {exc}"))
         return
-    click.echo(f"{file}: ok ({len(config.sources)} source(s), output: {_outputs(config)})")
+    from .daemon import describe_outputs
+
+    click.echo(f"{file}: ok ({len(config.sources)} source(s), outputs: {', '.join(describe_outputs(config))})")
 
 
 @config_group.command("show")
@@ -245,10 +249,3 @@ def _check_file_source(spec: str, path: Path) -> None:
         raise ConfigError(f"sources: {spec!r}: {path}: " + ("is a directory" if path.is_dir() else "no such file"))
 
 
-def _outputs(config: DaemonConfig) -> str:
-    outs = []
-    if config.mqtt.url:
-        outs.append(config.mqtt.url)
-    if config.jsonl_target:
-        outs.append("stdout" if config.jsonl_target == "-" else config.jsonl_target)
-    return ", ".join(outs)

@@ -116,7 +116,7 @@ class Engine:
         self.input_type = self.session.get_inputs()[0].type
         self.batch_size = max(1, batch_size)
         self.providers = self.session.get_providers()
-        log.info("loaded model %s (%s) on %s", self.path.name, self.model_id, self.providers[0])
+        log.debug("loaded model %s (%s) on %s", self.path.name, self.model_id, self.providers[0])
 
     @property
     def labels(self) -> list[str]:

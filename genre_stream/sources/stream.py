@@ -80,8 +80,7 @@ class StreamSource(Source):
             if password:
                 detail = detail.replace(password, "***")  # ffmpeg may quote the URL it failed on
             message = f"stream {redact(self.url)} dropped: {reason} ({detail}); reconnecting in {backoff.next_delay:.0f} s"
-            log.warning("%s: %s", self.id, message)
-            emit(SourceProblem(self.id, message))
+            emit(SourceProblem(self.id, message))  # the daemon logs it, once
             self._reconnects += 1
             if self._samples:
                 backoff.reset()
