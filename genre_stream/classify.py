@@ -7,10 +7,11 @@ the file and the reason, the rest are still classified, and the caller turns
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -18,6 +19,7 @@ from typing import Any, TextIO
 from .audio import AudioError, find_audio_files
 from .calibration import UncertaintyRule
 from .engine import Engine
+from .progress import Progress
 from .windows import DEFAULT_HOP_SECONDS, TrackResult, WindowResult, analyse_file
 
 log = logging.getLogger(__name__)
@@ -115,23 +117,39 @@ def classify_paths(
     options: ClassifyOptions,
     out: TextIO = sys.stdout,
     err: TextIO = sys.stderr,
-    progress: Callable[[Iterable[Path]], Iterable[Path]] | None = None,
+    progress: bool = False,
 ) -> int:
-    """Classify every audio file under ``paths``; returns the number of failures."""
+    """Classify every audio file under ``paths``; returns the number of failures.
+
+    With ``progress``, a bar on stderr (a terminal only) for several files or one long one;
+    results and errors are printed above it.
+    """
     files, errors = find_audio_files(list(paths))
-    for e in errors:
-        print(f"error: {e}", file=err)
-    failures = len(errors)
-    for path in progress(files) if progress else files:
-        try:
-            result = analyse_file(path, engine, options.hop_seconds)
-        except AudioError as exc:
-            print(f"error: {exc}", file=err)
-            failures += 1
-            continue
-        if options.as_json:
-            out.write(json.dumps(result_to_dict(path, result, options)) + "\n")
-        else:
-            out.write(format_human(path, result, options) + "\n")
-        out.flush()
+    bar = Progress(len(files), "classifying") if progress and _worth_a_bar(files) else None
+    with bar.shown() if bar else contextlib.nullcontext():
+        if bar:
+            out, err = bar.above(out), bar.above(err)
+        for e in errors:
+            print(f"error: {e}", file=err)
+        failures = len(errors)
+        for path in files:
+            try:
+                result = analyse_file(path, engine, options.hop_seconds)
+            except AudioError as exc:
+                print(f"error: {exc}", file=err)
+                failures += 1
+                continue
+            finally:
+                if bar:
+                    bar.advance(item=path.name)
+            if options.as_json:
+                out.write(json.dumps(result_to_dict(path, result, options)) + "\n")
+            else:
+                out.write(format_human(path, result, options) + "\n")
+            out.flush()
     return failures
+
+
+def _worth_a_bar(files: list[Path]) -> bool:
+    """Several files, or one long enough (20 MB) to take a while."""
+    return len(files) > 1 or (len(files) == 1 and files[0].stat().st_size > 20_000_000)

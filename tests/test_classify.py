@@ -203,3 +203,43 @@ def test_a_pytorch_checkpoint_is_answered_with_how_to_export_it() -> None:
     assert proc.returncode == 1
     assert f"{checkpoint}: a PyTorch checkpoint, not an ONNX model; export it first: genre-trainer export {checkpoint}" in proc.stderr
     assert "Traceback" not in proc.stderr and "INVALID_PROTOBUF" not in proc.stderr
+
+
+def _run_on_a_terminal(*args: str) -> tuple[int, str]:
+    """Run the CLI with stdout and stderr on one pseudo-terminal, as in an interactive shell; the raw bytes it drew."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    from conftest import cli_env
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "genre_stream", *args], stdin=subprocess.DEVNULL, stdout=slave, stderr=slave,
+                            env=cli_env(), cwd=REPO)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    return proc.wait(60), b"".join(chunks).decode(errors="replace").replace("\r\n", "\n")
+
+
+def test_progress_bar_never_runs_through_results_or_errors(tmp_path: Path) -> None:
+    for name in ("a.wav", "b.wav", "c.wav"):
+        shutil.copy(DEMO, tmp_path / name)
+    (tmp_path / "d.wav").write_bytes(b"RIFF junk")
+    code, screen = _run_on_a_terminal("classify", str(tmp_path))
+    assert code == 1, screen
+    assert "classifying [" in screen and "eta " in screen  # the bar was drawn ...
+    lines = [f"{tmp_path / n}: " for n in ("a.wav", "b.wav", "c.wav")] + [f"error: {tmp_path / 'd.wav'}: "]
+    for line in lines:
+        at = screen.index(line)
+        assert screen[:at].endswith(("\n", "\x1b[K")), repr(screen[max(0, at - 80):at + 40])  # ... and erased before each line
+    assert "classifying [" not in screen.rsplit("\n", 1)[-1].rsplit("\x1b[K", 1)[-1]  # the bar is erased at the end
