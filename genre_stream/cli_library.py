@@ -18,6 +18,7 @@ import click
 
 from .cli_options import model_options
 from .library.db import LibraryDB, LibraryError, default_db_path
+from .progress import Progress
 
 if TYPE_CHECKING:
     from .library.cluster import Clustering
@@ -72,19 +73,19 @@ def scan(paths: tuple[Path, ...], db_path: Path | None, model_path: Path | None,
     decoded are recorded (see `genre-stream library errors`) and make the exit status 1.
     """
     from .engine import ModelError
-    from .library.scan import ScanConfig, scan as run_scan
+    from .library.scan import Outcome, ScanConfig, scan as run_scan
 
     config = ScanConfig(model_path, device, workers, hop_seconds, retry_errors)
     with _open_db(db_path) as db, contextlib.ExitStack() as stack, _sigterm_as_interrupt():
-        bar: list[Any] = []
+        bar: list[Progress] = []
 
         def on_plan(n: int) -> None:
-            if sys.stderr.isatty() and n:
-                bar.append(stack.enter_context(click.progressbar(length=n, label="scanning", file=sys.stderr)))
+            if n:
+                bar.append(stack.enter_context(Progress(n, "scanning").shown()))
 
-        def on_outcome(_: object) -> None:
+        def on_outcome(outcome: Outcome) -> None:  # failures are logged by the scanner, above the bar
             if bar:
-                bar[0].update(1)
+                bar[0].advance(item=Path(outcome.path).name)
 
         try:
             report = run_scan(db, list(paths), config, on_plan, on_outcome)

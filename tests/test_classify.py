@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import REPO, run_cli, shared_path
+from conftest import REPO, printed_above_a_bar, run_cli, run_on_a_terminal, shared_path
 from genre_stream.engine import Engine
 from genre_stream.windows import analyse_audio, window_starts
 
@@ -205,41 +205,29 @@ def test_a_pytorch_checkpoint_is_answered_with_how_to_export_it() -> None:
     assert "Traceback" not in proc.stderr and "INVALID_PROTOBUF" not in proc.stderr
 
 
-def _run_on_a_terminal(*args: str) -> tuple[int, str]:
-    """Run the CLI with stdout and stderr on one pseudo-terminal, as in an interactive shell; the raw bytes it drew."""
-    import os
-    import pty
-    import subprocess
-    import sys
-
-    from conftest import cli_env
-
-    master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "genre_stream", *args], stdin=subprocess.DEVNULL, stdout=slave, stderr=slave,
-                            env=cli_env(), cwd=REPO)
-    os.close(slave)
-    chunks = []
-    while True:
-        try:
-            data = os.read(master, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not data:
-            break
-        chunks.append(data)
-    os.close(master)
-    return proc.wait(60), b"".join(chunks).decode(errors="replace").replace("\r\n", "\n")
-
-
 def test_progress_bar_never_runs_through_results_or_errors(tmp_path: Path) -> None:
     for name in ("a.wav", "b.wav", "c.wav"):
         shutil.copy(DEMO, tmp_path / name)
     (tmp_path / "d.wav").write_bytes(b"RIFF junk")
-    code, screen = _run_on_a_terminal("classify", str(tmp_path))
+    code, screen = run_on_a_terminal("classify", str(tmp_path))
     assert code == 1, screen
     assert "classifying [" in screen and "eta " in screen  # the bar was drawn ...
     lines = [f"{tmp_path / n}: " for n in ("a.wav", "b.wav", "c.wav")] + [f"error: {tmp_path / 'd.wav'}: "]
-    for line in lines:
-        at = screen.index(line)
-        assert screen[:at].endswith(("\n", "\x1b[K")), repr(screen[max(0, at - 80):at + 40])  # ... and erased before each line
+    assert all(printed_above_a_bar(screen, line) for line in lines), repr(screen)  # ... and erased before each line
     assert "classifying [" not in screen.rsplit("\n", 1)[-1].rsplit("\x1b[K", 1)[-1]  # the bar is erased at the end
+
+
+def test_mp3_decoder_notes_do_not_reach_the_terminal(tmp_path: Path) -> None:
+    """libmpg123 prints "Note: Illegal Audio-MPEG-Header ..." and decoder errors on stderr while it recovers; the user sees the result only."""
+    audio, sr = sf.read(DEMO, dtype="float32")
+    clean = tmp_path / "clean.mp3"
+    sf.write(clean, audio, sr, format="MP3")
+    data = clean.read_bytes()
+    junk = tmp_path / "junk.mp3"
+    junk.write_bytes(data[: len(data) // 2] + b"\x00" * 7 + data[len(data) // 2 :])  # the decoder resyncs after a few bad frames
+    proc = run_cli("classify", str(junk))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"{junk}: ")
+    assert proc.stderr == ""
+    proc = run_cli("-vv", "classify", str(junk))
+    assert "silenced" in proc.stderr and "libmpg123 note" in proc.stderr and "Note: " not in proc.stderr and "src/libmpg123" not in proc.stderr

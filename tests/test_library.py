@@ -25,7 +25,7 @@ from click.testing import CliRunner
 from sklearn.metrics import adjusted_rand_score
 
 from _helpers_library import noise_hits, real_library, synthetic_library, write_wav
-from conftest import REPO, SHARED_AUDIO, cli_env, run_cli
+from conftest import REPO, SHARED_AUDIO, cli_env, printed_above_a_bar, run_cli, run_on_a_terminal
 from genre_stream.cli import main
 from genre_stream.library.db import LibraryDB, LibraryError
 from genre_stream.library.scan import ScanConfig, scan
@@ -389,6 +389,14 @@ def test_scan_exit_status_says_files_failed(tmp_path: Path) -> None:
     assert proc.returncode == 1, proc.stderr
     assert "1 analysed" in proc.stdout and "1 failed" in proc.stdout  # the good file is still indexed
     assert "library errors" in proc.stderr
+    assert proc.stderr.count(f"{lib / 'garbage.mp3'}: not decodable audio") == 1  # named as it happens, once
+    (lib / "good.wav").touch()  # same bytes, new mtime: reused, so the bar has two steps
+    (lib / "other.wav").write_bytes((lib / "good.wav").read_bytes())
+    code, screen = run_on_a_terminal("library", "scan", str(lib), "--db", str(db), "--workers", "1", "--retry-errors")
+    assert code == 1, screen
+    assert "scanning [" in screen
+    assert printed_above_a_bar(screen, "WARNING genre_stream.library.scan: " + str(lib / "garbage.mp3"))
+    assert printed_above_a_bar(screen, "3 audio files: ")
 
 
 def test_cluster_without_matplotlib_still_clusters_and_says_why_there_is_no_map(synthetic, tmp_path: Path) -> None:
