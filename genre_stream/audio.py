@@ -20,6 +20,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -239,6 +240,29 @@ def iter_audio(path: str | Path, sr: int = 22050) -> Iterator[np.ndarray]:
         yield block
     if total == 0:
         raise AudioError(path, "no audio samples (empty or truncated file)")
+
+
+@dataclass(frozen=True)
+class Tags:
+    """Artist and title as the file's own tags give them ("" when it has none)."""
+
+    artist: str = ""
+    title: str = ""
+
+
+def read_tags(path: str | Path) -> Tags:
+    """The artist and title tags libsndfile reads: RIFF INFO (WAV), Vorbis comments (FLAC, OGG), AIFF
+    annotations and ID3 (MP3, through libmpg123). Only read, never written; a file libsndfile
+    cannot open (formats left to ffmpeg) or a tag that is not text gives empty tags, not an error:
+    tags are a convenience for browsing, the analysis does not depend on them.
+    """
+    try:
+        with _mpg123_notes_silenced(), sf.SoundFile(str(path)) as handle:
+            meta = handle.copy_metadata()
+    except (sf.LibsndfileError, RuntimeError, OSError, UnicodeDecodeError) as exc:
+        log.debug("%s: no tags read (%s)", path, exc)
+        return Tags()
+    return Tags(artist=meta.get("artist", "").strip(), title=meta.get("title", "").strip())
 
 
 def load_audio(path: str | Path, sr: int = 22050) -> np.ndarray:

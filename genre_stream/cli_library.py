@@ -264,3 +264,61 @@ def errors(db_path: Path | None, as_json: bool) -> None:
         return
     for e in rows:
         click.echo(f"{e.path}: {e.reason} ({e.failed_at})")
+
+
+@library.command("ls")
+@click.argument("query", nargs=-1)
+@_db_option
+@click.option("--json", "as_json", is_flag=True, help="Print the matching tracks as JSON.")
+def ls(query: tuple[str, ...], db_path: Path | None, as_json: bool) -> None:
+    """List the tracks matching QUERY (every term must hold; no query: all tracks).
+
+    \b
+    genre:jazz            the model's genre (one of the library's labels)
+    artist:miles          substring of the artist tag (title:, path: likewise)
+    confidence>0.8        also >=, <, <=; duration>300 in seconds
+    live                  a bare word: substring of the path
+    """
+    from .library.query import parse_query
+
+    with _open_db(db_path, must_exist=True) as db:
+        try:
+            parsed = parse_query(query, db.labels or [])
+        except LibraryError as exc:
+            raise click.UsageError(str(exc)) from exc
+        found = [t for t in db.tracks() if parsed.matches(t)]
+    if as_json:
+        _echo_json([{"path": t.path, "genre": t.genre, "confidence": round(t.confidence, 6), "duration": round(t.duration, 3),
+                     "artist": t.artist or None, "title": t.title or None} for t in found])
+        return
+    for t in found:
+        tags = " - ".join(x for x in (t.artist, t.title) if x)
+        click.echo(f"{t.genre:<10} {t.confidence:4.0%}  {_minutes(t.duration)}  {t.path}" + (f"  [{tags}]" if tags else ""))
+    click.echo(f"{len(found)} track(s)", err=True)
+
+
+def _minutes(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 60:3d}:{s % 60:02d}"
+
+
+@library.command()
+@_db_option
+@click.option("--json", "as_json", is_flag=True, help="Print the groups as JSON.")
+def duplicates(db_path: Path | None, as_json: bool) -> None:
+    """Files with identical content (same hash of their bytes), from the index; nothing is deleted.
+
+    Only exact copies are found: the same song encoded twice differs in its bytes
+    (`library similar` finds those by sound).
+    """
+    with _open_db(db_path, must_exist=True) as db:
+        groups = db.duplicates()
+    if as_json:
+        _echo_json([{"hash": g[0].hash, "size": g[0].size, "paths": [t.path for t in g]} for g in groups])
+        return
+    for g in groups:
+        click.echo(f"{len(g)} copies of {g[0].size / 1e6:.1f} MB ({g[0].genre}; hash {g[0].hash[:12]}):")
+        for t in g:
+            click.echo(f"  {t.path}")
+    spare = sum((len(g) - 1) * g[0].size for g in groups)
+    click.echo(f"{len(groups)} group(s) of identical files; {spare / 1e6:.1f} MB in extra copies" if groups else "no identical files")

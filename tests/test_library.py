@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 from click.testing import CliRunner
 from sklearn.metrics import adjusted_rand_score
 
@@ -129,7 +130,7 @@ def test_export_csv_and_json(synthetic, tmp_path: Path) -> None:
     rows = proc.stdout.splitlines()
     header = rows[0].split(",")
     assert len(rows) == 13 and header[:2] == ["path", "size"]
-    assert len(header) == 9 + 10 + 32 and "p_jazz" in header and "emb_31" in header
+    assert len(header) == 11 + 10 + 32 and "p_jazz" in header and "emb_31" in header and header[9:11] == ["artist", "title"]
     dest = tmp_path / "index.json"
     proc = run_cli("library", "export", "--db", str(db), "--format", "json", "-o", str(dest))
     assert proc.returncode == 0, proc.stderr
@@ -412,3 +413,82 @@ def test_cluster_without_matplotlib_still_clusters_and_says_why_there_is_no_map(
     assert len(list(lists.glob("*.m3u"))) == 3
     assert "no map drawn: --plot needs matplotlib, which comes with the [train] extra" in proc.stderr
     assert not (tmp_path / "map.png").exists()
+
+
+def _tagged(path: Path, audio: np.ndarray, artist: str, title: str, fmt: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with sf.SoundFile(path, "w", 22050, 1, format=fmt) as fh:
+        fh.artist, fh.title = artist, title
+        fh.write(audio.astype(np.float32))
+    return path
+
+
+def _id3v2_frame(frame_id: str, text: str) -> bytes:
+    body = b"\x01" + text.encode("utf-16")  # encoding 1: UTF-16 with BOM, as most taggers write
+    return frame_id.encode() + len(body).to_bytes(4, "big") + b"\x00\x00" + body
+
+
+def test_collector_tags_queries_and_duplicates(tmp_path: Path) -> None:
+    """Tags from WAV/FLAC/OGG and ID3v2 MP3; `library ls` queries; `library duplicates`; user files unchanged."""
+    rng = np.random.default_rng(7)
+    lib = tmp_path / "lib"
+    _tagged(lib / "a.wav", noise_hits(rng), "Art Blakey", "Moanin'", "WAV")
+    _tagged(lib / "b.flac", noise_hits(rng), "João Gilberto", "Só Danço Samba", "FLAC")
+    _tagged(lib / "live" / "c.ogg", noise_hits(rng), "Art Blakey", "Blues March", "OGG")
+    plain = tmp_path / "plain.mp3"
+    sf.write(plain, noise_hits(rng).astype(np.float32), 22050, format="MP3")
+    frames = _id3v2_frame("TIT2", "Kind of Blue") + _id3v2_frame("TPE1", "Miles Davis")
+    size = len(frames)
+    syncsafe = bytes([(size >> 21) & 127, (size >> 14) & 127, (size >> 7) & 127, size & 127])
+    (lib / "d.mp3").write_bytes(b"ID3\x03\x00\x00" + syncsafe + frames + plain.read_bytes())
+    shutil.copy(lib / "a.wav", lib / "live" / "a-copy.wav")
+    before = {p: p.read_bytes() for p in lib.rglob("*") if p.is_file()}
+    db = tmp_path / "lib.sqlite"
+    proc = run_cli("library", "scan", str(lib), "--db", str(db), "--workers", "1")
+    assert proc.returncode == 0, proc.stderr
+
+    def ls(*query: str) -> list[dict]:
+        return _json(run_cli("library", "ls", "--db", str(db), "--json", *query))
+
+    everything = {Path(t["path"]).name: t for t in ls()}
+    assert {n: (t["artist"], t["title"]) for n, t in everything.items()} == {
+        "a.wav": ("Art Blakey", "Moanin'"), "a-copy.wav": ("Art Blakey", "Moanin'"), "b.flac": ("João Gilberto", "Só Danço Samba"),
+        "c.ogg": ("Art Blakey", "Blues March"), "d.mp3": ("Miles Davis", "Kind of Blue")}
+    assert sorted(Path(t["path"]).name for t in ls("artist:blakey")) == ["a-copy.wav", "a.wav", "c.ogg"]
+    assert [Path(t["path"]).name for t in ls("artist:blakey", "title:blues")] == ["c.ogg"]
+    assert sorted(Path(t["path"]).name for t in ls("LIVE")) == ["a-copy.wav", "c.ogg"]  # a bare word: path substring
+    genre = everything["d.mp3"]["genre"]
+    assert {Path(t["path"]).name for t in ls(f"genre:{genre.upper()}")} == {n for n, t in everything.items() if t["genre"] == genre}
+    cut = sorted(t["confidence"] for t in everything.values())[2]
+    assert {Path(t["path"]).name for t in ls(f"confidence>={cut}")} == {n for n, t in everything.items() if t["confidence"] >= cut}
+    text = run_cli("library", "ls", "--db", str(db), "artist:gilberto")
+    assert text.returncode == 0 and f"{lib / 'b.flac'}  [João Gilberto - Só Danço Samba]" in text.stdout
+
+    for bad, why in (("mood:happy", "unknown field 'mood'"), ("genre:polka", "'polka' is not a genre of this library"),
+                     ("confidence>high", "'high' is not a number"), ("artist>3", "artist is not a number field")):
+        proc = run_cli("library", "ls", "--db", str(db), bad)
+        assert proc.returncode == 2 and bad in proc.stderr and why in proc.stderr, (bad, proc.stderr)
+
+    dup = _json(run_cli("library", "duplicates", "--db", str(db), "--json"))
+    assert dup == [{"hash": dup[0]["hash"], "size": (lib / "a.wav").stat().st_size,
+                    "paths": [str(lib / "a.wav"), str(lib / "live" / "a-copy.wav")]}]
+    text = run_cli("library", "duplicates", "--db", str(db))
+    assert text.returncode == 0 and "2 copies of" in text.stdout and "1 group(s) of identical files" in text.stdout
+    assert {p: p.read_bytes() for p in lib.rglob("*") if p.is_file()} == before  # tags are only read
+
+
+def test_a_version_1_library_gets_its_tags_on_the_next_scan(tmp_path: Path) -> None:
+    lib = tmp_path / "lib"
+    _tagged(lib / "a.flac", noise_hits(np.random.default_rng(3)), "Nina Simone", "Sinnerman", "FLAC")
+    db = tmp_path / "lib.sqlite"
+    assert run_cli("library", "scan", str(lib), "--db", str(db), "--workers", "1").returncode == 0
+    with sqlite3.connect(db) as conn:  # what genre-stream before tags wrote
+        conn.execute("ALTER TABLE tracks DROP COLUMN artist")
+        conn.execute("ALTER TABLE tracks DROP COLUMN title")
+        conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    (listed,) = _json(run_cli("library", "ls", "--db", str(db), "--json"))
+    assert listed["artist"] is None and listed["genre"]  # migrated on open; the analysis is kept
+    proc = run_cli("library", "scan", str(lib), "--db", str(db), "--workers", "1")
+    assert proc.returncode == 0 and "0 analysed" in proc.stdout and "1 unchanged" in proc.stdout
+    (listed,) = _json(run_cli("library", "ls", "--db", str(db), "--json", "artist:nina"))
+    assert listed["title"] == "Sinnerman"
