@@ -73,9 +73,11 @@ def make_source(spec: str, config: DaemonConfig) -> Source:
 
 def describe_outputs(config: DaemonConfig) -> list[str]:
     """Where the daemon's results go, for the start banner and `config check`."""
+    from .sources.stream import redact
+
     outs = []
     if config.mqtt.url:
-        outs.append(config.mqtt.url)
+        outs.append(redact(config.mqtt.url))  # a password may sit in the URL; logs and terminals must not show it
     if config.jsonl_target:
         outs.append("stdout" if config.jsonl_target == "-" else config.jsonl_target)
     if config.history.enabled:

@@ -127,9 +127,10 @@ def test_config_show_masks_the_password(tmp_path: Path) -> None:
 
 def test_config_check_refuses_what_would_make_a_service_exit_at_once(tmp_path: Path) -> None:
     """Under systemd the daemon runs in /: a relative or missing file: source plays nothing and exits 0."""
-    service = run_cli("config", "check", str(EXAMPLES / "genre-stream.toml"), timeout=120)
+    service = run_cli("config", "check", str(EXAMPLES / "genre-stream.toml"), timeout=120,
+                      env={"GENRE_STREAM_MQTT_URL": "mqtt://tagger:hunter2@broker.lan"})
     assert service.returncode == 0, service.stderr
-    assert "1 source(s)" in service.stdout
+    assert "1 source(s), outputs: mqtt://tagger:***@broker.lan, history " in service.stdout and "hunter2" not in service.stdout
 
     relative = write(tmp_path, 'sources = ["file:examples/demo.wav"]\n', "relative.toml")
     result = run_cli("config", "check", str(relative), timeout=120)
