@@ -9,13 +9,18 @@ file and the reason, so one bad file never takes a batch down with a traceback.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import functools
 import logging
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
+import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +136,43 @@ def _declared_frames(path: Path, handle: sf.SoundFile) -> int:
     return int(handle.frames)
 
 
+_NATIVE_STDERR_LOCK = threading.Lock()
+_LIBC = ctypes.CDLL(None)
+_MPG123_NOTES = (b"Note: ", b"[src/libmpg123/")  # resync notes; decoder diagnostics with the source position
+
+
+@contextlib.contextmanager
+def _mpg123_notes_silenced() -> Iterator[None]:
+    """Drop the lines libmpg123 (libsndfile's MP3 decoder) prints straight to stderr.
+
+    "Note: Illegal Audio-MPEG-Header", "Note: Trying to resync", "[src/libmpg123/layer3.c:...]
+    error: dequantization failed!" are printed by the C library on fd 2 for any MP3 with junk,
+    damaged frames or tags in odd places, while it recovers by itself; they cut through progress
+    bars and say nothing the user can act on (a file that really fails raises). The C
+    library cannot be told to keep quiet through libsndfile, so fd 2 is pointed at a
+    temporary file for the duration of the call and everything that is not such a note is
+    written back afterwards; nothing else written meanwhile (another thread's log line) is lost.
+    """
+    with _NATIVE_STDERR_LOCK, tempfile.TemporaryFile() as captured:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            _LIBC.fflush(None)  # the notes may sit in C stdio's buffer (stderr is buffered when not a terminal here)
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            lines = captured.read().splitlines(keepends=True)
+            kept = b"".join(line for line in lines if not line.startswith(_MPG123_NOTES))
+            if kept:
+                os.write(2, kept)
+            if len(kept) < sum(map(len, lines)):
+                log.debug("silenced %d libmpg123 note(s)", sum(line.startswith(_MPG123_NOTES) for line in lines))
+
+
 _SUBTYPE_BYTES = {"PCM_U8": 1, "PCM_S8": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4, "DOUBLE": 8}
 
 
@@ -166,7 +208,8 @@ def _soundfile_blocks(path: Path, handle: sf.SoundFile, sr: int) -> Iterator[np.
         read = 0
         while True:
             try:
-                data = handle.read(block, dtype="float32", always_2d=True)
+                with _mpg123_notes_silenced() if handle.format == "MP3" else contextlib.nullcontext():
+                    data = handle.read(block, dtype="float32", always_2d=True)
             except (sf.LibsndfileError, RuntimeError) as exc:
                 raise AudioError(path, f"corrupt or truncated audio data ({exc})") from exc
             if data.shape[0] == 0:
@@ -200,7 +243,8 @@ def iter_audio(path: str | Path, sr: int = 22050) -> Iterator[np.ndarray]:
     except OSError as exc:
         raise AudioError(path, f"cannot stat ({exc.strerror})") from exc
     try:
-        handle = sf.SoundFile(bytes(path))  # bytes: names that are not UTF-8 open too
+        with _mpg123_notes_silenced():  # libsndfile probes MP3 frames when it opens a file
+            handle = sf.SoundFile(bytes(path))  # bytes: names that are not UTF-8 open too
     except sf.LibsndfileError as exc:
         log.debug("libsndfile cannot open %s (%s); trying ffmpeg", path, exc)
         blocks = _ffmpeg_blocks(path, sr, max(1, int(BLOCK_SECONDS * sr)))
@@ -220,6 +264,29 @@ def iter_audio(path: str | Path, sr: int = 22050) -> Iterator[np.ndarray]:
         yield block
     if total == 0:
         raise AudioError(path, "no audio samples (empty or truncated file)")
+
+
+@dataclass(frozen=True)
+class Tags:
+    """Artist and title as the file's own tags give them ("" when it has none)."""
+
+    artist: str = ""
+    title: str = ""
+
+
+def read_tags(path: str | Path) -> Tags:
+    """The artist and title tags libsndfile reads: RIFF INFO (WAV), Vorbis comments (FLAC, OGG), AIFF
+    annotations and ID3 (MP3, through libmpg123). Only read, never written; a file libsndfile
+    cannot open (formats left to ffmpeg) or a tag that is not text gives empty tags, not an error:
+    tags are a convenience for browsing, the analysis does not depend on them.
+    """
+    try:
+        with _mpg123_notes_silenced(), sf.SoundFile(str(path)) as handle:
+            meta = handle.copy_metadata()
+    except (sf.LibsndfileError, RuntimeError, OSError, UnicodeDecodeError) as exc:
+        log.debug("%s: no tags read (%s)", path, exc)
+        return Tags()
+    return Tags(artist=meta.get("artist", "").strip(), title=meta.get("title", "").strip())
 
 
 def load_audio(path: str | Path, sr: int = 22050) -> np.ndarray:

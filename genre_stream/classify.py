@@ -7,9 +7,10 @@ the file and the reason, the rest are still classified, and the caller turns
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -18,7 +19,8 @@ from .audio import AudioError, find_audio_files
 from .calibration import UncertaintyRule
 from .engine import Engine
 from .jsonsafe import display_path, dumps
-from .windows import DEFAULT_HOP_SECONDS, TrackResult, analyse_file
+from .progress import Progress
+from .windows import DEFAULT_HOP_SECONDS, TrackResult, WindowResult, analyse_file
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +69,46 @@ def format_human(path: Path, result: TrackResult, options: ClassifyOptions) -> s
     line = f"{display_path(path)}: {uncertain}{tops}  ({result.duration:.1f} s"
     line += f", {len(result.windows)} windows)" if len(result.windows) > 1 else ")"
     if options.with_windows and len(result.windows) > 1:
-        for w in result.windows:
-            best = int(w.probabilities.argmax())
-            line += f"\n  {w.start:7.1f}-{w.end:7.1f} s  {result.labels[best]} {w.probabilities[best] * 100:.1f}%"
+        for seg in segments(result):
+            n = f"{seg.windows} windows" if seg.windows > 1 else "1 window"
+            line += f"\n  {clock(seg.start)}-{clock(seg.end)}  {seg.genre} {seg.confidence * 100:.0f}%  ({n})"
     return line
+
+
+def clock(seconds: float) -> str:
+    """mm:ss (h:mm:ss from an hour on): how people read positions in a recording."""
+    total = int(round(seconds))
+    h, rest = divmod(total, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60:02d}:{rest % 60:02d}"
+
+
+@dataclass
+class Segment:
+    start: float
+    end: float
+    genre: str
+    confidence: float  # mean of the genre's probability over the segment's windows
+    windows: int
+
+
+def segments(result: TrackResult) -> list[Segment]:
+    """Consecutive windows with the same top genre merged into one segment.
+
+    Windows overlap (30 s every hop), so a segment runs from its first window's start
+    to the next segment's first start; the last one runs to the end of the track.
+    """
+    runs: list[tuple[int, list[WindowResult]]] = []
+    for w in result.windows:
+        best = int(w.probabilities.argmax())
+        if runs and runs[-1][0] == best:
+            runs[-1][1].append(w)
+        else:
+            runs.append((best, [w]))
+    ends = [ws[0].start for _, ws in runs[1:]] + [result.windows[-1].end]
+    return [
+        Segment(ws[0].start, end, result.labels[best], float(sum(w.probabilities[best] for w in ws) / len(ws)), len(ws))
+        for (best, ws), end in zip(runs, ends)
+    ]
 
 
 def classify_paths(
@@ -79,27 +117,43 @@ def classify_paths(
     options: ClassifyOptions,
     out: TextIO = sys.stdout,
     err: TextIO = sys.stderr,
-    progress: Callable[[Iterable[Path]], Iterable[Path]] | None = None,
+    progress: bool = False,
 ) -> int:
-    """Classify every audio file under ``paths``; returns the number of failures."""
+    """Classify every audio file under ``paths``; returns the number of failures.
+
+    With ``progress``, a bar on stderr (a terminal only) for several files or one long one;
+    results and errors are printed above it.
+    """
     files, errors = find_audio_files(list(paths))
-    for e in errors:
-        print(f"error: {e}", file=err)
-    failures = len(errors)
-    for path in progress(files) if progress else files:
-        try:
-            result = analyse_file(path, engine, options.hop_seconds)
-        except AudioError as exc:
-            print(f"error: {exc}", file=err)
-            failures += 1
-            continue
-        except (OSError, ValueError) as exc:  # an unforeseen fault in one file never ends the run
-            print(f"error: {display_path(path)}: {exc}", file=err)
-            failures += 1
-            continue
-        if options.as_json:
-            out.write(dumps(result_to_dict(path, result, options), compact=False) + "\n")
-        else:
-            out.write(format_human(path, result, options) + "\n")
-        out.flush()
+    bar = Progress(len(files), "classifying") if progress and _worth_a_bar(files) else None
+    with bar.shown() if bar else contextlib.nullcontext():
+        if bar:
+            out, err = bar.above(out), bar.above(err)
+        for e in errors:
+            print(f"error: {e}", file=err)
+        failures = len(errors)
+        for path in files:
+            try:
+                result = analyse_file(path, engine, options.hop_seconds)
+            except AudioError as exc:
+                print(f"error: {exc}", file=err)
+                failures += 1
+                continue
+            except (OSError, ValueError) as exc:  # an unforeseen fault in one file never ends the run
+                print(f"error: {display_path(path)}: {exc}", file=err)
+                failures += 1
+                continue
+            finally:
+                if bar:
+                    bar.advance(item=path.name)
+            if options.as_json:
+                out.write(dumps(result_to_dict(path, result, options), compact=False) + "\n")
+            else:
+                out.write(format_human(path, result, options) + "\n")
+            out.flush()
     return failures
+
+
+def _worth_a_bar(files: list[Path]) -> bool:
+    """Several files, or one long enough (20 MB) to take a while."""
+    return len(files) > 1 or (len(files) == 1 and files[0].stat().st_size > 20_000_000)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable
 from pathlib import Path
 
 import click
@@ -62,18 +61,9 @@ def classify(paths: tuple[Path, ...], model_path: Path | None, device: str, thre
     uncertainty = UncertaintyRule.for_model(engine.info.calibration, uncertain_threshold, uncertain_margin)
     options = ClassifyOptions(hop_seconds=hop_seconds, top_k=min(top_k, len(engine.labels)), as_json=as_json, with_windows=with_windows,
                               uncertainty=uncertainty)
-    failures = classify_paths(paths, engine, options, progress=_progress if sys.stderr.isatty() else None)
+    failures = classify_paths(paths, engine, options, progress=True)
     if failures:
         sys.exit(1)
-
-
-def _progress(files: list[Path]) -> Iterable[Path]:
-    """A progress bar on stderr, for several files or one long one (only on a terminal)."""
-    if len(files) <= 1 and not (files and files[0].stat().st_size > 20_000_000):
-        yield from files
-        return
-    with click.progressbar(files, label="classifying", file=sys.stderr, item_show_func=lambda p: p.name if p else "") as bar:
-        yield from bar
 
 
 # Commands that live in their own modules register once the group exists.

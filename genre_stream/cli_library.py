@@ -12,12 +12,16 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from .cli_options import model_options
 from .library.db import LibraryDB, LibraryError, default_db_path
+from .progress import Progress
+
+if TYPE_CHECKING:
+    from .library.cluster import Clustering
 
 
 def _db_option(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -66,22 +70,22 @@ def scan(paths: tuple[Path, ...], db_path: Path | None, model_path: Path | None,
 
     Every finished track is committed at once: Ctrl-C (or SIGTERM) stops the scan
     and the next scan resumes with the files not yet indexed. Files that cannot be
-    decoded are recorded; see `genre-stream library errors`.
+    decoded are recorded (see `genre-stream library errors`) and make the exit status 1.
     """
     from .engine import ModelError
-    from .library.scan import ScanConfig, scan as run_scan
+    from .library.scan import Outcome, ScanConfig, scan as run_scan
 
     config = ScanConfig(model_path, device, workers, hop_seconds, retry_errors)
     with _open_db(db_path) as db, contextlib.ExitStack() as stack, _sigterm_as_interrupt():
-        bar: list[Any] = []
+        bar: list[Progress] = []
 
         def on_plan(n: int) -> None:
-            if sys.stderr.isatty() and n:
-                bar.append(stack.enter_context(click.progressbar(length=n, label="scanning", file=sys.stderr)))
+            if n:
+                bar.append(stack.enter_context(Progress(n, "scanning").shown()))
 
-        def on_outcome(_: object) -> None:
+        def on_outcome(outcome: Outcome) -> None:  # failures are logged by the scanner, above the bar
             if bar:
-                bar[0].update(1)
+                bar[0].advance(item=Path(outcome.path).name)
 
         try:
             report = run_scan(db, list(paths), config, on_plan, on_outcome)
@@ -113,6 +117,8 @@ def scan(paths: tuple[Path, ...], db_path: Path | None, model_path: Path | None,
     if report.interrupted:
         click.echo("scan interrupted; run it again to finish", err=True)
         sys.exit(130)
+    if report.failed:  # as `classify`: a script must see that part of the collection was not indexed
+        sys.exit(1)
 
 
 @contextlib.contextmanager
@@ -165,10 +171,14 @@ def cluster(db_path: Path | None, k: int | None, method: str, playlist_dir: Path
             durations = dict(zip(matrix.paths, matrix.durations.tolist()))
             out_dir = playlist_dir or db.path.parent / "playlists"
             playlists = write_playlists(result, durations, out_dir)
-            if plot_path:
-                plot_clusters(result, plot_path)
         except LibraryError as exc:
             raise click.ClickException(str(exc)) from exc
+    plot_error = None
+    if plot_path:
+        try:
+            plot_clusters(result, plot_path)
+        except LibraryError as exc:  # the clusters and playlists stand without the map
+            plot_error, plot_path = str(exc), None
     if as_json:
         _echo_json({
             "k": result.k,
@@ -177,9 +187,16 @@ def cluster(db_path: Path | None, k: int | None, method: str, playlist_dir: Path
             "silhouette_by_k": result.silhouettes,
             "clusters": [c.to_dict() | {"playlist": str(p)} for c, p in zip(result.clusters, playlists)],
         })
-        return
+    else:
+        _print_clusters(result, playlists, len(matrix), out_dir, plot_path)
+    if plot_error:
+        click.echo(f"error: no map drawn: {plot_error}", err=True)
+        sys.exit(1)
+
+
+def _print_clusters(result: Clustering, playlists: list[Path], n_tracks: int, out_dir: Path, plot_path: Path | None) -> None:
     sil = f", silhouette {result.silhouette:.3f}" if result.silhouette is not None else ""
-    click.echo(f"{len(matrix)} tracks in {result.k} clusters ({result.method}{sil})")
+    click.echo(f"{n_tracks} tracks in {result.k} clusters ({result.method}{sil})")
     rows = [("#", "name", "tracks", "mean length", "dominant genres", "playlist")]
     for c, p in zip(result.clusters, playlists):
         genres = ", ".join(f"{g} {share:.0%}" for g, share in c.genres)
@@ -247,3 +264,61 @@ def errors(db_path: Path | None, as_json: bool) -> None:
         return
     for e in rows:
         click.echo(f"{e.path}: {e.reason} ({e.failed_at})")
+
+
+@library.command("ls")
+@click.argument("query", nargs=-1)
+@_db_option
+@click.option("--json", "as_json", is_flag=True, help="Print the matching tracks as JSON.")
+def ls(query: tuple[str, ...], db_path: Path | None, as_json: bool) -> None:
+    """List the tracks matching QUERY (every term must hold; no query: all tracks).
+
+    \b
+    genre:jazz            the model's genre (one of the library's labels)
+    artist:miles          substring of the artist tag (title:, path: likewise)
+    confidence>0.8        also >=, <, <=; duration>300 in seconds
+    live                  a bare word: substring of the path
+    """
+    from .library.query import parse_query
+
+    with _open_db(db_path, must_exist=True) as db:
+        try:
+            parsed = parse_query(query, db.labels or [])
+        except LibraryError as exc:
+            raise click.UsageError(str(exc)) from exc
+        found = [t for t in db.tracks() if parsed.matches(t)]
+    if as_json:
+        _echo_json([{"path": t.path, "genre": t.genre, "confidence": round(t.confidence, 6), "duration": round(t.duration, 3),
+                     "artist": t.artist or None, "title": t.title or None} for t in found])
+        return
+    for t in found:
+        tags = " - ".join(x for x in (t.artist, t.title) if x)
+        click.echo(f"{t.genre:<10} {t.confidence:4.0%}  {_minutes(t.duration)}  {t.path}" + (f"  [{tags}]" if tags else ""))
+    click.echo(f"{len(found)} track(s)", err=True)
+
+
+def _minutes(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 60:3d}:{s % 60:02d}"
+
+
+@library.command()
+@_db_option
+@click.option("--json", "as_json", is_flag=True, help="Print the groups as JSON.")
+def duplicates(db_path: Path | None, as_json: bool) -> None:
+    """Files with identical content (same hash of their bytes), from the index; nothing is deleted.
+
+    Only exact copies are found: the same song encoded twice differs in its bytes
+    (`library similar` finds those by sound).
+    """
+    with _open_db(db_path, must_exist=True) as db:
+        groups = db.duplicates()
+    if as_json:
+        _echo_json([{"hash": g[0].hash, "size": g[0].size, "paths": [t.path for t in g]} for g in groups])
+        return
+    for g in groups:
+        click.echo(f"{len(g)} copies of {g[0].size / 1e6:.1f} MB ({g[0].genre}; hash {g[0].hash[:12]}):")
+        for t in g:
+            click.echo(f"  {t.path}")
+    spare = sum((len(g) - 1) * g[0].size for g in groups)
+    click.echo(f"{len(groups)} group(s) of identical files; {spare / 1e6:.1f} MB in extra copies" if groups else "no identical files")

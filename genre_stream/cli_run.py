@@ -119,8 +119,10 @@ def run(config_path: Path | None, **options: Any) -> None:
     except ConfigError as exc:
         _fail_config(exc)
         return
-    if config.log_level:
-        logging.getLogger().setLevel(config.log_level.upper())
+    # A service should say what it does: start, genre changes and sources going up or down are INFO,
+    # shown unless the config asks for less (-v/-vv still ask for more).
+    root = logging.getLogger()
+    root.setLevel(config.log_level.upper() if config.log_level else min(root.level, logging.INFO))
     daemon = Daemon(config, reload_config=lambda: load_config(config_path, flags))
     daemon.install_signal_handlers()
     try:
@@ -152,23 +154,61 @@ def check(file: Path) -> None:
     try:
         config = load_config(file, {})
         require_sources(config)
-        _check_sources(config)
     except ConfigError as exc:
         _fail_config(exc)
         return
-    click.echo(f"{file}: ok ({len(config.sources)} source(s), output: {_outputs(config)})")
+    try:
+        _check_sources(config)
+    except ConfigError as exc:
+        _fail_config(ConfigError(f"{file}: {exc}"))
+        return
+    from .daemon import describe_outputs
+
+    click.echo(f"{file}: ok ({len(config.sources)} source(s), outputs: {', '.join(describe_outputs(config))})")
 
 
 @config_group.command("show")
-@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
-def show(config_path: Path | None) -> None:
-    """Print the effective configuration (file + environment + defaults) as JSON, password masked."""
+@click.argument("file", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Same as FILE (the option `run` takes).")
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of TOML.")
+def show(file: Path | None, config_path: Path | None, as_json: bool) -> None:
+    """Print the effective configuration of FILE (default: as `run` finds it) with the environment and defaults.
+
+    TOML by default, so the output can be saved as a config file; secrets are masked,
+    unset keys are comments, and derived defaults (the MQTT client id) show their value.
+    """
+    if file and config_path and file != config_path:
+        raise click.UsageError(f"two config files given: {file} and --config {config_path}")
     try:
-        config = load_config(config_path, {})
+        config = load_config(file or config_path, {})
     except ConfigError as exc:
         _fail_config(exc)
         return
-    click.echo(json.dumps(describe(config), indent=2))
+    data = describe(config)
+    click.echo(json.dumps(data, indent=2) if as_json else to_toml(data), nl=as_json)
+
+
+def to_toml(data: dict[str, Any]) -> str:
+    """``describe()`` output as TOML: top-level keys first, then one table per section; None = a comment."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return json.dumps(str(v))  # a JSON string is a valid TOML basic string
+
+    def lines(table: dict[str, Any]) -> list[str]:
+        return [f"# {k} (unset)" if v is None else f"{k} = {value(v)}" for k, v in table.items() if not isinstance(v, dict)]
+
+    out = lines(data)
+    for name, table in data.items():
+        if isinstance(table, dict):
+            out += ["", f"[{name}]", *lines(table)]
+    return "\n".join(out) + "\n"
 
 
 def _check_sources(config: DaemonConfig) -> None:
@@ -178,6 +218,10 @@ def _check_sources(config: DaemonConfig) -> None:
 
     from .daemon import make_source
 
+    from .sources.file import FileSource
+
+    if not config.sources:
+        raise ConfigError("sources: none configured; the daemon would exit at once (add e.g. sources = [\"mic\"])")
     ids: set[str] = set()
     with tempfile.TemporaryDirectory() as scratch:
         scratch_config = dataclasses.replace(config, state_dir=Path(scratch))
@@ -186,15 +230,24 @@ def _check_sources(config: DaemonConfig) -> None:
                 source = make_source(spec, scratch_config)
             except ValueError as exc:
                 raise ConfigError(f"sources: {exc}") from None
+            if isinstance(source, FileSource):
+                _check_file_source(spec, source.path)
             if source.id in ids:
                 raise ConfigError(f"sources: two sources have the id {source.id!r}; give one an id with ID=SPEC")
             ids.add(source.id)
 
 
-def _outputs(config: DaemonConfig) -> str:
-    outs = []
-    if config.mqtt.url:
-        outs.append(redact_url(config.mqtt.url))
-    if config.jsonl_target:
-        outs.append("stdout" if config.jsonl_target == "-" else config.jsonl_target)
-    return ", ".join(outs)
+def _check_file_source(spec: str, path: Path) -> None:
+    """A file: source must name an existing file by its absolute path.
+
+    A relative path is resolved against the daemon's working directory, which is ``/``
+    under systemd: a config that works from a shell would play nothing there, the
+    source would end at once and the service exit 0 as if done.
+    """
+    if not path.is_absolute():
+        raise ConfigError(f"sources: {spec!r}: {path} is a relative path; the daemon resolves it against its working "
+                          "directory (/ under systemd): give an absolute path")
+    if not path.is_file():
+        raise ConfigError(f"sources: {spec!r}: {path}: " + ("is a directory" if path.is_dir() else "no such file"))
+
+

@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import math
 import os
+import socket
 import tomllib
 import types
 import typing
@@ -84,6 +85,11 @@ class MqttConfig:
 
     def __post_init__(self) -> None:
         check_ranges(self)
+
+    @property
+    def effective_client_id(self) -> str:
+        """The id the broker sees: the configured one, else ``genre-stream-<hostname>`` (MQTT 3.1.1 allows 23+ bytes; brokers take 64)."""
+        return self.client_id or f"genre-stream-{socket.gethostname()}"[:64]
 
     @property
     def tls(self) -> bool:
@@ -431,6 +437,7 @@ def _shown(key: str, value: Any) -> str:
 def describe(config: DaemonConfig) -> dict[str, Any]:
     """The effective configuration as plain data (``config show``), with secrets masked and URLs redacted."""
     data = dataclasses.asdict(config)
+    data["mqtt"]["client_id"] = config.mqtt.effective_client_id
     for key in SECRET_KEYS | URL_KEYS:
         section, _, name = key.partition(".")
         value = data[section][name]

@@ -25,11 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import __version__
 from .config import ConfigError, DaemonConfig, require_sources
 from .dashboard.config import DashboardError
 from .engine import Engine
 from .history import History
 from .messages import GenreEvent, SourceStats
+from .redact import redact_url
 from .pipeline import SourcePipeline, tag_track, uncertainty_rule
 from .sinks import Fanout, Sink, SourceAvailability, SourceInfo
 from .sinks.jsonl import JsonlSink
@@ -68,6 +70,20 @@ def make_source(spec: str, config: DaemonConfig) -> Source:
         settle_seconds=w.settle_seconds,
         poll_seconds=w.poll_seconds,
     )
+
+
+def describe_outputs(config: DaemonConfig) -> list[str]:
+    """Where the daemon's results go, for the start banner and `config check`."""
+    outs = []
+    if config.mqtt.url:
+        outs.append(redact_url(config.mqtt.url))  # a password may sit in the URL; logs and terminals must not show it
+    if config.jsonl_target:
+        outs.append("stdout" if config.jsonl_target == "-" else config.jsonl_target)
+    if config.history.enabled:
+        outs.append(f"history {config.history.config(config.state_dir).path}")
+    if config.http.listen:
+        outs.append(f"dashboard {config.http.listen}")
+    return outs
 
 
 def build_sinks(config: DaemonConfig) -> Fanout:
@@ -164,7 +180,9 @@ class Daemon:
             self._start(spec, source)
         self.sinks.sources_changed(self._source_infos(), self.engine.model_id)
         self.notifier.ready(self._status_line())
-        log.info("running %d source(s): %s", len(self.running), ", ".join(self.running))
+        log.info("genre-stream %s: sources %s; model %s on %s; outputs %s", __version__,
+                 ", ".join(f"{sid} ({r.kind})" for sid, r in self.running.items()), self.engine.model_id,
+                 self.engine.providers[0].removesuffix("ExecutionProvider"), ", ".join(describe_outputs(config)))
         next_stats = time.monotonic() + config.stats_interval if config.stats_interval else None
         by_signal = False
         while True:
@@ -266,6 +284,8 @@ class Daemon:
     def _set_online(self, r: _Running, online: bool) -> None:
         """Publish the source's availability when it changes, so a dead stream does not look alive."""
         if r.online != online:
+            if online or r.online:  # not the initial "down" of a source that never came up
+                log.info("%s: %s", r.source.id, ("up (watching)" if r.kind in TRACK_KINDS else "up (audio flowing)") if online else "down")
             r.online = online
             self._publish(SourceAvailability(r.source.id, online))
 

@@ -22,6 +22,16 @@ log = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "cuda", "tensorrt")
 
 
+def _is_torch_checkpoint(path: Path) -> bool:
+    """``torch.save`` writes a zip archive (a pickle before torch 1.6); an ONNX file is a bare protobuf."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError:
+        return False
+    return path.suffix in {".pt", ".pth"} or head == b"PK\x03\x04"
+
+
 class ModelError(Exception):
     """A model file that cannot be used; the message names the file and why."""
 
@@ -91,6 +101,9 @@ class Engine:
         except ModelError:
             raise
         except Exception as exc:  # onnxruntime raises its own exception types
+            if _is_torch_checkpoint(self.path):
+                raise ModelError(f"{self.path}: a PyTorch checkpoint, not an ONNX model; export it first: "
+                                 f"genre-trainer export {self.path} --out {self.path.with_suffix('.onnx')}") from exc
             raise ModelError(f"{self.path}: not a loadable ONNX model ({exc})") from exc
         meta = self.session.get_modelmeta().custom_metadata_map
         if METADATA_KEY not in meta:
@@ -103,7 +116,7 @@ class Engine:
         self.input_type = self.session.get_inputs()[0].type
         self.batch_size = max(1, batch_size)
         self.providers = self.session.get_providers()
-        log.info("loaded model %s (%s) on %s", self.path.name, self.model_id, self.providers[0])
+        log.debug("loaded model %s (%s) on %s", self.path.name, self.model_id, self.providers[0])
 
     @property
     def labels(self) -> list[str]:

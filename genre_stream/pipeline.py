@@ -203,7 +203,7 @@ class SourcePipeline:
             )
         ]
         if result.changed:
-            log.info("%s: genre %s -> %s (%.2f)", self.source_id, result.previous, result.genre, result.confidence)
+            log.info("%s: genre %s%s (%.2f)", self.source_id, f"{result.previous} -> " if result.previous else "", result.genre, result.confidence)
             messages.append(GenreEvent.genre_changed(self.source_id, result.previous, result.genre, result.confidence))
         return messages
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import pty
+import re
 import socket
 import subprocess
 import sys
@@ -93,3 +95,29 @@ def engine():
     from genre_stream.engine import Engine
 
     return Engine(threads=1)
+
+
+def run_on_a_terminal(*args: str, module: str = "genre_stream", timeout: float = 300) -> tuple[int, str]:
+    """Run a CLI with stdout and stderr on one pseudo-terminal, as in an interactive shell: (status, what it drew)."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", module, *args], stdin=subprocess.DEVNULL, stdout=slave, stderr=slave,
+                            env=cli_env(), cwd=REPO)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    return proc.wait(timeout), b"".join(chunks).decode(errors="replace").replace("\r\n", "\n")
+
+
+def printed_above_a_bar(screen: str, text: str) -> bool:
+    """``text`` shows on a line of its own on the terminal: no progress bar was left before it on that line."""
+    line = next(line for line in screen.split("\n") if text in line)
+    visible = line.rsplit("\x1b[K", 1)[-1]  # what stays on screen after the last erase
+    return text in visible and not re.search(r"\[[#-]+\] \d+/\d+", visible[: visible.index(text)])

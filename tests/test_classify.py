@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import REPO, run_cli, shared_path
+from conftest import REPO, printed_above_a_bar, run_cli, run_on_a_terminal, shared_path
 from genre_stream.engine import Engine
 from genre_stream.windows import analyse_audio, window_starts
 
@@ -175,3 +175,59 @@ def test_default_rule_comes_from_the_bundled_models_calibration(engine: Engine) 
     result = analyse_audio(noise, engine)  # white noise: raw softmax says jazz with ~0.9, calibrated it is flat
     assert result_to_dict(Path("noise.wav"), result, ClassifyOptions(uncertainty=rule))["state"] == "uncertain"
     assert result_to_dict(Path("noise.wav"), result, ClassifyOptions())["state"] == "music"
+
+
+def test_windows_human_output_merges_runs_into_mm_ss_segments(tmp_path: Path) -> None:
+    """48 s of the (country) demo, then 48 s of a sawtooth the model hears as something else."""
+    audio, sr = sf.read(DEMO, dtype="float32")
+    t = np.arange(48 * sr) / sr
+    saw = (0.3 * (2 * ((150 * t) % 1) - 1)).astype(np.float32)
+    mix = tmp_path / "mix.flac"
+    sf.write(mix, np.concatenate([np.tile(audio, 4), saw]), sr)
+    proc = run_cli("classify", "--windows", "--hop", "5", str(mix))
+    assert proc.returncode == 0, proc.stderr
+    head, *rows = proc.stdout.splitlines()
+    assert "(96.0 s, 15 windows)" in head
+    parsed = [row.split() for row in rows]  # ['00:00-00:25', 'country', '62%', '(5', 'windows)']
+    assert 2 <= len(parsed) < 15, proc.stdout  # consecutive windows of one genre are one line
+    assert parsed[0][0].startswith("00:00-") and parsed[0][1] == "country"
+    assert parsed[-1][0].endswith("-01:36") and parsed[-1][1] != "country"
+    assert all(a[1] != b[1] for a, b in zip(parsed, parsed[1:]))  # neighbours differ, else they would be merged
+    assert all(a[0].split("-")[1] == b[0].split("-")[0] for a, b in zip(parsed, parsed[1:]))  # contiguous
+    assert sum(int(p[3].strip("(")) for p in parsed) == 15
+
+
+def test_a_pytorch_checkpoint_is_answered_with_how_to_export_it() -> None:
+    checkpoint = REPO / "trainer" / "models" / "bbnn-gtzan-augmented-fold0.pt"
+    proc = run_cli("classify", "--model", str(checkpoint), str(DEMO))
+    assert proc.returncode == 1
+    assert f"{checkpoint}: a PyTorch checkpoint, not an ONNX model; export it first: genre-trainer export {checkpoint}" in proc.stderr
+    assert "Traceback" not in proc.stderr and "INVALID_PROTOBUF" not in proc.stderr
+
+
+def test_progress_bar_never_runs_through_results_or_errors(tmp_path: Path) -> None:
+    for name in ("a.wav", "b.wav", "c.wav"):
+        shutil.copy(DEMO, tmp_path / name)
+    (tmp_path / "d.wav").write_bytes(b"RIFF junk")
+    code, screen = run_on_a_terminal("classify", str(tmp_path))
+    assert code == 1, screen
+    assert "classifying [" in screen and "eta " in screen  # the bar was drawn ...
+    lines = [f"{tmp_path / n}: " for n in ("a.wav", "b.wav", "c.wav")] + [f"error: {tmp_path / 'd.wav'}: "]
+    assert all(printed_above_a_bar(screen, line) for line in lines), repr(screen)  # ... and erased before each line
+    assert "classifying [" not in screen.rsplit("\n", 1)[-1].rsplit("\x1b[K", 1)[-1]  # the bar is erased at the end
+
+
+def test_mp3_decoder_notes_do_not_reach_the_terminal(tmp_path: Path) -> None:
+    """libmpg123 prints "Note: Illegal Audio-MPEG-Header ..." and decoder errors on stderr while it recovers; the user sees the result only."""
+    audio, sr = sf.read(DEMO, dtype="float32")
+    clean = tmp_path / "clean.mp3"
+    sf.write(clean, audio, sr, format="MP3")
+    data = clean.read_bytes()
+    junk = tmp_path / "junk.mp3"
+    junk.write_bytes(data[: len(data) // 2] + b"\x00" * 7 + data[len(data) // 2 :])  # the decoder resyncs after a few bad frames
+    proc = run_cli("classify", str(junk))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"{junk}: ")
+    assert proc.stderr == ""
+    proc = run_cli("-vv", "classify", str(junk))
+    assert "silenced" in proc.stderr and "libmpg123 note" in proc.stderr and "Note: " not in proc.stderr and "src/libmpg123" not in proc.stderr

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import socket
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -105,15 +108,57 @@ def test_config_check_cli_accepts_examples_and_rejects_bad_files(tmp_path: Path)
     bad = write(tmp_path, 'sources = ["mic", "wave:/tmp"]\n')
     result = run_cli("config", "check", str(bad), timeout=120)
     assert result.returncode == 78
-    assert "configuration error: sources: source 'wave:/tmp': unknown kind 'wave'" in result.stderr
+    assert f"configuration error: {bad}: sources: source 'wave:/tmp': unknown kind 'wave'" in result.stderr
 
-    dup = write(tmp_path, 'sources = ["file:/a/x.wav", "file:/b/x.wav"]\n', "dup.toml")
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "x.wav").write_bytes(b"")
+    dup = write(tmp_path, f'sources = ["file:{tmp_path}/a/x.wav", "file:{tmp_path}/b/x.wav"]\n', "dup.toml")
     result = run_cli("config", "check", str(dup), timeout=120)
     assert result.returncode == 78 and "two sources have the id 'file-x'" in result.stderr
 
 
 def test_config_show_masks_the_password(tmp_path: Path) -> None:
     path = write(tmp_path, '[mqtt]\nurl = "mqtt://b"\nusername = "u"\npassword = "hunter2"\n')
-    result = run_cli("config", "show", "--config", str(path), timeout=120)
+    result = run_cli("config", "show", "--json", "--config", str(path), timeout=120)
     assert result.returncode == 0, result.stderr
     assert '"password": "***"' in result.stdout and "hunter2" not in result.stdout
+
+
+def test_config_check_refuses_what_would_make_a_service_exit_at_once(tmp_path: Path) -> None:
+    """Under systemd the daemon runs in /: a relative or missing file: source plays nothing and exits 0."""
+    service = run_cli("config", "check", str(EXAMPLES / "genre-stream.toml"), timeout=120,
+                      env={"GENRE_STREAM_MQTT_URL": "mqtt://tagger:hunter2@broker.lan"})
+    assert service.returncode == 0, service.stderr
+    assert "1 source(s), outputs: mqtt://tagger:***@broker.lan, history " in service.stdout and "hunter2" not in service.stdout
+
+    relative = write(tmp_path, 'sources = ["file:examples/demo.wav"]\n', "relative.toml")
+    result = run_cli("config", "check", str(relative), timeout=120)
+    assert result.returncode == 78
+    assert f"{relative}: sources: 'file:examples/demo.wav': examples/demo.wav is a relative path" in result.stderr
+
+    missing = write(tmp_path, f'sources = ["file:{tmp_path}/gone.wav"]\n', "missing.toml")
+    result = run_cli("config", "check", str(missing), timeout=120)
+    assert result.returncode == 78 and f"{tmp_path}/gone.wav: no such file" in result.stderr
+
+    empty = write(tmp_path, 'log_level = "info"\n', "empty.toml")
+    result = run_cli("config", "check", str(empty), timeout=120)
+    assert result.returncode == 78 and "sources: none configured" in result.stderr
+
+
+def test_config_show_takes_the_file_as_argument_and_prints_loadable_toml(tmp_path: Path) -> None:
+    path = write(tmp_path, 'sources = ["mic"]\n[mqtt]\nurl = "mqtt://b"\nusername = "u"\npassword = "hunter2"\n[pipeline]\nhop_seconds = 2.5\n')
+    by_argument = run_cli("config", "show", str(path), timeout=120)
+    by_option = run_cli("config", "show", "--config", str(path), timeout=120)
+    assert by_argument.returncode == 0, by_argument.stderr
+    assert by_argument.stdout == by_option.stdout
+    shown = tomllib.loads(by_argument.stdout)
+    assert shown["sources"] == ["mic"] and shown["pipeline"]["hop_seconds"] == 2.5
+    assert shown["mqtt"]["client_id"] == f"genre-stream-{socket.gethostname()}"[:64]  # the effective id, not ""
+    assert shown["mqtt"]["password"] == "***" and "hunter2" not in by_argument.stdout
+    # What it prints is a config file that loads to the same settings (the masked password aside).
+    reloaded = write(tmp_path, by_argument.stdout, "shown.toml")
+    again = run_cli("config", "show", "--json", str(reloaded), timeout=120)
+    assert again.returncode == 0, again.stderr
+    pipeline = json.loads(again.stdout)["pipeline"]
+    assert {k: v for k, v in pipeline.items() if v is not None} == shown["pipeline"]  # unset keys are comments in TOML

@@ -284,3 +284,31 @@ def test_finite_sources_end_the_run(engine, demo: Path, tmp_path: Path) -> None:
     code = Daemon(config, engine=engine, sinks=Fanout([JsonlSink(str(out))])).run()
     assert code == EXIT_OK
     assert [round(m["window_end"]) for m in lines(out) if "state" in m] == [10, 12]  # incl. the final flush
+
+
+def test_default_log_level_says_what_the_daemon_does_and_warns_once(demo: Path, tmp_path: Path) -> None:
+    """No -v: a start banner, genre changes and sources going up/down; a source problem is one line, not two."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "notes.txt").write_text("not audio")
+    err = tmp_path / "stderr.txt"
+    with open(err, "w") as errfile:
+        proc = subprocess.Popen([sys.executable, "-m", "genre_stream", "run", "--source", f"demo=file:{demo}", "--source", f"inbox=watch:{inbox}",
+                                 "--fast", "--state-dir", str(tmp_path / "state"), "--stats-interval", "0", "--jsonl", str(tmp_path / "out.jsonl")],
+                                env=cli_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=errfile)
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and not ("demo: down" in err.read_text() and "notes.txt" in err.read_text()):
+                time.sleep(0.2)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0
+        finally:
+            proc.kill()
+    log = err.read_text()
+    banner = [line for line in log.splitlines() if "genre-stream " in line and "sources " in line]
+    assert len(banner) == 1, log
+    assert "demo (file), inbox (watch)" in banner[0] and "model bbnn-gtzan-augmented-fold0 on CPU" in banner[0]
+    assert f"outputs {tmp_path / 'out.jsonl'}, history {tmp_path / 'state' / 'history.sqlite'}" in banner[0]
+    assert "INFO genre_stream.pipeline: demo: genre country (" in log  # the first genre, no "None ->"
+    assert "demo: up (audio flowing)" in log and "demo: down" in log and "inbox: up (watching)" in log
+    assert log.count("unsupported format '.txt'") == 1, log

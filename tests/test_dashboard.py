@@ -592,7 +592,7 @@ def test_config_show_masks_the_token(monkeypatch):
     from genre_stream.cli import main
 
     monkeypatch.setenv("GENRE_STREAM_HTTP_TOKEN", TOKEN)
-    result = CliRunner().invoke(main, ["config", "show"])
+    result = CliRunner().invoke(main, ["config", "show", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["http"]["token"] == "***" and TOKEN not in result.output
 

@@ -21,11 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 from click.testing import CliRunner
 from sklearn.metrics import adjusted_rand_score
 
 from _helpers_library import noise_hits, real_library, synthetic_library, write_wav
-from conftest import SHARED_AUDIO, cli_env, run_cli
+from conftest import REPO, SHARED_AUDIO, cli_env, printed_above_a_bar, run_cli, run_on_a_terminal
 from genre_stream.cli import main
 from genre_stream.library.db import LibraryDB, LibraryError
 from genre_stream.library.scan import ScanConfig, scan
@@ -129,7 +130,7 @@ def test_export_csv_and_json(synthetic, tmp_path: Path) -> None:
     rows = proc.stdout.splitlines()
     header = rows[0].split(",")
     assert len(rows) == 13 and header[:2] == ["path", "size"]
-    assert len(header) == 9 + 10 + 32 and "p_jazz" in header and "emb_31" in header
+    assert len(header) == 11 + 10 + 32 and "p_jazz" in header and "emb_31" in header and header[9:11] == ["artist", "title"]
     dest = tmp_path / "index.json"
     proc = run_cli("library", "export", "--db", str(db), "--format", "json", "-o", str(dest))
     assert proc.returncode == 0, proc.stderr
@@ -378,3 +379,116 @@ def test_cluster_names_and_duplicate_tracks() -> None:
     many = cluster_library(matrix, labels, ClusterConfig(k=4))
     assert many.k == 3 and sorted(len(c.paths) for c in many.clusters) == [1, 1, 2]
     assert len({c.name for c in many.clusters}) == 3, "cluster names are unique"
+
+
+def test_scan_exit_status_says_files_failed(tmp_path: Path) -> None:
+    lib = tmp_path / "lib"
+    write_wav(lib / "good.wav", noise_hits(np.random.default_rng(1)))
+    (lib / "garbage.mp3").write_bytes(os.urandom(3000))
+    db = tmp_path / "lib.sqlite"
+    proc = run_cli("library", "scan", str(lib), "--db", str(db), "--workers", "1")
+    assert proc.returncode == 1, proc.stderr
+    assert "1 analysed" in proc.stdout and "1 failed" in proc.stdout  # the good file is still indexed
+    assert "library errors" in proc.stderr
+    assert proc.stderr.count(f"{lib / 'garbage.mp3'}: not decodable audio") == 1  # named as it happens, once
+    (lib / "good.wav").touch()  # same bytes, new mtime: reused, so the bar has two steps
+    (lib / "other.wav").write_bytes((lib / "good.wav").read_bytes())
+    code, screen = run_on_a_terminal("library", "scan", str(lib), "--db", str(db), "--workers", "1", "--retry-errors")
+    assert code == 1, screen
+    assert "scanning [" in screen
+    assert printed_above_a_bar(screen, "WARNING genre_stream.library.scan: " + str(lib / "garbage.mp3"))
+    assert printed_above_a_bar(screen, "3 audio files: ")
+
+
+def test_cluster_without_matplotlib_still_clusters_and_says_why_there_is_no_map(synthetic, tmp_path: Path) -> None:
+    _, _, db = synthetic
+    hide = tmp_path / "hide"
+    (hide / "matplotlib").mkdir(parents=True)
+    (hide / "matplotlib" / "__init__.py").write_text("raise ImportError(\"No module named 'matplotlib'\")\n")
+    lists = tmp_path / "lists"
+    proc = run_cli("library", "cluster", "--db", str(db), "--k", "3", "--playlists", str(lists), "--plot", str(tmp_path / "map.png"),
+                   env={"PYTHONPATH": f"{REPO}{os.pathsep}{hide}"})
+    assert proc.returncode == 1
+    assert "12 tracks in 3 clusters" in proc.stdout
+    assert len(list(lists.glob("*.m3u"))) == 3
+    assert "no map drawn: --plot needs matplotlib, which comes with the [train] extra" in proc.stderr
+    assert not (tmp_path / "map.png").exists()
+
+
+def _tagged(path: Path, audio: np.ndarray, artist: str, title: str, fmt: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with sf.SoundFile(path, "w", 22050, 1, format=fmt) as fh:
+        fh.artist, fh.title = artist, title
+        fh.write(audio.astype(np.float32))
+    return path
+
+
+def _id3v2_frame(frame_id: str, text: str) -> bytes:
+    body = b"\x01" + text.encode("utf-16")  # encoding 1: UTF-16 with BOM, as most taggers write
+    return frame_id.encode() + len(body).to_bytes(4, "big") + b"\x00\x00" + body
+
+
+def test_collector_tags_queries_and_duplicates(tmp_path: Path) -> None:
+    """Tags from WAV/FLAC/OGG and ID3v2 MP3; `library ls` queries; `library duplicates`; user files unchanged."""
+    rng = np.random.default_rng(7)
+    lib = tmp_path / "lib"
+    _tagged(lib / "a.wav", noise_hits(rng), "Art Blakey", "Moanin'", "WAV")
+    _tagged(lib / "b.flac", noise_hits(rng), "João Gilberto", "Só Danço Samba", "FLAC")
+    _tagged(lib / "live" / "c.ogg", noise_hits(rng), "Art Blakey", "Blues March", "OGG")
+    plain = tmp_path / "plain.mp3"
+    sf.write(plain, noise_hits(rng).astype(np.float32), 22050, format="MP3")
+    frames = _id3v2_frame("TIT2", "Kind of Blue") + _id3v2_frame("TPE1", "Miles Davis")
+    size = len(frames)
+    syncsafe = bytes([(size >> 21) & 127, (size >> 14) & 127, (size >> 7) & 127, size & 127])
+    (lib / "d.mp3").write_bytes(b"ID3\x03\x00\x00" + syncsafe + frames + plain.read_bytes())
+    shutil.copy(lib / "a.wav", lib / "live" / "a-copy.wav")
+    before = {p: p.read_bytes() for p in lib.rglob("*") if p.is_file()}
+    db = tmp_path / "lib.sqlite"
+    proc = run_cli("library", "scan", str(lib), "--db", str(db), "--workers", "1")
+    assert proc.returncode == 0, proc.stderr
+
+    def ls(*query: str) -> list[dict]:
+        return _json(run_cli("library", "ls", "--db", str(db), "--json", *query))
+
+    everything = {Path(t["path"]).name: t for t in ls()}
+    assert {n: (t["artist"], t["title"]) for n, t in everything.items()} == {
+        "a.wav": ("Art Blakey", "Moanin'"), "a-copy.wav": ("Art Blakey", "Moanin'"), "b.flac": ("João Gilberto", "Só Danço Samba"),
+        "c.ogg": ("Art Blakey", "Blues March"), "d.mp3": ("Miles Davis", "Kind of Blue")}
+    assert sorted(Path(t["path"]).name for t in ls("artist:blakey")) == ["a-copy.wav", "a.wav", "c.ogg"]
+    assert [Path(t["path"]).name for t in ls("artist:blakey", "title:blues")] == ["c.ogg"]
+    assert sorted(Path(t["path"]).name for t in ls("LIVE")) == ["a-copy.wav", "c.ogg"]  # a bare word: path substring
+    genre = everything["d.mp3"]["genre"]
+    assert {Path(t["path"]).name for t in ls(f"genre:{genre.upper()}")} == {n for n, t in everything.items() if t["genre"] == genre}
+    cut = sorted(t["confidence"] for t in everything.values())[2]
+    assert {Path(t["path"]).name for t in ls(f"confidence>={cut}")} == {n for n, t in everything.items() if t["confidence"] >= cut}
+    text = run_cli("library", "ls", "--db", str(db), "artist:gilberto")
+    assert text.returncode == 0 and f"{lib / 'b.flac'}  [João Gilberto - Só Danço Samba]" in text.stdout
+
+    for bad, why in (("mood:happy", "unknown field 'mood'"), ("genre:polka", "'polka' is not a genre of this library"),
+                     ("confidence>high", "'high' is not a number"), ("artist>3", "artist is not a number field")):
+        proc = run_cli("library", "ls", "--db", str(db), bad)
+        assert proc.returncode == 2 and bad in proc.stderr and why in proc.stderr, (bad, proc.stderr)
+
+    dup = _json(run_cli("library", "duplicates", "--db", str(db), "--json"))
+    assert dup == [{"hash": dup[0]["hash"], "size": (lib / "a.wav").stat().st_size,
+                    "paths": [str(lib / "a.wav"), str(lib / "live" / "a-copy.wav")]}]
+    text = run_cli("library", "duplicates", "--db", str(db))
+    assert text.returncode == 0 and "2 copies of" in text.stdout and "1 group(s) of identical files" in text.stdout
+    assert {p: p.read_bytes() for p in lib.rglob("*") if p.is_file()} == before  # tags are only read
+
+
+def test_a_version_1_library_gets_its_tags_on_the_next_scan(tmp_path: Path) -> None:
+    lib = tmp_path / "lib"
+    _tagged(lib / "a.flac", noise_hits(np.random.default_rng(3)), "Nina Simone", "Sinnerman", "FLAC")
+    db = tmp_path / "lib.sqlite"
+    assert run_cli("library", "scan", str(lib), "--db", str(db), "--workers", "1").returncode == 0
+    with sqlite3.connect(db) as conn:  # what genre-stream before tags wrote
+        conn.execute("ALTER TABLE tracks DROP COLUMN artist")
+        conn.execute("ALTER TABLE tracks DROP COLUMN title")
+        conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    (listed,) = _json(run_cli("library", "ls", "--db", str(db), "--json"))
+    assert listed["artist"] is None and listed["genre"]  # migrated on open; the analysis is kept
+    proc = run_cli("library", "scan", str(lib), "--db", str(db), "--workers", "1")
+    assert proc.returncode == 0 and "0 analysed" in proc.stdout and "1 unchanged" in proc.stdout
+    (listed,) = _json(run_cli("library", "ls", "--db", str(db), "--json", "artist:nina"))
+    assert listed["title"] == "Sinnerman"

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
+import torch
 
 from conftest import REPO, run_cli
 from trainer.evaluate import EvaluateError, evaluate
@@ -45,3 +47,11 @@ def test_missing_or_broken_model_is_a_clear_cli_error(tmp_path: Path) -> None:
     broken.write_bytes(b"not a model")
     proc = run_cli("evaluate", str(broken), str(tmp_path / "data"), module="trainer")
     assert proc.returncode == 1 and "broken.onnx" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_version_names_the_package_and_torch() -> None:
+    from genre_stream import __version__
+
+    proc = run_cli("--version", module="trainer")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"genre-trainer, version {__version__} (torch {torch.__version__.split('+')[0]}, onnxruntime {ort.__version__})"

@@ -77,7 +77,7 @@ def _export_fp32(checkpoint: Path, out: Path) -> Path:
 
 
 def test_train_writes_a_complete_run(run: Path, ws: Path) -> None:
-    assert sorted(p.name for p in run.iterdir()) == ["confusion.png", "curves.png", "metrics.json", "model.pt"]
+    assert sorted(p.name for p in run.iterdir()) == ["confusion.png", "curves.png", "metrics.json", "model.pt", "train.log"]
     assert not (ws / "run.partial").exists()
     m = json.loads((run / "metrics.json").read_text())
     for split in ("train", "val", "test"):

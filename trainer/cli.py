@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from pathlib import Path
 
 import click
+
+from genre_stream import __version__
 
 from .commands import evaluate_cmd, finetune_cmd, prepare_cmd, synth_cmd, train_cmd
 
@@ -18,7 +21,21 @@ def _setup_logging(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
+def _versions() -> str:
+    """The package version and the versions that decide what a model file is (read without importing torch)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    parts = []
+    for dist in ("torch", "onnxruntime"):
+        try:
+            parts.append(f"{dist} {version(dist)}")
+        except PackageNotFoundError:
+            parts.append(f"{dist} not installed")
+    return f"{__version__} ({', '.join(parts)})"
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(_versions(), prog_name="genre-trainer")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 def main(verbose: int) -> None:
     """Produce models for genre-stream: import the seed checkpoints, train, evaluate, export to ONNX."""
@@ -84,6 +101,8 @@ def export(
     fp32 must match PyTorch within 1e-4 (probability); int8 must keep top-1 agreement >= 0.97, mean |dp| <= 0.03
     and max |dp| <= 0.1 on the test windows, or nothing is written (unless --force).
     """
+    from genre_stream.progress import Progress
+
     from .calibration import folder_sets, folder_test_windows, synthetic_sets
     from .checkpoint import CheckpointError, load_checkpoint
     from .export import save_atomic
@@ -96,6 +115,7 @@ def export(
         raise click.ClickException(str(exc)) from exc
     frontend = TorchMelFrontend(info.frontend)
     n_cal = calibration_windows if quantize == "int8" else 0
+    click.echo(f"making {n_cal} calibration and {test_windows} test windows ...", err=True)
     try:
         sets = folder_sets(calibration, frontend, max(n_cal, 1), test_windows) if calibration else synthetic_sets(frontend, n_cal, 0 if test_audio else test_windows)
         if test_audio:
@@ -104,8 +124,11 @@ def export(
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"windows: {len(sets.calibration)} calibration, {len(sets.test)} test ({sets.source})")
+    bar = Progress(len(sets.calibration) if quantize == "int8" else 0, "calibrating int8")
     try:
-        result = build_export(model, info, quantize, sets.test, sets.calibration, Int8Config(recipe=recipe, keep_float=keep_float), sets.source)
+        with bar.shown() if quantize == "int8" else contextlib.nullcontext():
+            result = build_export(model, info, quantize, sets.test, sets.calibration, Int8Config(recipe=recipe, keep_float=keep_float),
+                                  sets.source, on_window=bar.advance)
     except (RuntimeError, ValueError) as exc:
         raise click.ClickException(f"{out}: not written: {exc}") from exc
     if quantize == "none":

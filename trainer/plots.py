@@ -43,7 +43,12 @@ def plot_curves(history: list[dict[str, float]], path: str | Path, title: str = 
 
 
 def plot_confusion(confusion: list[list[int]] | np.ndarray, labels: list[str], path: str | Path, title: str = "") -> Path:
-    """Row-normalised confusion matrix (recall on the diagonal) with label names and counts."""
+    return _save(confusion_figure(confusion, labels, title), Path(path))
+
+
+def confusion_figure(confusion: list[list[int]] | np.ndarray, labels: list[str], title: str = "") -> Any:
+    """Row-normalised confusion matrix (recall on the diagonal); each cell also gives its clip count
+    and each true label its total, so a perfect score on two clips does not pass for a measurement."""
     counts = np.asarray(confusion, dtype=float)
     rows = counts.sum(axis=1, keepdims=True)
     norm = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
@@ -51,13 +56,14 @@ def plot_confusion(confusion: list[list[int]] | np.ndarray, labels: list[str], p
     fig, ax = plt.subplots(figsize=(size, size))
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
-    ax.set_yticks(range(len(labels)), labels)
-    ax.set(xlabel="predicted", ylabel="true", title=title or "normalised confusion matrix")
+    ax.set_yticks(range(len(labels)), [f"{label} ({int(n)})" for label, n in zip(labels, rows[:, 0])])
+    ax.set(xlabel="predicted", ylabel="true (clips)", title=title or "normalised confusion matrix")
     for i in range(len(labels)):
         for j in range(len(labels)):
-            ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=8, color="white" if norm[i, j] > 0.5 else "black")
+            ax.text(j, i, f"{norm[i, j]:.2f}\n{int(counts[i, j])}", ha="center", va="center", fontsize=8,
+                    color="white" if norm[i, j] > 0.5 else "black")
     fig.colorbar(im, ax=ax, fraction=0.046)
-    return _save(fig, Path(path))
+    return fig
 
 
 def plot_reliability(bins: list[dict[str, float]], path: str | Path, title: str = "", n_bins: int = 10) -> Path:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -101,16 +101,22 @@ class Int8Config:
 
 
 class _Windows(CalibrationDataReader):
-    def __init__(self, windows: np.ndarray) -> None:
+    """Calibration windows one at a time; ``on_read`` after each (ORT runs the window right after reading it)."""
+
+    def __init__(self, windows: np.ndarray, on_read: Callable[[], None] | None = None) -> None:
         self._iter: Iterator[np.ndarray] = iter(np.asarray(windows, dtype=np.float32))
+        self._on_read = on_read
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         window = next(self._iter, None)
+        if window is not None and self._on_read:
+            self._on_read()
         return None if window is None else {INPUT_NAME: window[None]}
 
 
 def quantize_int8(
-    model: BBNN, info: ModelInfo, calibration: np.ndarray, config: Int8Config | None = None, calibration_source: str = ""
+    model: BBNN, info: ModelInfo, calibration: np.ndarray, config: Int8Config | None = None, calibration_source: str = "",
+    on_window: Callable[[], None] | None = None,
 ) -> onnx.ModelProto:
     """Calibrate on ``calibration`` windows (N, frames, n_mels) and return the int8 QDQ model."""
     config = config or Int8Config()
@@ -135,7 +141,7 @@ def quantize_int8(
         quantize_static(
             str(pre),
             str(out),
-            _Windows(calibration),
+            _Windows(calibration, on_window),
             quant_format=QuantFormat.QDQ,
             per_channel=config.per_channel,
             activation_type=QuantType.QUInt8,
@@ -235,8 +241,12 @@ def build_export(
     calibration_windows: np.ndarray | None = None,
     config: Int8Config | None = None,
     calibration_source: str = "",
+    on_window: Callable[[], None] | None = None,
 ) -> ExportResult:
-    """Make the ``none`` / ``int8`` / ``fp16`` export and measure it against PyTorch on ``test_windows``."""
+    """Make the ``none`` / ``int8`` / ``fp16`` export and measure it against PyTorch on ``test_windows``.
+
+    ``on_window`` is called as each int8 calibration window is run (the long step: minutes), for a progress bar.
+    """
     reference = torch_probabilities(model, test_windows)
     if quantize == "none":
         proto = to_onnx_model(model, info)
@@ -245,7 +255,7 @@ def build_export(
     if quantize == "int8":
         if calibration_windows is None or len(calibration_windows) == 0:
             raise ValueError("int8 export needs calibration windows")
-        proto = quantize_int8(model, info, calibration_windows, config, calibration_source)
+        proto = quantize_int8(model, info, calibration_windows, config, calibration_source, on_window)
         sess = session(proto)
         cal = agreement(onnx_probabilities(sess, calibration_windows), torch_probabilities(model, calibration_windows))
         return ExportResult(proto, agreement(onnx_probabilities(sess, test_windows), reference), calibration=cal)

@@ -10,6 +10,7 @@ independently, which is why its augmented figures are optimistic).
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,3 +63,25 @@ def fold_split(labels: dict[str, str], fold: int, seed: int, parts: int = PARTS)
     if not val or not test:
         raise ValueError(f"too few clips ({len(labels)}) for validation and test parts; need at least {parts}")
     return Split(tuple(train), tuple(val), tuple(test))
+
+
+MIN_TEST_CLIPS = 5  # per class: below this a class's test recall moves in steps of 20 % or more
+
+
+def thin_split_warnings(split: Split, labels: dict[str, str], folds: int) -> list[str]:
+    """What makes this split's validation or test figures unreliable: a class missing from a part,
+    or fewer than ``MIN_TEST_CLIPS`` test clips of a class. Running all folds tests every clip once."""
+    advice = "" if folds >= PARTS else f"; --folds {PARTS} tests every clip once and reports the mean"
+    out = []
+    for part in ("test", "val"):
+        counts = Counter(labels[p] for p in getattr(split, part))
+        missing = sorted(set(labels.values()) - set(counts))
+        if missing:
+            out.append(f"the {part} part has no clip of {', '.join(missing)}: its {part} accuracy says nothing about them{advice}")
+    counts = Counter(labels[p] for p in split.test)
+    thin = sorted((n, label) for label, n in counts.items() if n < MIN_TEST_CLIPS)
+    if thin:
+        listed = ", ".join(f"{label} {n}" for n, label in thin)
+        out.append(f"the test part holds fewer than {MIN_TEST_CLIPS} clips of some classes ({listed}): "
+                   f"test accuracy is coarse{advice}")
+    return out

@@ -22,6 +22,7 @@ On a GPU the forward pass runs under autocast (float16 with a gradient scaler).
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import logging
@@ -29,6 +30,7 @@ import math
 import os
 import platform
 import shutil
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -49,7 +51,7 @@ from .data import Cache, DataError, check_labels
 from .evaluate import track_probabilities
 from .metrics import classification_report
 from .plots import plot_confusion, plot_curves
-from .split import PARTS, Split, fold_split
+from .split import PARTS, Split, fold_split, thin_split_warnings
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,18 @@ class TrainError(RuntimeError):
     """A run that cannot start or continue; the message says what to change."""
 
 
+BEST_SO_FAR = "best-so-far.pt"
+LOG_FILE = "train.log"
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM turned into it) during training; ``best`` is the checkpoint of the best epoch so far."""
+
+    def __init__(self, best: Path | None, state: FoldState) -> None:
+        super().__init__()
+        self.best, self.state = best, state
+
+
 @dataclass
 class TrainConfig:
     """The recipe; every field is recorded in metrics.json and must match to resume a run."""
@@ -76,6 +90,7 @@ class TrainConfig:
     plateau_factor: float = 0.5
     plateau_patience: int = 3
     early_stop_patience: int = 10
+    accuracy_patience: int | None = None  # also stop after this many epochs without a better val accuracy (None: off)
     seed: int = 0
     folds: int = 1
     window_frames: int | None = None  # None: the cache's window
@@ -235,6 +250,8 @@ class FoldState:
     best_state: dict[str, torch.Tensor] | None = None
     bad_epochs: int = 0
     stopped_early: bool = False
+    best_accuracy: float = -1.0
+    accuracy_bad_epochs: int = 0
 
 
 class FoldTrainer:
@@ -340,7 +357,27 @@ class FoldTrainer:
 
     def run(self) -> FoldState:
         state = self.load_state()
+        try:
+            return self._epochs(state)
+        except KeyboardInterrupt:
+            if self.dist.main and state.best_state is not None:
+                raise Interrupted(self.save_best_so_far(state), state) from None
+            raise Interrupted(None, state) from None
+
+    def save_best_so_far(self, state: FoldState) -> Path:
+        """The best finished epoch as a usable checkpoint, so an interrupted run still leaves a model."""
+        assert state.best_state is not None
+        model = copy.deepcopy(self.model).cpu()
+        model.load_state_dict(state.best_state)
+        info = ModelInfo(labels=self.labels, frontend=replace(self.cache.frontend, window_frames=self.window), model_id=self.model_id,
+                         provenance={"trainer": "interrupted run", "fold": self.fold, "best_epoch": state.best_epoch})
+        path = self.folder / BEST_SO_FAR
+        save_checkpoint(path, model, info, extra={"val_loss": state.best_loss})
+        return path
+
+    def _epochs(self, state: FoldState) -> FoldState:
         cfg = self.cfg
+        started, first = time.monotonic(), state.epoch
         while state.epoch < cfg.epochs and not state.stopped_early:
             epoch = state.epoch + 1
             train_loss, train_acc = self.train_epoch(epoch)
@@ -358,21 +395,41 @@ class FoldTrainer:
                 state.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
             else:
                 state.bad_epochs += 1
-                state.stopped_early = state.bad_epochs >= cfg.early_stop_patience
+            if val_acc > state.best_accuracy:
+                state.best_accuracy, state.accuracy_bad_epochs = val_acc, 0
+            else:
+                state.accuracy_bad_epochs += 1
+            why = stop_reason(state, cfg)
+            state.stopped_early = why is not None
             state.epoch = epoch
+            per_epoch = (time.monotonic() - started) / (epoch - first)
             log.info(
-                "fold %d epoch %d/%d: train loss %.4f acc %.3f | val loss %.4f acc %.3f | lr %.2g%s",
+                "fold %d epoch %d/%d: train loss %.4f acc %.3f | val loss %.4f acc %.3f | lr %.2g | %s/epoch, at most %s left%s",
                 self.fold, epoch, cfg.epochs, train_loss, train_acc, val_loss, val_acc, row["lr"],
-                " (best)" if state.best_epoch == epoch else "",
+                clock(per_epoch), clock(per_epoch * (cfg.epochs - epoch)), " (best)" if state.best_epoch == epoch else "",
             )
-            if state.stopped_early:
-                log.info("fold %d: early stop after epoch %d (no val-loss improvement for %d epochs)", self.fold, epoch, cfg.early_stop_patience)
+            if why:
+                log.info("fold %d: early stop after epoch %d (%s)", self.fold, epoch, why)
             if self.dist.main:
                 self.save_state(state)
             self.dist.barrier()
         if state.best_state is not None:
             self.model.load_state_dict(state.best_state)
         return state
+
+
+def stop_reason(state: FoldState, cfg: TrainConfig) -> str | None:
+    """Why training should stop now (early stopping), or None to go on."""
+    if state.bad_epochs >= cfg.early_stop_patience:
+        return f"no val-loss improvement for {cfg.early_stop_patience} epochs"
+    if cfg.accuracy_patience and state.accuracy_bad_epochs >= cfg.accuracy_patience:
+        return f"val accuracy {state.best_accuracy:.3f} not beaten for {cfg.accuracy_patience} epochs"
+    return None
+
+
+def clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
 
 
 # ---------------------------------------------------------------- a run
@@ -456,27 +513,59 @@ def train_run(
         error = dist.broadcast(error)  # every rank stops, instead of waiting for rank 0 forever
         if error:
             raise TrainError(error)
-        folds = []
-        for fold, split in enumerate(splits):
-            folder = partial / f"fold-{fold:02d}" if config.folds > 1 else partial
-            done = dist.broadcast(_load_fold_result(folder) if dist.main else None)
-            if done is not None:
-                log.info("fold %d already finished in %s", fold, folder)
-                folds.append(done)
-                continue
-            torch.manual_seed(config.seed + fold)
-            model = factory(labels)
-            trainer = FoldTrainer(cache, split, labels, config, window, model, fold, folder, dist, progress)
-            trainer.model_id = out.name if config.folds == 1 else f"{out.name}-fold{fold:02d}"
-            state = trainer.run()
+        with _live_log(partial if dist.main else None):
             if dist.main:
-                folds.append(_finish_fold(trainer, state, spec, provenance or {}))
-            dist.barrier()
-        summary = None
+                for warning in thin_split_warnings(splits[0], by_source, config.folds):
+                    log.warning("%s", warning)
+            return _run_folds(cache, out, partial, splits, labels, config, window, spec, factory, provenance or {}, dist, progress)
+
+
+def _run_folds(cache: Cache, out: Path, partial: Path, splits: list[Split], labels: list[str], config: TrainConfig, window: int,
+               spec: RunSpec, factory: ModelFactory, provenance: dict[str, Any], dist: Dist, progress: Progress) -> dict[str, Any]:
+    """Train every fold not finished yet, then assemble RUN (rank 0) and share its summary."""
+    folds = []
+    for fold, split in enumerate(splits):
+        folder = partial / f"fold-{fold:02d}" if config.folds > 1 else partial
+        done = dist.broadcast(_load_fold_result(folder) if dist.main else None)
+        if done is not None:
+            log.info("fold %d already finished in %s", fold, folder)
+            folds.append(done)
+            continue
+        torch.manual_seed(config.seed + fold)
+        model = factory(labels)
+        trainer = FoldTrainer(cache, split, labels, config, window, model, fold, folder, dist, progress)
+        trainer.model_id = out.name if config.folds == 1 else f"{out.name}-fold{fold:02d}"
+        state = trainer.run()
         if dist.main:
-            summary = _finish_run(out, partial, folds, spec, window)
+            folds.append(_finish_fold(trainer, state, spec, provenance))
         dist.barrier()
-        return dist.broadcast(summary)
+    summary = None
+    if dist.main:
+        summary = _finish_run(out, partial, folds, spec, window)
+    dist.barrier()
+    return dist.broadcast(summary)
+
+
+@contextlib.contextmanager
+def _live_log(folder: Path | None) -> Iterator[None]:
+    """On rank 0, the trainer's INFO lines (one per epoch: loss, accuracy, time, ETA) reach the terminal
+    and ``RUN.partial/train.log`` (kept in RUN), so a long run can be followed with ``tail -f`` and read later."""
+    if folder is None:
+        yield
+        return
+    logger = logging.getLogger("trainer")
+    level = logger.level
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    handler = logging.FileHandler(folder / LOG_FILE, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+        logger.setLevel(level)
 
 
 def _sha256_text(text: str) -> str:
@@ -551,6 +640,7 @@ def _finish_fold(trainer: FoldTrainer, state: FoldState, spec: RunSpec, provenan
     plot_curves(state.history, folder / "curves.png", f"fold {trainer.fold}")
     plot_confusion(reports["test"]["confusion"], trainer.labels, folder / "confusion.png", f"test, fold {trainer.fold}: accuracy {reports['test']['accuracy']:.3f}")
     trainer.resume_path.unlink(missing_ok=True)
+    (folder / BEST_SO_FAR).unlink(missing_ok=True)  # an earlier interruption's: model.pt supersedes it
     _write_json(folder / "metrics.json", metrics)  # last: its presence marks the fold finished
     log.info("fold %d: test accuracy %.3f (best epoch %d)", trainer.fold, reports["test"]["accuracy"], state.best_epoch)
     return metrics

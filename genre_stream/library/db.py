@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..audio import Tags, read_tags
 from ..messages import utc_now_iso
 
 if TYPE_CHECKING:  # the daemon and the CLI import the database without loading torch/onnxruntime
@@ -31,7 +32,7 @@ if TYPE_CHECKING:  # the daemon and the CLI import the database without loading 
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: artist and title tags (a version-1 database is migrated on open)
 _HASH_CHUNK = 1 << 20
 
 _SCHEMA = """
@@ -47,7 +48,9 @@ CREATE TABLE IF NOT EXISTS tracks (
     probabilities BLOB NOT NULL,
     embedding BLOB NOT NULL,
     model TEXT NOT NULL,
-    analysed_at TEXT NOT NULL
+    analysed_at TEXT NOT NULL,
+    artist TEXT,  -- NULL: tags not read yet; '' : the file has none
+    title TEXT
 );
 CREATE INDEX IF NOT EXISTS tracks_hash ON tracks(hash);
 CREATE TABLE IF NOT EXISTS errors (
@@ -107,6 +110,8 @@ class Track:
     embedding: np.ndarray
     model: str
     analysed_at: str
+    artist: str | None = None  # from the file's tags; None: not read yet, "" : none
+    title: str | None = None
 
 
 @dataclass
@@ -132,6 +137,9 @@ class LibraryMatrix:
 
     def __len__(self) -> int:
         return len(self.paths)
+
+
+_COLUMNS = "path, size, mtime_ns, hash, duration, genre, confidence, probabilities, embedding, model, analysed_at, artist, title"
 
 
 def _blob(vec: np.ndarray) -> bytes:
@@ -164,10 +172,23 @@ class LibraryDB:
         version = self._meta("schema_version")
         if version is None:
             self._set_meta("schema_version", str(SCHEMA_VERSION))
+        elif version == "1":
+            self._migrate_from_1()
         elif version != str(SCHEMA_VERSION):
             raise LibraryError(
                 f"{self.path}: library schema version {version}, this genre-stream reads {SCHEMA_VERSION}"
             )
+
+    def _migrate_from_1(self) -> None:
+        """Version 1 had no tag columns: add them empty (NULL = not read; the next scan reads them)."""
+        with self.conn:
+            self.conn.execute("BEGIN IMMEDIATE")
+            columns = {row[1] for row in self.conn.execute("PRAGMA table_info(tracks)")}
+            for column in ("artist", "title"):
+                if column not in columns:
+                    self.conn.execute(f"ALTER TABLE tracks ADD COLUMN {column} TEXT")
+            self._set_meta("schema_version", str(SCHEMA_VERSION))
+        log.info("%s: library schema upgraded 1 -> %d (artist/title tags)", self.path, SCHEMA_VERSION)
 
     def __enter__(self) -> "LibraryDB":
         return self
@@ -212,17 +233,19 @@ class LibraryDB:
         result: TrackResult,
         stamp: FileStamp | None = None,
         content_hash: str | None = None,
+        tags: Tags | None = None,
     ) -> None:
         """Store (or replace) the analysis of one file and clear any error recorded for it.
 
         This is the entry point for anything that analyses files outside ``library scan``
         (the daemon's watch source): pass the ``TrackResult`` of ``windows.analyse_file``.
-        ``stamp`` and ``content_hash`` are read from the file when not given, so they
-        describe the file as it is now; the path is stored absolute.
+        ``stamp``, ``content_hash`` and ``tags`` are read from the file when not given, so
+        they describe the file as it is now; the path is stored absolute.
         """
         path = Path(os.path.abspath(path))
         stamp = stamp or FileStamp.of(path)
         content_hash = content_hash or file_hash(path)
+        tags = tags or read_tags(path)
         labels = list(result.labels)
         probs = np.asarray(result.probabilities, dtype=np.float32)
         if probs.shape != (len(labels),):
@@ -231,7 +254,7 @@ class LibraryDB:
         with self.conn:
             self.conn.execute("BEGIN IMMEDIATE")
             self.conn.execute(
-                "INSERT OR REPLACE INTO tracks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT OR REPLACE INTO tracks ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     str(path),
                     stamp.size,
@@ -244,12 +267,14 @@ class LibraryDB:
                     _blob(result.embedding),
                     result.model,
                     utc_now_iso(),
+                    tags.artist,
+                    tags.title,
                 ),
             )
             self.conn.execute("DELETE FROM errors WHERE path = ?", (str(path),))
 
     def copy_track(self, source: str, dest: str | Path, stamp: FileStamp, content_hash: str) -> None:
-        """Index ``dest`` with the stored analysis of ``source`` (same bytes: moved or touched file)."""
+        """Index ``dest`` with the stored analysis (and tags) of ``source`` (same bytes: moved or touched file)."""
         dest = os.path.abspath(dest)
         with self.conn:
             self.conn.execute("BEGIN IMMEDIATE")
@@ -260,8 +285,8 @@ class LibraryDB:
                 )
                 return
             self.conn.execute(
-                "INSERT OR REPLACE INTO tracks SELECT ?, ?, ?, ?, duration, genre, confidence, probabilities, "
-                "embedding, model, analysed_at FROM tracks WHERE path = ?",
+                f"INSERT OR REPLACE INTO tracks ({_COLUMNS}) SELECT ?, ?, ?, ?, duration, genre, confidence, probabilities, "
+                "embedding, model, analysed_at, artist, title FROM tracks WHERE path = ?",
                 (str(dest), stamp.size, stamp.mtime_ns, content_hash, source),
             )
             self.conn.execute("DELETE FROM errors WHERE path = ?", (str(dest),))
@@ -301,17 +326,36 @@ class LibraryDB:
         return {p: (FileStamp(s, m) if s is not None else None) for p, s, m in rows}
 
     def get(self, path: str | Path) -> Track | None:
-        row = self.conn.execute("SELECT * FROM tracks WHERE path = ?", (os.path.abspath(path),)).fetchone()
+        row = self.conn.execute(f"SELECT {_COLUMNS} FROM tracks WHERE path = ?", (os.path.abspath(path),)).fetchone()
         return self._track(row) if row else None
 
     def tracks(self) -> Iterator[Track]:
-        for row in self.conn.execute("SELECT * FROM tracks ORDER BY path"):
+        for row in self.conn.execute(f"SELECT {_COLUMNS} FROM tracks ORDER BY path"):
             yield self._track(row)
 
     @staticmethod
     def _track(row: tuple) -> Track:
-        path, size, mtime_ns, h, duration, genre, conf, probs, emb, model, at = row
-        return Track(path, size, mtime_ns, h, duration, genre, conf, _vec(probs), _vec(emb), model, at)
+        path, size, mtime_ns, h, duration, genre, conf, probs, emb, model, at, artist, title = row
+        return Track(path, size, mtime_ns, h, duration, genre, conf, _vec(probs), _vec(emb), model, at, artist, title)
+
+    def untagged(self) -> list[str]:
+        """Tracks whose tags were never read (indexed before schema 2)."""
+        return [r[0] for r in self.conn.execute("SELECT path FROM tracks WHERE artist IS NULL OR title IS NULL")]
+
+    def set_tags(self, path: str, tags: Tags) -> None:
+        self.conn.execute("UPDATE tracks SET artist = ?, title = ? WHERE path = ?", (tags.artist, tags.title, path))
+
+    def duplicates(self) -> list[list[Track]]:
+        """Groups of tracks with the same content hash (identical bytes), largest files first."""
+        rows = self.conn.execute(
+            f"SELECT {_COLUMNS} FROM tracks WHERE hash IN (SELECT hash FROM tracks GROUP BY hash HAVING COUNT(*) > 1) "
+            "ORDER BY size DESC, hash, path"
+        )
+        groups: dict[str, list[Track]] = {}
+        for row in rows:
+            track = self._track(row)
+            groups.setdefault(track.hash, []).append(track)
+        return list(groups.values())
 
     def errors(self) -> list[TrackError]:
         rows = self.conn.execute("SELECT path, reason, failed_at, size, mtime_ns FROM errors ORDER BY path")

@@ -23,13 +23,15 @@ def track_record(track: Track, labels: list[str]) -> dict[str, Any]:
         "confidence": round(track.confidence, 6),
         "model": track.model,
         "analysed_at": track.analysed_at,
+        "artist": track.artist or "",
+        "title": track.title or "",
         "probabilities": {g: round(float(p), 6) for g, p in zip(labels, track.probabilities)},
         "embedding": [round(float(v), 6) for v in track.embedding],
     }
 
 
 def _csv_rows(records: Iterator[dict[str, Any]], labels: list[str], dims: int) -> Iterator[list[Any]]:
-    scalar = ["path", "size", "mtime_ns", "hash", "duration", "genre", "confidence", "model", "analysed_at"]
+    scalar = ["path", "size", "mtime_ns", "hash", "duration", "genre", "confidence", "model", "analysed_at", "artist", "title"]
     yield scalar + [f"p_{g}" for g in labels] + [f"emb_{i}" for i in range(dims)]
     for r in records:
         yield [r[k] for k in scalar] + [r["probabilities"][g] for g in labels] + r["embedding"]

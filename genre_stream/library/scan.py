@@ -26,7 +26,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ..audio import AudioError, find_audio_files
+from ..audio import AudioError, find_audio_files, read_tags
 from ..engine import Engine
 from ..windows import DEFAULT_HOP_SECONDS, TrackResult, analyse_file
 from .db import FileStamp, LibraryDB, LibraryError, file_hash
@@ -286,4 +286,13 @@ def scan(
         still_needed = {src for job in jobs if job.path not in finished for src in job.candidates.values()}
         report.removed = [p for p in gone if p not in still_needed]
         db.remove(report.removed)
+    if not report.interrupted:
+        _read_missing_tags(db, roots)
     return report
+
+
+def _read_missing_tags(db: LibraryDB, roots: list[str]) -> None:
+    """Tracks indexed before tags were stored (schema 1) get them now: a header read, no re-analysis."""
+    for path in db.untagged():
+        if _under(path, roots) and os.path.isfile(path):
+            db.set_tags(path, read_tags(path))

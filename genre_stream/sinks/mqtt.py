@@ -71,10 +71,6 @@ def tls_context(config: MqttConfig) -> ssl.SSLContext:
     return ctx
 
 
-def default_client_id() -> str:
-    return f"genre-stream-{socket.gethostname()}"[:64]
-
-
 class MqttSink:
     def __init__(
         self, config: MqttConfig, homeassistant: HomeAssistantConfig, state_dir: Path, configuration_url: str | None = None
@@ -92,7 +88,7 @@ class MqttSink:
         v5 = config.protocol == "5"
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=config.client_id or default_client_id(),
+            client_id=config.effective_client_id,
             protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
             clean_session=None if v5 else True,
             reconnect_on_failure=False,  # the network thread below reconnects, logging why
@@ -271,7 +267,7 @@ class MqttSink:
                         log.error(
                             "MQTT broker %s closed the connection %d times in a row right after accepting it; another "
                             "client (a second daemon?) probably uses the client id %r: give each one its own "
-                            "mqtt.client_id", self.url, short_lived, self.config.client_id or default_client_id(),
+                            "mqtt.client_id", self.url, short_lived, self.config.effective_client_id,
                         )
                 elif was_connected:
                     delay = self.config.reconnect_min

@@ -105,8 +105,7 @@ class MicSource(Source):
                 stream, resampler, channels = self._open(sd)
             except (AudioDeviceError, sd.PortAudioError, ValueError) as exc:
                 reason = f"cannot open input device {self.device or 'default'!r}: {exc}; retrying in {backoff.next_delay:.0f} s"
-                log.warning("%s: %s", self.id, reason)
-                emit(SourceProblem(self.id, reason))
+                emit(SourceProblem(self.id, reason))  # the daemon logs it, once
                 self._reconnects += 1
                 if not backoff.wait(stop):
                     return
@@ -119,7 +118,6 @@ class MicSource(Source):
             reason = self._pump(stream, resampler, channels, emit, stop)
             if reason is None:
                 return
-            log.warning("%s: %s; reopening", self.id, reason)
             emit(SourceProblem(self.id, f"{reason}; reopening the device"))
             self._reconnects += 1
             if self._samples:

@@ -69,8 +69,7 @@ class StreamSource(Source):
             detail = errors or (f"ffmpeg exit status {status}" if status else "end of stream")
             detail = redact_text(detail, self.url)  # ffmpeg may quote the URL it failed on
             message = f"stream {redact_url(self.url)} dropped: {reason} ({detail}); reconnecting in {backoff.next_delay:.0f} s"
-            log.warning("%s: %s", self.id, message)
-            emit(SourceProblem(self.id, message))
+            emit(SourceProblem(self.id, message))  # the daemon logs it, once
             self._reconnects += 1
             if self._samples:
                 backoff.reset()

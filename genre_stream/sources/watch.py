@@ -316,8 +316,7 @@ class WatchSource(Source):
         if path.suffix.lower() not in AUDIO_EXTENSIONS:
             supported = " ".join(sorted(AUDIO_EXTENSIONS))
             reason = f"{path}: unsupported format {path.suffix or '(no extension)'!r} (watched formats: {supported})"
-            log.warning("%s: %s", self.id, reason)
-            self.state.record(path, key, "unsupported")
+            self.state.record(path, key, "unsupported")  # the daemon logs the problem, once
             emit(SourceProblem(self.id, reason, str(path)))
             return
         with self._lock:
