@@ -15,7 +15,6 @@ from typing import Any
 import click
 
 from .config import ConfigError, DaemonConfig, describe, load_config, require_sources
-from .redact import redact_url
 
 log = logging.getLogger(__name__)
 

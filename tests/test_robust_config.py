@@ -133,7 +133,7 @@ def test_sighup_with_broken_files_keeps_the_running_config(tmp_path: Path) -> No
                 assert time.monotonic() < deadline, f"{text!r} not logged:\n{err_path.read_text()}"
                 time.sleep(0.1)
 
-        wait_log("running 1 source(s): box")
+        wait_log("sources box (watch)")  # the start banner
         broken = [
             (good.encode() + b"# caf\xe9\n", "not UTF-8 text"),
             (good.replace("stats_interval = 0", "stats_interval = 0\n[pipeline]\nhop_seconds = inf").encode(), "must be a finite number"),
