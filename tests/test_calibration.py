@@ -155,6 +155,7 @@ def test_chosen_rule_keeps_the_coverage_floor() -> None:
     assert s.precision > temperature.selective(probs, y, UncertaintyRule()).precision
 
 
+@pytest.mark.train
 def test_evaluate_reports_ece_reliability_and_the_uncertain_rule(tmp_path: Path) -> None:
     from trainer.evaluate import evaluate
     from trainer.synthset import make_dataset
@@ -178,6 +179,7 @@ def test_evaluate_reports_ece_reliability_and_the_uncertain_rule(tmp_path: Path)
         assert u["precision"] == pytest.approx(right[conf >= 0.5].mean())
 
 
+@pytest.mark.train
 def test_fit_calibration_script_writes_only_the_metadata(tmp_path: Path) -> None:
     import csv
 
