@@ -411,7 +411,7 @@ def test_cluster_without_matplotlib_still_clusters_and_says_why_there_is_no_map(
     assert proc.returncode == 1
     assert "12 tracks in 3 clusters" in proc.stdout
     assert len(list(lists.glob("*.m3u"))) == 3
-    assert "no map drawn: --plot needs matplotlib, which comes with the [train] extra" in proc.stderr
+    assert "no map drawn: --plot needs matplotlib, which comes with the [plot] extra" in proc.stderr
     assert not (tmp_path / "map.png").exists()
 
 

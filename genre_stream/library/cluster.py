@@ -197,7 +197,7 @@ def plot_clusters(clustering: Clustering, dest: str | Path) -> Path:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as exc:
-        raise LibraryError("--plot needs matplotlib, which comes with the [train] extra: pip install 'genre-stream[train]'") from exc
+        raise LibraryError("--plot needs matplotlib, which comes with the [plot] extra (and [train]): pip install 'genre-stream[plot]'") from exc
     dest = Path(dest)
     x = clustering.features
     xy = PCA(n_components=2, random_state=0).fit_transform(x)  # clustering needs >= 2 tracks, so 2 components fit
