@@ -13,7 +13,12 @@ the figures that matter) it reports, for each candidate against fp32:
   its windows and classes; then the mean and the maximum over clips;
 * ``accuracy``: track answer vs the label, for fp32 and the candidate.
 
-    PYTHONPATH=. python benchmarks/int8_agreement.py [LABELS.csv] [--model NAME=PATH ...]
+    PYTHONPATH=. python benchmarks/int8_agreement.py [LABELS.csv] [--model NAME=PATH ...] [--write]
+
+``--write`` stores the raw figures of the bundled int8 export in its metadata
+(``provenance.agreement``; graph, weights and calibration untouched): ``--model
+auto`` picks int8 only where that record meets ``autoselect.AGREEMENT_BAR``.
+Rebuilding the bundled models drops it: run this again afterwards.
 
 The clips are the measurement set: never calibrate a shipped model on them.
 """
@@ -26,7 +31,7 @@ import json
 import logging
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +39,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from genre_stream.autoselect import AGREEMENT_BAR  # noqa: E402
 from genre_stream.engine import Engine  # noqa: E402
+from genre_stream.fsutil import atomic_path  # noqa: E402
+from genre_stream.modelinfo import METADATA_KEY  # noqa: E402
 from genre_stream.models import bundled_model_path  # noqa: E402
 from genre_stream.windows import analyse_file  # noqa: E402
 
@@ -66,10 +74,24 @@ def compare(candidate: list[np.ndarray], reference: list[np.ndarray], targets: n
     }
 
 
+def write_agreement(path: Path, agreement: dict[str, object]) -> None:
+    """Put ``agreement`` into the model's metadata JSON as ``provenance.agreement``; nothing else changes."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    entry = next(p for p in proto.metadata_props if p.key == METADATA_KEY)
+    data = json.loads(entry.value)
+    data.setdefault("provenance", {})["agreement"] = agreement
+    entry.value = json.dumps(data, sort_keys=True)
+    with atomic_path(path) as tmp:
+        onnx.save(proto, str(tmp))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("labels_csv", type=Path, nargs="?", default=DEFAULT_LABELS)
     parser.add_argument("--model", action="append", default=[], metavar="NAME=PATH", help="candidate (default: the bundled int8)")
+    parser.add_argument("--write", action="store_true", help="record the bundled int8's raw figures in its metadata")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "int8_agreement.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -85,7 +107,7 @@ def main() -> None:
     started = time.perf_counter()
     fp32 = Engine("fp32", device="cpu", threads=1)
     index = {label: i for i, label in enumerate(fp32.labels)}
-    result: dict[str, object] = {"labels_csv": args.labels_csv.name, "reference": fp32.path.name, "candidates": {}}
+    result: dict[str, object] = {"bar": asdict(AGREEMENT_BAR), "labels_csv": args.labels_csv.name, "reference": fp32.path.name, "candidates": {}}
     reference = {cal: window_probabilities(Engine("fp32", device="cpu", threads=1), args.labels_csv, rows, cal) for cal in (False, True)}
     for name, path in candidates.items():
         out: dict[str, object] = {"file": path.name}
@@ -97,7 +119,14 @@ def main() -> None:
                 targets = np.array([index[rows[i]["label"]] for i in pick])
                 per_group[group] = compare([probs[i] for i in pick], [reference[cal][i] for i in pick], targets)
             out["calibrated" if cal else "raw"] = per_group
+        shortfalls = AGREEMENT_BAR.shortfalls(out["raw"])  # type: ignore[arg-type]
+        out["meets_bar"], out["shortfalls"] = not shortfalls, shortfalls
         result["candidates"][name] = out  # type: ignore[index]
+    if args.write:
+        record = {"measured_on": f"{args.labels_csv.parent.name}/{args.labels_csv.name}: {len(rows)} clips, raw probabilities vs {fp32.path.name}",
+                  **result["candidates"]["int8"]["raw"]}  # type: ignore[index]
+        write_agreement(candidates["int8"], record)
+        print(f"wrote provenance.agreement into {candidates['int8']}")
     result["wall_seconds"] = round(time.perf_counter() - started, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -20,6 +20,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from .dashboard.config import HttpSettings
+from .autoselect import is_auto
 from .models import resolve_model
 from .history import HistorySettings
 
@@ -359,7 +360,7 @@ def _validate(config: DaemonConfig, origins: dict[str, str]) -> None:
     check(config.watch.settle_seconds >= 0, "watch.settle_seconds", "must be >= 0")
     check(config.watch.poll_seconds > 0, "watch.poll_seconds", "must be > 0")
     check(config.model.threads >= 0, "model.threads", "must be >= 0")
-    check(config.model.path is None or resolve_model(config.model.path).is_file(), "model.path", "file not found (give an ONNX file, or fp32 / int8)")
+    check(is_auto(config.model.path) or resolve_model(config.model.path).is_file(), "model.path", "file not found (give an ONNX file, or auto / fp32 / int8)")
     check(p.hop_seconds > 0, "pipeline.hop_seconds", "must be > 0")
     check(0 < p.min_fill_seconds <= 30, "pipeline.min_fill_seconds", "must be between 0 and 30 (the window length)")
     check(p.silence_dbfs < 0, "pipeline.silence_dbfs", "must be negative (dB below full scale)")

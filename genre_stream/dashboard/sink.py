@@ -60,9 +60,9 @@ class DashboardSink:
     """Owns the dashboard's state and HTTP server for the daemon's lifetime."""
 
     def __init__(self, config: DashboardConfig, labels: list[str], model: str,
-                 history_path: Path | None = None) -> None:
+                 history_path: Path | None = None, precision: str = "") -> None:
         self.config = config
-        self.state = DashboardState(labels, model, config.mel_interval_seconds)
+        self.state = DashboardState(labels, model, config.mel_interval_seconds, precision)
         reader = HistoryReader(history_path) if history_path is not None else None
         self.server = DashboardServer(config, self.state, reader)
 

@@ -81,9 +81,10 @@ def mel_payload(source: str, frames: np.ndarray, total: int, full: bool) -> dict
 class DashboardState:
     """Latest state per source, live listeners, the mel snapshots and the metrics."""
 
-    def __init__(self, labels: list[str], model: str, mel_interval_seconds: float = 1.0) -> None:
+    def __init__(self, labels: list[str], model: str, mel_interval_seconds: float = 1.0, precision: str = "") -> None:
         self.labels = list(labels)
         self.model = model
+        self.precision = precision  # of the export in use (fp32 / int8), e.g. what --model auto chose
         self.mel_interval_seconds = mel_interval_seconds
         self.metrics = DashboardMetrics()
         self.started = time.time()
@@ -203,7 +204,7 @@ class DashboardState:
                     "last_event": self._events.get(source),
                     "error": error,
                 })
-        return {"model": self.model, "labels": self.labels, "sources": items}
+        return {"model": self.model, "precision": self.precision, "labels": self.labels, "sources": items}
 
     def mel_snapshots(self) -> list[dict[str, Any]]:
         """Full ``mel`` messages of the latest snapshots, for a page that just connected."""
