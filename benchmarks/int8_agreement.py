@@ -57,7 +57,8 @@ def window_probabilities(engine: Engine, labels_csv: Path, rows: list[dict[str, 
     return [np.stack([w.probabilities for w in analyse_file(labels_csv.parent / r["path"], engine).windows]) for r in rows]
 
 
-def compare(candidate: list[np.ndarray], reference: list[np.ndarray], targets: np.ndarray) -> dict[str, float]:
+def compare(candidate: list[np.ndarray], reference: list[np.ndarray], targets: np.ndarray, names: list[str], labels: list[str]) -> dict[str, object]:
+    """The group's figures, plus each clip whose answer changed with fp32's lead over its second answer (near-ties flip first)."""
     per_clip = np.array([np.abs(c - r).max() for c, r in zip(candidate, reference)])
     cand = np.array([c.mean(axis=0).argmax() for c in candidate])
     ref = np.array([r.mean(axis=0).argmax() for r in reference])
@@ -71,6 +72,11 @@ def compare(candidate: list[np.ndarray], reference: list[np.ndarray], targets: n
         "max_max_abs_dp": round(float(per_clip.max()), 4),
         "accuracy_fp32": round(float((ref == targets).mean()), 4),
         "accuracy": round(float((cand == targets).mean()), 4),
+        "changed_answers": [
+            {"clip": names[i], "fp32": labels[ref[i]], "candidate": labels[cand[i]],
+             "fp32_lead": round(float(np.diff(np.sort(reference[i].mean(axis=0))[-2:])[0]), 4)}
+            for i in np.flatnonzero(cand != ref)
+        ],
     }
 
 
@@ -117,14 +123,15 @@ def main() -> None:
             for group, flag in GROUPS.items():
                 pick = [i for i, r in enumerate(rows) if r["is_gtzan"] == flag]
                 targets = np.array([index[rows[i]["label"]] for i in pick])
-                per_group[group] = compare([probs[i] for i in pick], [reference[cal][i] for i in pick], targets)
+                per_group[group] = compare([probs[i] for i in pick], [reference[cal][i] for i in pick], targets,
+                                           [rows[i]["path"] for i in pick], fp32.labels)
             out["calibrated" if cal else "raw"] = per_group
         shortfalls = AGREEMENT_BAR.shortfalls(out["raw"])  # type: ignore[arg-type]
         out["meets_bar"], out["shortfalls"] = not shortfalls, shortfalls
         result["candidates"][name] = out  # type: ignore[index]
     if args.write:
         record = {"measured_on": f"{args.labels_csv.parent.name}/{args.labels_csv.name}: {len(rows)} clips, raw probabilities vs {fp32.path.name}",
-                  **result["candidates"]["int8"]["raw"]}  # type: ignore[index]
+                  **{g: {k: v for k, v in m.items() if k != "changed_answers"} for g, m in result["candidates"]["int8"]["raw"].items()}}  # type: ignore[index]
         write_agreement(candidates["int8"], record)
         print(f"wrote provenance.agreement into {candidates['int8']}")
     result["wall_seconds"] = round(time.perf_counter() - started, 1)
