@@ -89,7 +89,7 @@ class Engine:
         if is_auto(model_path):
             on_cpu = _providers(device)[0] == "CPUExecutionProvider"
             self.choice = choose(threads, choice_cache) if on_cpu else ModelChoice("fp32", f"device {device}: int8 is measured for CPUs only")
-            model_path = self.choice.name
+            model_path = self.choice.path
         self.path = resolve_model(model_path)
         if not self.path.is_file():
             raise ModelError(f"{self.path}: model file not found")
