@@ -92,3 +92,11 @@ def test_classify_json_names_the_export(tmp_path: Path) -> None:
     stored = json.loads((cache / "genre-stream" / CACHE_FILE).read_text())
     assert json.loads(proc.stdout)["precision"] == stored["name"]
     assert f"model auto -> {stored['name']}" in proc.stderr
+
+
+def test_daemon_config_accepts_auto_and_still_refuses_missing_files(tmp_path: Path) -> None:
+    from genre_stream.config import ConfigError, load_config
+
+    assert str(load_config(flags={"model.path": "auto"}, environ={}).model.path) == "auto"
+    with pytest.raises(ConfigError, match="model.path"):
+        load_config(flags={"model.path": str(tmp_path / "missing.onnx")}, environ={})
