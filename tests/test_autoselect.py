@@ -100,3 +100,14 @@ def test_daemon_config_accepts_auto_and_still_refuses_missing_files(tmp_path: Pa
     assert str(load_config(flags={"model.path": "auto"}, environ={}).model.path) == "auto"
     with pytest.raises(ConfigError, match="model.path"):
         load_config(flags={"model.path": str(tmp_path / "missing.onnx")}, environ={})
+
+
+def test_bundled_int8_records_its_check_and_keeps_its_calibration() -> None:
+    """The shipped int8 carries its genre-dev figures (written by int8_agreement.py --write) beside its calibration."""
+    from genre_stream.autoselect import bundled_metadata
+
+    meta = bundled_metadata("int8")
+    agreement = meta["provenance"]["agreement"]
+    assert {"gtzan", "non_gtzan", "measured_on"} <= set(agreement) and agreement["non_gtzan"]["clips"] == 33
+    assert meta["calibration"]["temperature"] > 1
+    assert int8_shortfalls(meta) == AGREEMENT_BAR.shortfalls(agreement)
