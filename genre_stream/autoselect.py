@@ -4,7 +4,7 @@ Why measure instead of deciding per architecture: whether ONNX Runtime's int8
 kernels beat its fp32 ones depends on the CPU (VNNI / dot-product instructions),
 the thread count and the onnxruntime build; on x86 with VNNI int8 is ~2.5x
 faster per window, elsewhere it can be slower. So on first use both bundled
-exports are timed for a few windows (about a second or two) and the choice is
+exports are timed for a few windows (2.4 s on the development VM) and the choice is
 cached, keyed by what it depends on (both files' sha256, onnxruntime version,
 machine, thread count), so later runs reuse it at no cost.
 
