@@ -50,6 +50,7 @@ def result_to_dict(path: Path, result: TrackResult, options: ClassifyOptions) ->
         "top": [{"genre": g, "confidence": round(p, 6)} for g, p in result.top(options.top_k)],
         "probabilities": {lab: round(float(p), 6) for lab, p in zip(labels, result.probabilities)},
         "model": result.model,
+        "precision": result.precision,
     }
     if options.with_windows:
         data["windows"] = [

@@ -22,6 +22,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from .dashboard.config import HttpSettings
+from .autoselect import is_auto
 from .models import resolve_model
 from .history import HistorySettings
 from .redact import MASK, redact_url
@@ -388,7 +389,7 @@ def _validate(config: DaemonConfig, origins: dict[str, str]) -> None:
 
     # Numeric ranges are declared next to each setting (settings.setting); these are the other rules.
     m = config.mqtt
-    check(config.model.path is None or resolve_model(config.model.path).is_file(), "model.path", "file not found (give an ONNX file, or fp32 / int8)")
+    check(is_auto(config.model.path) or resolve_model(config.model.path).is_file(), "model.path", "file not found (give an ONNX file, or auto / fp32 / int8)")
     if m.url is not None:
         parts = urlsplit(m.url)
         check(parts.scheme in ("mqtt", "mqtts"), "mqtt.url", "scheme must be mqtt:// or mqtts://")

@@ -168,7 +168,7 @@ class Daemon:
         sources = self._make_sources(config.sources, config)  # ConfigError before anything opens
         if self.engine is None:
             m = config.model
-            self.engine = Engine(m.path, device=m.device, threads=m.threads)
+            self.engine = Engine(m.path, device=m.device, threads=m.threads, choice_cache=config.state_dir)
         if self.sinks is None:
             self.sinks = build_sinks(config)
             self._add_history_and_dashboard(config, self.sinks)
@@ -215,7 +215,8 @@ class Daemon:
         from .dashboard.sink import DashboardSink  # the HTTP stack is loaded only when asked for
 
         self.dashboard = DashboardSink(dash_config, self.engine.labels, self.engine.model_id,
-                                       history.config.path if history is not None else None, self.engine.info.frontend)
+                                       history.config.path if history is not None else None, self.engine.info.frontend,
+                                       self.engine.precision)
         sinks.sinks.insert(0, self.dashboard)  # started first: a busy port stops us before MQTT connects
         if history is not None:
             self.dashboard.watch_history(history.stats)
@@ -385,6 +386,7 @@ class Daemon:
             with r.lock:
                 values.update(r.pipeline.stats())
             values["errors"] = r.errors
+            values["model_precision"] = self.engine.precision if self.engine else ""
             values["running"] = bool(r.thread and r.thread.is_alive())
             for sink in self.sinks.sinks if self.sinks else []:
                 depth = getattr(sink, "queue_depth", None)

@@ -15,6 +15,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .modelinfo import METADATA_KEY, ModelInfo
+from .autoselect import ModelChoice, choose, is_auto
 from .models import resolve_model
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,14 @@ class Engine:
         device: str = "auto",
         threads: int = 0,
         batch_size: int = 1,
+        choice_cache: Path | None = None,
     ) -> None:
+        # No model or "auto": the bundled int8 or fp32 export, measured once and cached in choice_cache.
+        self.choice: ModelChoice | None = None
+        if is_auto(model_path):
+            on_cpu = _providers(device)[0] == "CPUExecutionProvider"
+            self.choice = choose(threads, choice_cache) if on_cpu else ModelChoice("fp32", f"device {device}: int8 is measured for CPUs only")
+            model_path = self.choice.path
         self.path = resolve_model(model_path)
         if not self.path.is_file():
             raise ModelError(f"{self.path}: model file not found")
@@ -116,11 +124,15 @@ class Engine:
         self.input_type = self.session.get_inputs()[0].type
         self.batch_size = max(1, batch_size)
         self.providers = self.session.get_providers()
-        log.debug("loaded model %s (%s) on %s", self.path.name, self.model_id, self.providers[0])
+        log.debug("loaded model %s (%s, %s) on %s", self.path.name, self.model_id, self.precision, self.providers[0])
 
     @property
     def labels(self) -> list[str]:
         return self.info.labels
+
+    @property
+    def precision(self) -> str:
+        return self.info.precision
 
     @property
     def model_id(self) -> str:

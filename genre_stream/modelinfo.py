@@ -27,6 +27,11 @@ class ModelInfo:
     provenance: dict[str, Any] = field(default_factory=dict)
     calibration: Calibration | None = None  # absent in models exported before calibration existed
 
+    @property
+    def precision(self) -> str:
+        """fp32, int8 or fp16: what the export computes in (from its quantization provenance)."""
+        return str(self.provenance.get("quantization", {}).get("format", "fp32")).split("-")[0]
+
     def to_json(self) -> str:
         data = asdict(self)
         data["frontend"] = self.frontend.to_dict()

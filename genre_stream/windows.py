@@ -46,6 +46,7 @@ class TrackResult:
     labels: list[str]
     model: str
     windows: list[WindowResult] = field(default_factory=list)
+    precision: str = "fp32"  # of the export used (fp32 / int8 / fp16), so answers say which export gave them
 
     @property
     def genre(self) -> str:
@@ -182,7 +183,7 @@ def analyse_blocks(
         r.end = min(r.end, duration)
     probs = np.mean([r.probabilities for r in results], axis=0)
     emb = np.concatenate(embeddings).mean(axis=0)
-    return TrackResult(duration, probs, emb, list(engine.labels), engine.model_id, results)
+    return TrackResult(duration, probs, emb, list(engine.labels), engine.model_id, results, engine.precision)
 
 
 def analyse_audio(

@@ -14,17 +14,28 @@ The int8 model is calibrated only on the project's synthetic pieces
 (used for the check only, never committed); export refuses to write it if it
 misses the accuracy bar there. Every step is deterministic, so rebuilding gives
 the same answers (byte identity is not promised across onnxruntime versions).
+
+Each file's ``calibration`` (temperature and "uncertain" thresholds, fitted on
+labelled real music by scripts/fit_calibration.py, which a rebuild cannot redo
+without that music) is carried over from the file being replaced. The int8
+file's ``provenance.agreement`` is not: it describes the old weights; measure
+the new ones with ``benchmarks/int8_agreement.py --write`` (until then
+``--model auto`` keeps to fp32).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from genre_stream.modelinfo import METADATA_KEY  # noqa: E402
 MODELS = REPO / "genre_stream" / "models"
 CHECKPOINT = "bbnn-gtzan-augmented-fold0"
 
@@ -33,6 +44,29 @@ def _run(*args: str) -> None:
     cmd = [sys.executable, "-m", "trainer", *args]
     print("+ genre-trainer " + " ".join(args), flush=True)
     subprocess.run(cmd, check=True, cwd=REPO)
+
+
+def _metadata(path: Path) -> tuple[object, dict]:
+    import onnx
+
+    proto = onnx.load(str(path))
+    entry = next(p for p in proto.metadata_props if p.key == METADATA_KEY)
+    return proto, json.loads(entry.value)
+
+
+def _export_keeping_calibration(out: Path, *args: str) -> None:
+    """``genre-trainer export ... --out OUT`` then put OUT's previous calibration back into its metadata."""
+    import onnx
+
+    calibration = _metadata(out)[1].get("calibration") if out.is_file() else None
+    _run("export", *args, "--out", str(out))
+    if calibration is None:
+        return
+    proto, data = _metadata(out)
+    data["calibration"] = calibration
+    next(p for p in proto.metadata_props if p.key == METADATA_KEY).value = json.dumps(data, sort_keys=True)
+    onnx.save(proto, str(out))
+    print(f"  kept the calibration of the previous {out.name} (T = {calibration['temperature']:.3f})", flush=True)
 
 
 def main() -> None:
@@ -49,9 +83,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         pt = str(Path(tmp) / f"{CHECKPOINT}.pt")
         _run("import-keras", str(seed), "--out", pt)
-        _run("export", pt, "--out", str(MODELS / f"{CHECKPOINT}.fp32.onnx"), "--test-windows", "8")
-        _run(
-            "export", pt, "--out", str(MODELS / f"{CHECKPOINT}.int8.onnx"), "--quantize", "int8",
+        _export_keeping_calibration(MODELS / f"{CHECKPOINT}.fp32.onnx", pt, "--test-windows", "8")
+        _export_keeping_calibration(
+            MODELS / f"{CHECKPOINT}.int8.onnx", pt, "--quantize", "int8",
             "--calibration-windows", str(args.calibration_windows), "--test-audio", str(args.test_audio), "--test-windows", "24",
         )
 

@@ -130,6 +130,8 @@ def test_sigterm_stops_gracefully_with_stats_and_offline(any_broker: Broker, lon
         stats = [m.json() for m in msgs if m.topic == "genre-stream/live/stats"][-1]
         for key in ("windows", "inference_ms_mean", "real_time_factor", "position_seconds", "mqtt_queue", "errors"):
             assert key in stats, key
+        choice = json.loads((tmp_path / "state" / "model-choice.json").read_text())  # --model auto, cached in the state dir
+        assert stats["model_precision"] == choice["name"]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == EXIT_OK
     finally:

@@ -61,7 +61,7 @@ class Served:
 def serve(tmp_path, **config) -> Served:
     history = History(HistoryConfig.in_state_dir(tmp_path, retention_days=0))
     history.start()
-    state_ = DashboardState(LABELS, "test-model", mel_interval_seconds=0.05)
+    state_ = DashboardState(LABELS, "test-model", mel_interval_seconds=0.05, precision="int8")
     server = DashboardServer(DashboardConfig(port=0, **config), state_, HistoryReader(history.config.path))
     server.start()
     return Served(server, state_, history)
@@ -227,7 +227,7 @@ def test_api_sources_gives_the_mqtt_payloads(served):
     publish(served, changed("radio", "jazz", "rock", now - 5))
     publish(served, second)
     doc = served.json("/api/sources")
-    assert doc["labels"] == LABELS and doc["model"] == "test-model"
+    assert doc["labels"] == LABELS and doc["model"] == "test-model" and doc["precision"] == "int8"
     (radio,) = doc["sources"]
     assert radio["state"] == second.to_dict() and radio["status"] == "silence"
     assert radio["last_event"] == changed("radio", "jazz", "rock", now - 5).to_dict()

@@ -61,9 +61,9 @@ class DashboardSink:
     """Owns the dashboard's state and HTTP server for the daemon's lifetime."""
 
     def __init__(self, config: DashboardConfig, labels: list[str], model: str,
-                 history_path: Path | None = None, frontend: FrontendConfig | None = None) -> None:
+                 history_path: Path | None = None, frontend: FrontendConfig | None = None, precision: str = "") -> None:
         self.config = config
-        self.state = DashboardState(labels, model, config.mel_interval_seconds, frontend)
+        self.state = DashboardState(labels, model, config.mel_interval_seconds, frontend, precision)
         reader = HistoryReader(history_path) if history_path is not None else None
         self.server = DashboardServer(config, self.state, reader)
 

@@ -130,9 +130,10 @@ class DashboardState:
     """Latest state per source, live listeners, the mel snapshots and the metrics."""
 
     def __init__(self, labels: list[str], model: str, mel_interval_seconds: float = 1.0,
-                 frontend: FrontendConfig | None = None) -> None:
+                 frontend: FrontendConfig | None = None, precision: str = "") -> None:
         self.labels = list(labels)
         self.model = model
+        self.precision = precision  # of the export in use (fp32 / int8), e.g. what --model auto chose
         self.mel_interval_seconds = mel_interval_seconds
         frontend = frontend or FrontendConfig()
         self.axes = spectrogram_axes(frontend, frontend.window_frames)
@@ -283,7 +284,7 @@ class DashboardState:
         """The ``/api/sources`` document (also the live ``hello``): per source its ``source`` item."""
         with self._lock:
             items = [self._source_item(source) for source in self._order]
-        return {"model": self.model, "labels": self.labels, "mqtt_connected": self.mqtt_connected(),
+        return {"model": self.model, "precision": self.precision, "labels": self.labels, "mqtt_connected": self.mqtt_connected(),
                 "spectrogram": self.axes, "sources": items}
 
     def _source_item(self, source: str) -> dict[str, Any]:

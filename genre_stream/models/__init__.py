@@ -14,7 +14,7 @@ BUNDLED_MODELS = {
     "fp32": "bbnn-gtzan-augmented-fold0.fp32.onnx",
     "int8": "bbnn-gtzan-augmented-fold0.int8.onnx",
 }
-DEFAULT_MODEL = "fp32"  # the fastest export meeting the accuracy bar on x86 (README: Quantization)
+DEFAULT_MODEL = "fp32"  # the path of "no --model" for config checks; Engine resolves it as "auto" (genre_stream.autoselect)
 
 
 def bundled_model_path(name: str) -> Path:
