@@ -106,7 +106,7 @@ def load_model(path: str | Path, threads: int = 0) -> LoadedModel:
     import torch
 
     from .checkpoint import CheckpointError, load_checkpoint
-    from .train import torch_predictor
+    from .model import torch_predictor
 
     try:
         model, info, _ = load_checkpoint(path)

@@ -13,6 +13,9 @@ the library features cluster on.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import numpy as np
 import torch
 from torch import nn
 
@@ -104,3 +107,15 @@ class BBNN(nn.Module):
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def torch_predictor(model: nn.Module, device: torch.device) -> Callable[[np.ndarray], np.ndarray]:
+    """Windows (N, frames, n_mels) -> softmax probabilities, the way evaluation and validation run a model."""
+
+    def predict(windows: np.ndarray) -> np.ndarray:
+        model.eval()
+        with torch.no_grad():
+            logits, _ = model(torch.from_numpy(windows).to(device))
+            return torch.softmax(logits.float(), -1).cpu().numpy()
+
+    return predict

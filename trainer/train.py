@@ -42,7 +42,7 @@ from torch import nn
 
 from genre_stream import __version__ as genre_stream_version
 from genre_stream.fsutil import atomic_path
-from trainer.model import BBNN
+from .model import BBNN, torch_predictor
 from genre_stream.modelinfo import ModelInfo
 
 from .augment import SpecAugmentConfig, spec_augment
@@ -224,16 +224,6 @@ def recalibrate_batch_norm(model: nn.Module, batches: Iterable[np.ndarray], devi
     for m, momentum in zip(norms, saved):
         m.momentum = momentum
     model.eval()
-
-
-def torch_predictor(model: nn.Module, device: torch.device) -> Callable[[np.ndarray], np.ndarray]:
-    def predict(windows: np.ndarray) -> np.ndarray:
-        model.eval()
-        with torch.no_grad():
-            logits, _ = model(torch.from_numpy(windows).to(device))
-            return torch.softmax(logits.float(), -1).cpu().numpy()
-
-    return predict
 
 
 # ---------------------------------------------------------------- one fold

@@ -87,10 +87,6 @@ class Outbox:
         with self._lock:
             self._db.execute("DELETE FROM outbox WHERE id = ?", (message_id,))
 
-    def contains(self, message_id: int) -> bool:
-        with self._lock:
-            return self._db.execute("SELECT 1 FROM outbox WHERE id = ?", (message_id,)).fetchone() is not None
-
     def _count(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
 
