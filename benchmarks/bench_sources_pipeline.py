@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import time
@@ -28,6 +27,7 @@ from genre_stream.engine import Engine
 from genre_stream.pipeline import PipelineConfig, SourcePipeline
 from genre_stream.sources.base import AudioChunk
 from genre_stream.windows import analyse_audio
+from machine import machine_info  # noqa: E402
 
 SR = 22050
 CLIP = Path(__file__).resolve().parents[1].parent / "shared" / "audio" / "gtzan-country.00000.wav"
@@ -131,7 +131,7 @@ def main() -> None:
         "hop_seconds": args.hop,
         "onnx_threads": args.threads,
         "model": engine.model_id,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_avg_at_start": os.getloadavg()},
+        "machine": machine_info(),
         "live_pipeline": live,
         "batch_baseline": batch,
         "ratio_live_to_batch_cpu": round(live["cpu_seconds"] / batch["cpu_seconds"], 3),

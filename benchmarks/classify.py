@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from peak_rss import run_measured  # noqa: E402
 
 from genre_stream.engine import Engine  # noqa: E402
 from genre_stream.windows import analyse_file  # noqa: E402
+from machine import machine_info  # noqa: E402
 
 
 def make_long_file(path: Path, minutes: float) -> float:
@@ -110,7 +110,7 @@ def main() -> None:
 
     result = {
         "benchmark": "classify end to end (decode + mel + inference), 30 s windows, hop 10 s",
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": machine_info(),
         "model": engine.model_id,
         "model_file": engine.path.name,
         "audio_seconds": round(seconds, 1),

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import socket
 import statistics
@@ -41,6 +40,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
 from brokers import Broker, Subscriber, available  # noqa: E402
+from machine import machine_info  # noqa: E402
 
 SR = 22050
 TICK = os.sysconf("SC_CLK_TCK")
@@ -304,7 +304,7 @@ def main() -> None:
     frac = cpu_music["daemon_core_fraction"]
     result = {
         "machine": {
-            "cpus": os.cpu_count(), "python": platform.python_version(), "host": socket.gethostname(), "broker": kind,
+            **machine_info(broker=kind),
             # other people's jobs share these 2 cores: latency (wall time) suffers first, CPU time less
             "load_average_1_5_15_before": [round(x, 2) for x in load_before],
             "load_average_1_5_15_after": [round(x, 2) for x in os.getloadavg()],

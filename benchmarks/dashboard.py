@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from machine import machine_info  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CLIP = REPO.parent / "shared" / "audio" / "gtzan-country.00000.wav"
@@ -180,7 +180,7 @@ def main() -> None:
     mean = {m: round(float(np.mean([r["cpu_percent_of_one_core"][m] for r in rounds])), 3) for m in MODES}
     result = {
         "benchmark": "dashboard CPU overhead",
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": machine_info(),
         "recording": "gtzan-country.00000.wav looped" if CLIP.is_file() else "synthetic tone + noise",
         "hop_seconds": args.hop,
         "measured_seconds_per_round": args.seconds,

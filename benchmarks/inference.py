@@ -24,12 +24,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+from machine import machine_info  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -100,7 +100,7 @@ def main() -> None:
     result = {
         "method": "one ORT session per child process (genre_stream.engine.session_options), variants interleaved round by "
                   "round; per child: 3 warm-up calls then the median of --calls calls; reported: median over rounds",
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "onnxruntime": ort.__version__},
+        "machine": machine_info(onnxruntime=ort.__version__),
         "window": "1 x 647 frames x 128 mels (30 s), batch 1",
         "rounds": args.rounds,
         "calls_per_child": args.calls,

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sqlite3
 import subprocess
 import sys
@@ -43,6 +42,7 @@ from genre_stream.library.db import FileStamp, LibraryDB  # noqa: E402
 from genre_stream.library.features import track_features  # noqa: E402
 from genre_stream.library.similar import SimilarityIndex  # noqa: E402
 from genre_stream.windows import TrackResult  # noqa: E402
+from machine import machine_info  # noqa: E402
 
 CD_RATE = 44100
 
@@ -207,8 +207,7 @@ def main() -> None:
 
     result = {
         "benchmark": "genre-stream library: scan throughput, similar latency, database size",
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "load_average_at_start": [round(x, 2) for x in os.getloadavg()]},
+        "machine": machine_info(),
         "scan": bench_scan(args.tracks, args.minutes),
         "similar": bench_similar(args.similar_tracks, args.queries),
     }

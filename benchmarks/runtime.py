@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from peak_rss import run_measured  # noqa: E402
 
 from genre_stream.resample import resample  # noqa: E402
+from machine import machine_info  # noqa: E402
 
 DEFAULT_BASELINE = "4728b0c"  # main before the runtime dropped torch
 
@@ -103,7 +103,7 @@ def main() -> None:
         return statistics.median(x[field] for x in results[name][key])
 
     report: dict = {
-        "machine": {"cpus": __import__("os").cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": machine_info(),
         "baseline": args.baseline,
         "rounds": args.rounds,
         "data": "examples/demo.wav (12 s) varied in gain, as 44.1 kHz 16-bit stereo WAV files",

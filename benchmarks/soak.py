@@ -17,7 +17,6 @@ import argparse
 import getpass
 import json
 import os
-import platform
 import shutil
 import socket
 import subprocess
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from machine import machine_info  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CLIENTS = 4
@@ -142,7 +142,7 @@ def main() -> None:
         })
     report = {
         "benchmark": "soak: 3 real-time file sources + 1 watched folder (a file a minute), MQTT, history, dashboard with 4 live clients",
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": machine_info(),
         "minutes": args.minutes,
         "files_dropped_in_watch_folder": tagged,
         "per_10_minutes": per10,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -35,6 +34,7 @@ from trainer.augment import SpecAugmentConfig, spec_augment
 from trainer.data import Cache, PrepareConfig, decode_clip, prepare
 from trainer.synthset import make_dataset
 from trainer.train import make_batch
+from machine import machine_info  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "trainer.json"
 Loader = Callable[[list[int], np.random.Generator], np.ndarray]
@@ -99,7 +99,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     result: dict = {
-        "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()},
+        "machine": machine_info(torch=torch.__version__, torch_threads=torch.get_num_threads()),
         "data": {"clips": 2 * args.clips, "seconds_per_clip": 30.0, "sample_rate": 22050},
         "batch_size": 8,
     }
