@@ -2,7 +2,7 @@
 
 Feeds N minutes of music (the shared country clip, looped) through ``SourcePipeline`` in
 0.1 s chunks, as a live source would, and classifies the same audio with the batch path
-(``windows.analyse_audio`` at the same hop) in the same run as the baseline. Reports CPU
+(``tracks.analyse_audio`` at the same hop) in the same run as the baseline. Reports CPU
 seconds per hour of audio (process CPU time: onnxruntime's threads included), per-window
 inference times, and RSS sampled every minute of audio. Also times the mic source's
 chunked resampler (48 kHz stereo device -> 22050 Hz mono) per hour of audio.
@@ -25,7 +25,7 @@ from genre_stream.resample import StreamResampler, resample
 from genre_stream.engine import Engine
 from genre_stream.pipeline import PipelineConfig, SourcePipeline
 from genre_stream.sources.base import AudioChunk
-from genre_stream.windows import analyse_audio
+from genre_stream.tracks import analyse_audio
 from machine import machine_info  # noqa: E402
 
 SR = 22050

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from peak_rss import run_measured  # noqa: E402
 
 from genre_stream.engine import Engine  # noqa: E402
-from genre_stream.windows import analyse_file  # noqa: E402
+from genre_stream.tracks import analyse_file  # noqa: E402
 from machine import machine_info  # noqa: E402
 
 

@@ -1,7 +1,7 @@
 """How far an int8 export's answers are from the fp32 export's on real music (genre-dev).
 
 Writes ``benchmarks/results/int8_agreement.json``. Every clip of LABELS.csv is
-classified exactly as ``genre-stream classify`` does (``windows.analyse_file``
+classified exactly as ``genre-stream classify`` does (``tracks.analyse_file``
 with an ``Engine`` per model, 30 s windows, 10 s hop), once with the models'
 calibration and once without it (raw softmax: the calibration's temperature
 flattens probabilities, which shrinks |dp| and would flatter the int8 model).
@@ -44,7 +44,7 @@ from genre_stream.engine import Engine  # noqa: E402
 from genre_stream.fsutil import atomic_path  # noqa: E402
 from genre_stream.modelinfo import METADATA_KEY  # noqa: E402
 from genre_stream.models import bundled_model_path  # noqa: E402
-from genre_stream.windows import analyse_file  # noqa: E402
+from genre_stream.tracks import analyse_file  # noqa: E402
 
 DEFAULT_LABELS = REPO.parent / "shared" / "audio" / "genre-dev" / "labels.csv"
 GROUPS = {"gtzan": "1", "non_gtzan": "0"}

@@ -38,7 +38,7 @@ from genre_stream.engine import session_options  # noqa: E402
 from genre_stream.frontend import MelFrontend  # noqa: E402
 from genre_stream.modelinfo import ModelInfo  # noqa: E402
 from genre_stream.models import bundled_model_path  # noqa: E402
-from genre_stream.windows import DEFAULT_HOP_SECONDS, iter_windows  # noqa: E402
+from genre_stream.tracks import DEFAULT_HOP_SECONDS, iter_windows  # noqa: E402
 from trainer.calibration import synthetic_sets  # noqa: E402
 from trainer.keras_import import load_keras_bbnn  # noqa: E402
 from trainer.quantize import Int8Config, quantize_int8  # noqa: E402

@@ -41,7 +41,7 @@ from genre_stream.engine import Engine  # noqa: E402
 from genre_stream.library.db import FileStamp, LibraryDB  # noqa: E402
 from genre_stream.library.features import track_features  # noqa: E402
 from genre_stream.library.similar import SimilarityIndex  # noqa: E402
-from genre_stream.windows import TrackResult  # noqa: E402
+from genre_stream.tracks import TrackResult  # noqa: E402
 from machine import machine_info  # noqa: E402
 
 CD_RATE = 44100

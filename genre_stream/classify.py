@@ -20,7 +20,7 @@ from .calibration import UncertaintyRule
 from .engine import Engine
 from .jsonsafe import display_path, dumps
 from .progress import Progress
-from .windows import DEFAULT_HOP_SECONDS, TrackResult, WindowResult, analyse_file
+from .tracks import DEFAULT_HOP_SECONDS, TrackResult, WindowResult, analyse_file
 
 log = logging.getLogger(__name__)
 

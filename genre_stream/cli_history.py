@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .history import HISTORY_FILENAME, HistoryError, HistoryReader, Segment, segments_csv
+from .sinks.history import HISTORY_FILENAME, HistoryError, HistoryReader, Segment, segments_csv
 from .timespec import parse_time
 
 

@@ -8,17 +8,21 @@ from typing import Any
 
 import click
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda", "tensorrt")
+from .providers import PROVIDERS
+
 
 
 def model_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """``--model`` and ``--device``."""
+    """``--model`` and ``--provider`` (``--device``, its old spelling, still works)."""
     f = click.option(
+        "--provider",
         "--device",
-        type=click.Choice(DEVICE_CHOICES),
+        "device",
+        type=click.Choice(PROVIDERS),
         default="auto",
         show_default=True,
-        help="Execution provider: auto uses TensorRT/CUDA when this onnxruntime build has them, else CPU.",
+        help="onnxruntime execution provider: auto uses TensorRT/CUDA when this onnxruntime build has them, else CPU. "
+        "(--device is the old spelling, kept for one release.)",
     )(f)
     return click.option(
         "--model",
@@ -30,7 +34,7 @@ def model_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def engine_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """``--model``, ``--device``, ``--threads`` and ``--batch-size``."""
+    """``--model``, ``--provider``, ``--threads`` and ``--batch-size``."""
     f = click.option(
         "--batch-size",
         type=click.IntRange(1),

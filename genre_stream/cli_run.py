@@ -14,7 +14,8 @@ from typing import Any
 
 import click
 
-from .config import ConfigError, DaemonConfig, describe, load_config, require_sources
+from .config import ConfigError, DaemonConfig, describe, describe_outputs, load_config, require_sources
+from .providers import PROVIDERS
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,8 @@ def _fail_config(exc: ConfigError) -> None:
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default=None)
 @click.option("--stats-interval", type=float, default=None, help="Seconds between stats messages (0 = off).")
 @click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="ONNX model file, or fp32 / int8 for the bundled exports (default: auto, int8 where measured faster here and accurate enough, else fp32; cached in the state directory).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default=None)
+@click.option("--provider", "--device", "device", type=click.Choice(PROVIDERS), default=None,
+              help="onnxruntime execution provider (default auto: TensorRT/CUDA when available, else CPU; --device is the old spelling).")
 @click.option("--threads", type=int, default=None, help="CPU inference threads (default 1).")
 @click.option("--hop", type=float, default=None, help="Seconds between classifications (default 5).")
 @click.option("--min-fill", type=float, default=None, help="Seconds buffered before the first classification (default 10).")
@@ -161,8 +163,6 @@ def check(file: Path) -> None:
     except ConfigError as exc:
         _fail_config(ConfigError(f"{file}: {exc}"))
         return
-    from .daemon import describe_outputs
-
     click.echo(f"{file}: ok ({len(config.sources)} source(s), outputs: {', '.join(describe_outputs(config))})")
 
 
@@ -215,7 +215,7 @@ def _check_sources(config: DaemonConfig) -> None:
     import dataclasses
     import tempfile
 
-    from .daemon import make_source
+    from .sources import source_from_config
 
     from .sources.file import FileSource
 
@@ -226,7 +226,7 @@ def _check_sources(config: DaemonConfig) -> None:
         scratch_config = dataclasses.replace(config, state_dir=Path(scratch))
         for spec in config.sources:
             try:
-                source = make_source(spec, scratch_config)
+                source = source_from_config(spec, scratch_config)
             except ValueError as exc:
                 raise ConfigError(f"sources: {exc}") from None
             if isinstance(source, FileSource):

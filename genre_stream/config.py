@@ -24,7 +24,8 @@ from urllib.parse import urlsplit
 from .dashboard.config import HttpSettings
 from .autoselect import is_auto
 from .models import resolve_model
-from .history import HistorySettings
+from .sinks.history import HistorySettings
+from .providers import Provider
 from .redact import MASK, redact_url
 from .settings import RangeError, check_ranges, setting, topic_problem
 
@@ -59,7 +60,7 @@ class PipelineConfig:
 @dataclass
 class ModelConfig:
     path: Path | None = None  # None: the bundled model
-    device: Literal["auto", "cpu", "cuda", "tensorrt"] = "auto"
+    device: Provider = "auto"  # the execution provider (flag --provider, formerly --device)
     threads: int = setting(1, 0, 256, note="(0 = one per core)")  # one intra-op thread: a daemon shares the machine
 
     def __post_init__(self) -> None:
@@ -300,6 +301,20 @@ def require_sources(config: DaemonConfig) -> None:
     """A daemon without sources would only idle: refused by ``config check``, ``run`` and reloads alike."""
     if not config.sources:
         raise ConfigError("sources: none configured; give --source SPEC (or sources = [...] in the config file)")
+
+
+def describe_outputs(config: DaemonConfig) -> list[str]:
+    """Where the daemon's results go, for the start banner and `config check`."""
+    outs = []
+    if config.mqtt.url:
+        outs.append(redact_url(config.mqtt.url))  # a password may sit in the URL; logs and terminals must not show it
+    if config.jsonl_target:
+        outs.append("stdout" if config.jsonl_target == "-" else config.jsonl_target)
+    if config.history.enabled:
+        outs.append(f"history {config.history.config(config.state_dir).path}")
+    if config.http.listen:
+        outs.append(f"dashboard {config.http.listen}")
+    return outs
 
 
 def _build_section(section: str, cls: type, values: dict[str, Any], origins: dict[str, str]) -> Any:

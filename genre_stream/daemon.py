@@ -26,23 +26,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .config import ConfigError, DaemonConfig, require_sources
+from .config import ConfigError, DaemonConfig, describe_outputs, require_sources
 from .dashboard.config import DashboardError
 from .engine import Engine
-from .history import History
+from .sinks.history import History
 from .messages import GenreEvent, SourceStats
-from .redact import redact_url
 from .pipeline import SourcePipeline, tag_track, uncertainty_rule
 from .sinks import Fanout, Sink, SourceAvailability, SourceInfo
 from .sinks.jsonl import JsonlSink
-from .sources import AudioChunk, Source, SourceError, SourceItem, SourceProblem, TrackReady, parse_source
+from .sources import AudioChunk, Source, SourceError, SourceItem, SourceProblem, TrackReady, source_from_config
 from .sources import TRACK_KINDS, source_kind
 from .systemd import Notifier
 
 if TYPE_CHECKING:
     from .dashboard.sink import DashboardSink
     from .library.db import LibraryDB
-    from .windows import TrackResult
+    from .tracks import TrackResult
 
 log = logging.getLogger(__name__)
 
@@ -56,34 +55,6 @@ JOIN_TIMEOUT = 3.0  # how long a stop waits for source threads before giving up 
 RESTART_MAX = 60.0  # ceiling of the backoff when a source crashes unexpectedly
 
 SourceFactory = Callable[[str, DaemonConfig], Source]
-
-
-def make_source(spec: str, config: DaemonConfig) -> Source:
-    """The default factory: the ``--source`` syntax with the config's state dir and watch options."""
-    w = config.watch
-    return parse_source(
-        spec,
-        state_dir=config.state_dir,
-        realtime=config.realtime,
-        done_dir=w.done_dir,
-        failed_dir=w.failed_dir,
-        settle_seconds=w.settle_seconds,
-        poll_seconds=w.poll_seconds,
-    )
-
-
-def describe_outputs(config: DaemonConfig) -> list[str]:
-    """Where the daemon's results go, for the start banner and `config check`."""
-    outs = []
-    if config.mqtt.url:
-        outs.append(redact_url(config.mqtt.url))  # a password may sit in the URL; logs and terminals must not show it
-    if config.jsonl_target:
-        outs.append("stdout" if config.jsonl_target == "-" else config.jsonl_target)
-    if config.history.enabled:
-        outs.append(f"history {config.history.config(config.state_dir).path}")
-    if config.http.listen:
-        outs.append(f"dashboard {config.http.listen}")
-    return outs
 
 
 def build_sinks(config: DaemonConfig) -> Fanout:
@@ -125,7 +96,7 @@ class Daemon:
         engine: Engine | None = None,
         sinks: Fanout | None = None,
         notifier: Notifier | None = None,
-        source_factory: SourceFactory = make_source,
+        source_factory: SourceFactory = source_from_config,
         reload_config: Callable[[], DaemonConfig] | None = None,
     ) -> None:
         self.config = config

@@ -17,11 +17,9 @@ import onnxruntime as ort
 from .modelinfo import METADATA_KEY, ModelInfo
 from .autoselect import ModelChoice, choose, is_auto
 from .models import resolve_model
+from .providers import ORT_PROVIDERS, PROVIDERS
 
 log = logging.getLogger(__name__)
-
-DEVICES = ("auto", "cpu", "cuda", "tensorrt")
-
 
 def _is_torch_checkpoint(path: Path) -> bool:
     """``torch.save`` writes a zip archive (a pickle before torch 1.6); an ONNX file is a bare protobuf."""
@@ -39,15 +37,11 @@ class ModelError(Exception):
 
 def _providers(device: str) -> list[str]:
     available = ort.get_available_providers()
-    if device not in DEVICES:
-        raise ModelError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+    if device not in PROVIDERS:
+        raise ModelError(f"unknown execution provider {device!r}; choose one of {', '.join(PROVIDERS)}")
     if device == "cpu":
         return ["CPUExecutionProvider"]
-    wanted = {
-        "auto": ["TensorrtExecutionProvider", "CUDAExecutionProvider"],
-        "cuda": ["CUDAExecutionProvider"],
-        "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider"],
-    }[device]
+    wanted = ORT_PROVIDERS[device]
     chosen = [p for p in wanted if p in available]
     if device != "auto" and not chosen:
         raise ModelError(

@@ -30,7 +30,7 @@ from .messages import GenreEvent, GenreState, Message
 from .sanitize import LOUD, repair
 from .smoother import Smoother
 from .sources.base import AudioChunk
-from .windows import TrackResult, analyse_file
+from .tracks import TrackResult, analyse_file
 
 log = logging.getLogger(__name__)
 

@@ -41,7 +41,7 @@ from genre_stream.calibration import DEFAULT_FLOOR, Calibration, UncertaintyRule
 from genre_stream.engine import Engine  # noqa: E402
 from genre_stream.fsutil import atomic_path  # noqa: E402
 from genre_stream.modelinfo import METADATA_KEY  # noqa: E402
-from genre_stream.windows import analyse_file  # noqa: E402
+from genre_stream.tracks import analyse_file  # noqa: E402
 from trainer import temperature  # noqa: E402
 from trainer.metrics import expected_calibration_error  # noqa: E402
 

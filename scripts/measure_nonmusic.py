@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from genre_stream.calibration import UncertaintyRule  # noqa: E402
 from genre_stream.engine import Engine  # noqa: E402
-from genre_stream.windows import analyse_file  # noqa: E402
+from genre_stream.tracks import analyse_file  # noqa: E402
 
 SR = 22050
 SECONDS = 30

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from conftest import REPO
 
-from genre_stream.history import iso_utc
+from genre_stream.sinks.history import iso_utc
 from genre_stream.messages import GenreEvent, GenreState
 
 ARTIFACTS = REPO / "test-artifacts"

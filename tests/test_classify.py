@@ -12,7 +12,7 @@ import soundfile as sf
 
 from conftest import REPO, printed_above_a_bar, run_cli, run_on_a_terminal, shared_path
 from genre_stream.engine import Engine
-from genre_stream.windows import analyse_audio, window_starts
+from genre_stream.tracks import analyse_audio, window_starts
 
 DEMO = REPO / "examples" / "demo.wav"
 

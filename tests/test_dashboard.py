@@ -26,7 +26,7 @@ from genre_stream.dashboard.metrics import SinkMetrics, SourceMetrics
 from genre_stream.dashboard.server import DashboardServer
 from genre_stream.dashboard.state import MEL_DB_MIN, MEL_DB_STEP, DashboardState, encode_mel
 from genre_stream.frontend import MelRingBuffer
-from genre_stream.history import History, HistoryConfig, HistoryReader
+from genre_stream.sinks.history import History, HistoryConfig, HistoryReader
 from genre_stream.messages import GenreEvent, SourceStats
 
 TOKEN = "s3cret-token"

@@ -132,7 +132,7 @@ def test_soxr_keeps_the_answers_at_least_as_well_as_torchaudio_did(engine, rate:
     genre-dev, for both resamplers), so the claim tested is the one that matters: soxr,
     which replaced torchaudio, keeps the top-1 answers at least as often.
     """
-    from genre_stream.windows import analyse_audio
+    from genre_stream.tracks import analyse_audio
 
     agree = {"torchaudio": 0, "soxr": 0}
     deltas: dict[str, list[float]] = {"torchaudio": [], "soxr": []}

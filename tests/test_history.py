@@ -18,7 +18,7 @@ import pytest
 
 from _helpers_dashboard import changed, state
 from conftest import REPO, cli_env, run_cli
-from genre_stream.history import (
+from genre_stream.sinks.history import (
     History,
     HistoryConfig,
     HistoryError,
@@ -134,7 +134,7 @@ def test_unwritable_path_is_reported_not_fatal_and_recovers(tmp_path, caplog):
     blocker = tmp_path / "state"
     blocker.write_text("a file where the state directory should be")
     history = History(HistoryConfig.in_state_dir(blocker))
-    caplog.set_level(logging.ERROR, logger="genre_stream.history")
+    caplog.set_level(logging.ERROR, logger="genre_stream.sinks.history")
     history.start()
     history.publish(state("radio", "rock", 0.8, T0))  # must not raise
     assert wait_for(lambda: history.stats().write_errors == 1)
@@ -168,7 +168,7 @@ from pathlib import Path
 logging.basicConfig(level=logging.ERROR, format="%(message)s")
 sys.path.insert(0, sys.argv[2])
 from _helpers_dashboard import state
-from genre_stream.history import History, HistoryConfig
+from genre_stream.sinks.history import History, HistoryConfig
 h = History(HistoryConfig.in_state_dir(Path(sys.argv[1])))
 h.start()
 for i in range(3):

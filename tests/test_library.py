@@ -303,7 +303,7 @@ def test_a_dying_worker_costs_no_tracks(tmp_path: Path, caplog: pytest.LogCaptur
 
 
 def test_upsert_track_for_the_daemon(tmp_path: Path, engine) -> None:
-    from genre_stream.windows import analyse_file
+    from genre_stream.tracks import analyse_file
 
     wav = write_wav(tmp_path / "arrived.wav", noise_hits(np.random.default_rng(5)))
     result = analyse_file(wav, engine)

@@ -13,7 +13,7 @@ from genre_stream.calibration import UncertaintyRule
 from genre_stream.messages import GenreEvent, GenreState
 from genre_stream.pipeline import PipelineConfig, SourcePipeline, tag_track
 from genre_stream.sources.base import AudioChunk
-from genre_stream.windows import analyse_file
+from genre_stream.tracks import analyse_file
 
 SR = 22050
 

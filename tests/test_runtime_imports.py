@@ -39,8 +39,8 @@ main()
 """
 
 
-def _run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    code = _RUNNER.format(forbidden=FORBIDDEN, args=args)
+def _run(args: list[str], tmp_path: Path, forbidden: tuple[str, ...] = FORBIDDEN) -> subprocess.CompletedProcess[str]:
+    code = _RUNNER.format(forbidden=forbidden, args=args)
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=cli_env(), cwd=tmp_path)
 
 
@@ -72,3 +72,11 @@ def test_runtime_commands_never_import_the_training_stack(args: list[str], tmp_p
     if args[0] == "classify" and "--json" in args:
         result = json.loads(proc.stdout.splitlines()[0])
         assert result["genre"] and 0 < result["confidence"] <= 1
+
+
+def test_config_check_loads_no_inference_stack(tmp_path: Path) -> None:
+    """Checking a TOML file needs neither onnxruntime nor the MQTT, HTTP or clustering libraries."""
+    heavy = (*FORBIDDEN, "onnxruntime", "paho", "aiohttp", "sklearn")
+    proc = _run(["config", "check", str(REPO / "examples" / "genre-stream.toml")], tmp_path, heavy)
+    assert proc.returncode == 0 and "runtime imported" not in proc.stderr, proc.stderr[-2000:]
+    assert _loaded(proc) == []

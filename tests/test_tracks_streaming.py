@@ -13,7 +13,7 @@ import soundfile as sf
 
 from genre_stream.audio import BLOCK_SECONDS, iter_audio, load_audio
 from genre_stream.frontend import MelFrontend, normalize_window
-from genre_stream.windows import iter_windows, window_starts
+from genre_stream.tracks import iter_windows, window_starts
 
 
 def _batch_windows(audio: np.ndarray, frontend: MelFrontend, hop_seconds: float) -> list[tuple[float, float, np.ndarray]]:

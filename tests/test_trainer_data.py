@@ -74,7 +74,7 @@ def test_short_clip_is_looped_like_classify(tmp_path: Path) -> None:
     assert cache.entries[i].looped and cache.entries[i].frames == 32
     c = SMALL.frontend
     audio = load_audio(tmp_path / "d" / "a" / "short.wav")
-    # what genre_stream.windows feeds the model for a clip shorter than the window
+    # what genre_stream.tracks feeds the model for a clip shorter than the window
     np.testing.assert_allclose(cache.window(i, 0, 32), MelFrontend(c).window(loop_to_length(audio, c.window_samples)), atol=1e-6)
 
 

@@ -29,7 +29,7 @@ import numpy as np
 from genre_stream.calibration import UncertaintyRule
 from genre_stream.fsutil import atomic_path
 from genre_stream.modelinfo import ModelInfo
-from genre_stream.windows import window_starts
+from genre_stream.tracks import window_starts
 
 from .data import MANIFEST, Cache, PrepareConfig, prepare
 from .metrics import classification_report, expected_calibration_error, reliability_bins

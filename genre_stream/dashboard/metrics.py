@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ..history import HistoryStats
+from ..sinks.history import HistoryStats
 from ..messages import GenreEvent, GenreState, Message
 
 log = logging.getLogger(__name__)

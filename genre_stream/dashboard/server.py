@@ -38,7 +38,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from ..jsonsafe import dumps
-from ..history import HistoryError, HistoryReader, Segment, iso_utc, segments_csv
+from ..sinks.history import HistoryError, HistoryReader, Segment, iso_utc, segments_csv
 from ..timespec import parse_time
 from .config import DashboardConfig, DashboardError
 from .state import DashboardState

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..frontend import FrontendConfig
-from ..history import HistoryReader, HistoryStats
+from ..sinks.history import HistoryReader, HistoryStats
 from ..messages import GenreEvent, GenreState
 from ..sinks.base import SourceAvailability, SourceInfo
 from .config import DashboardConfig

@@ -37,7 +37,7 @@ import numpy as np
 
 from ..frontend import FrontendConfig
 from ..frontend import _hz_to_mel as hz_to_mel  # the frontend's own (Slaney) mel scale
-from ..history import HistoryStats, parse_payload_time
+from ..sinks.history import HistoryStats, parse_payload_time
 from ..messages import GenreEvent, GenreState, Message
 from ..sinks.base import SourceAvailability, SourceInfo
 from ..sources import TRACK_KINDS

@@ -28,7 +28,7 @@ from ..audio import Tags, read_tags
 from ..messages import utc_now_iso
 
 if TYPE_CHECKING:  # the daemon and the CLI import the database without loading torch/onnxruntime
-    from ..windows import TrackResult
+    from ..tracks import TrackResult
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +238,7 @@ class LibraryDB:
         """Store (or replace) the analysis of one file and clear any error recorded for it.
 
         This is the entry point for anything that analyses files outside ``library scan``
-        (the daemon's watch source): pass the ``TrackResult`` of ``windows.analyse_file``.
+        (the daemon's watch source): pass the ``TrackResult`` of ``tracks.analyse_file``.
         ``stamp``, ``content_hash`` and ``tags`` are read from the file when not given, so
         they describe the file as it is now; the path is stored absolute.
         """

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from ..audio import AudioError, find_audio_files, read_tags
 from ..engine import Engine
-from ..windows import DEFAULT_HOP_SECONDS, TrackResult, analyse_file
+from ..tracks import DEFAULT_HOP_SECONDS, TrackResult, analyse_file
 from .db import FileStamp, LibraryDB, LibraryError, file_hash
 
 log = logging.getLogger(__name__)

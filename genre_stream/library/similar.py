@@ -85,7 +85,7 @@ def resolve_query(track: str | Path, index: SimilarityIndex, db: LibraryDB, mode
         raise LibraryError(f"{track}: not in the library ({db.path}) and not an audio file here")
     from ..audio import AudioError  # torch/onnxruntime load only when a query needs analysing
     from ..engine import Engine, ModelError
-    from ..windows import analyse_file
+    from ..tracks import analyse_file
 
     try:
         engine = Engine(model_path, device=device)

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from .base import AudioChunk, Source, SourceError, SourceItem, SourceProblem, TrackReady
+
+if TYPE_CHECKING:
+    from ..config import DaemonConfig
 
 __all__ = [
     "AudioChunk",
@@ -152,4 +156,18 @@ def parse_source(
         chunk_seconds=chunk_seconds,
         stall_seconds=stall_seconds or 15.0,
         reconnect_max_seconds=reconnect_max_seconds,
+    )
+
+
+def source_from_config(spec: str, config: DaemonConfig) -> Source:
+    """The default factory: the ``--source`` syntax with the config's state dir and watch options."""
+    w = config.watch
+    return parse_source(
+        spec,
+        state_dir=config.state_dir,
+        realtime=config.realtime,
+        done_dir=w.done_dir,
+        failed_dir=w.failed_dir,
+        settle_seconds=w.settle_seconds,
+        poll_seconds=w.poll_seconds,
     )

@@ -29,10 +29,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .jsonsafe import dumps
-from .settings import check_ranges, setting
-from .messages import GenreEvent, GenreState, Message
-from .sinks.base import SourceInfo
+from ..jsonsafe import dumps
+from ..messages import GenreEvent, GenreState, Message
+from ..settings import check_ranges, setting
+from .base import SourceInfo
 
 log = logging.getLogger(__name__)
 
