@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
+from .backoff import Backoff
 from .config import ConfigError, DaemonConfig, describe_outputs, require_sources
 from .dashboard.config import DashboardError
 from .engine import Engine
@@ -274,7 +275,7 @@ class Daemon:
 
     def _run_source(self, r: _Running) -> None:
         """Run one source; a crash is reported and, for live sources, retried with backoff."""
-        delay = 1.0
+        backoff = Backoff(1.0, RESTART_MAX)
         while not r.stop.is_set():
             try:
                 r.source.run(lambda item: self._handle(r, item), r.stop)
@@ -288,9 +289,8 @@ class Daemon:
                 self._publish(GenreEvent.error(r.source.id, f"source failed: {exc}"))
                 if r.source.finite:
                     break
-                log.info("restarting source %s in %.0f s", r.source.id, delay)
-                r.stop.wait(delay)
-                delay = min(delay * 2, RESTART_MAX)
+                log.info("restarting source %s in %.0f s", r.source.id, backoff.next_delay)
+                backoff.wait(r.stop)
         if r.stop.is_set():
             return
         r.ended = True

@@ -26,6 +26,7 @@ import numpy as np
 
 from ..audio import Tags, read_tags
 from ..messages import utc_now_iso
+from ..sqlite import open_db
 
 if TYPE_CHECKING:  # the daemon and the CLI import the database without loading torch/onnxruntime
     from ..tracks import TrackResult
@@ -163,9 +164,7 @@ class LibraryDB:
             raise LibraryError(f"{self.path}: is a directory, not a library database file")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.execute("PRAGMA synchronous=NORMAL")
+            self.conn = open_db(self.path, busy_timeout=30.0)
             self.conn.executescript(_SCHEMA)
         except sqlite3.DatabaseError as exc:
             raise LibraryError(f"{self.path}: not a usable library database ({exc})") from exc

@@ -32,6 +32,7 @@ from typing import Any
 from ..jsonsafe import dumps
 from ..messages import GenreEvent, GenreState, Message
 from ..settings import check_ranges, setting
+from ..sqlite import open_db
 from .base import SourceInfo
 
 log = logging.getLogger(__name__)
@@ -247,9 +248,7 @@ class History:
 
     def _connect(self) -> sqlite3.Connection:
         self.config.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.config.path, timeout=5.0, isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
+        conn = open_db(self.config.path)
         conn.executescript(_SCHEMA)
         return conn
 
@@ -360,7 +359,7 @@ class HistoryReader:
         if not self.path.is_file():
             raise HistoryError(f"{self.path}: no tag history here (the daemon creates it when it runs)")
         try:
-            conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=5.0)
+            conn = open_db(self.path, read_only=True)
             conn.execute("SELECT 1 FROM states LIMIT 1")
         except sqlite3.Error as exc:
             raise HistoryError(f"{self.path}: not a readable genre-stream history ({exc})") from exc

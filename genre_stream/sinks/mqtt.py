@@ -35,6 +35,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from ..backoff import Backoff
 from ..config import ConfigError, HomeAssistantConfig, MqttConfig
 from ..jsonsafe import dumps
 from ..redact import redact_url
@@ -233,7 +234,7 @@ class MqttSink:
                 self._stop.wait(self.config.reconnect_max)
 
     def _connect_and_loop(self) -> None:
-        delay = self.config.reconnect_min
+        backoff = Backoff(self.config.reconnect_min, self.config.reconnect_max)
         need_connect = True
         first = True
         connected_since: float | None = None  # when this loop first saw the current connection up
@@ -251,10 +252,9 @@ class MqttSink:
                     first = first and not self.client.host  # connect() stored host/port before failing
                     log.warning(
                         "MQTT broker %s unreachable (%s); retrying in %.1f s, %d message(s) queued on disk",
-                        self.url, _describe(exc), delay, len(self.outbox),
+                        self.url, _describe(exc), backoff.next_delay, len(self.outbox),
                     )
-                    self._stop.wait(delay)
-                    delay = min(delay * 2, self.config.reconnect_max)
+                    backoff.wait(self._stop)
                     continue
             rc = self.client.loop(timeout=LOOP_TIMEOUT)
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
@@ -270,18 +270,17 @@ class MqttSink:
                             "mqtt.client_id", self.url, short_lived, self.config.effective_client_id,
                         )
                 elif was_connected:
-                    delay = self.config.reconnect_min
+                    backoff.reset()
                 connected_since = None
-                log.warning("MQTT connection to %s lost (%s); reconnecting in %.1f s", self.url, mqtt.error_string(rc), delay)
-                self._stop.wait(delay)
-                delay = min(delay * 2, self.config.reconnect_max)
+                log.warning("MQTT connection to %s lost (%s); reconnecting in %.1f s", self.url, mqtt.error_string(rc), backoff.next_delay)
+                backoff.wait(self._stop)
                 continue
             if self.connected.is_set():
                 now = time.monotonic()
                 if connected_since is None:
                     connected_since = now
                 elif now - connected_since >= SHORT_CONNECTION:
-                    delay = self.config.reconnect_min  # a stable connection: the next outage starts fast again
+                    backoff.reset()  # a stable connection: the next outage starts fast again
                     short_lived = 0
                 self._pump()
 

@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..sqlite import open_db
+
 log = logging.getLogger(__name__)
 
 
@@ -109,12 +111,12 @@ _DAMAGED_CODES = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 def _open(path: Path) -> sqlite3.Connection:
     """Open (or create) the queue; _Damaged for a corrupt file, OSError for anything else that prevents it."""
     try:
-        db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        db = open_db(path, threads=True)
     except sqlite3.Error as exc:
+        if getattr(exc, "sqlite_errorcode", None) in _DAMAGED_CODES:
+            raise _Damaged(str(exc)) from exc
         raise OSError(f"{path}: cannot open the MQTT queue database ({exc})") from exc
     try:
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
         db.execute(
             "CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT,"
             " topic TEXT NOT NULL, payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL)"

@@ -79,28 +79,3 @@ class Source(ABC):
     def retry_later(self, path: Path) -> bool:
         """A handed-on file failed to decode: True when the source will hand it on again (no result yet)."""
         return False
-
-
-class Backoff:
-    """Exponential reconnect delays (1, 2, 4 ... ``maximum`` s), reset after a success.
-
-    Waiting goes through the stop event, so a stopping daemon never sits out a delay.
-    """
-
-    def __init__(self, initial: float = 1.0, maximum: float = 30.0) -> None:
-        self.initial = initial
-        self.maximum = maximum
-        self._next = initial
-
-    def reset(self) -> None:
-        self._next = self.initial
-
-    def wait(self, stop: threading.Event) -> bool:
-        """Sleep the current delay and double it; False when stop was set meanwhile."""
-        delay = self._next
-        self._next = min(self.maximum, self._next * 2)
-        return not stop.wait(delay)
-
-    @property
-    def next_delay(self) -> float:
-        return self._next

@@ -21,7 +21,8 @@ import numpy as np
 
 from ..devices import AudioDeviceError, import_sounddevice, resolve_input_device
 from ..resample import StreamResampler
-from .base import TARGET_RATE, AudioChunk, Backoff, Emit, Source, SourceError, SourceProblem
+from ..backoff import Backoff
+from .base import TARGET_RATE, AudioChunk, Emit, Source, SourceError, SourceProblem
 
 log = logging.getLogger(__name__)
 

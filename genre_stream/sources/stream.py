@@ -17,7 +17,8 @@ import time
 import numpy as np
 
 from ..redact import redact_text, redact_url
-from .base import TARGET_RATE, AudioChunk, Backoff, Emit, Source, SourceProblem
+from ..backoff import Backoff
+from .base import TARGET_RATE, AudioChunk, Emit, Source, SourceProblem
 from .ffmpeg import LIVE_INPUT_ARGS, FfmpegPcm
 
 log = logging.getLogger(__name__)

@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from ..audio import AUDIO_EXTENSIONS
-from .base import Backoff, Emit, Source, SourceProblem, TrackReady
+from ..backoff import Backoff
+from .base import Emit, Source, SourceProblem, TrackReady
 from .watch_state import FileKey, WatchState
 
 log = logging.getLogger(__name__)

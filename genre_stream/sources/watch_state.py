@@ -20,6 +20,7 @@ import threading
 import time
 from pathlib import Path
 
+from ..sqlite import migrate, open_db
 from .base import SourceError
 
 log = logging.getLogger(__name__)
@@ -44,8 +45,8 @@ class WatchState:
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-            self._db.execute(SCHEMA)
+            self._db = open_db(self.path, threads=True)
+            migrate(self._db, [lambda db: db.execute(SCHEMA)])
         except (sqlite3.Error, OSError) as exc:
             raise SourceError(f"watch state file {self.path}: cannot be used ({exc}); fix its permissions or remove it") from exc
         self._lock = threading.Lock()
