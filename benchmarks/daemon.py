@@ -153,10 +153,14 @@ class ProbeSink:
     def close(self, timeout: float) -> bool:
         return True
 
+    def stats(self) -> dict:
+        return {}
+
 
 def latency_run(clip: Path, broker: Broker, state: Path, seconds: float, hop: float) -> dict:
     from genre_stream.config import load_config
-    from genre_stream.daemon import Daemon, make_source
+    from genre_stream.daemon import Daemon
+    from genre_stream.sources import source_from_config
     from genre_stream.engine import Engine
     from genre_stream.sinks import Fanout
     from genre_stream.sinks.mqtt import MqttSink
@@ -188,7 +192,7 @@ def latency_run(clip: Path, broker: Broker, state: Path, seconds: float, hop: fl
     probe = ProbeSink(current)
     # The probe goes first: it marks the moment the daemon hands a state to its sinks.
     sinks = Fanout([probe, MqttSink(config.mqtt, config.homeassistant, config.state_dir)])
-    daemon = Daemon(config, engine=Engine(threads=1), sinks=sinks, source_factory=lambda spec, cfg: Timed(make_source(spec, cfg)))
+    daemon = Daemon(config, engine=Engine(threads=1), sinks=sinks, source_factory=lambda spec, cfg: Timed(source_from_config(spec, cfg)))
     timer = threading.Timer(seconds, daemon.request_stop)
     timer.start()
     daemon.run()

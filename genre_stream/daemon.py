@@ -191,7 +191,7 @@ class Daemon:
                                        self.engine.precision)
         sinks.sinks.insert(0, self.dashboard)  # started first: a busy port stops us before MQTT connects
         if history is not None:
-            self.dashboard.watch_history(history.stats)
+            self.dashboard.watch_history(history.counters)
         from .sinks.mqtt import MqttSink
 
         for sink in sinks.sinks:
@@ -359,10 +359,8 @@ class Daemon:
             values["errors"] = r.errors
             values["model_precision"] = self.engine.precision if self.engine else ""
             values["running"] = bool(r.thread and r.thread.is_alive())
-            for sink in self.sinks.sinks if self.sinks else []:
-                depth = getattr(sink, "queue_depth", None)
-                if depth is not None:
-                    values["mqtt_queue"] = depth
+            if self.sinks is not None:
+                values.update(self.sinks.stats())
             plain = {k: (v.item() if hasattr(v, "item") else v) for k, v in values.items()}
             log.debug("stats %s: %s", r.source.id, plain)
             self._publish(SourceStats(r.source.id, plain))

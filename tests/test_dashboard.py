@@ -266,7 +266,7 @@ def test_metrics_parse_with_prometheus_parser(served):
     stats = SourceMetrics(real_time_factor=0.012, overflows=3, queue_depth=2, reconnects=1)
     served.state.add_source("radio", lambda: stats)
     served.state.set_sink_metrics(lambda: SinkMetrics(mqtt_connected=True, events_published=41, events_queued=5))
-    served.state.set_history_metrics(served.history.stats)
+    served.state.set_history_metrics(served.history.counters)
     for seconds in (0.02, 0.03, 0.2):
         served.state.observe_inference("radio", seconds)
     publish(served, state("radio", "rock", 0.8, time.time()))

@@ -87,7 +87,7 @@ def test_history_records_and_reports_segments(tmp_path):
     for msg in recorded_messages("studio")[:2]:  # another source interleaved must not mix in
         history.publish(msg)
     history.close()
-    stats = history.stats()
+    stats = history.counters()
     assert (stats.written, stats.dropped, stats.write_errors) == (len(RECORDED) + 3, 0, 0)
 
     reader = HistoryReader(tmp_path / "history.sqlite")
@@ -114,7 +114,7 @@ def test_retention_prunes_old_entries_in_background(tmp_path):
         history.publish(msg)
     history.publish(changed("radio", "rock", "jazz", now - 95 * 86400))
     # The writer prunes periodically: the old rows (written after the first prune) go on a later pass.
-    assert wait_for(lambda: history.stats().pruned >= 4), history.stats()
+    assert wait_for(lambda: history.counters().pruned >= 4), history.counters()
     history.close()
     reader = HistoryReader(tmp_path / "history.sqlite")
     assert [s["genre"] for s in reader.states(since=0)] == ["jazz", "jazz"]
@@ -127,7 +127,7 @@ def test_retention_zero_keeps_everything(tmp_path):
     history.publish(state("radio", "rock", 0.8, 1_000_000.0))  # 1970: older than any retention
     history.close()
     assert len(HistoryReader(tmp_path / "history.sqlite").states(since=0)) == 1
-    assert history.stats().pruned == 0
+    assert history.counters().pruned == 0
 
 
 def test_unwritable_path_is_reported_not_fatal_and_recovers(tmp_path, caplog):
@@ -137,8 +137,8 @@ def test_unwritable_path_is_reported_not_fatal_and_recovers(tmp_path, caplog):
     caplog.set_level(logging.ERROR, logger="genre_stream.sinks.history")
     history.start()
     history.publish(state("radio", "rock", 0.8, T0))  # must not raise
-    assert wait_for(lambda: history.stats().write_errors == 1)
-    stats = history.stats()
+    assert wait_for(lambda: history.counters().write_errors == 1)
+    stats = history.counters()
     assert str(blocker / "history.sqlite") in stats.last_error
     assert any(str(blocker / "history.sqlite") in r.getMessage() and "daemon goes on" in r.getMessage()
                for r in caplog.records)
@@ -147,7 +147,7 @@ def test_unwritable_path_is_reported_not_fatal_and_recovers(tmp_path, caplog):
     blocker.mkdir()
     history.publish(state("radio", "jazz", 0.7, T0 + 5))
     history.close()
-    assert history.stats().written == 1
+    assert history.counters().written == 1
     assert [s["genre"] for s in HistoryReader(blocker / "history.sqlite").states(since=0)] == ["jazz"]
 
 
@@ -155,11 +155,11 @@ def test_full_queue_drops_and_counts_without_blocking(tmp_path):
     history = History(HistoryConfig.in_state_dir(tmp_path, queue_size=2))  # writer not started: nothing drains
     for i in range(5):
         history.publish(state("radio", "rock", 0.8, T0 + i))
-    assert history.stats().dropped == 3
-    assert history.stats().queued == 2
+    assert history.counters().dropped == 3
+    assert history.counters().queued == 2
     history.start()
     history.close()
-    assert history.stats().written == 2
+    assert history.counters().written == 2
 
 
 READONLY_SCRIPT = r"""
@@ -174,7 +174,7 @@ h.start()
 for i in range(3):
     h.publish(state("radio", "rock", 0.8, 1_790_000_000.0 + i))
 h.close()
-s = h.stats()
+s = h.counters()
 print(json.dumps({"written": s.written, "write_errors": s.write_errors, "last_error": s.last_error}))
 """
 

@@ -80,6 +80,9 @@ class DashboardSink:
         self.state.model = model
         self.state.set_sources(sources)
 
+    def stats(self) -> dict[str, int | float]:
+        return {}
+
     def close(self, timeout: float) -> bool:
         self.server.stop(timeout)
         return True

@@ -54,6 +54,9 @@ class Sink(Protocol):
     def close(self, timeout: float) -> bool:
         """Flush within ``timeout`` seconds and release resources; False when something is left undelivered."""
 
+    def stats(self) -> dict[str, int | float]:
+        """Counters this sink adds to every source's stats message (the MQTT queue depth...); {} for none."""
+
 
 class Fanout:
     """Hands each message to every sink; one failing sink is logged and does not starve the others."""
@@ -81,3 +84,9 @@ class Fanout:
         for sink in self.sinks:
             ok = sink.close(timeout) and ok
         return ok
+
+    def stats(self) -> dict[str, int | float]:
+        merged: dict[str, int | float] = {}
+        for sink in self.sinks:
+            merged.update(sink.stats())
+        return merged

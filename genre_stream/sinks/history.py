@@ -4,7 +4,7 @@ Writes happen on a background thread fed by a bounded queue, because the daemon
 calls :meth:`History.publish` from its audio/pipeline threads and a slow or broken
 disk must never stall classification or MQTT publishing. When the queue is full, or
 the database cannot be written (read-only path, disk full), the message is dropped,
-the problem is logged once per cause and counted in :meth:`History.stats`; the
+the problem is logged once per cause and counted in :meth:`History.counters`; the
 daemon goes on.
 
 Reading (``segments``, ``states``, ``events``) opens its own read-only connection,
@@ -206,6 +206,9 @@ class History:
     def sources_changed(self, sources: list[SourceInfo], model: str) -> None:
         """Sink protocol: nothing to do, the history keeps whatever sources it has seen."""
 
+    def stats(self) -> dict[str, int | float]:
+        return {}  # the history's own counters go to the dashboard's metrics (counters), not to MQTT
+
     def close(self, timeout: float = 5.0) -> bool:
         """Write what is queued (bounded wait) and stop the writer; False if messages were left unwritten."""
         if self._thread is None:
@@ -223,7 +226,7 @@ class History:
         self._thread = None
         return True
 
-    def stats(self) -> HistoryStats:
+    def counters(self) -> HistoryStats:
         with self._lock:
             snapshot = HistoryStats(**vars(self._stats))
         snapshot.queued = self._queue.qsize()

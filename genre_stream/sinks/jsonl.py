@@ -78,6 +78,9 @@ class JsonlSink:
     def sources_changed(self, sources: list[SourceInfo], model: str) -> None:
         """JSON lines have no discovery."""
 
+    def stats(self) -> dict[str, int | float]:
+        return {}
+
     def close(self, timeout: float) -> bool:
         with self._lock:
             if self._fh is not None and self._fh is not sys.stdout:

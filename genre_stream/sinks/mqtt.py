@@ -180,6 +180,9 @@ class MqttSink:
         if self.connected.is_set():
             self._announce()
 
+    def stats(self) -> dict[str, int | float]:
+        return {"mqtt_queue": self.queue_depth}
+
     def close(self, timeout: float) -> bool:
         """Wait up to ``timeout`` s for the queue to drain, publish ``offline``, disconnect.
 
