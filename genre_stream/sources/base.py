@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -79,3 +80,28 @@ class Source(ABC):
     def retry_later(self, path: Path) -> bool:
         """A handed-on file failed to decode: True when the source will hand it on again (no result yet)."""
         return False
+
+
+class StreamClock:
+    """Stream time for a live source's chunks, across reconnects.
+
+    While connected, time advances by the samples emitted, so chunks are contiguous.
+    After a reconnect it restarts at the wall-clock time since the source started
+    (never going back): the jump tells the pipeline that continuity was lost, so it
+    restarts its incremental frontend instead of stitching two streams together.
+    """
+
+    def __init__(self) -> None:
+        self._start = time.monotonic()
+        self._offset = 0.0
+        self.samples = 0  # emitted since the current connection
+
+    def reconnected(self) -> None:
+        self._offset = max(self._offset + self.samples / TARGET_RATE, time.monotonic() - self._start)
+        self.samples = 0
+
+    def stamp(self, n_samples: int) -> float:
+        """Stream time of the first of the next ``n_samples`` samples; counts them."""
+        t = self._offset + self.samples / TARGET_RATE
+        self.samples += n_samples
+        return t

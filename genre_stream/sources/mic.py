@@ -22,7 +22,7 @@ import numpy as np
 from ..devices import AudioDeviceError, import_sounddevice, resolve_input_device
 from ..resample import StreamResampler
 from ..backoff import Backoff
-from .base import TARGET_RATE, AudioChunk, Emit, Source, SourceError, SourceProblem
+from .base import TARGET_RATE, AudioChunk, Emit, Source, SourceError, SourceProblem, StreamClock
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +69,7 @@ class MicSource(Source):
         self._input_overflows = 0  # PortAudio/driver-side overruns
         self._reconnects = 0
         self._opened = 0
-        self._samples = 0
-        self._time_offset = 0.0
+        self._clock = StreamClock()
         self.device_name: str | None = None
         self.native_rate: int | None = None
 
@@ -98,7 +97,7 @@ class MicSource(Source):
         except AudioDeviceError as exc:
             raise SourceError(f"source {self.id}: {exc}") from exc
         backoff = Backoff(maximum=self.reconnect_max_seconds)
-        start = time.monotonic()
+        self._clock = StreamClock()
         while not stop.is_set():
             if self._reconnects:
                 _refresh_devices(sd)
@@ -112,16 +111,13 @@ class MicSource(Source):
                     return
                 continue
             if self._opened > 1:
-                # Continuity is lost: later chunks start at wall-clock stream time, which
-                # tells the pipeline to restart its incremental frontend.
-                self._time_offset = max(self._time_offset + self._samples / TARGET_RATE, time.monotonic() - start)
-                self._samples = 0
+                self._clock.reconnected()
             reason = self._pump(stream, resampler, channels, emit, stop)
             if reason is None:
                 return
             emit(SourceProblem(self.id, f"{reason}; reopening the device"))
             self._reconnects += 1
-            if self._samples:
+            if self._clock.samples:
                 backoff.reset()  # it worked for a while: start the delays again from 1 s
             if not backoff.wait(stop):
                 return
@@ -175,9 +171,7 @@ class MicSource(Source):
                 samples = resampler.push(mono)
                 if samples.size == 0:
                     continue
-                t = self._time_offset + self._samples / TARGET_RATE
-                self._samples += samples.size
-                emit(AudioChunk(self.id, samples, t, arrived))
+                emit(AudioChunk(self.id, samples, self._clock.stamp(samples.size), arrived))
             return None
         finally:
             with _pa_lock:

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..redact import redact_text, redact_url
 from ..backoff import Backoff
-from .base import TARGET_RATE, AudioChunk, Emit, Source, SourceProblem
+from .base import TARGET_RATE, AudioChunk, Emit, Source, SourceProblem, StreamClock
 from .ffmpeg import LIVE_INPUT_ARGS, FfmpegPcm
 
 log = logging.getLogger(__name__)
@@ -42,8 +42,7 @@ class StreamSource(Source):
         self.stall_seconds = stall_seconds
         self.reconnect_max_seconds = reconnect_max_seconds
         self._reconnects = 0
-        self._samples = 0  # since the current connection
-        self._time_offset = 0.0
+        self._clock = StreamClock()
         self._connected = False
 
     def stats(self) -> dict[str, float | int]:
@@ -51,12 +50,11 @@ class StreamSource(Source):
 
     def run(self, emit: Emit, stop: threading.Event) -> None:
         backoff = Backoff(maximum=self.reconnect_max_seconds)
-        start = time.monotonic()
+        self._clock = StreamClock()
         first = True
         while not stop.is_set():
             if not first:
-                self._time_offset = max(self._time_offset + self._samples / TARGET_RATE, time.monotonic() - start)
-                self._samples = 0
+                self._clock.reconnected()
             first = False
             log.info("%s: connecting to %s", self.id, redact_url(self.url))
             decoder = FfmpegPcm(self.url, LIVE_INPUT_ARGS, live=True)
@@ -72,7 +70,7 @@ class StreamSource(Source):
             message = f"stream {redact_url(self.url)} dropped: {reason} ({detail}); reconnecting in {backoff.next_delay:.0f} s"
             emit(SourceProblem(self.id, message))  # the daemon logs it, once
             self._reconnects += 1
-            if self._samples:
+            if self._clock.samples:
                 backoff.reset()
             if not backoff.wait(stop):
                 return
@@ -102,6 +100,4 @@ class StreamSource(Source):
         return None
 
     def _emit(self, samples: np.ndarray, emit: Emit) -> None:
-        t = self._time_offset + self._samples / TARGET_RATE
-        self._samples += samples.size
-        emit(AudioChunk(self.id, samples, t, time.monotonic()))
+        emit(AudioChunk(self.id, samples, self._clock.stamp(samples.size), time.monotonic()))
