@@ -6,53 +6,65 @@ Every flag defaults to "not given" (None) so that, after the TOML file and the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
+import types
+import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
 from .config import ConfigError, DaemonConfig, describe, describe_outputs, load_config, require_sources
-from .providers import PROVIDERS
+from .settings import Flag, flagged_fields
 
 log = logging.getLogger(__name__)
 
-# option name -> dotted config key
-FLAG_KEYS = {
-    "sources": "sources",
-    "realtime": "realtime",
-    "state_dir": "state_dir",
-    "log_level": "log_level",
-    "stats_interval": "stats_interval",
-    "model_path": "model.path",
-    "device": "model.device",
-    "threads": "model.threads",
-    "hop": "pipeline.hop_seconds",
-    "min_fill": "pipeline.min_fill_seconds",
-    "silence_dbfs": "pipeline.silence_dbfs",
-    "hold_windows": "pipeline.hold_windows",
-    "margin": "pipeline.margin",
-    "uncertain_threshold": "pipeline.uncertain_threshold",
-    "uncertain_margin": "pipeline.uncertain_margin",
-    "mqtt_url": "mqtt.url",
-    "mqtt_protocol": "mqtt.protocol",
-    "client_id": "mqtt.client_id",
-    "username": "mqtt.username",
-    "password": "mqtt.password",
-    "prefix": "mqtt.prefix",
-    "ca_file": "mqtt.ca_file",
-    "cert_file": "mqtt.cert_file",
-    "key_file": "mqtt.key_file",
-    "homeassistant": "homeassistant.enabled",
-    "jsonl": "jsonl.path",
-    "http": "http.listen",
-    "http_allow_remote": "http.allow_remote",
-    "http_token": "http.token",
-    "history": "history.enabled",
-    "history_days": "history.retention_days",
-}
+def _param(key: str) -> str:
+    return key.replace(".", "__")
+
+
+def _option(key: str, fld: dataclasses.Field[Any], tp: Any, cli: Flag) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The click option of one setting, from its declaration (config dataclasses, settings.flag)."""
+    args = typing.get_args(tp)
+    base = next((a for a in args if a is not type(None)), tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else tp
+    kwargs: dict[str, Any] = {"default": None, "metavar": cli.metavar}
+    if cli.is_flag:
+        kwargs["is_flag"] = True
+    elif typing.get_origin(base) is typing.Literal:
+        kwargs["type"] = click.Choice([str(a) for a in typing.get_args(base)])
+    elif typing.get_origin(base) is list:
+        kwargs["multiple"] = True
+    elif base is Path:
+        kwargs["type"] = click.Path(path_type=Path)
+    elif base in (int, float):
+        kwargs["type"] = base
+    if cli.default_text is not None:
+        shown = cli.default_text
+    elif isinstance(fld.default, bool) and "/" in cli.decls[0]:
+        shown = cli.decls[0].split("/")[0 if fld.default else 1].strip()  # --realtime/--fast -> "--realtime"
+    elif fld.default is not dataclasses.MISSING:
+        shown = ("on" if fld.default else "off") if isinstance(fld.default, bool) else fld.default
+    else:
+        shown = None
+    kwargs["help"] = f"{cli.help} [default: {shown}]" if shown not in (None, "") else cli.help
+    if "multiple" in kwargs:
+        kwargs["default"] = ()
+    return click.option(*cli.decls, _param(key), **kwargs)
+
+
+FLAGGED = list(flagged_fields(DaemonConfig))
+FLAG_KEYS = {_param(key): key for key, *_ in FLAGGED}  # option parameter -> dotted config key
+
+
+def config_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Every setting that declares a flag becomes an option of `run`, in declaration order."""
+    for key, fld, tp, cli in reversed(FLAGGED):
+        f = _option(key, fld, tp, cli)(f)
+    return f
 
 
 def _fail_config(exc: ConfigError) -> None:
@@ -65,44 +77,7 @@ def _fail_config(exc: ConfigError) -> None:
 @click.command()
 @click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="TOML config file (default: $GENRE_STREAM_CONFIG, else /etc/genre-stream/config.toml when present).")
-@click.option("-s", "--source", "sources", multiple=True,
-              help="Input, repeatable: mic[:DEVICE], watch:DIR, file:PATH, stream:URL, optionally ID=SPEC.")
-@click.option("--realtime/--fast", default=None, help="Play file: sources at recording speed (default) or as fast as possible.")
-@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Where the MQTT queue and watch state live.")
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default=None)
-@click.option("--stats-interval", type=float, default=None, help="Seconds between stats messages (0 = off).")
-@click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="ONNX model file, or fp32 / int8 for the bundled exports (default: auto, int8 where measured faster here and accurate enough, else fp32; cached in the state directory).")
-@click.option("--provider", "--device", "device", type=click.Choice(PROVIDERS), default=None,
-              help="onnxruntime execution provider (default auto: TensorRT/CUDA when available, else CPU; --device is the old spelling).")
-@click.option("--threads", type=int, default=None, help="CPU inference threads (default 1).")
-@click.option("--hop", type=float, default=None, help="Seconds between classifications (default 5).")
-@click.option("--min-fill", type=float, default=None, help="Seconds buffered before the first classification (default 10).")
-@click.option("--silence-dbfs", type=float, default=None, help="RMS level below which a window is 'silence' (default -60).")
-@click.option("--hold-windows", type=int, default=None, help="Windows a new genre must lead before it is announced (default 2).")
-@click.option("--margin", type=float, default=None, help="Probability lead a new genre needs (default 0.1).")
-@click.option("--uncertain-threshold", type=float, default=None,
-              help="State 'uncertain' below this calibrated top probability (default: the model's; 0 = never).")
-@click.option("--uncertain-margin", type=float, default=None,
-              help="State 'uncertain' when the top genre leads the second by less (default: the model's; 0 = off).")
-@click.option("--mqtt", "mqtt_url", default=None, help="Broker URL, mqtt://host[:port] or mqtts://host[:port].")
-@click.option("--mqtt-protocol", type=click.Choice(["3.1.1", "5"]), default=None)
-@click.option("--client-id", default=None)
-@click.option("--username", default=None)
-@click.option("--password", default=None, help="Prefer GENRE_STREAM_MQTT_PASSWORD: flags are visible in ps.")
-@click.option("--prefix", default=None, help="Topic prefix (default genre-stream).")
-@click.option("--ca-file", type=click.Path(path_type=Path), default=None)
-@click.option("--cert-file", type=click.Path(path_type=Path), default=None)
-@click.option("--key-file", type=click.Path(path_type=Path), default=None)
-@click.option("--homeassistant/--no-homeassistant", default=None, help="Publish Home Assistant discovery configs (default on).")
-@click.option("--jsonl", default=None, help="Also write JSON lines to FILE (- = stdout; the default without --mqtt).")
-@click.option("--http", default=None, metavar="HOST:PORT",
-              help="Serve the dashboard, JSON API and /metrics here (e.g. 127.0.0.1:8080; off by default).")
-@click.option("--http-allow-remote", is_flag=True, default=None,
-              help="Allow --http on a non-loopback address (the dashboard is then reachable from the network).")
-@click.option("--http-token", default=None,
-              help="Bearer token required by everything but /healthz; prefer GENRE_STREAM_HTTP_TOKEN.")
-@click.option("--history/--no-history", default=None, help="Record states and events in <state dir>/history.sqlite (default on).")
-@click.option("--history-days", type=float, default=None, help="Days of tag history to keep (default 90; 0 = forever).")
+@config_options
 def run(config_path: Path | None, **options: Any) -> None:
     """Tag live inputs, folders and streams continuously; publish to MQTT and/or JSON lines.
 

@@ -27,7 +27,7 @@ from .models import resolve_model
 from .sinks.history import HistorySettings
 from .providers import Provider
 from .redact import MASK, redact_url
-from .settings import RangeError, check_ranges, setting, topic_problem
+from .settings import RangeError, check_ranges, flag, option, setting, topic_problem
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +43,21 @@ class ConfigError(ValueError):
 class PipelineConfig:
     """When and how a live source is classified (see pipeline.SourcePipeline)."""
 
-    hop_seconds: float = setting(5.0, 0, 3600, lo_open=True)
-    min_fill_seconds: float = setting(10.0, 0, 30, lo_open=True, note="(the window is 30 s)")
-    silence_dbfs: float = setting(-60.0, -200, 0, hi_open=True, note="(dB below full scale)")
+    hop_seconds: float = setting(5.0, 0, 3600, lo_open=True, cli=flag("--hop", help="Seconds between classifications."))
+    min_fill_seconds: float = setting(10.0, 0, 30, lo_open=True, note="(the window is 30 s)",
+                                      cli=flag("--min-fill", help="Seconds buffered before the first classification."))
+    silence_dbfs: float = setting(-60.0, -200, 0, hi_open=True, note="(dB below full scale)",
+                                  cli=flag("--silence-dbfs", help="RMS level below which a window is 'silence'."))
     ema_alpha: float = setting(0.5, 0, 1, lo_open=True)
-    hold_windows: int = setting(2, 1, 1000)  # a new genre must lead for this many consecutive windows
-    margin: float = setting(0.1, 0, 1, hi_open=True)  # ...by at least this much smoothed probability over the current one
+    hold_windows: int = setting(2, 1, 1000, cli=flag("--hold-windows", help="Windows a new genre must lead before it is announced."))
+    margin: float = setting(0.1, 0, 1, hi_open=True, cli=flag("--margin", help="Smoothed probability lead a new genre needs."))
     # "uncertain" below this top probability, or below this lead over the second; None: the model's own default
-    uncertain_threshold: float | None = setting(None, 0, 1, hi_open=True, note="(0 = never uncertain)")
-    uncertain_margin: float | None = setting(None, 0, 1, hi_open=True, note="(0 = off)")
+    uncertain_threshold: float | None = setting(
+        None, 0, 1, hi_open=True, note="(0 = never uncertain)", cli=flag(
+            "--uncertain-threshold", help="State 'uncertain' below this calibrated top probability; 0 = never.", default_text="the model's"))
+    uncertain_margin: float | None = setting(
+        None, 0, 1, hi_open=True, note="(0 = off)", cli=flag(
+            "--uncertain-margin", help="State 'uncertain' when the top genre leads the second by less; 0 = off.", default_text="the model's"))
 
     def __post_init__(self) -> None:
         check_ranges(self)
@@ -59,9 +65,14 @@ class PipelineConfig:
 
 @dataclass
 class ModelConfig:
-    path: Path | None = None  # None: the bundled model
-    device: Provider = "auto"  # the execution provider (flag --provider, formerly --device)
-    threads: int = setting(1, 0, 256, note="(0 = one per core)")  # one intra-op thread: a daemon shares the machine
+    path: Path | None = option(None, cli=flag(  # None: the bundled model chosen by --model auto
+        "--model", help="ONNX model file, or auto / fp32 / int8 for the bundled exports (auto: int8 where it is measured "
+        "faster here and accurate enough, else fp32; cached in the state directory).", default_text="auto"))
+    device: Provider = option("auto", cli=flag(
+        "--provider", "--device", help="onnxruntime execution provider: auto uses TensorRT/CUDA when available, else CPU "
+        "(--device is the old spelling)."))
+    # one intra-op thread: a daemon shares the machine
+    threads: int = setting(1, 0, 256, note="(0 = one per core)", cli=flag("--threads", help="CPU inference threads; 0 = one per core."))
 
     def __post_init__(self) -> None:
         check_ranges(self)
@@ -69,16 +80,16 @@ class ModelConfig:
 
 @dataclass
 class MqttConfig:
-    url: str | None = None  # mqtt://host[:port] or mqtts://host[:port]; None = no MQTT
-    protocol: Literal["3.1.1", "5"] = "3.1.1"
-    client_id: str = ""  # "" = genre-stream-<hostname>
-    username: str | None = None
-    password: str | None = None
+    url: str | None = option(None, cli=flag("--mqtt", help="Broker URL, mqtt://host[:port] or mqtts://host[:port].", default_text="no MQTT"))
+    protocol: Literal["3.1.1", "5"] = option("3.1.1", cli=flag("--mqtt-protocol", help="MQTT protocol version."))
+    client_id: str = option("", cli=flag("--client-id", help="MQTT client id.", default_text="genre-stream-<hostname>"))
+    username: str | None = option(None, cli=flag("--username", help="MQTT user name."))
+    password: str | None = option(None, cli=flag("--password", help="MQTT password; prefer GENRE_STREAM_MQTT_PASSWORD: flags are visible in ps."))
     keepalive: int = setting(60, 1, 65535, note="seconds")
-    prefix: str = "genre-stream"
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
+    prefix: str = option("genre-stream", cli=flag("--prefix", help="Topic prefix."))
+    ca_file: Path | None = option(None, cli=flag("--ca-file", help="CA certificate for mqtts://."))
+    cert_file: Path | None = option(None, cli=flag("--cert-file", help="Client certificate for mqtts://."))
+    key_file: Path | None = option(None, cli=flag("--key-file", help="Client key for mqtts://."))
     tls_insecure: bool = False  # skip host name verification (self-signed test brokers only)
     queue_max: int = setting(100_000, 1, 10_000_000)  # messages kept on disk while the broker is unreachable
     reconnect_min: float = setting(1.0, 0, 3600, lo_open=True, note="seconds")
@@ -109,14 +120,15 @@ class MqttConfig:
 
 @dataclass
 class HomeAssistantConfig:
-    enabled: bool = True  # only has an effect with MQTT
+    enabled: bool = option(True, cli=flag("--homeassistant/--no-homeassistant", help="Publish Home Assistant discovery configs (with MQTT)."))
     discovery_prefix: str = "homeassistant"
     node_id: str = "genre_stream"
 
 
 @dataclass
 class JsonlConfig:
-    path: str | None = None  # "-" = stdout; None = stdout only when there is no MQTT
+    path: str | None = option(None, cli=flag(
+        "--jsonl", help="Also write JSON lines to FILE (- = stdout).", default_text="stdout when there is no --mqtt", metavar="FILE"))
 
 
 @dataclass
@@ -141,11 +153,17 @@ def default_state_dir() -> Path:
 
 @dataclass
 class DaemonConfig:
-    sources: list[str] = field(default_factory=list)
-    realtime: bool = True  # file: sources play at the speed of the recording
-    state_dir: Path = field(default_factory=default_state_dir)
-    log_level: Literal["debug", "info", "warning", "error"] | None = None  # None: keep the -v level
-    stats_interval: float = setting(60.0, 0, 86400, note="(0 turns stats off)")  # seconds between stats messages
+    sources: list[str] = option(default_factory=list, cli=flag(
+        "-s", "--source", help="Input, repeatable: mic[:DEVICE], watch:DIR, file:PATH, stream:URL, optionally ID=SPEC.",
+        default_text="none"))
+    realtime: bool = option(True, cli=flag("--realtime/--fast", help="Play file: sources at recording speed or as fast as possible."))
+    state_dir: Path = option(default_factory=default_state_dir, cli=flag(
+        "--state-dir", help="Where the MQTT queue, watch state and history live.",
+        default_text="$STATE_DIRECTORY or ~/.local/state/genre-stream"))
+    log_level: Literal["debug", "info", "warning", "error"] | None = option(None, cli=flag(
+        "--log-level", help="Log level of the daemon.", default_text="info, or what -v asks for"))
+    stats_interval: float = setting(60.0, 0, 86400, note="(0 turns stats off)",  # seconds between stats messages
+                                    cli=flag("--stats-interval", help="Seconds between stats messages; 0 = off."))
     track_hop_seconds: float = setting(10.0, 0, 300, lo_open=True)  # window hop when a watched file is tagged as a whole track
     model: ModelConfig = field(default_factory=ModelConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)

@@ -10,6 +10,9 @@ is refused up front, naming the setting.
 from __future__ import annotations
 
 import math
+import dataclasses
+import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -46,9 +49,46 @@ class Range:
         return f"{text} {self.note}".rstrip()
 
 
-def setting(default: float | None, lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False, note: str = "") -> Any:
+@dataclass(frozen=True)
+class Flag:
+    """The command-line flag of a setting, declared with the setting so it is written once.
+
+    ``genre-stream run`` builds its options from these (``cli_run.config_options``): the type
+    and choices come from the field's annotation, and the help gets the field's default
+    appended unless ``default_text`` says what the default means instead.
+    """
+
+    decls: tuple[str, ...]
+    help: str = ""
+    default_text: str | None = None  # e.g. "the model's"; None: the field's own default
+    metavar: str | None = None
+    is_flag: bool = False  # an on-switch without a value (``--http-allow-remote``)
+
+
+def flag(*decls: str, help: str = "", default_text: str | None = None, metavar: str | None = None, is_flag: bool = False) -> Flag:
+    return Flag(tuple(decls), help, default_text, metavar, is_flag)
+
+
+def setting(default: float | None, lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False, note: str = "",
+            cli: Flag | None = None) -> Any:
     """A dataclass field holding a number within [lo, hi] (open ends on request); None is always allowed."""
-    return field(default=default, metadata={"range": Range(lo, hi, lo_open, hi_open, note)})
+    return field(default=default, metadata={"range": Range(lo, hi, lo_open, hi_open, note), "flag": cli})
+
+
+def option(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING, cli: Flag) -> Any:
+    """A dataclass field that has a command-line flag (and no range)."""
+    return field(default=default, default_factory=default_factory, metadata={"flag": cli})
+
+
+def flagged_fields(cls: type, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field[Any], Any, Flag]]:
+    """(dotted key, field, resolved type, flag) of every setting with a flag, sections included, in order."""
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        key = f"{prefix}{f.name}"
+        if f.metadata.get("flag") is not None:
+            yield key, f, hints[f.name], f.metadata["flag"]
+        elif dataclasses.is_dataclass(f.default_factory):  # type: ignore[arg-type]
+            yield from flagged_fields(f.default_factory, f"{key}.")  # type: ignore[arg-type]
 
 
 def check_ranges(obj: Any) -> None:

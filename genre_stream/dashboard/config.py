@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
-from ..settings import check_ranges, setting
+from ..settings import check_ranges, flag, option, setting
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -96,9 +96,13 @@ class HttpSettings:
     non-loopback address given without ``allow_remote``.
     """
 
-    listen: str | None = None  # e.g. "127.0.0.1:8080"
-    allow_remote: bool = False
-    token: str | None = None  # prefer GENRE_STREAM_HTTP_TOKEN: flags are visible in ps
+    listen: str | None = option(None, cli=flag(
+        "--http", help="Serve the dashboard, JSON API and /metrics here (e.g. 127.0.0.1:8080).", default_text="off", metavar="HOST:PORT"))
+    allow_remote: bool = option(False, cli=flag(
+        "--http-allow-remote", help="Allow --http on a non-loopback address (the dashboard is then reachable from the network).",
+        is_flag=True))
+    token: str | None = option(None, cli=flag(
+        "--http-token", help="Bearer token required by everything but /healthz; prefer GENRE_STREAM_HTTP_TOKEN (flags show in ps)."))
     max_clients: int = setting(DEFAULT_MAX_CLIENTS, 1, 1000)  # open live streams (dashboard pages)
     allowed_hosts: list[str] = field(default_factory=list)  # e.g. ["genre.example.lan"] behind a proxy
 

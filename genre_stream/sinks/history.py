@@ -31,7 +31,7 @@ from typing import Any
 
 from ..jsonsafe import dumps
 from ..messages import GenreEvent, GenreState, Message
-from ..settings import check_ranges, setting
+from ..settings import check_ranges, flag, option, setting
 from ..sqlite import open_db
 from .base import SourceInfo
 
@@ -91,8 +91,9 @@ class HistoryConfig:
 class HistorySettings:
     """The ``[history]`` section of the daemon config (flags ``--history/--no-history``, ``--history-days``)."""
 
-    enabled: bool = True
-    retention_days: float = setting(90.0, 0, 36500, note="days (0 keeps everything)")
+    enabled: bool = option(True, cli=flag("--history/--no-history", help="Record states and events in <state dir>/history.sqlite."))
+    retention_days: float = setting(90.0, 0, 36500, note="days (0 keeps everything)",
+                                    cli=flag("--history-days", help="Days of tag history to keep; 0 = forever."))
 
     def __post_init__(self) -> None:
         check_ranges(self)
