@@ -28,6 +28,23 @@ TRAIN_MODULES = sorted(p.name for p in Path(__file__).parent.glob("test_*.py") i
 collect_ignore = [] if TRAIN_EXTRA else TRAIN_MODULES
 
 
+# Modules that start daemons, brokers, browsers, ffmpeg or the trainer: seconds each, measured with
+# --durations on the 2-core machine (~450 s of the whole suite). `pytest -m "not slow"` leaves
+# the unit tests, about a minute.
+SLOW_MODULES = frozenset({
+    "test_trainer_pipeline.py", "test_trainer_ux.py", "test_export.py", "test_robust_watch.py",
+    "test_sources_watch.py", "test_library.py", "test_frontend_parity.py", "test_daemon.py",
+    "test_dashboard.py", "test_trainer_data.py", "test_model.py", "test_homeassistant.py",
+    "test_mqtt_sink.py", "test_sources_mic.py", "test_sources_stream.py",
+})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
+
 def pytest_report_header() -> str:
     if TRAIN_EXTRA:
         return "[train] extra present: trainer tests included"
