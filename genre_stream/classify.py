@@ -35,8 +35,8 @@ class ClassifyOptions:
 
 
 def track_state(result: TrackResult, options: ClassifyOptions) -> str:
-    """"uncertain" when the rule says the track's mean probabilities name no genre reliably, else "music"."""
-    return "uncertain" if options.uncertainty.is_uncertain(result.probabilities) else "music"
+    """"silence", "uncertain" or "music": the same rules as the daemon's states (TrackResult.state)."""
+    return result.state(options.uncertainty)
 
 
 def result_to_dict(path: Path, result: TrackResult, options: ClassifyOptions) -> dict[str, Any]:
@@ -44,7 +44,8 @@ def result_to_dict(path: Path, result: TrackResult, options: ClassifyOptions) ->
     data: dict[str, Any] = {
         "path": display_path(path),
         "duration": round(result.duration, 3),
-        "genre": result.genre,  # the best guess even when uncertain, so readers of "genre" alone see no change
+        # the best guess even when uncertain, so readers of "genre" alone see no change; null for silence, as the daemon
+        "genre": None if track_state(result, options) == "silence" else result.genre,
         "state": track_state(result, options),
         "confidence": round(result.confidence, 6),
         "top": [{"genre": g, "confidence": round(p, 6)} for g, p in result.top(options.top_k)],
@@ -65,8 +66,9 @@ def result_to_dict(path: Path, result: TrackResult, options: ClassifyOptions) ->
 
 
 def format_human(path: Path, result: TrackResult, options: ClassifyOptions) -> str:
-    tops = ", ".join(f"{g} {p * 100:.1f}%" for g, p in result.top(options.top_k))
-    uncertain = "uncertain: " if track_state(result, options) == "uncertain" else ""
+    state = track_state(result, options)
+    tops = "silence" if state == "silence" else ", ".join(f"{g} {p * 100:.1f}%" for g, p in result.top(options.top_k))
+    uncertain = "uncertain: " if state == "uncertain" else ""
     line = f"{display_path(path)}: {uncertain}{tops}  ({result.duration:.1f} s"
     line += f", {len(result.windows)} windows)" if len(result.windows) > 1 else ")"
     if options.with_windows and len(result.windows) > 1:

@@ -27,6 +27,7 @@ from .models import resolve_model
 from .sinks.history import HistorySettings
 from .providers import Provider
 from .redact import MASK, redact_url
+from .sanitize import SILENCE_DBFS
 from .settings import RangeError, check_ranges, flag, option, setting, topic_problem
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ class PipelineConfig:
     hop_seconds: float = setting(5.0, 0, 3600, lo_open=True, cli=flag("--hop", help="Seconds between classifications."))
     min_fill_seconds: float = setting(10.0, 0, 30, lo_open=True, note="(the window is 30 s)",
                                       cli=flag("--min-fill", help="Seconds buffered before the first classification."))
-    silence_dbfs: float = setting(-60.0, -200, 0, hi_open=True, note="(dB below full scale)",
+    silence_dbfs: float = setting(SILENCE_DBFS, -200, 0, hi_open=True, note="(dB below full scale)",
                                   cli=flag("--silence-dbfs", help="RMS level below which a window is 'silence'."))
     ema_alpha: float = setting(0.5, 0, 1, lo_open=True)
     hold_windows: int = setting(2, 1, 1000, cli=flag("--hold-windows", help="Windows a new genre must lead before it is announced."))

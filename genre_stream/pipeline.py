@@ -27,7 +27,7 @@ from .config import PipelineConfig
 from .engine import Engine
 from .frontend import MelFrontend, MelRingBuffer, StreamingMel, normalize_window
 from .messages import GenreEvent, GenreState, Message
-from .sanitize import LOUD, repair
+from .sanitize import LOUD, dbfs, repair
 from .smoother import Smoother
 from .sources.base import AudioChunk
 from .tracks import TrackResult, analyse_file
@@ -164,8 +164,7 @@ class SourcePipeline:
         """RMS level of the audio behind the current window, in dB relative to full scale."""
         if self._energy_n == 0:
             return -math.inf
-        mean_square = max(self._energy_sum / self._energy_n, 0.0)
-        return 10.0 * math.log10(mean_square) if mean_square > 0 else -math.inf
+        return dbfs(max(self._energy_sum / self._energy_n, 0.0))
 
     # -- classification ----------------------------------------------------------------------
 
@@ -237,13 +236,14 @@ def tag_track(source_id: str, path: Path, engine: Engine, hop_seconds: float = 1
         log.warning("%s: %s", source_id, exc)
         return GenreEvent.error(source_id, str(exc), path=str(path)), None
     rule = uncertainty or UncertaintyRule.for_model(engine.info.calibration)
+    state = result.state(rule)
     event = GenreEvent(
         "track_tagged",
         source_id,
         {
             "path": str(path),
-            "genre": result.genre,
-            "state": "uncertain" if rule.is_uncertain(result.probabilities) else "music",
+            "genre": None if state == "silence" else result.genre,
+            "state": state,
             "confidence": result.confidence,
             "probabilities": {label: float(p) for label, p in zip(result.labels, result.probabilities)},
             "duration": round(result.duration, 3),

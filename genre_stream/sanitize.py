@@ -14,6 +14,7 @@ NaN probabilities. Everything is fixed here, at the entry, and counted so it is 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +24,15 @@ log = logging.getLogger(__name__)
 # Far above any real audio ([-1, 1], a little more in float files) and far below float32 overflow
 # in the mel power: (LOUD * n_fft/2)^2 ~ 3e17 << 3.4e38.
 LOUD = 1e6
+
+# Audio quieter than this (RMS, dB below full scale) is "silence": the daemon's windows and
+# classify's whole tracks use this one rule, so a file and a stream of it get the same answer.
+SILENCE_DBFS = -60.0
+
+
+def dbfs(mean_square: float) -> float:
+    """An RMS level in dB relative to full scale (-inf for digital silence)."""
+    return 10.0 * math.log10(mean_square) if mean_square > 0 else -math.inf
 
 
 @dataclass

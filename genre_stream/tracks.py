@@ -18,6 +18,8 @@ track's length. The window grid is in frames (1024 samples), not exact seconds.
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from .audio import iter_audio
+from .calibration import UncertaintyRule
 from .engine import Engine
+from .sanitize import SILENCE_DBFS, dbfs
 from .frontend import MelFrontend, StreamingMel, loop_to_length, normalize_window
 
 DEFAULT_HOP_SECONDS = 10.0
@@ -47,6 +51,13 @@ class TrackResult:
     model: str
     windows: list[WindowResult] = field(default_factory=list)
     precision: str = "fp32"  # of the export used (fp32 / int8 / fp16), so answers say which export gave them
+    level_dbfs: float = 0.0  # RMS level of the whole track
+
+    def state(self, uncertainty: UncertaintyRule, silence_dbfs: float = SILENCE_DBFS) -> str:
+        """"silence" below the silence level (the daemon's rule), else "uncertain" or "music" by the rule."""
+        if self.level_dbfs < silence_dbfs:
+            return "silence"
+        return "uncertain" if uncertainty.is_uncertain(self.probabilities) else "music"
 
     @property
     def genre(self) -> str:
@@ -159,10 +170,13 @@ def analyse_blocks(
     embeddings: list[np.ndarray] = []
     batch: list[tuple[float, float, np.ndarray]] = []
 
+    energy = 0.0  # sum of squares, for the track's level
+
     def counted(source: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-        nonlocal total
+        nonlocal total, energy
         for block in source:
             total += block.size
+            energy += float(np.dot(block.astype(np.float64), block.astype(np.float64)))
             yield block
 
     def flush() -> None:
@@ -183,7 +197,8 @@ def analyse_blocks(
         r.end = min(r.end, duration)
     probs = np.mean([r.probabilities for r in results], axis=0)
     emb = np.concatenate(embeddings).mean(axis=0)
-    return TrackResult(duration, probs, emb, list(engine.labels), engine.model_id, results, engine.precision)
+    return TrackResult(duration, probs, emb, list(engine.labels), engine.model_id, results, engine.precision,
+                       dbfs(energy / total) if total else -math.inf)
 
 
 def analyse_audio(

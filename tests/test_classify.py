@@ -231,3 +231,17 @@ def test_mp3_decoder_notes_do_not_reach_the_terminal(tmp_path: Path) -> None:
     assert proc.stderr == ""
     proc = run_cli("-vv", "classify", str(junk))
     assert "silenced" in proc.stderr and "libmpg123 note" in proc.stderr and "Note: " not in proc.stderr and "src/libmpg123" not in proc.stderr
+
+
+def test_digital_silence_and_a_one_sample_file_are_silence_as_in_the_daemon(tmp_path: Path) -> None:
+    """One rule for both: the daemon calls audio below pipeline.silence_dbfs "silence", so classify does too."""
+    sf.write(tmp_path / "quiet.wav", np.zeros(22050 * 10, np.float32), 22050)
+    sf.write(tmp_path / "one.wav", np.zeros(1, np.float32), 22050)
+    sf.write(tmp_path / "hum.wav", (1e-4 * np.sin(np.arange(22050 * 10) / 3)).astype(np.float32), 22050)  # -83 dBFS
+    proc = run_cli("classify", "--json", str(tmp_path / "quiet.wav"), str(tmp_path / "one.wav"), str(tmp_path / "hum.wav"))
+    assert proc.returncode == 0, proc.stderr
+    results = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [(r["state"], r["genre"]) for r in results] == [("silence", None)] * 3
+    text = run_cli("classify", str(tmp_path / "quiet.wav"), str(REPO / "examples" / "demo.wav"))
+    lines = text.stdout.splitlines()
+    assert lines[0].endswith("quiet.wav: silence  (10.0 s)") and "silence" not in lines[1]
