@@ -245,3 +245,24 @@ def test_digital_silence_and_a_one_sample_file_are_silence_as_in_the_daemon(tmp_
     text = run_cli("classify", str(tmp_path / "quiet.wav"), str(REPO / "examples" / "demo.wav"))
     lines = text.stdout.splitlines()
     assert lines[0].endswith("quiet.wav: silence  (10.0 s)") and "silence" not in lines[1]
+
+
+def test_an_mp3_whose_vbr_header_overstates_its_length_is_classified(tmp_path: Path) -> None:
+    """Compressed formats' headers only estimate the length: a small shortfall is not "truncated"."""
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("needs ffmpeg to encode an MP3 (apt install ffmpeg)")
+    wav = tmp_path / "long.wav"
+    demo, sr = sf.read(DEMO, dtype="float32")
+    sf.write(wav, np.tile(demo, 5), sr)  # 60 s
+    mp3 = tmp_path / "full.mp3"
+    import subprocess
+
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(wav), "-codec:a", "libmp3lame", "-q:a", "5", str(mp3)], check=True)
+    data = mp3.read_bytes()
+    (tmp_path / "short.mp3").write_bytes(data[: int(len(data) * 0.98)])  # ~1.2 s missing: the header over-promises
+    (tmp_path / "half.mp3").write_bytes(data[: len(data) // 2])  # really cut short
+    proc = run_cli("classify", "--json", str(tmp_path / "short.mp3"), str(tmp_path / "half.mp3"))
+    assert proc.returncode == 1
+    [ok] = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert ok["path"].endswith("short.mp3") and 57 < ok["duration"] < 60
+    assert "half.mp3: truncated" in proc.stderr
