@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -260,3 +261,22 @@ def test_a_file_that_fails_once_is_retried_before_it_is_failed(tmp_path: Path) -
     assert by_name == {("slow.wav", "track_tagged"), ("broken.wav", "error")}, events()  # one verdict each
     assert [p.name for p in failed.rglob("*")] == ["broken.wav"]
     assert (folder / "slow.wav").read_bytes() == data
+
+
+def test_a_deleted_and_recreated_folder_is_watched_again_at_once(tmp_path, engine):
+    """inotify's watch dies with the folder: the source notices the new folder within a poll, not the 5-minute rescan."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    source = make_source(folder, tmp_path / "state", use_watchdog=True)
+    tagger = Tagger(source, engine)
+    with running(source, tagger.collector):
+        write_tone(folder / "first.wav", 1.0)
+        tagger.wait_events(1)
+        shutil.rmtree(folder)
+        time.sleep(1.0)
+        folder.mkdir()
+        time.sleep(1.0)
+        write_tone(folder / "second.wav", 1.0)
+        tagger.wait_events(2, timeout=15)
+    assert tagger.tagged() == ["first.wav", "second.wav"]
+    assert any("disappeared" in p.reason for p in tagger.collector.problems())

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -46,6 +47,15 @@ PARTIAL_SUFFIXES = frozenset({".part", ".partial", ".tmp", ".crdownload", ".down
 class _Pending:
     key: FileKey
     since: float  # monotonic time this key was first seen
+
+
+def _identity(folder: Path) -> tuple[int, int] | None:
+    """(device, inode) of the folder itself, None while it is missing or not a folder."""
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
 
 
 class WatchSource(Source):
@@ -166,17 +176,29 @@ class WatchSource(Source):
         interval = self.rescan_seconds if observer else self.poll_seconds
         log.info("%s: watching %s (%s)", self.id, self.directory, "inotify/watchdog" if observer else f"polling every {interval:g} s")
         next_scan = 0.0
-        missing_reported = False
+        identity = _identity(self.directory)
+        next_check = time.monotonic() + self.poll_seconds
         try:
             while not stop.is_set():
                 now = time.monotonic()
-                if now >= next_scan:
-                    if self.directory.is_dir():
-                        self._scan(self.directory, now)
-                        missing_reported = False
-                    elif not missing_reported:
-                        emit(SourceProblem(self.id, f"watch folder {self.directory} disappeared; waiting for it to come back", str(self.directory)))
-                        missing_reported = True
+                if now >= next_check:
+                    # inotify watches die with the folder: a deleted and recreated (or replaced) folder
+                    # would otherwise go unseen until the next safety rescan, minutes later.
+                    current = _identity(self.directory)
+                    if current != identity:
+                        if current is None:
+                            emit(SourceProblem(self.id, f"watch folder {self.directory} disappeared; waiting for it to come back", str(self.directory)))
+                        else:
+                            log.info("%s: watch folder %s is back; watching it again", self.id, self.directory)
+                            if observer is not None:
+                                observer.stop()
+                                observer.join(timeout=5)
+                                observer = self._start_observer()
+                            next_scan = 0.0
+                        identity = current
+                    next_check = now + self.poll_seconds
+                if now >= next_scan and identity is not None:
+                    self._scan(self.directory, now)
                     next_scan = now + interval
                 self._drain_events(now)
                 self._check_pending(emit, now)
