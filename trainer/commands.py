@@ -177,8 +177,9 @@ def evaluate_cmd(model: Path, data: Path, out: Path | None, hop_seconds: float, 
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run folder, as for train.")
 @click.option("--freeze", type=click.Choice(["all", "partial", "none"]), default="partial", show_default=True, help="Backbone layers kept fixed: all, all but the last block, or none.")
 @click.option("--library", "library_db", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Learn the corrections (`genre-stream library label`) of this library database instead of DATA.")
-@click.option("--steps", type=click.IntRange(1), default=None, help="With --library: training steps (default 150).")
+              help="Learn the corrections (`genre-stream library label`) of this library database instead of DATA; "
+                   "--lr, --batch-size and --window-frames then default to the corrections recipe, not to the values shown.")
+@click.option("--steps", type=click.IntRange(1), default=None, help="With --library: training steps (default: the measured recipe, trainer/corrections.py).")
 @_train_options
 @click.pass_context
 def finetune_cmd(ctx: click.Context, checkpoint: str, data: Path | None, out: Path, freeze: str, library_db: Path | None, steps: int | None, **options) -> None:
