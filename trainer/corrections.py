@@ -17,9 +17,9 @@ model's decision layer is kept and the model is *nudged*:
   crop. The library is the user's own music, so "keep answering like before" is
   asked exactly where the corrections must not leak.
 
-Randomness comes from ``numpy.random.default_rng([seed, step])`` and
-``torch.manual_seed(seed)``: the same inputs give the same model (on CPU, same
-thread count). ``scripts/measure_corrections.py`` measures what this buys.
+Crops and augmentation come from ``numpy.random.default_rng([seed, step])`` (the
+network itself draws no random numbers): the same inputs give the same model (on
+CPU, same thread count). ``scripts/measure_corrections.py`` measures what this buys.
 """
 
 from __future__ import annotations
@@ -117,7 +117,6 @@ def learn_corrections(
     bad = [t.label for t in labelled if not 0 <= t.label < n_classes]
     if bad:
         raise ValueError(f"label indices {bad} outside the model's {n_classes} labels")
-    torch.manual_seed(config.seed)
     teacher = base.eval()
     student = copy.deepcopy(base)
     for module in frozen_modules(student, config.freeze):
