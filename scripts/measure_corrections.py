@@ -1,7 +1,7 @@
 """Measure "learn from corrections" (trainer/corrections.py) by cross-validation on labelled real music.
 
     PYTHONPATH=. python scripts/measure_corrections.py ../shared/audio/genre-dev/labels.csv \
-        --out results.json [--folds 3 --repeats 2 --steps 150 --lr 3e-4 --freeze partial ...]
+        --out results.json [--folds 3 --repeats 2 --steps 60 --lr 3e-4 --augment --replay-batch 4 ...]
 
 The tracks selected by ``--where`` (default ``is_gtzan=0``: real recordings the
 bundled model never saw) are split into ``--folds`` stratified folds, ``--repeats``
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replay-batch", type=int, default=CorrectionConfig.replay_batch)
     parser.add_argument("--distill-weight", type=float, default=CorrectionConfig.distill_weight)
     parser.add_argument("--window-frames", type=int, default=CorrectionConfig.window_frames)
-    parser.add_argument("--no-augment", action="store_true")
+    parser.add_argument("--augment", action="store_true", help="SpecAugment the crops (the trainer's default is off)")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/measure_corrections_mel.npz"))
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     hop = info.frontend.seconds_to_frames(HOP_SECONDS)
     config = CorrectionConfig(steps=args.steps, batch_size=args.batch_size, replay_batch=args.replay_batch,
                               distill_weight=args.distill_weight, lr=args.lr, window_frames=args.window_frames,
-                              freeze=args.freeze, augment=SpecAugmentConfig(0, 0, 0) if args.no_augment else SpecAugmentConfig())
+                              freeze=args.freeze, augment=SpecAugmentConfig() if args.augment else CorrectionConfig().augment)
 
     scratch = Path(tempfile.mkdtemp(prefix="measure_corrections-"))
 

@@ -72,9 +72,9 @@ def test_finetune_from_a_library_database(tmp_path: Path, base) -> None:
                    "--batch-size", "2", module="trainer", timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert f"skipped {gone}: file vanished" in proc.stderr
-    assert "learnt 2 labelled tracks (distilled on 1 others)" in proc.stdout
+    assert "learnt 2 labelled tracks (distilled on 0 others)" in proc.stdout  # distillation is off by default
     report = json.loads((out / "report.json").read_text())
-    assert report["labelled"] == [str(kick), str(saw)] and report["unlabelled_tracks"] == 1
+    assert report["labelled"] == [str(kick), str(saw)] and report["unlabelled_tracks"] == 0
     assert report["config"]["steps"] == 3 and report["config"]["window_frames"] == 32 and report["config"]["lr"] == CorrectionConfig.lr
     assert not out.with_name("mine.partial").exists()
     engine, bundled = Engine(out / "model.onnx", device="cpu"), Engine(None, device="cpu")
