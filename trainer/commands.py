@@ -188,8 +188,8 @@ def finetune_cmd(ctx: click.Context, checkpoint: str, data: Path | None, out: Pa
     DATA is a prepared cache, or audio that is prepared first into OUT.cache with the
     checkpoint's frontend (kept, so reruns decode only what changed).
 
-    With --library DB the model keeps its genres and learns the tracks labelled in DB,
-    distilled from itself on DB's other tracks so it does not forget; OUT gets
+    With --library DB the model keeps its genres and learns the tracks labelled in DB
+    (a small, partial fine-tune; see docs/MODEL_CARD.md for what it buys); OUT gets
     model.pt, model.onnx (fp32, with the base model's calibration) and report.json.
     """
     if library_db is not None:
