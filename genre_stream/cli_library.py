@@ -1,4 +1,4 @@
-"""`genre-stream library ...`: scan, cluster, similar, export, errors.
+"""`genre-stream library ...`: scan, cluster, similar, export, errors, label.
 
 Only argument handling and presentation live here; the work is in ``genre_stream.library``.
 """
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from .cli_options import model_options
+from .cli_options import load_engine, model_options
 from .library.db import LibraryDB, LibraryError, default_db_path
 from .progress import Progress
 
@@ -322,3 +322,48 @@ def duplicates(db_path: Path | None, as_json: bool) -> None:
             click.echo(f"  {t.path}")
     spare = sum((len(g) - 1) * g[0].size for g in groups)
     click.echo(f"{len(groups)} group(s) of identical files; {spare / 1e6:.1f} MB in extra copies" if groups else "no identical files")
+
+
+@library.command()
+@click.argument("path", required=False, type=click.Path(path_type=Path))
+@click.argument("genre", required=False)
+@_db_option
+@model_options
+@click.option("--remove", is_flag=True, help="Forget the label of PATH.")
+@click.option("--list", "list_", is_flag=True, help="List every label.")
+@click.option("--json", "as_json", is_flag=True, help="With --list: print the labels as JSON.")
+def label(path: Path | None, genre: str | None, db_path: Path | None, model_path: Path | None, device: str,
+          remove: bool, list_: bool, as_json: bool) -> None:
+    """Say which genre the file at PATH really is (for `genre-trainer finetune --library`).
+
+    GENRE must be one of the model's genres (--model; default: the bundled one).
+    `label --list` shows every label, `label PATH --remove` forgets one.
+    """
+    from .library.labels import label_track, remove_label, user_labels
+
+    shapes = {"list": not (path or genre or remove), "remove": bool(path) and not genre, "set": bool(path and genre)}
+    if not shapes["list" if list_ else "remove" if remove else "set"]:
+        raise click.UsageError("use `label PATH GENRE`, `label PATH --remove` or `label --list`")
+    with _open_db(db_path) as db:
+        if list_:
+            _echo_labels(user_labels(db), as_json)
+        elif remove:
+            if not remove_label(db, path):
+                raise click.ClickException(f"{path}: has no label")
+            click.echo(f"label of {path} removed")
+        else:
+            try:
+                stored = label_track(db, path, genre, load_engine(model_path, device).labels)
+            except LibraryError as exc:
+                raise click.ClickException(str(exc)) from exc
+            click.echo(f"{stored.path}: {stored.genre}")
+
+
+def _echo_labels(rows: list[Any], as_json: bool) -> None:
+    if as_json:
+        _echo_json([r.to_dict() for r in rows])
+        return
+    if not rows:
+        click.echo("no labels recorded")
+    for r in rows:
+        click.echo(f"{r.genre:<10} {r.path}")

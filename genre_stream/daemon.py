@@ -27,11 +27,12 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .backoff import Backoff
-from .config import ConfigError, DaemonConfig, describe_outputs, require_sources
+from .config import ConfigError, DaemonConfig, ModelConfig, describe_outputs, require_sources
 from .dashboard.config import DashboardError
-from .engine import Engine
+from .engine import Engine, ModelError
 from .sinks.history import History
 from .messages import GenreEvent, SourceStats
+from .models import resolve_model
 from .pipeline import SourcePipeline, tag_track, uncertainty_rule
 from .sinks import Fanout, Sink, SourceAvailability, SourceInfo
 from .sinks.jsonl import JsonlSink
@@ -111,6 +112,7 @@ class Daemon:
         self._wake = threading.Event()
         self._stop_requested = False
         self._reload_requested = False
+        self._model_stamp: tuple[int, int, int] | None = None  # the running model file, to see it change
 
     # ---------------------------------------------------------------- control
 
@@ -141,6 +143,7 @@ class Daemon:
         if self.engine is None:
             m = config.model
             self.engine = Engine(m.path, device=m.device, threads=m.threads, choice_cache=config.state_dir)
+        self._model_stamp = model_file_stamp(m.path)  # what the config names (auto: the bundled file), as reload compares
         if self.sinks is None:
             self.sinks = build_sinks(config)
             self._add_history_and_dashboard(config, self.sinks)
@@ -388,11 +391,12 @@ class Daemon:
             self.notifier.ready(self._status_line())
             return
         old = self.config
-        for section in ("mqtt", "homeassistant", "jsonl", "model", "state_dir", "http", "history"):
+        model_reloaded = self._reload_model(new.model)
+        for section in ("mqtt", "homeassistant", "jsonl", "state_dir", "http", "history"):
             if getattr(new, section) != getattr(old, section):
                 log.warning("reload: %s changed; restart the daemon to apply it (the MQTT connection is kept)", section)
         new = dataclasses.replace(
-            new, mqtt=old.mqtt, homeassistant=old.homeassistant, jsonl=old.jsonl, model=old.model, state_dir=old.state_dir,
+            new, mqtt=old.mqtt, homeassistant=old.homeassistant, jsonl=old.jsonl, model=new.model if model_reloaded else old.model, state_dir=old.state_dir,
             http=old.http, history=old.history,
         )
         if new.log_level and new.log_level != old.log_level:
@@ -411,8 +415,8 @@ class Daemon:
             log.error("reload: %s; the new sources are not started", exc)
             added = []
         self.config = new
-        if new.pipeline != old.pipeline:
-            log.info("reload: pipeline settings changed; buffers restart")
+        if new.pipeline != old.pipeline or model_reloaded:
+            log.info("reload: %s changed; buffers restart", "the model" if model_reloaded else "pipeline settings")
             assert self.engine is not None
             for r in self.running.values():
                 with r.lock:
@@ -424,4 +428,32 @@ class Daemon:
         self.sinks.sources_changed(self._source_infos(), self.engine.model_id)
         log.info("configuration reloaded")
         self.notifier.ready(self._status_line())
+
+    def _reload_model(self, model: ModelConfig) -> bool:
+        """Load the model again when its settings or its file changed (a fine-tuned model written over the old one).
+
+        A model that fails to load is logged and the running one kept, so a
+        half-copied or broken file never stops tagging; the next SIGHUP tries again.
+        """
+        assert self.engine is not None
+        stamp = model_file_stamp(model.path)
+        if model == self.config.model and stamp == self._model_stamp:
+            return False
+        try:
+            engine = Engine(model.path, device=model.device, threads=model.threads, choice_cache=self.config.state_dir)
+        except ModelError as exc:
+            log.error("reload: keeping the running model %s (%s): %s", self.engine.path, self.engine.model_id, exc)
+            return False
+        log.info("reload: model %s (%s) replaces %s (%s)", engine.path, engine.model_id, self.engine.path, self.engine.model_id)
+        self.engine, self._model_stamp = engine, stamp
+        return True
+
+
+def model_file_stamp(path: Path | str | None) -> tuple[int, int, int] | None:
+    """(inode, size, mtime) of the model file ``path`` names: changes when the file is rewritten or replaced."""
+    try:
+        st = resolve_model(path).stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
 

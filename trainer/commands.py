@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -218,16 +219,30 @@ def evaluate_cmd(model: Path, data: Path, out: Path | None, hop_seconds: float, 
 
 @click.command("finetune")
 @click.argument("checkpoint")
-@click.argument("data", type=click.Path(path_type=Path))
+@click.argument("data", required=False, type=click.Path(path_type=Path))
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run folder, as for train.")
 @click.option("--freeze", type=click.Choice(["all", "partial", "none"]), default="partial", show_default=True, help="Backbone layers kept fixed: all, all but the last block, or none.")
+@click.option("--library", "library_db", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Learn the corrections (`genre-stream library label`) of this library database instead of DATA; "
+                   "--lr, --batch-size and --window-frames then default to the corrections recipe, not to the values shown.")
+@click.option("--steps", type=click.IntRange(1), default=None, help="With --library: training steps (default: the measured recipe, trainer/corrections.py).")
 @_train_options(defaults=FINETUNE_DEFAULTS)
-def finetune_cmd(checkpoint: str, data: Path, out: Path, freeze: str, **options) -> None:
-    """Fine-tune CHECKPOINT ('default' = the bundled GTZAN model) to the labels of DATA.
+@click.pass_context
+def finetune_cmd(ctx: click.Context, checkpoint: str, data: Path | None, out: Path, freeze: str, library_db: Path | None, steps: int | None, **options) -> None:
+    """Fine-tune CHECKPOINT ('default' = the bundled GTZAN model) to the labels of DATA, or learn a library's corrections.
 
     DATA is a prepared cache, or audio that is prepared first into OUT.cache with the
     checkpoint's frontend (kept, so reruns decode only what changed).
+
+    With --library DB the model keeps its genres and learns the tracks labelled in DB
+    (a small, partial fine-tune; see docs/MODEL_CARD.md for what it buys); OUT gets
+    model.pt, model.onnx (fp32, with the base model's calibration) and report.json.
     """
+    if library_db is not None:
+        _finetune_library(ctx, checkpoint, data, out, freeze, library_db, steps, options)
+        return
+    if data is None or steps is not None:
+        raise click.UsageError("give DATA, or --library DB (--steps works only with --library)")
     from genre_stream.frontend import FrontendConfig
 
     from .checkpoint import load_checkpoint
@@ -243,6 +258,40 @@ def finetune_cmd(checkpoint: str, data: Path, out: Path, freeze: str, **options)
             prepare(data, cache, PrepareConfig(frontend=frontend), progress=lambda clips: _progress_iter(clips, "decoding"))
         summary = finetune_run(checkpoint, cache, out, freeze, _config(**options), progress=_bar if _is_rank0() else _no_bar)
     _report_run(out, summary)
+
+
+# train options that mean the same for --library (given explicitly, they replace CorrectionConfig's defaults)
+_LIBRARY_OPTIONS = {"lr", "batch_size", "seed", "window_frames", "freq_mask", "time_mask", "time_warp", "no_augment"}
+
+
+def _finetune_library(ctx: click.Context, checkpoint: str, data: Path | None, out: Path, freeze: str, library_db: Path,
+                      steps: int | None, options: dict) -> None:
+    from dataclasses import replace
+
+    from .augment import SpecAugmentConfig
+    from .corrections import CorrectionConfig, finetune_library
+
+    given = {k for k in options if ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT}
+    if data is not None:
+        raise click.UsageError("--library takes no DATA: the labelled tracks come from the database")
+    if given - _LIBRARY_OPTIONS:
+        raise click.UsageError(f"not used with --library: {', '.join('--' + k.replace('_', '-') for k in sorted(given - _LIBRARY_OPTIONS))}")
+    config = CorrectionConfig(freeze=freeze)
+    changes = {k: options[k] for k in given & {"lr", "batch_size", "seed", "window_frames"}}
+    if steps is not None:
+        changes["steps"] = steps
+    if given & {"freq_mask", "time_mask", "time_warp", "no_augment"}:
+        changes["augment"] = SpecAugmentConfig(0, 0, 0) if options["no_augment"] else SpecAugmentConfig(options["freq_mask"], options["time_mask"], options["time_warp"])
+    try:
+        config = replace(config, **changes)
+        with click.progressbar(length=config.steps, label="learning corrections", file=sys.stderr) as bar:
+            report = finetune_library(checkpoint, library_db, out, config, on_step=lambda step, loss: bar.update(1))
+    except _errors() as exc:
+        raise click.ClickException(str(exc)) from exc
+    for skipped in report["skipped"]:
+        click.echo(f"skipped {skipped['path']}: {skipped['reason']}", err=True)
+    click.echo(f"{report['model']}: learnt {len(report['labelled'])} labelled tracks (distilled on {report['unlabelled_tracks']} others); "
+               f"labelled tracks right before/after: {report['labelled_accuracy_before']:.2f}/{report['labelled_accuracy_after']:.2f}")
 
 
 @click.command("synth")
