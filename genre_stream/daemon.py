@@ -143,7 +143,7 @@ class Daemon:
         if self.engine is None:
             m = config.model
             self.engine = Engine(m.path, device=m.device, threads=m.threads, choice_cache=config.state_dir)
-        self._model_stamp = model_file_stamp(m.path)  # what the config names (auto: the bundled file), as reload compares
+        self._model_stamp = model_file_stamp(config.model.path)  # what the config names (auto: the bundled file), as reload compares
         if self.sinks is None:
             self.sinks = build_sinks(config)
             self._add_history_and_dashboard(config, self.sinks)
