@@ -352,7 +352,15 @@ class DashboardServer:
                 done, _ = await asyncio.wait({getter, closing}, timeout=max(0.0, health_due - loop.time()),
                                              return_when=asyncio.FIRST_COMPLETED)
                 if closing in done:
+                    # the daemon is stopping: what it published last (a source going offline) still goes out
+                    pending = [getter.result()] if getter in done else []
                     getter.cancel()
+                    while not items.empty():
+                        pending.append(items.get_nowait())
+                    for item in pending:
+                        if item is None:
+                            break
+                        await self._send(response, *item)
                     break
                 if loop.time() >= health_due:  # also while items keep coming (mel every second)
                     health_due = loop.time() + HEALTH_SECONDS
