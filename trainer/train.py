@@ -165,6 +165,9 @@ def distributed(device: str) -> Iterator[Dist]:
         d = Dist(torch.distributed.get_rank(), torch.distributed.get_world_size(), dev)
         log.info("rank %d of %d on %s (%s)", d.rank, d.world, dev, backend)
         yield d
+        # Leave together: rank 0 still writes RUN after the last collective, and a peer that tore
+        # gloo down meanwhile once made rank 0 abort at exit ("terminate called without an active exception").
+        d.barrier()
     finally:
         torch.distributed.destroy_process_group()
 
