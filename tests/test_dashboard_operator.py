@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from _helpers_dashboard import ARTIFACTS, LABELS, changed, state
-from test_dashboard import LiveClient, chromium_driver, publish, serve
+from test_dashboard import LiveClient, chromium_driver, publish, serve, served  # noqa: F401 (served: a fixture)
 from genre_stream.dashboard import server as server_module
 from genre_stream.dashboard.metrics import SinkMetrics
 from genre_stream.dashboard.sink import DashboardSink
@@ -37,14 +37,6 @@ def info(source: str, kind: str, hop: float = 2.0) -> SourceInfo:
 def tagged(source: str, path: str, genre: str, confidence: float, kind: str = "music") -> GenreEvent:
     return GenreEvent("track_tagged", source, {"path": path, "genre": genre, "state": kind, "confidence": confidence,
                                                "probabilities": {genre: confidence}, "duration": 30.0})
-
-
-@pytest.fixture
-def served(tmp_path):
-    s = serve(tmp_path)
-    yield s
-    s.server.stop()
-    s.history.close()
 
 
 def test_source_items_tell_offline_errors_folder_files_and_changes(served):
