@@ -191,7 +191,7 @@ class Daemon:
 
         self.dashboard = DashboardSink(dash_config, self.engine.labels, self.engine.model_id,
                                        history.config.path if history is not None else None, self.engine.info.frontend,
-                                       self.engine.precision)
+                                       self.engine.precision, config.watch.library_db)
         sinks.sinks.insert(0, self.dashboard)  # started first: a busy port stops us before MQTT connects
         if history is not None:
             self.dashboard.watch_history(history.counters)

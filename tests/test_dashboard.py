@@ -219,7 +219,7 @@ def test_api_sources_gives_the_mqtt_payloads(served):
     served.state.add_source("radio")
     assert served.json("/api/sources")["sources"] == [
         {"source": "radio", "status": "waiting", "state": None, "last_event": None, "error": None,
-         "kind": None, "online": None, "stale_after": None, "retry_at": None, "changes": [], "tracks": []}
+         "kind": None, "online": None, "stale_after": None, "retry_at": None, "changes": [], "tracks": [], "corrected": {}}
     ]
     now = time.time()
     first, second = state("radio", "rock", 0.8, now - 5), state("radio", None, 0.0, now, "silence")

@@ -11,10 +11,14 @@ Routes (all but ``/healthz`` behind the bearer token when one is configured):
   then ``state``, ``event``, ``source`` (one source's item after an event or an
   availability change) and ``mel`` as they happen, and ``health`` (MQTT connection)
   every ``HEALTH_SECONDS``, which doubles as the keep-alive;
+* ``POST /api/label`` -- ``{"source", "path", "genre"}``: the user's correction of a file a
+  watch source tagged (``corrections.py``); 409 when no library database is configured;
 * ``GET /metrics`` -- Prometheus text; ``GET /healthz`` -- liveness.
 
-No route takes a file name from the request: the static files are a fixed set read
-from the package at start, and history reads only the daemon's own database.
+No route reads a file named by the request: the static files are a fixed set read from
+the package at start, history reads only the daemon's own database, and a correction
+names a file only to label it, and only one the page lists as tagged by that source.
+A correction must be a JSON request, which a cross-site form cannot send.
 
 Every request must name an accepted host (``DashboardConfig.accepts_host``: IP addresses,
 localhost, ``allowed_hosts``), which defeats DNS rebinding; every response carries a
@@ -40,7 +44,9 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from ..jsonsafe import dumps
 from ..sinks.history import HistoryError, HistoryReader, Segment, iso_utc, segments_csv
 from ..timespec import parse_time
+from ..library.db import LibraryError
 from .config import DashboardConfig, DashboardError
+from .corrections import Corrections
 from .state import DashboardState
 
 log = logging.getLogger(__name__)
@@ -92,11 +98,14 @@ def _error(status: int, message: str) -> web.Response:
 class DashboardServer:
     """Serves one DashboardState (and the history) over HTTP until ``stop()``."""
 
-    def __init__(self, config: DashboardConfig, state: DashboardState, history: HistoryReader | None = None) -> None:
+    def __init__(self, config: DashboardConfig, state: DashboardState, history: HistoryReader | None = None,
+                 corrections: Corrections | None = None) -> None:
         config.validate()
         self.config = config
         self.state = state
         self.history = history
+        self.corrections = corrections
+        state.accepts_corrections = corrections is not None
         self._static = {name: (resources.files(__package__) / "static" / name).read_bytes() for name in STATIC_FILES}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -139,6 +148,7 @@ class DashboardServer:
         app.router.add_get("/api/history", self._history)
         app.router.add_get("/api/history.csv", self._history_csv)
         app.router.add_get("/api/live", self._live)
+        app.router.add_post("/api/label", self._label)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         # handler_cancellation: a closed page ends its live stream at once (unsubscribes), not at the next write.
@@ -306,6 +316,36 @@ class DashboardServer:
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)  # a source id goes into a header
         return web.Response(text=segments_csv(segments), content_type="text/csv", charset="utf-8",
                             headers={"Content-Disposition": f'attachment; filename="{safe}"'})
+
+    async def _label(self, request: web.Request) -> web.Response:
+        """Record the user's genre for a file a watch source tagged (see ``corrections.py``)."""
+        if self.corrections is None:
+            return _error(409, "corrections are off: set watch.library_db so labels have a library to go to")
+        if request.content_type != "application/json":
+            return _error(415, "send the correction as application/json")
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, "the request body is not JSON")
+        if not isinstance(body, dict):
+            return _error(400, 'expected an object {"source", "path", "genre"}')
+        fields = {key: body.get(key) for key in ("source", "path", "genre")}
+        missing = [key for key, value in fields.items() if not isinstance(value, str) or not value]
+        if missing:
+            return _error(400, f"missing or not a string: {', '.join(missing)}")
+        source, path, genre = fields["source"], fields["path"], fields["genre"]
+        if genre not in self.state.labels:
+            return _error(400, f"unknown genre {genre!r}; the model's genres are: {', '.join(self.state.labels)}")
+        if not self.state.lists_tagged_file(source, path):
+            return _error(404, f"{path!r} is not a file that source {source!r} tagged and this page lists")
+        corrections = self.corrections
+        try:
+            label = await asyncio.get_running_loop().run_in_executor(None, corrections.label, path, genre)
+        except (LibraryError, OSError) as exc:
+            log.warning("dashboard: correction of %s refused: %s", path, exc)
+            return _error(422, str(exc))
+        self.state.corrected(source, path, genre)
+        return _json(label.to_dict())
 
     async def _live(self, request: web.Request) -> web.StreamResponse:
         if self.live_clients >= self.config.max_clients:

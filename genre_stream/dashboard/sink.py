@@ -19,6 +19,7 @@ from ..sinks.history import HistoryReader, HistoryStats
 from ..messages import GenreEvent, GenreState
 from ..sinks.base import SourceAvailability, SourceInfo
 from .config import DashboardConfig
+from .corrections import Corrections
 from .metrics import SinkMetrics, SourceMetrics
 from .server import DashboardServer
 from .state import DashboardState, MelSource
@@ -61,11 +62,13 @@ class DashboardSink:
     """Owns the dashboard's state and HTTP server for the daemon's lifetime."""
 
     def __init__(self, config: DashboardConfig, labels: list[str], model: str,
-                 history_path: Path | None = None, frontend: FrontendConfig | None = None, precision: str = "") -> None:
+                 history_path: Path | None = None, frontend: FrontendConfig | None = None, precision: str = "",
+                 library_db: Path | None = None) -> None:
         self.config = config
         self.state = DashboardState(labels, model, config.mel_interval_seconds, frontend, precision)
         reader = HistoryReader(history_path) if history_path is not None else None
-        self.server = DashboardServer(config, self.state, reader)
+        corrections = Corrections(library_db, labels) if library_db is not None else None
+        self.server = DashboardServer(config, self.state, reader, corrections)
 
     # -- Sink protocol -------------------------------------------------------------------
     def start(self) -> None:

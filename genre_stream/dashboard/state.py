@@ -124,6 +124,7 @@ class _Source:
     online: bool | None = None  # None until the daemon says
     changes: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT_CHANGES))
     tracks: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT_TRACKS))
+    corrected: dict[str, str] = field(default_factory=dict)  # path -> genre the user gave it on the page
 
 
 class DashboardState:
@@ -134,6 +135,7 @@ class DashboardState:
         self.labels = list(labels)
         self.model = model
         self.precision = precision  # of the export in use (fp32 / int8), e.g. what --model auto chose
+        self.accepts_corrections = False  # the server can record "this file was X" (a library database is set)
         self.mel_interval_seconds = mel_interval_seconds
         frontend = frontend or FrontendConfig()
         self.axes = spectrogram_axes(frontend, frontend.window_frames)
@@ -284,7 +286,8 @@ class DashboardState:
         """The ``/api/sources`` document (also the live ``hello``): per source its ``source`` item."""
         with self._lock:
             items = [self._source_item(source) for source in self._order]
-        return {"model": self.model, "precision": self.precision, "labels": self.labels, "mqtt_connected": self.mqtt_connected(),
+        return {"model": self.model, "precision": self.precision, "labels": self.labels,
+                "corrections": self.accepts_corrections, "mqtt_connected": self.mqtt_connected(),
                 "spectrogram": self.axes, "sources": items}
 
     def _source_item(self, source: str) -> dict[str, Any]:
@@ -318,7 +321,27 @@ class DashboardState:
                          if retry and error else None),
             "changes": list(info.changes),
             "tracks": list(info.tracks),
+            # Only for files still listed: the dict cannot outgrow the recent-tracks list.
+            "corrected": {t["path"]: info.corrected[t["path"]] for t in info.tracks if t.get("path") in info.corrected},
         }
+
+    def lists_tagged_file(self, source: str, path: str) -> bool:
+        """Whether ``source`` tagged ``path`` and the page lists it: the only files a page may correct."""
+        with self._lock:
+            info = self._info.get(source)
+            return info is not None and any(t.get("type") == "track_tagged" and t.get("path") == path
+                                            for t in info.tracks)
+
+    def corrected(self, source: str, path: str, genre: str) -> None:
+        """The user labelled a listed file: every open page shows it (a ``source`` item)."""
+        with self._lock:
+            info = self._info.setdefault(source, _Source())
+            info.corrected[path] = genre
+            listed = {t.get("path") for t in info.tracks}
+            info.corrected = {p: g for p, g in info.corrected.items() if p in listed}
+            listeners = list(self._listeners)
+            item = self._source_item(source)
+        self._notify(listeners, "source", item)
 
     def mel_snapshots(self) -> list[dict[str, Any]]:
         """Full ``mel`` messages of the latest snapshots, for a page that just connected."""

@@ -15,6 +15,7 @@ const PALETTE = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948
                  "#b07aa1", "#ff9da7", "#9c755f", "#a0cbe8", "#8cd17d", "#d37295"];  // grey left to silence
 
 let labels = [];
+let corrections = false; // the daemon records "this file was X" (watch.library_db is set)
 let axes = null; // the spectrogram's axes, from the hello document
 let range = "1h";
 const cards = new Map(); // source -> {el, segments, canvas, ctx, melTotal, item, lastState}
@@ -117,11 +118,11 @@ function showSource(c, item) {
   }));
   const tracks = c.el.querySelector(".tracks");
   tracks.hidden = item.kind !== "watch" && item.tracks.length === 0;
-  tracks.querySelector(".recent").replaceChildren(...item.tracks.slice().reverse().map(trackRow));
+  tracks.querySelector(".recent").replaceChildren(...item.tracks.slice().reverse().map(ev => trackRow(item, ev)));
   tick(c);
 }
 
-function trackRow(ev) {
+function trackRow(item, ev) {
   const li = document.createElement("li");
   const t = Date.parse(ev.timestamp) / 1000;
   let verdict;
@@ -146,7 +147,49 @@ function trackRow(ev) {
     span.textContent = text;
     li.append(span, " ");
   }
+  if (ev.type === "track_tagged") li.append(correction(item.source, ev.path, item.corrected?.[ev.path]));
   return li;
+}
+
+// "This was …": the user's genre for a tagged file, recorded in the library for genre-trainer finetune.
+function correction(source, path, given) {
+  const span = document.createElement("span");
+  span.className = "correction muted";
+  const note = document.createElement("span");
+  note.className = "note";
+  if (given) {
+    note.textContent = "you said: " + given;
+    span.dataset.genre = given;
+  }
+  span.append(note);
+  if (!corrections) return span;
+  const select = document.createElement("select");
+  select.className = "correct";
+  select.title = "tell genre-stream the right genre (stored for fine-tuning)";
+  select.append(new Option(given ? "change…" : "correct…", ""));
+  for (const label of labels) select.append(new Option(label, label));
+  select.addEventListener("change", async () => {
+    const genre = select.value;
+    if (!genre) return;
+    select.disabled = true;
+    let message;
+    try {
+      const r = await fetch("api/label", {method: "POST", headers: {"Content-Type": "application/json"},
+                                          body: JSON.stringify({source, path, genre})});
+      const body = await r.json();
+      message = r.ok ? null : body.error;
+    } catch (e) {
+      message = "the daemon did not answer";
+    }
+    select.disabled = false;
+    select.value = "";
+    if (message) { // the row keeps its verdict; the reason shows next to it
+      note.textContent = "not saved: " + message;
+      span.classList.add("refused");
+    } // on success the daemon sends the source item again, which redraws the row with "you said"
+  });
+  span.append(" ", select);
+  return span;
 }
 
 // Once a second: what depends on the clock (age of the last window, stale look, countdown, on air).
@@ -355,6 +398,7 @@ function connect() {
   es.addEventListener("hello", e => {
     const doc = JSON.parse(e.data);
     labels = doc.labels;
+    corrections = doc.corrections === true;
     axes = doc.spectrogram;
     document.getElementById("model").textContent = "model " + doc.model;
     conn.textContent = "live"; conn.className = "badge online";
