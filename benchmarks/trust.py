@@ -75,8 +75,6 @@ from genre_stream.tracks import analyse_file  # noqa: E402
 from trainer import temperature  # noqa: E402
 from trainer.metrics import cross_entropy, expected_calibration_error, reliability_bins  # noqa: E402
 
-log = logging.getLogger("trust")
-
 DEFAULT_LABELS = REPO.parent / "shared" / "audio" / "genre-dev" / "labels.csv"
 CROP_SECONDS, CROP_HOP_SECONDS, CROPS = 10.0, 5.0, 5
 AGREEMENTS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)

@@ -187,6 +187,11 @@ def _no_bar(items, label):
     return contextlib.nullcontext(items)
 
 
+def _precision(value: float) -> str:
+    """A precision for humans: "-" when nothing was answered (the value is nan)."""
+    return "-" if value != value else f"{value:.2f}"
+
+
 @click.command("evaluate")
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("data", type=click.Path(path_type=Path))
@@ -218,11 +223,6 @@ def evaluate_cmd(model: Path, data: Path, out: Path | None, hop_seconds: float, 
     for label, row in report["per_class"].items():
         if row["support"]:
             click.echo(f"  {label:>14}: precision {row['precision']:.3f} recall {row['recall']:.3f} f1 {row['f1']:.3f} ({row['support']})")
-
-
-def _precision(value: float) -> str:
-    """A precision for humans: "-" when nothing was answered (the value is nan)."""
-    return "-" if value != value else f"{value:.2f}"
 
 
 @click.command("finetune")
