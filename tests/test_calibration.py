@@ -155,6 +155,28 @@ def test_chosen_rule_keeps_the_coverage_floor() -> None:
     assert s.precision > temperature.selective(probs, y, UncertaintyRule()).precision
 
 
+def test_rule_curves_say_what_each_threshold_and_margin_costs_and_buys() -> None:
+    rng = np.random.default_rng(2)
+    probs = rng.dirichlet(np.full(3, 0.7), 300)
+    y = np.where(rng.random(300) < probs.max(1), probs.argmax(1), (probs.argmax(1) + 1) % 3)  # right about as often as confident
+    top = np.sort(probs, 1)[:, -1]
+    lead = top - np.sort(probs, 1)[:, -2]
+    right = probs.argmax(1) == y
+    curves = temperature.rule_curves(probs, y)
+    assert [p["threshold"] for p in curves["by_threshold"]] == list(temperature.CURVE_THRESHOLDS)
+    for point in curves["by_threshold"]:
+        answered = top >= point["threshold"]
+        assert point["coverage"] == pytest.approx(answered.mean())
+        assert point["precision"] == pytest.approx(right[answered].mean())
+    for point in curves["by_margin"]:
+        answered = lead >= point["margin"]
+        assert point["coverage"] == pytest.approx(answered.mean()) and point["correct"] == int(right[answered].sum())
+    coverage = [p["coverage"] for p in curves["by_threshold"]]
+    assert coverage[0] == 1.0 and coverage == sorted(coverage, reverse=True) and coverage[-1] < 0.5
+    precision = [p["precision"] for p in curves["by_threshold"]]
+    assert precision[-1] > precision[0] + 0.1  # confident answers are the right ones more often
+
+
 @pytest.mark.train
 def test_evaluate_reports_ece_reliability_and_the_uncertain_rule(tmp_path: Path) -> None:
     from trainer.evaluate import evaluate
@@ -177,6 +199,32 @@ def test_evaluate_reports_ece_reliability_and_the_uncertain_rule(tmp_path: Path)
     assert u["threshold"] == 0.5 and u["coverage"] == pytest.approx((conf >= 0.5).mean())
     if u["answered"]:
         assert u["precision"] == pytest.approx(right[conf >= 0.5].mean())
+    for point in u["by_threshold"]:
+        assert point["coverage"] == pytest.approx((conf >= point["threshold"]).mean())
+        assert point["correct"] == int(right[conf >= point["threshold"]].sum())
+    assert [p["margin"] for p in u["by_margin"]] == list(temperature.CURVE_MARGINS)
+
+
+@pytest.mark.train
+def test_evaluate_cli_prints_the_rule_curves(tmp_path: Path) -> None:
+    from conftest import run_cli
+    from trainer.synthset import make_dataset
+
+    make_dataset(tmp_path / "data", classes=3, clips=2, seconds=2.0, seed=3)
+    labels = sorted(p.name for p in (tmp_path / "data").iterdir() if p.is_dir())
+    model = tiny_model(tmp_path / "m.onnx", ModelInfo(labels, FrontendConfig(window_frames=FRAMES), calibration=Calibration(temperature=2.0)))
+    proc = run_cli("evaluate", str(model), str(tmp_path / "data"), "--json", module="trainer")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    proc = run_cli("evaluate", str(model), str(tmp_path / "data"), module="trainer")
+    assert proc.returncode == 0, proc.stderr
+    lines = {line.split(" -> ")[0].strip(): line for line in proc.stdout.splitlines() if " -> answered/precision: " in line}
+    assert set(lines) == {"--uncertain-threshold", "--uncertain-margin"}
+    for option, key in (("--uncertain-threshold", "by_threshold"), ("--uncertain-margin", "by_margin")):
+        for point in report["uncertain"][key]:
+            value = point[key.removeprefix("by_")]
+            shown = "-" if not point["answered"] else f"{point['precision']:.2f}"
+            assert f"{value:.2f}: {point['coverage']:.0%}/{shown}" in lines[option]
 
 
 @pytest.mark.train

@@ -187,6 +187,11 @@ def _no_bar(items, label):
     return contextlib.nullcontext(items)
 
 
+def _precision(value: float) -> str:
+    """A precision for humans: "-" when nothing was answered (the value is nan)."""
+    return "-" if value != value else f"{value:.2f}"
+
+
 @click.command("evaluate")
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("data", type=click.Path(path_type=Path))
@@ -212,6 +217,9 @@ def evaluate_cmd(model: Path, data: Path, out: Path | None, hop_seconds: float, 
     u = report["uncertain"]
     click.echo(f"  calibration: ECE {report['ece']:.3f} (10 bins); uncertain rule (top < {u['threshold']:.2f} or margin < {u['margin']:.2f}): "
                f"answers {u['coverage']:.0%} of clips, precision {u['precision']:.3f}")
+    for option, key in (("--uncertain-threshold", "by_threshold"), ("--uncertain-margin", "by_margin")):
+        points = ", ".join(f"{p[key.removeprefix('by_')]:.2f}: {p['coverage']:.0%}/{_precision(p['precision'])}" for p in u[key])
+        click.echo(f"  {option} -> answered/precision: {points}")
     for label, row in report["per_class"].items():
         if row["support"]:
             click.echo(f"  {label:>14}: precision {row['precision']:.3f} recall {row['recall']:.3f} f1 {row['f1']:.3f} ({row['support']})")

@@ -11,7 +11,9 @@ into a temporary cache with the model's own frontend settings first.
 Besides accuracy, the report says how well the confidences can be trusted:
 expected calibration error (10 bins) with a reliability diagram, and what the
 model's "uncertain" rule (``calibration.UncertaintyRule``, the defaults stored
-with the model) costs in coverage and buys in precision.
+with the model) costs in coverage and buys in precision, and the same for a
+range of other thresholds and margins (``temperature.rule_curves``): the figures
+a user needs to choose ``--uncertain-threshold`` for their own music.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from genre_stream.tracks import window_starts
 from .data import MANIFEST, Cache, PrepareConfig, prepare
 from .metrics import classification_report, expected_calibration_error, reliability_bins
 from .plots import plot_confusion, plot_reliability
-from .temperature import selective
+from .temperature import rule_curves, selective
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +162,8 @@ def evaluate(
         report["reliability"] = reliability_bins(probs, targets, ECE_BINS)
         report["calibration"] = model.info.calibration.to_dict() if model.info.calibration else None
         rule = UncertaintyRule.for_model(model.info.calibration)
-        report["uncertain"] = {"threshold": rule.threshold, "margin": rule.margin, **selective(probs, targets, rule).to_dict()}
+        report["uncertain"] = {"threshold": rule.threshold, "margin": rule.margin, **selective(probs, targets, rule).to_dict(),
+                               **rule_curves(probs, targets)}
         report["model"] = str(model_path)
         report["model_kind"] = model.kind
         report["model_id"] = model.info.model_id

@@ -33,6 +33,8 @@ TEMPERATURES = np.exp(np.linspace(np.log(0.25), np.log(50.0), 481))  # 1.1 % ste
 THRESHOLDS = np.round(np.arange(0.0, 0.96, 0.05), 2)
 MARGINS = np.round(np.arange(0.0, 0.51, 0.05), 2)
 MIN_COVERAGE = 0.6
+CURVE_THRESHOLDS = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+CURVE_MARGINS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 
 
 def track_probabilities(tracks: Sequence[np.ndarray], calibration: Calibration | None) -> np.ndarray:
@@ -64,6 +66,15 @@ def selective(probabilities: np.ndarray, targets: np.ndarray, rule: UncertaintyR
     correct = (probabilities.argmax(axis=1) == targets) & answered
     n = int(answered.sum())
     return Selective(n / len(targets) if len(targets) else float("nan"), int(correct.sum()) / n if n else float("nan"), n, int(correct.sum()))
+
+
+def rule_curves(probabilities: np.ndarray, targets: np.ndarray) -> dict[str, list[dict[str, Any]]]:
+    """What each value of ``--uncertain-threshold`` (margin off) and of ``--uncertain-margin`` (threshold off) would
+    cost in coverage and buy in precision on these labelled tracks, so a user can tune the rule on their own music."""
+    return {
+        "by_threshold": [{"threshold": float(t), **selective(probabilities, targets, UncertaintyRule(float(t), 0.0)).to_dict()} for t in CURVE_THRESHOLDS],
+        "by_margin": [{"margin": float(m), **selective(probabilities, targets, UncertaintyRule(0.0, float(m))).to_dict()} for m in CURVE_MARGINS],
+    }
 
 
 def choose_rule(probabilities: np.ndarray, targets: np.ndarray, min_coverage: float = MIN_COVERAGE) -> UncertaintyRule:
