@@ -93,7 +93,6 @@ class DashboardServer:
     """Serves one DashboardState (and the history) over HTTP until ``stop()``."""
 
     def __init__(self, config: DashboardConfig, state: DashboardState, history: HistoryReader | None = None) -> None:
-        config.validate()
         self.config = config
         self.state = state
         self.history = history
