@@ -37,8 +37,8 @@ import numpy as np
 
 from ..frontend import FrontendConfig
 from ..frontend import _hz_to_mel as hz_to_mel  # the frontend's own (Slaney) mel scale
-from ..sinks.history import HistoryStats, parse_payload_time
-from ..messages import GenreEvent, GenreState, Message
+from ..sinks.history import HistoryStats
+from ..messages import GenreEvent, GenreState, Message, parse_payload_time
 from ..sinks.base import SourceAvailability, SourceInfo
 from ..sources import TRACK_KINDS
 from .metrics import DashboardMetrics, SinkMetrics, SourceMetrics
