@@ -45,6 +45,7 @@ def load_engine(model: ModelConfig, state_dir: Path) -> Engine:
 def build_outputs(config: DaemonConfig, engine: Engine) -> Outputs:
     """JSON lines when asked for (or when there is no broker), MQTT when a URL is configured,
     the tag history (on by default) and the dashboard (off by default)."""
+    dash_config = config.http.dashboard()
     sinks: list[Sink] = []
     if config.jsonl_target:
         sinks.append(JsonlSink(config.jsonl_target))
@@ -53,12 +54,11 @@ def build_outputs(config: DaemonConfig, engine: Engine) -> Outputs:
         from .sinks.homeassistant import dashboard_url
         from .sinks.mqtt import MqttSink
 
-        mqtt = MqttSink(config.mqtt, config.homeassistant, config.state_dir, dashboard_url(config.http.dashboard()))
+        mqtt = MqttSink(config.mqtt, config.homeassistant, config.state_dir, dashboard_url(dash_config))
         sinks.append(mqtt)
     history = History(config.history.config(config.state_dir)) if config.history.enabled else None
     if history is not None:
         sinks.append(history)
-    dash_config = config.http.dashboard()
     if dash_config is None:
         return Outputs(Fanout(sinks))
     from .dashboard.sink import DashboardSink  # the HTTP stack is loaded only when asked for
