@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -26,18 +27,10 @@ from genre_stream.engine import Engine
 from genre_stream.pipeline import PipelineConfig, SourcePipeline
 from genre_stream.sources.base import AudioChunk
 from genre_stream.tracks import analyse_audio
-from machine import machine_info  # noqa: E402
+from machine import machine_info, process_rss_mb  # noqa: E402
 
 SR = 22050
 CLIP = Path(__file__).resolve().parents[1].parent / "shared" / "audio" / "gtzan-country.00000.wav"
-
-
-def rss_mib() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def music(minutes: float) -> np.ndarray:
@@ -54,14 +47,14 @@ def bench_pipeline(audio: np.ndarray, engine: Engine, hop: float) -> dict:
     pipeline = SourcePipeline("bench", engine, PipelineConfig(hop_seconds=hop))
     chunk = int(0.1 * SR)
     inference_ms: list[float] = []
-    rss: list[float] = [rss_mib()]
+    rss: list[float] = [process_rss_mb(os.getpid())]
     per_minute = 60 * SR
     cpu0, wall0 = time.process_time(), time.perf_counter()
     for i in range(0, audio.size, chunk):
         if pipeline.feed(AudioChunk("bench", audio[i : i + chunk], i / SR, time.monotonic())):
             inference_ms.append(pipeline.stats()["inference_ms_last"])
         if (i + chunk) // per_minute != i // per_minute:
-            rss.append(rss_mib())
+            rss.append(process_rss_mb(os.getpid()))
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     hours = audio.size / SR / 3600
     return {

@@ -39,10 +39,9 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
 from brokers import Broker, Subscriber, available  # noqa: E402
-from machine import machine_info  # noqa: E402
+from machine import machine_info, process_cpu_seconds, process_rss_mb  # noqa: E402
 
 SR = 22050
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 def music_clip() -> np.ndarray:
@@ -60,18 +59,6 @@ def write_wav(path: Path, audio: np.ndarray, seconds: float) -> Path:
         for _ in range(reps):  # written in pieces: an hour of audio never sits in memory
             f.write(audio)
     return path
-
-
-def proc_cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
-
-
-def proc_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def children(pid: int) -> list[int]:
@@ -104,14 +91,14 @@ def cpu_run(clip: Path, broker: Broker, state: Path, seconds: float, warmup: flo
     )
     try:
         time.sleep(warmup)
-        rss_start = proc_rss_mb(proc.pid)
+        rss_start = process_rss_mb(proc.pid)
         kids = children(proc.pid)
-        c0, k0, t0 = proc_cpu(proc.pid), sum(proc_cpu(k) for k in kids), time.monotonic()
+        c0, k0, t0 = process_cpu_seconds(proc.pid), sum(process_cpu_seconds(k) for k in kids), time.monotonic()
         rss = []
         while time.monotonic() - t0 < seconds:
             time.sleep(5)
-            rss.append(proc_rss_mb(proc.pid))
-        c1, k1, t1 = proc_cpu(proc.pid), sum(proc_cpu(k) for k in kids), time.monotonic()
+            rss.append(process_rss_mb(proc.pid))
+        c1, k1, t1 = process_cpu_seconds(proc.pid), sum(process_cpu_seconds(k) for k in kids), time.monotonic()
     finally:
         proc.terminate()
         try:
@@ -255,7 +242,7 @@ def hour_run(clip: Path, state: Path) -> dict:
         if "state" in msg:
             states += 1
             if msg["window_end"] >= next_minute:
-                samples.append((msg["window_end"] / 60, proc_rss_mb(proc.pid)))
+                samples.append((msg["window_end"] / 60, process_rss_mb(proc.pid)))
                 next_minute += 60
     code = proc.wait()
     wall = time.monotonic() - t0

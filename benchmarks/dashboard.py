@@ -35,12 +35,11 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from machine import machine_info  # noqa: E402
+from machine import machine_info, process_cpu_seconds  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CLIP = REPO.parent / "shared" / "audio" / "gtzan-country.00000.wav"
 RESULTS = REPO / "benchmarks" / "results" / "dashboard.json"
-TICK = os.sysconf("SC_CLK_TCK")
 MODES = ("off", "idle", "open")
 
 
@@ -48,11 +47,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
 
 
 def make_recording(path: Path, seconds: float) -> None:
@@ -136,11 +130,11 @@ def one_round(recording: Path, seconds: float, warmup: float, hop: float, workdi
         reader = threading.Thread(target=page.run, daemon=True)
         reader.start()
         time.sleep(warmup)  # model loaded, first windows classified, page connected
-        start = {m: cpu_seconds(p.pid) for m, p in procs.items()}
+        start = {m: process_cpu_seconds(p.pid) for m, p in procs.items()}
         t0 = time.monotonic()
         time.sleep(seconds)
         wall = time.monotonic() - t0
-        used = {m: cpu_seconds(p.pid) - start[m] for m, p in procs.items()}
+        used = {m: process_cpu_seconds(p.pid) - start[m] for m, p in procs.items()}
         page.stop.set()
         reader.join(5)
         for m, p in procs.items():

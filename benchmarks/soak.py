@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from machine import machine_info  # noqa: E402
+from machine import machine_info, process_cpu_seconds, process_rss_mb  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CLIENTS = 4
@@ -53,14 +53,8 @@ def wait_port(port: int, timeout: float = 60.0) -> None:
 
 
 def sample(pid: int) -> dict:
-    with open(f"/proc/{pid}/status") as fh:
-        rss_kb = next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    cpu = (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
     fds = len(os.listdir(f"/proc/{pid}/fd"))
-    return {"t": time.monotonic(), "rss_mb": rss_kb / 1024, "cpu_s": cpu, "fds": fds}
+    return {"t": time.monotonic(), "rss_mb": process_rss_mb(pid), "cpu_s": process_cpu_seconds(pid), "fds": fds}
 
 
 def hold_stream(port: int, stop: threading.Event) -> None:

@@ -34,19 +34,14 @@ class ClassifyOptions:
     uncertainty: UncertaintyRule = UncertaintyRule()  # the CLI passes the model's rule (UncertaintyRule.for_model)
 
 
-def track_state(result: TrackResult, options: ClassifyOptions) -> str:
-    """"silence", "uncertain" or "music": the same rules as the daemon's states (TrackResult.state)."""
-    return result.state(options.uncertainty)
-
-
 def result_to_dict(path: Path, result: TrackResult, options: ClassifyOptions) -> dict[str, Any]:
     labels = result.labels
+    state, genre = result.verdict(options.uncertainty)
     data: dict[str, Any] = {
         "path": display_path(path),
         "duration": round(result.duration, 3),
-        # the best guess even when uncertain, so readers of "genre" alone see no change; null for silence, as the daemon
-        "genre": None if track_state(result, options) == "silence" else result.genre,
-        "state": track_state(result, options),
+        "genre": genre,
+        "state": state,
         "confidence": round(result.confidence, 6),
         "top": [{"genre": g, "confidence": round(p, 6)} for g, p in result.top(options.top_k)],
         "probabilities": {lab: round(float(p), 6) for lab, p in zip(labels, result.probabilities)},
@@ -66,7 +61,7 @@ def result_to_dict(path: Path, result: TrackResult, options: ClassifyOptions) ->
 
 
 def format_human(path: Path, result: TrackResult, options: ClassifyOptions) -> str:
-    state = track_state(result, options)
+    state = result.state(options.uncertainty)  # the daemon's rules (TrackResult.state)
     tops = "silence" if state == "silence" else ", ".join(f"{g} {p * 100:.1f}%" for g, p in result.top(options.top_k))
     uncertain = "uncertain: " if state == "uncertain" else ""
     line = f"{display_path(path)}: {uncertain}{tops}  ({result.duration:.1f} s"

@@ -8,22 +8,23 @@ from typing import Any
 
 import click
 
+from .config import ModelConfig, PipelineConfig
 from .providers import PROVIDERS
+from .settings import declared
 
+
+def _declared_option(cls: type, name: str, param: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The option of a `run` setting that these commands share: its flags, help and range as declared there."""
+    cli, allowed = declared(cls, name)
+    if allowed is not None:
+        kwargs["type"] = click.FloatRange(allowed.lo, allowed.hi, min_open=allowed.lo_open, max_open=allowed.hi_open)
+    shown = f" [default: {cli.default_text}]" if cli.default_text else ""
+    return click.option(*cli.decls, param, help=cli.help + shown, **kwargs)
 
 
 def model_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """``--model`` and ``--provider`` (``--device``, its old spelling, still works)."""
-    f = click.option(
-        "--provider",
-        "--device",
-        "device",
-        type=click.Choice(PROVIDERS),
-        default="auto",
-        show_default=True,
-        help="onnxruntime execution provider: auto uses TensorRT/CUDA when this onnxruntime build has them, else CPU. "
-        "(--device is the old spelling, kept for one release.)",
-    )(f)
+    f = _declared_option(ModelConfig, "device", "device", type=click.Choice(PROVIDERS), default="auto", show_default=True)(f)
     return click.option(
         "--model",
         "model_path",
@@ -47,19 +48,9 @@ def engine_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def uncertainty_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """``--uncertain-threshold`` and ``--uncertain-margin`` (None: the model's calibrated defaults)."""
-    f = click.option(
-        "--uncertain-margin",
-        type=click.FloatRange(0, 1, max_open=True),
-        default=None,
-        help="Say 'uncertain' when the top genre leads the second by less than this (default: the model's; 0 = off).",
-    )(f)
-    return click.option(
-        "--uncertain-threshold",
-        type=click.FloatRange(0, 1, max_open=True),
-        default=None,
-        help="Say 'uncertain' below this calibrated top probability (default: the model's; 0 = never).",
-    )(f)
+    """``--uncertain-threshold`` and ``--uncertain-margin`` (None: the model's calibrated defaults), as `run` declares them."""
+    f = _declared_option(PipelineConfig, "uncertain_margin", "uncertain_margin", default=None)(f)
+    return _declared_option(PipelineConfig, "uncertain_threshold", "uncertain_threshold", default=None)(f)
 
 
 def load_engine(model_path: Path | None, device: str, threads: int = 0, batch_size: int = 1):

@@ -186,29 +186,17 @@ def to_toml(data: dict[str, Any]) -> str:
 
 
 def _check_sources(config: DaemonConfig) -> None:
-    """Parse every spec as the daemon will, with a throw-away state dir so checking writes nothing."""
+    """Build every spec as the daemon will (``sources.make_sources``), with a throw-away state dir so checking writes nothing."""
     import dataclasses
     import tempfile
 
-    from .sources import source_from_config
-
+    from .sources import make_sources
     from .sources.file import FileSource
 
-    if not config.sources:
-        raise ConfigError("sources: none configured; the daemon would exit at once (add e.g. sources = [\"mic\"])")
-    ids: set[str] = set()
     with tempfile.TemporaryDirectory() as scratch:
-        scratch_config = dataclasses.replace(config, state_dir=Path(scratch))
-        for spec in config.sources:
-            try:
-                source = source_from_config(spec, scratch_config)
-            except ValueError as exc:
-                raise ConfigError(f"sources: {exc}") from None
+        for spec, source in make_sources(config.sources, dataclasses.replace(config, state_dir=Path(scratch))):
             if isinstance(source, FileSource):
                 _check_file_source(spec, source.path)
-            if source.id in ids:
-                raise ConfigError(f"sources: two sources have the id {source.id!r}; give one an id with ID=SPEC")
-            ids.add(source.id)
 
 
 def _check_file_source(spec: str, path: Path) -> None:

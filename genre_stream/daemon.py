@@ -1,10 +1,13 @@
-"""`genre-stream run`: sources -> per-source pipelines -> sinks, for as long as it is needed.
+"""`genre-stream run`: sources -> per-source flows -> sinks, for as long as it is needed.
 
-Each source runs in its own thread and its items are handled in that thread (audio into the
-source's ``SourcePipeline``, watched files through ``tag_track``, problems into error events),
-so a slow source or a long track never holds up the others. The main thread only supervises:
-signals, the systemd watchdog, periodic stats, configuration reloads, and noticing that all
-(finite) sources have ended.
+The daemon supervises and knows its parts only by their protocols (``sources.base.Source``,
+``sinks.base.Sink``, ``pipeline.PipelineListener``); ``compose.py`` chooses and wires them.
+Each source runs in its own thread and its items are handled in that thread: audio into the
+source's ``SourcePipeline``, whose messages the daemon publishes; complete files into its
+``TrackTagger``, which publishes through the daemon; problems into error events. A slow
+source or a long track never holds up the others. The main thread only supervises: signals,
+the systemd watchdog, periodic stats, configuration reloads, and noticing that all (finite)
+sources have ended.
 
 Exit status: 0 done or stopped by a signal; 1 unusable model; 75 a finite run ended with
 messages still queued for an unreachable broker (they stay on disk for the next start);
@@ -15,35 +18,31 @@ from __future__ import annotations
 
 import dataclasses
 import faulthandler
+import functools
 import logging
 import signal
-import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .backoff import Backoff
+from .compose import build_outputs, load_engine, make_pipeline, make_tagger
 from .config import ConfigError, DaemonConfig, ModelConfig, describe_outputs, require_sources
-from .dashboard.config import DashboardError
-from .engine import Engine, ModelError
-from .sinks.history import History
+from .engine import ModelError
 from .messages import GenreEvent, SourceStats
-from .models import resolve_model
-from .pipeline import SourcePipeline, tag_track, uncertainty_rule
-from .sinks import Fanout, Sink, SourceAvailability, SourceInfo
-from .sinks.jsonl import JsonlSink
-from .sources import AudioChunk, Source, SourceError, SourceItem, SourceProblem, TrackReady, source_from_config
-from .sources import TRACK_KINDS, source_kind
+from .models import model_file_stamp
+from .sinks import Fanout, SourceAvailability, SourceInfo
+from .sources import AudioChunk, Source, SourceError, SourceFactory, SourceItem, SourceProblem, TrackReady
+from .sources import TRACK_KINDS, make_sources, source_from_config, source_kind
 from .systemd import Notifier
 
 if TYPE_CHECKING:
-    from .dashboard.sink import DashboardSink
-    from .library.db import LibraryDB
-    from .tracks import TrackResult
+    from .engine import Engine
+    from .pipeline import PipelineListener, SourcePipeline
+    from .tagging import TrackTagger
 
 log = logging.getLogger(__name__)
 
@@ -56,34 +55,19 @@ TICK = 0.2  # main-loop period: bounds signal, watchdog and end-of-sources react
 JOIN_TIMEOUT = 3.0  # how long a stop waits for source threads before giving up on them
 RESTART_MAX = 60.0  # ceiling of the backoff when a source crashes unexpectedly
 
-SourceFactory = Callable[[str, DaemonConfig], Source]
-
-
-def build_sinks(config: DaemonConfig) -> Fanout:
-    """JSON lines when asked for (or when there is no broker), MQTT when a URL is configured."""
-    sinks: list[Sink] = []
-    if config.jsonl_target:
-        sinks.append(JsonlSink(config.jsonl_target))
-    if config.mqtt.url:
-        from .sinks.homeassistant import dashboard_url
-        from .sinks.mqtt import MqttSink
-
-        sinks.append(MqttSink(config.mqtt, config.homeassistant, config.state_dir, dashboard_url(config.http.dashboard())))
-    return Fanout(sinks)
-
 
 @dataclass
 class _Running:
     spec: str
     source: Source
-    pipeline: SourcePipeline
+    pipeline: SourcePipeline  # audio chunks -> messages
+    tagger: TrackTagger  # complete files -> messages (watch folders)
     stop: threading.Event = field(default_factory=threading.Event)
-    lock: threading.Lock = field(default_factory=threading.Lock)  # pipeline swap on reload vs feed
+    lock: threading.Lock = field(default_factory=threading.Lock)  # pipeline swap on reload vs feed and stats
     thread: threading.Thread | None = None
     errors: int = 0
     ended: bool = False  # finished on its own (not stopped)
     online: bool | None = None  # last availability published: audio flows / folder watched
-    library: LibraryDB | None = None  # watch sources with watch.library_db: this thread's connection
 
     @property
     def kind(self) -> str | None:
@@ -97,18 +81,19 @@ class Daemon:
         *,
         engine: Engine | None = None,
         sinks: Fanout | None = None,
+        listeners: Sequence[PipelineListener] = (),
         notifier: Notifier | None = None,
         source_factory: SourceFactory = source_from_config,
         reload_config: Callable[[], DaemonConfig] | None = None,
     ) -> None:
         self.config = config
         self.engine = engine
-        self.sinks = sinks
+        self.sinks = sinks  # None: composed from the config at start, with their listeners
+        self.listeners = list(listeners)
         self.notifier = notifier or Notifier()
         self.source_factory = source_factory
         self.reload_config = reload_config
         self.running: dict[str, _Running] = {}
-        self.dashboard: DashboardSink | None = None
         self._wake = threading.Event()
         self._stop_requested = False
         self._reload_requested = False
@@ -139,18 +124,14 @@ class Daemon:
         """Run until the finite sources end or a stop is requested; the exit status."""
         config = self.config
         require_sources(config)
-        sources = self._make_sources(config.sources, config)  # ConfigError before anything opens
+        sources = make_sources(config.sources, config, self.source_factory)  # ConfigError before anything opens
         if self.engine is None:
-            m = config.model
-            self.engine = Engine(m.path, device=m.device, threads=m.threads, choice_cache=config.state_dir)
+            self.engine = load_engine(config.model, config.state_dir)
         self._model_stamp = model_file_stamp(config.model.path)  # what the config names (auto: the bundled file), as reload compares
         if self.sinks is None:
-            self.sinks = build_sinks(config)
-            self._add_history_and_dashboard(config, self.sinks)
-        try:
-            self.sinks.start()
-        except DashboardError as exc:
-            raise ConfigError(f"http.listen: {exc}") from None
+            outputs = build_outputs(config, self.engine)
+            self.sinks, self.listeners = outputs.sinks, outputs.listeners
+        self.sinks.start()  # ConfigError when the dashboard cannot listen
         for spec, source in sources:
             self._start(spec, source)
         self.sinks.sources_changed(self._source_infos(), self.engine.model_id)
@@ -178,29 +159,6 @@ class Daemon:
             self._wake.clear()
         return self._shutdown(by_signal)
 
-    def _add_history_and_dashboard(self, config: DaemonConfig, sinks: Fanout) -> None:
-        """The tag history (on by default) and the dashboard (off by default) are sinks too."""
-        assert self.engine is not None
-        history = History(config.history.config(config.state_dir)) if config.history.enabled else None
-        if history is not None:
-            sinks.sinks.append(history)
-        dash_config = config.http.dashboard()
-        if dash_config is None:
-            return
-        from .dashboard.sink import DashboardSink  # the HTTP stack is loaded only when asked for
-
-        self.dashboard = DashboardSink(dash_config, self.engine.labels, self.engine.model_id,
-                                       history.config.path if history is not None else None, self.engine.info.frontend,
-                                       self.engine.precision, config.watch.library_db)
-        sinks.sinks.insert(0, self.dashboard)  # started first: a busy port stops us before MQTT connects
-        if history is not None:
-            self.dashboard.watch_history(history.counters)
-        from .sinks.mqtt import MqttSink
-
-        for sink in sinks.sinks:
-            if isinstance(sink, MqttSink):
-                self.dashboard.watch_mqtt(sink)
-
     def _all_ended(self) -> bool:
         return all(r.source.finite and r.thread is not None and not r.thread.is_alive() for r in self.running.values())
 
@@ -227,33 +185,19 @@ class Daemon:
 
     # ---------------------------------------------------------------- sources
 
-    def _make_sources(self, specs: list[str], config: DaemonConfig) -> list[tuple[str, Source]]:
-        made: list[tuple[str, Source]] = []
-        ids = set(self.running)
-        for spec in specs:
-            try:
-                source = self.source_factory(spec, config)
-            except (ValueError, SourceError) as exc:
-                raise ConfigError(f"sources: {exc}") from None
-            if source.id in ids:
-                raise ConfigError(f"sources: {spec!r} has the id {source.id!r} of another source; give one an id with ID={spec}")
-            ids.add(source.id)
-            made.append((spec, source))
-        return made
-
     def _start(self, spec: str, source: Source) -> None:
         assert self.engine is not None
-        r = _Running(spec, source, SourcePipeline(source.id, self.engine, self.config.pipeline))
+        r = _Running(spec, source, make_pipeline(source.id, self.engine, self.config, self.listeners),
+                     make_tagger(source, self.engine, self.config))
         r.thread = threading.Thread(target=self._source_thread, args=(r,), name=f"source-{source.id}", daemon=True)
         self.running[source.id] = r
-        if self.dashboard is not None:
-            self.dashboard.watch_source(source.id, r.source.stats, lambda: r.pipeline.stats())
         r.thread.start()
 
     def _source_infos(self) -> list[SourceInfo]:
         assert self.engine is not None
         return [
-            SourceInfo(sid, r.kind, tuple(self.engine.labels), self.config.pipeline.hop_seconds, self.config.stats_interval)
+            SourceInfo(sid, r.kind, tuple(self.engine.labels), self.config.pipeline.hop_seconds, self.config.stats_interval,
+                       functools.partial(self._source_stats, r))
             for sid, r in self.running.items()
         ]
 
@@ -272,9 +216,6 @@ class Daemon:
             self._run_source(r)
         finally:
             self._set_online(r, False)  # ended, failed or stopped
-            if r.library is not None:
-                r.library.close()
-                r.library = None
 
     def _run_source(self, r: _Running) -> None:
         """Run one source; a crash is reported and, for live sources, retried with backoff."""
@@ -310,20 +251,10 @@ class Daemon:
                 self._set_online(r, True)
                 with r.lock:
                     messages = r.pipeline.feed(item)
-                    if self.dashboard is not None:
-                        self.dashboard.after_feed(r.source.id, r.pipeline, messages)
                 for message in messages:
                     self._publish(message)
             elif isinstance(item, TrackReady):
-                assert self.engine is not None
-                event, result = tag_track(item.source, item.path, self.engine, self.config.track_hop_seconds,
-                                          uncertainty_rule(self.engine, self.config.pipeline))
-                if event.type == "error" and r.source.retry_later(item.path):
-                    return  # perhaps still being written: no verdict yet, the source hands it on again
-                self._publish(event)
-                if result is not None and self.config.watch.library_db is not None:
-                    self._index(r, item.path, result)
-                r.source.mark_done(item.path, ok=event.type == "track_tagged")
+                r.tagger.tag(item.path, self._publish)
             elif isinstance(item, SourceProblem):
                 if r.kind not in TRACK_KINDS:  # mic/stream drop, undecodable file: no audio now
                     self._set_online(r, False)
@@ -333,40 +264,31 @@ class Daemon:
             r.errors += 1
             log.exception("%s: failed to process a %s", r.source.id, type(item).__name__)
 
-    def _index(self, r: _Running, path: Path, result: TrackResult) -> None:
-        """Add a watched file to the library database, so a growing collection is indexed as files arrive.
-
-        The connection belongs to the source's thread (SQLite connections are per thread);
-        a database problem is reported as an error event and never stops the source.
-        """
-        from .library.db import LibraryDB, LibraryError
-
-        try:
-            if r.library is None:
-                r.library = LibraryDB(self.config.watch.library_db)
-            r.library.upsert_track(path, result)
-        except (LibraryError, OSError, sqlite3.Error, ValueError) as exc:  # ValueError: a name SQLite cannot store
-            log.error("%s: cannot index %s into %s: %s", r.source.id, path, self.config.watch.library_db, exc)
-            self._publish(GenreEvent.error(r.source.id, f"library index: {exc}", str(path)))
-
     def _publish(self, message: Any) -> None:
         assert self.sinks is not None
         self.sinks.publish(message)
 
     def publish_stats(self) -> None:
         for r in list(self.running.values()):
-            values: dict[str, Any] = {}
-            values.update(r.source.stats())
-            with r.lock:
-                values.update(r.pipeline.stats())
-            values["errors"] = r.errors
-            values["model_precision"] = self.engine.precision if self.engine else ""
-            values["running"] = bool(r.thread and r.thread.is_alive())
-            if self.sinks is not None:
-                values.update(self.sinks.stats())
-            plain = {k: (v.item() if hasattr(v, "item") else v) for k, v in values.items()}
-            log.debug("stats %s: %s", r.source.id, plain)
-            self._publish(SourceStats(r.source.id, plain))
+            values = self._source_stats(r)
+            log.debug("stats %s: %s", r.source.id, values)
+            self._publish(SourceStats(r.source.id, values))
+
+    def _source_stats(self, r: _Running) -> dict[str, Any]:
+        """A source's counters: its own, its pipeline's, the daemon's and the sinks' (the ``stats`` payload).
+
+        Also what ``SourceInfo.stats`` gives the sinks, so it is safe to call from any thread.
+        """
+        values: dict[str, Any] = {}
+        values.update(r.source.stats())
+        with r.lock:
+            values.update(r.pipeline.stats())
+        values["errors"] = r.errors
+        values["model_precision"] = self.engine.precision if self.engine else ""
+        values["running"] = bool(r.thread and r.thread.is_alive())
+        if self.sinks is not None:
+            values.update(self.sinks.stats())
+        return {k: (v.item() if hasattr(v, "item") else v) for k, v in values.items()}
 
     def _status_line(self) -> str:
         return f"{len(self.running)} source(s): {', '.join(self.running)}"
@@ -410,17 +332,21 @@ class Daemon:
                 r.thread.join(JOIN_TIMEOUT)
             log.info("reload: source %s removed", sid)
         try:
-            added = self._make_sources([s for s in new.sources if s not in current], new)
+            running = {sid: r.spec for sid, r in self.running.items()}
+            added = make_sources([s for s in new.sources if s not in current], new, self.source_factory, running)
         except ConfigError as exc:
             log.error("reload: %s; the new sources are not started", exc)
             added = []
         self.config = new
-        if new.pipeline != old.pipeline or model_reloaded:
+        assert self.engine is not None
+        restart = new.pipeline != old.pipeline or model_reloaded
+        if restart:
             log.info("reload: %s changed; buffers restart", "the model" if model_reloaded else "pipeline settings")
-            assert self.engine is not None
-            for r in self.running.values():
+        for r in self.running.values():
+            r.tagger = make_tagger(r.source, self.engine, new)  # holds nothing but settings: always the new ones
+            if restart:
                 with r.lock:
-                    r.pipeline = SourcePipeline(r.source.id, self.engine, new.pipeline)
+                    r.pipeline = make_pipeline(r.source.id, self.engine, new, self.listeners)
         for spec, source in added:
             self._start(spec, source)
             log.info("reload: source %s added (%s)", source.id, spec)
@@ -440,20 +366,11 @@ class Daemon:
         if model == self.config.model and stamp == self._model_stamp:
             return False
         try:
-            engine = Engine(model.path, device=model.device, threads=model.threads, choice_cache=self.config.state_dir)
+            engine = load_engine(model, self.config.state_dir)
         except ModelError as exc:
             log.error("reload: keeping the running model %s (%s): %s", self.engine.path, self.engine.model_id, exc)
             return False
         log.info("reload: model %s (%s) replaces %s (%s)", engine.path, engine.model_id, self.engine.path, self.engine.model_id)
         self.engine, self._model_stamp = engine, stamp
         return True
-
-
-def model_file_stamp(path: Path | str | None) -> tuple[int, int, int] | None:
-    """(inode, size, mtime) of the model file ``path`` names: changes when the file is rewritten or replaced."""
-    try:
-        st = resolve_model(path).stat()
-    except OSError:
-        return None
-    return st.st_ino, st.st_size, st.st_mtime_ns
 

@@ -32,9 +32,6 @@ def atomic_path(dest: str | Path) -> Iterator[Path]:
 
 
 def sha256_file(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks (provenance and cache manifests)."""
-    h = hashlib.sha256()
+    """Hex SHA-256 of a file, read in blocks (provenance and cache manifests)."""
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()

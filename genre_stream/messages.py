@@ -6,14 +6,28 @@ automations, scripts), so they change only deliberately.
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal
 
 
+def iso_utc(ts: float) -> str:
+    """Unix time -> the timestamp format of every payload: ISO 8601 UTC with milliseconds and a 'Z'."""
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def utc_now_iso() -> str:
-    """ISO 8601 UTC with milliseconds and a 'Z', the timestamp format of every payload."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """Now, in the payload timestamp format."""
+    return iso_utc(time.time())
+
+
+def parse_payload_time(stamp: str) -> float:
+    """The ``timestamp`` of a payload -> unix time; a naive stamp is taken as UTC like every payload."""
+    dt = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.timestamp()
 
 
 @dataclass

@@ -9,6 +9,11 @@ unless the buffered audio is quieter than ``silence_dbfs``, which yields a
 is announced. Classification happens on a fixed grid of frames, independent
 of how the source happens to cut its chunks, so a recording gives the same
 answers played live or fast.
+
+Besides the messages it returns (which the daemon publishes to the sinks), the pipeline
+tells its listeners (``PipelineListener``: the dashboard) what only it sees: new mel
+frames, and each classified window with its inference time. Whole files of a watched
+folder take another path (``tagging.TrackTagger``).
 """
 
 from __future__ import annotations
@@ -17,11 +22,12 @@ import collections
 import logging
 import math
 import time
-from pathlib import Path
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
-from .audio import AudioError
 from .calibration import UncertaintyRule
 from .config import PipelineConfig
 from .engine import Engine
@@ -30,7 +36,6 @@ from .messages import GenreEvent, GenreState, Message
 from .sanitize import LOUD, dbfs, repair
 from .smoother import Smoother
 from .sources.base import AudioChunk
-from .tracks import TrackResult, analyse_file
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +60,36 @@ def uncertainty_rule(engine: Engine, config: PipelineConfig) -> UncertaintyRule:
     return UncertaintyRule.for_model(engine.info.calibration, config.uncertain_threshold, config.uncertain_margin)
 
 
+@dataclass(frozen=True)
+class ClassifiedWindow:
+    """One window the pipeline classified, as its listeners hear of it."""
+
+    source: str
+    messages: tuple[Message, ...]  # what ``feed``/``flush`` returns for it: the GenreState, a genre_changed event
+    inference_seconds: float | None  # the model's time for this window; None when it was silent (the model did not run)
+
+
+class PipelineListener(Protocol):
+    """Who follows a source's audio path besides the sinks (the dashboard: live spectrogram, latency).
+
+    Called in the source's thread while the pipeline is consistent; must be quick (a copy at
+    most). A listener that raises is logged and the audio path goes on.
+    """
+
+    def mel_updated(self, source: str, ring: MelRingBuffer) -> None:
+        """New mel frames are in ``ring`` (after each chunk that completed frames)."""
+
+    def window_classified(self, window: ClassifiedWindow) -> None:
+        """A window was classified (or found silent)."""
+
+
 class SourcePipeline:
-    def __init__(self, source_id: str, engine: Engine, config: PipelineConfig | None = None) -> None:
+    def __init__(self, source_id: str, engine: Engine, config: PipelineConfig | None = None, *,
+                 listeners: Sequence[PipelineListener] = ()) -> None:
         self.source_id = source_id
         self.engine = engine
         self.config = config or PipelineConfig()
+        self.listeners = tuple(listeners)
         self.frontend = MelFrontend(engine.info.frontend)
         fc = self.frontend.config
         self._fc = fc
@@ -108,6 +138,7 @@ class SourcePipeline:
         self._add_energy(samples)
         messages: list[Message] = []
         frames = self.mel.push(samples)
+        added = frames.shape[0] > 0
         while frames.shape[0]:
             # Add frames up to the next point where a classification can be due, so windows
             # fall on the same frame grid however the source cuts its chunks.
@@ -119,6 +150,8 @@ class SourcePipeline:
             frames = frames[take:]
             if self._frames_since >= self._hop_frames and len(self.ring) >= self._min_frames:
                 messages.extend(self._classify())
+        if added:
+            self._announce(lambda listener: listener.mel_updated(self.source_id, self.ring))
         self._busy_seconds += time.perf_counter() - started
         return messages
 
@@ -130,6 +163,13 @@ class SourcePipeline:
         messages = self._classify()
         self._busy_seconds += time.perf_counter() - started
         return messages
+
+    def _announce(self, tell: Callable[[PipelineListener], None]) -> None:
+        for listener in self.listeners:
+            try:
+                tell(listener)
+            except Exception:  # a dashboard bug must not cost the sinks a window
+                log.exception("%s: pipeline listener %s failed", self.source_id, type(listener).__name__)
 
     def _repair(self, samples: np.ndarray) -> np.ndarray:
         """Non-finite samples -> 0, absurd magnitudes clipped (sanitize.py); counted, logged when a bad stretch starts."""
@@ -181,7 +221,10 @@ class SourcePipeline:
         if level < self.config.silence_dbfs:
             self.silent_windows += 1
             self.smoother.restart_average()
-            return [GenreState(self.source_id, None, 0.0, {}, "silence", start, end, self.engine.model_id)]
+            silent: list[Message] = [GenreState(self.source_id, None, 0.0, {}, "silence", start, end, self.engine.model_id)]
+            quiet = ClassifiedWindow(self.source_id, tuple(silent), None)
+            self._announce(lambda listener: listener.window_classified(quiet))
+            return silent
         window = normalize_window(_loop_frames(self.ring.latest(), self._fc.window_frames), self._fc.top_db)
         t0 = time.perf_counter()
         probabilities = self.engine.predict(window[None]).probabilities[0]
@@ -204,6 +247,8 @@ class SourcePipeline:
         if result.changed:
             log.info("%s: genre %s%s (%.2f)", self.source_id, f"{result.previous} -> " if result.previous else "", result.genre, result.confidence)
             messages.append(GenreEvent.genre_changed(self.source_id, result.previous, result.genre, result.confidence))
+        classified = ClassifiedWindow(self.source_id, tuple(messages), self._inference_last_ms / 1000.0)
+        self._announce(lambda listener: listener.window_classified(classified))
         return messages
 
     def stats(self) -> dict[str, float | int]:
@@ -220,34 +265,3 @@ class SourcePipeline:
             "nonfinite_samples": self.nonfinite_samples,
             "clipped_samples": self.clipped_samples,
         }
-
-
-def tag_track(source_id: str, path: Path, engine: Engine, hop_seconds: float = 10.0,
-              uncertainty: UncertaintyRule | None = None) -> tuple[GenreEvent, TrackResult | None]:
-    """Classify a whole file for the watch source.
-
-    Returns a ``track_tagged`` event with the analysis (which the daemon may also
-    index into a library database), or an ``error`` event naming the file and None.
-    Its ``state`` is "uncertain" when ``uncertainty`` (default: the model's own rule) says so.
-    """
-    try:
-        result = analyse_file(path, engine, hop_seconds)
-    except AudioError as exc:
-        log.warning("%s: %s", source_id, exc)
-        return GenreEvent.error(source_id, str(exc), path=str(path)), None
-    rule = uncertainty or UncertaintyRule.for_model(engine.info.calibration)
-    state = result.state(rule)
-    event = GenreEvent(
-        "track_tagged",
-        source_id,
-        {
-            "path": str(path),
-            "genre": None if state == "silence" else result.genre,
-            "state": state,
-            "confidence": result.confidence,
-            "probabilities": {label: float(p) for label, p in zip(result.labels, result.probabilities)},
-            "duration": round(result.duration, 3),
-            "model": result.model,
-        },
-    )
-    return event, result

@@ -80,6 +80,12 @@ def option(default: Any = dataclasses.MISSING, *, default_factory: Any = datacla
     return field(default=default, default_factory=default_factory, metadata={"flag": cli})
 
 
+def declared(cls: type, name: str) -> tuple[Flag, Range | None]:
+    """The flag and range setting ``name`` of ``cls`` declares, for a command that offers it outside `run`."""
+    f = next(f for f in fields(cls) if f.name == name)
+    return f.metadata["flag"], f.metadata.get("range")
+
+
 def flagged_fields(cls: type, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field[Any], Any, Flag]]:
     """(dotted key, field, resolved type, flag) of every setting with a flag, sections included, in order."""
     hints = typing.get_type_hints(cls)

@@ -59,6 +59,12 @@ class TrackResult:
             return "silence"
         return "uncertain" if uncertainty.is_uncertain(self.probabilities) else "music"
 
+    def verdict(self, uncertainty: UncertaintyRule) -> tuple[str, str | None]:
+        """(state, genre) as every payload reports a track: the genre is null for silence, as in the
+        daemon's states, and the best guess even when uncertain, so readers of "genre" alone see no change."""
+        state = self.state(uncertainty)
+        return state, None if state == "silence" else self.genre
+
     @property
     def genre(self) -> str:
         return self.labels[int(np.argmax(self.probabilities))]

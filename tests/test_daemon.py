@@ -288,6 +288,32 @@ def test_finite_sources_end_the_run(engine, demo: Path, tmp_path: Path) -> None:
     assert [round(m["window_end"]) for m in lines(out) if "state" in m] == [10, 12]  # incl. the final flush
 
 
+class WindowRecorder:
+    """A pipeline listener (as the dashboard is one) that keeps what it hears."""
+
+    def __init__(self) -> None:
+        self.windows: list = []
+        self.mel_sources: set[str] = set()
+
+    def mel_updated(self, source: str, ring) -> None:
+        self.mel_sources.add(source)
+
+    def window_classified(self, window) -> None:
+        self.windows.append(window)
+
+
+def test_pipeline_listeners_hear_every_window_the_sinks_get(engine, demo: Path, tmp_path: Path) -> None:
+    config = load_config(None, {"sources": [f"demo=file:{demo}"], "realtime": False, "state_dir": str(tmp_path), "stats_interval": 0}, environ={})
+    out = tmp_path / "out.jsonl"
+    recorder = WindowRecorder()
+    assert Daemon(config, engine=engine, sinks=Fanout([JsonlSink(str(out))]), listeners=[recorder]).run() == EXIT_OK
+    published = [(m["window_end"], m["state"], m["genre"]) for m in lines(out) if "state" in m]
+    heard = [(m.window_end, m.state, m.genre) for w in recorder.windows for m in w.messages if hasattr(m, "window_end")]
+    assert heard == published and len(published) == 2  # the final flush included
+    assert all(w.source == "demo" and w.inference_seconds for w in recorder.windows)
+    assert recorder.mel_sources == {"demo"}
+
+
 def test_default_log_level_says_what_the_daemon_does_and_warns_once(demo: Path, tmp_path: Path) -> None:
     """No -v: a start banner, genre changes and sources going up/down; a source problem is one line, not two."""
     inbox = tmp_path / "inbox"

@@ -26,6 +26,7 @@ from genre_stream.dashboard.metrics import SinkMetrics, SourceMetrics
 from genre_stream.dashboard.server import DashboardServer
 from genre_stream.dashboard.state import MEL_DB_MIN, MEL_DB_STEP, DashboardState, encode_mel
 from genre_stream.frontend import MelRingBuffer
+from genre_stream.pipeline import ClassifiedWindow
 from genre_stream.sinks.history import History, HistoryConfig, HistoryReader
 from genre_stream.messages import GenreEvent, SourceStats
 
@@ -387,17 +388,6 @@ def test_stop_closes_open_live_streams(tmp_path):
 
 # -- the daemon's view ----------------------------------------------------------------------
 @dataclass
-class FedPipeline:
-    """The two things DashboardSink.after_feed reads from a SourcePipeline."""
-
-    ring: MelRingBuffer = field(default_factory=MelRingBuffer)
-    inference_ms_last: float = 0.0
-
-    def stats(self) -> dict:
-        return {"inference_ms_last": self.inference_ms_last, "real_time_factor": 0.01}
-
-
-@dataclass
 class MqttState:
     """The attributes of MqttSink that the metrics read (connected, delivered, queue_depth)."""
 
@@ -413,16 +403,23 @@ def test_dashboard_sink_hooks(tmp_path):
     sink = DashboardSink(DashboardConfig(port=0), LABELS, "test-model", tmp_path / "history.sqlite")
     sink.start()
     try:
-        infos = {sid: SourceInfo(sid, "stream", tuple(LABELS), 5.0, 60.0) for sid in ("radio", "tv")}
+        counters = {"overflows": 4, "queue_depth": 1, "real_time_factor": 0.02}  # as the daemon's stats payload has them
+        infos = {"radio": SourceInfo("radio", "stream", tuple(LABELS), 5.0, 60.0, stats=lambda: counters),
+                 "tv": SourceInfo("tv", "stream", tuple(LABELS), 5.0, 60.0)}  # reports no counters
         sink.sources_changed([infos["radio"], infos["tv"]], "model-2")
-        sink.watch_source("radio", lambda: {"overflows": 4, "queue_depth": 1}, lambda: {"real_time_factor": 0.02})
         mqtt = MqttState(delivered=17, queue_depth=3)
         sink.watch_mqtt(mqtt)
-        pipeline = FedPipeline(inference_ms_last=42.0)
-        sink.after_feed("radio", pipeline, [])  # no window classified: no observation
-        sink.after_feed("radio", pipeline, [state("radio", None, 0.0, time.time(), "silence")])  # no inference ran
+        ring = MelRingBuffer()
+        ring.extend(np.ones((10, 128), dtype=np.float32))
+        page: list[tuple[str, dict]] = []
+        unsubscribe = sink.state.subscribe(lambda kind, payload: page.append((kind, payload)))
+        sink.mel_updated("radio", ring)  # new frames, no window classified: no observation
+        unsubscribe()
+        assert [(kind, p["source"], p["total"]) for kind, p in page] == [("mel", "radio", 10)]  # an open page sees them
+        silence = state("radio", None, 0.0, time.time(), "silence")
+        sink.window_classified(ClassifiedWindow("radio", (silence,), None))  # no inference ran
         music = state("radio", "rock", 0.8, time.time())
-        sink.after_feed("radio", pipeline, [music])
+        sink.window_classified(ClassifiedWindow("radio", (music,), 0.042))
         sink.publish(music)
         sink.publish(SourceStats("radio", {"windows": 3}))  # periodic stats: served by /metrics, not the page
         base = sink.server.url.rstrip("/")

@@ -21,7 +21,7 @@ from genre_stream.dashboard.sink import DashboardSink
 from genre_stream.dashboard.config import DashboardConfig
 from genre_stream.dashboard.state import RECENT_CHANGES, STALE_HOPS, spectrogram_axes
 from genre_stream.frontend import FrontendConfig, MelRingBuffer
-from genre_stream.sinks.history import parse_payload_time
+from genre_stream.messages import parse_payload_time
 from genre_stream.messages import GenreEvent
 from genre_stream.sinks import SourceAvailability, SourceInfo
 

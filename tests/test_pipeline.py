@@ -1,4 +1,4 @@
-"""SourcePipeline and tag_track with the bundled model on real audio."""
+"""SourcePipeline with the bundled model on real audio."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import time
 import numpy as np
 import pytest
 
-from conftest import shared_path
+from conftest import music_like, shared_path
 from genre_stream.audio import load_audio
 from genre_stream.calibration import UncertaintyRule
 from genre_stream.messages import GenreEvent, GenreState
-from genre_stream.pipeline import PipelineConfig, SourcePipeline, tag_track
+from genre_stream.pipeline import ClassifiedWindow, PipelineConfig, SourcePipeline
 from genre_stream.sources.base import AudioChunk
 from genre_stream.tracks import analyse_file
 
@@ -132,31 +132,48 @@ def test_bad_config_names_the_field(field, value):
         PipelineConfig(**{field: value})
 
 
-def test_tag_track(engine):
-    path = shared_path("audio/gtzan-country.00000.wav")
-    event, result = tag_track("watch-in", path, engine)
-    d = event.to_dict()
-    assert result is not None and result.genre == d["genre"] and result.embedding.shape == (32,)
-    assert d["type"] == "track_tagged" and d["source"] == "watch-in" and d["path"] == str(path)
-    assert d["genre"] == "country" and d["confidence"] > 0.5
-    assert d["duration"] == pytest.approx(30.0, abs=0.1)
-    assert set(d["probabilities"]) == set(engine.labels)
-    assert d["state"] == "music"  # a GTZAN clip the model knows: confident under the model's own rule
-    strict, _ = tag_track("watch-in", path, engine, uncertainty=UncertaintyRule(threshold=0.999))
-    assert strict.to_dict()["state"] == "uncertain" and strict.to_dict()["genre"] == "country"
-
-
 def test_pipeline_config_thresholds_override_the_models(engine):
     p = SourcePipeline("x", engine, PipelineConfig(uncertain_margin=0.0))
     assert p.smoother.uncertainty == UncertaintyRule(engine.info.calibration.uncertain_threshold, 0.0)
     assert SourcePipeline("x", engine).smoother.uncertainty == UncertaintyRule.for_model(engine.info.calibration)
 
 
-def test_tag_track_corrupt_file_is_an_error_event(engine, tmp_path):
-    bad = tmp_path / "broken song.mp3"
-    bad.write_bytes(b"ID3\x03\x00\x00\x00\x00\x00\x00" + b"\x13\x37" * 500)
-    event, result = tag_track("w", bad, engine)
-    d = event.to_dict()
-    assert result is None
-    assert d["type"] == "error" and d["path"] == str(bad)
-    assert str(bad) in d["reason"]
+class Recorder:
+    """A pipeline listener that keeps what it hears."""
+
+    def __init__(self) -> None:
+        self.windows: list[ClassifiedWindow] = []
+        self.mel: list[tuple[str, int]] = []
+
+    def mel_updated(self, source: str, ring) -> None:
+        self.mel.append((source, ring.total_frames))
+
+    def window_classified(self, window: ClassifiedWindow) -> None:
+        self.windows.append(window)
+
+
+class BrokenListener:
+    def mel_updated(self, source: str, ring) -> None:
+        raise RuntimeError("listener bug")
+
+    def window_classified(self, window: ClassifiedWindow) -> None:
+        raise RuntimeError("listener bug")
+
+
+def test_listeners_hear_every_window_with_its_inference_time_and_new_mel_frames(engine, caplog):
+    audio = np.concatenate([np.zeros(SR * 10, dtype=np.float32), music_like(12.0)])
+    recorder = Recorder()
+    pipeline = SourcePipeline("radio", engine, PipelineConfig(hop_seconds=5.0, min_fill_seconds=10.0),
+                              listeners=[BrokenListener(), recorder])
+    chunks = range(0, audio.size, 2205)
+    messages = feed_all(pipeline, audio, 2205)
+    heard = [m for w in recorder.windows for m in w.messages]
+    assert heard == messages and len(recorder.windows) == pipeline.windows == 3  # a broken listener costs nothing
+    assert "listener bug" in caplog.text
+    silent, *classified = recorder.windows
+    assert [m.state for m in silent.messages] == ["silence"] and silent.inference_seconds is None  # the model did not run
+    assert all(w.source == "radio" and w.inference_seconds is not None and w.inference_seconds > 0 for w in classified)
+    assert classified[-1].inference_seconds * 1000 == pytest.approx(pipeline.stats()["inference_ms_last"], abs=1e-3)
+    totals = [total for source, total in recorder.mel]
+    assert {source for source, _ in recorder.mel} == {"radio"} and totals == sorted(set(totals))  # only when frames came
+    assert len(chunks) - 2 <= len(totals) <= len(chunks) and totals[-1] == pipeline.ring.total_frames

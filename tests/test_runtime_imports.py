@@ -80,3 +80,35 @@ def test_config_check_loads_no_inference_stack(tmp_path: Path) -> None:
     proc = _run(["config", "check", str(REPO / "examples" / "genre-stream.toml")], tmp_path, heavy)
     assert proc.returncode == 0 and "runtime imported" not in proc.stderr, proc.stderr[-2000:]
     assert _loaded(proc) == []
+
+
+# What the daemon may import at run time, and why: it supervises; compose.py names the parts.
+DAEMON_IMPORTS = {
+    "genre_stream": "the version in the start banner",
+    "genre_stream.backoff": "restarting a crashed source",
+    "genre_stream.compose": "the composition",
+    "genre_stream.config": "its configuration and ConfigError",
+    "genre_stream.engine": "ModelError only (a reload keeps the running model)",
+    "genre_stream.messages": "the payload contract",
+    "genre_stream.models": "the model file's stamp (a reload sees it replaced)",
+    "genre_stream.sinks": "the Sink protocol, Fanout, SourceInfo, SourceAvailability",
+    "genre_stream.sources": "the Source protocol, its items, make_sources",
+    "genre_stream.systemd": "sd_notify",
+}
+
+
+def test_the_daemon_imports_only_protocols_and_the_composition() -> None:
+    """daemon.py knows no concrete sink, listener, tagger or library: a new output is wired in compose.py."""
+    import ast
+
+    tree = ast.parse((REPO / "genre_stream" / "daemon.py").read_text())
+    type_only = {id(node) for stmt in tree.body if isinstance(stmt, ast.If) and "TYPE_CHECKING" in ast.unparse(stmt.test)
+                 for node in ast.walk(stmt)}
+    imported: dict[str, set[str]] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level and id(node) not in type_only:
+            module = "genre_stream" + (f".{node.module}" if node.module else "")
+            imported.setdefault(module, set()).update(alias.name for alias in node.names)
+        assert not (isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").startswith("genre_stream")), ast.unparse(node)
+    assert set(imported) <= set(DAEMON_IMPORTS), sorted(set(imported) - set(DAEMON_IMPORTS))
+    assert imported["genre_stream.engine"] == {"ModelError"}

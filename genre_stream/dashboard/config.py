@@ -17,9 +17,9 @@ class DashboardError(Exception):
     """The dashboard cannot start (address in use, not permitted...); the message says which address and why."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class DashboardConfig:
-    """Where the dashboard listens and who may see it.
+    """Where the dashboard listens and who may see it; validated once, when made (and frozen after).
 
     The dashboard shows what a microphone hears, so it binds to loopback unless
     ``allow_remote`` is set on purpose; ``token`` (a bearer token) then protects

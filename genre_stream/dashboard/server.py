@@ -100,7 +100,6 @@ class DashboardServer:
 
     def __init__(self, config: DashboardConfig, state: DashboardState, history: HistoryReader | None = None,
                  corrections: Corrections | None = None) -> None:
-        config.validate()
         self.config = config
         self.state = state
         self.history = history

@@ -1,28 +1,34 @@
-"""The dashboard as the daemon sees it: one more sink, plus a hook after each audio chunk.
+"""The dashboard as the daemon sees it: one more sink, and a listener of the audio pipelines.
 
-The daemon already hands every message to its sinks; being a sink means the
-dashboard needs no other call for states and events. ``after_feed`` is the only
-addition to the audio path: it offers the pipeline's rolling mel buffer (copied only
-while a page is open) and records the inference time of a window just classified.
+As a sink (``sinks.base.Sink``) it gets every state, event and availability change, and
+the running sources with their counters (``SourceInfo.stats``, read when /metrics is
+scraped). As a ``pipeline.PipelineListener`` it hears what only the pipeline sees: new mel
+frames (copied only while a page is open) and each window's inference time. The daemon
+calls nothing else; ``watch_mqtt`` and ``watch_history`` are wired once where the outputs
+are composed (``compose.py``), since only there are the MQTT sink and the history known.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..frontend import FrontendConfig
 from ..sinks.history import HistoryReader, HistoryStats
 from ..messages import GenreEvent, GenreState
 from ..sinks.base import SourceAvailability, SourceInfo
-from .config import DashboardConfig
+from ..config import ConfigError
+from .config import DashboardConfig, DashboardError
 from .corrections import Corrections
 from .metrics import SinkMetrics, SourceMetrics
 from .server import DashboardServer
 from .state import DashboardState, MelSource
+
+if TYPE_CHECKING:  # the dashboard does not load the inference stack itself
+    from ..pipeline import ClassifiedWindow
 
 log = logging.getLogger(__name__)
 
@@ -37,24 +43,13 @@ class MqttLike(Protocol):
     def queue_depth(self) -> int: ...
 
 
-class FedPipeline(Protocol):
-    """What ``after_feed`` reads from genre_stream.pipeline.SourcePipeline."""
-
-    ring: MelSource
-
-    def stats(self) -> Mapping[str, Any]: ...
-
-
-StatsProvider = Callable[[], Mapping[str, Any]]
-
-
-def source_metrics(source_stats: Mapping[str, Any], pipeline_stats: Mapping[str, Any]) -> SourceMetrics:
-    """The daemon's per-source stats dictionaries (the ``/stats`` MQTT payload) -> metrics."""
+def source_metrics(stats: Mapping[str, Any]) -> SourceMetrics:
+    """A source's counters (the ``/stats`` MQTT payload) -> metrics."""
     return SourceMetrics(
-        real_time_factor=float(pipeline_stats.get("real_time_factor", 0.0)),
-        overflows=int(source_stats.get("overflows", 0)),
-        queue_depth=int(source_stats.get("queue_depth", 0)),
-        reconnects=int(source_stats.get("reconnects", 0)),
+        real_time_factor=float(stats.get("real_time_factor", 0.0)),
+        overflows=int(stats.get("overflows", 0)),
+        queue_depth=int(stats.get("queue_depth", 0)),
+        reconnects=int(stats.get("reconnects", 0)),
     )
 
 
@@ -72,15 +67,23 @@ class DashboardSink:
 
     # -- Sink protocol -------------------------------------------------------------------
     def start(self) -> None:
-        """Listen; raises DashboardError (address in use...) so the daemon can refuse to start."""
-        self.server.start()
+        """Listen; an address that cannot be used (in use, not permitted) is an error of ``http.listen``,
+        so the daemon refuses to start (exit status 78) rather than run without the dashboard asked for."""
+        try:
+            self.server.start()
+        except DashboardError as exc:
+            raise ConfigError(f"http.listen: {exc}") from None
 
     def publish(self, message: object) -> None:
         if isinstance(message, GenreState | GenreEvent | SourceAvailability):  # stats are served by /metrics
             self.state.publish(message)
 
     def sources_changed(self, sources: list[SourceInfo], model: str) -> None:
+        """Show the running sources, and serve each one's counters on /metrics (read only when scraped)."""
         self.state.model = model
+        for info in sources:
+            if info.stats is not None:
+                self.state.add_source(info.id, lambda stats=info.stats: source_metrics(stats()))
         self.state.set_sources(sources)
 
     def stats(self) -> dict[str, int | float]:
@@ -90,21 +93,21 @@ class DashboardSink:
         self.server.stop(timeout)
         return True
 
-    # -- daemon hooks --------------------------------------------------------------------
-    def watch_source(self, source_id: str, source_stats: StatsProvider, pipeline_stats: StatsProvider) -> None:
-        """Serve a source's counters on /metrics; the providers are called only when scraped."""
-        self.state.add_source(source_id, lambda: source_metrics(source_stats(), pipeline_stats()))
+    # -- PipelineListener ----------------------------------------------------------------
+    def mel_updated(self, source: str, ring: MelSource) -> None:
+        self.state.offer_mel(source, ring)
 
+    def window_classified(self, window: ClassifiedWindow) -> None:
+        if window.inference_seconds is not None:  # the model ran (not a silent window)
+            self.state.observe_inference(window.source, window.inference_seconds)
+
+    # -- wired by the composition ----------------------------------------------------------
     def watch_mqtt(self, sink: MqttLike) -> None:
+        """Serve the MQTT sink's connection and queue on /metrics and to open pages."""
         self.state.set_sink_metrics(
             lambda: SinkMetrics(sink.connected.is_set(), sink.delivered, sink.queue_depth)
         )
 
     def watch_history(self, stats: Callable[[], HistoryStats]) -> None:
+        """Serve the history writer's counters on /metrics."""
         self.state.set_history_metrics(stats)
-
-    def after_feed(self, source_id: str, pipeline: FedPipeline, messages: Sequence[object]) -> None:
-        """Call in the source's thread right after ``pipeline.feed`` (under the same lock)."""
-        self.state.offer_mel(source_id, pipeline.ring)
-        if any(isinstance(m, GenreState) and m.state != "silence" for m in messages):  # the model ran
-            self.state.observe_inference(source_id, float(pipeline.stats().get("inference_ms_last", 0.0)) / 1000.0)

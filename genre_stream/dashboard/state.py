@@ -1,14 +1,14 @@
-"""What the dashboard knows: the daemon pushes into it, the HTTP server reads from it.
+"""What the dashboard knows: ``DashboardSink`` pushes into it, the HTTP server reads from it.
 
-This is the whole interface between the daemon and the dashboard, and every method
-is safe to call from any thread:
+This is the whole interface between the daemon's side (``sink.py``) and the server, and
+every method is safe to call from any thread:
 
 * ``add_source(id, metrics=...)`` once per source; ``metrics`` is called only when
   ``/metrics`` is scraped;
 * ``set_sources(infos)`` when the running sources change (their kind and hop);
 * ``publish(message)`` for every GenreState/GenreEvent/SourceAvailability (the same call as a sink);
 * ``observe_inference(id, seconds)`` after each classified window;
-* ``offer_mel(id, ring)`` from the pipeline thread after feeding audio: it copies the
+* ``offer_mel(id, ring)`` from the pipeline thread after new mel frames: it copies the
   rolling mel buffer only while a page is open and at most every
   ``mel_interval_seconds``, so a closed dashboard costs one comparison per chunk;
 * ``set_sink_metrics(provider)`` / ``set_history_metrics(provider)`` for the MQTT
@@ -37,8 +37,8 @@ import numpy as np
 
 from ..frontend import FrontendConfig
 from ..frontend import _hz_to_mel as hz_to_mel  # the frontend's own (Slaney) mel scale
-from ..sinks.history import HistoryStats, parse_payload_time
-from ..messages import GenreEvent, GenreState, Message
+from ..sinks.history import HistoryStats
+from ..messages import GenreEvent, GenreState, Message, parse_payload_time
 from ..sinks.base import SourceAvailability, SourceInfo
 from ..sources import TRACK_KINDS
 from .metrics import DashboardMetrics, SinkMetrics, SourceMetrics

@@ -34,7 +34,6 @@ if TYPE_CHECKING:  # the daemon and the CLI import the database without loading 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2  # 2: artist and title tags (a version-1 database is migrated on open)
-_HASH_CHUNK = 1 << 20
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -76,11 +75,8 @@ def default_db_path() -> Path:
 
 def file_hash(path: str | Path) -> str:
     """BLAKE2b-128 of the file's bytes: spots moved or touched-but-identical files cheaply."""
-    h = hashlib.blake2b(digest_size=16)
     with open(path, "rb") as fh:
-        while chunk := fh.read(_HASH_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ without loading onnxruntime or torch.
 
 from __future__ import annotations
 
+import os
 from importlib import resources
 from pathlib import Path
 
@@ -33,3 +34,13 @@ def resolve_model(spec: str | Path | None) -> Path:
     if str(spec) in BUNDLED_MODELS and not Path(spec).exists():
         return bundled_model_path(str(spec))
     return Path(spec)
+
+
+def model_file_stamp(spec: str | Path | None) -> tuple[int, int, int] | None:
+    """(inode, size, mtime) of the model file ``spec`` names: changes when the file is rewritten or
+    replaced (a fine-tuned model written over the old one), which a reload looks for; None while missing."""
+    try:
+        st = os.stat(resolve_model(spec))
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns

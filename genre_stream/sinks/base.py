@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from ..messages import GenreEvent, GenreState, SourceStats
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,9 @@ class SourceInfo:
     labels: tuple[str, ...]  # the genres its model can answer
     hop_seconds: float  # a state is published about this often while audio flows
     stats_interval: float  # periodic stats every this many seconds; 0 = none
+    # The source's counters now, as its ``stats`` message carries them (the dashboard's /metrics
+    # reads them when scraped); safe to call from any thread. None: it has none to report.
+    stats: Callable[[], Mapping[str, Any]] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

@@ -25,12 +25,11 @@ import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from ..jsonsafe import dumps
-from ..messages import GenreEvent, GenreState, Message
+from ..messages import GenreEvent, GenreState, Message, iso_utc, parse_payload_time
 from ..settings import check_ranges, flag, option, setting
 from ..sqlite import open_db
 from .base import SourceInfo
@@ -152,19 +151,6 @@ def segments_csv(segments: list[Segment]) -> str:
     for s in segments:
         writer.writerow(s.to_dict())
     return buf.getvalue()
-
-
-def iso_utc(ts: float) -> str:
-    """Unix time -> the payload timestamp format (ISO 8601 UTC, milliseconds, 'Z')."""
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def parse_payload_time(stamp: str) -> float:
-    """The ``timestamp`` of a payload -> unix time; a naive stamp is taken as UTC like every payload."""
-    dt = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return dt.timestamp()
 
 
 class History:

@@ -8,10 +8,12 @@ used in MQTT topics, so it is restricted to letters, digits, ``-`` and ``_``.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from ..config import ConfigError
 from .base import AudioChunk, Source, SourceError, SourceItem, SourceProblem, TrackReady
 
 if TYPE_CHECKING:
@@ -27,6 +29,9 @@ __all__ = [
     "parse_source",
     "source_id_for",
     "source_kind",
+    "source_from_config",
+    "make_sources",
+    "SourceFactory",
     "KINDS",
     "TRACK_KINDS",
 ]
@@ -171,3 +176,28 @@ def source_from_config(spec: str, config: DaemonConfig) -> Source:
         settle_seconds=w.settle_seconds,
         poll_seconds=w.poll_seconds,
     )
+
+
+SourceFactory = Callable[[str, "DaemonConfig"], Source]
+
+
+def make_sources(specs: Iterable[str], config: DaemonConfig, factory: SourceFactory = source_from_config,
+                 running: Mapping[str, str] | None = None) -> list[tuple[str, Source]]:
+    """Build every spec as the daemon runs it, or ConfigError naming the spec: a bad spec, or an id taken twice.
+
+    ``running`` maps the ids of sources already running (on a reload) to their specs. The daemon
+    and ``config check`` both build sources here, so they accept and refuse the same configurations.
+    """
+    taken = dict(running or {})
+    made: list[tuple[str, Source]] = []
+    for spec in specs:
+        try:
+            source = factory(spec, config)
+        except (ValueError, SourceError) as exc:
+            raise ConfigError(f"sources: {exc}") from None
+        if source.id in taken:
+            raise ConfigError(f"sources: two sources have the id {source.id!r} ({taken[source.id]!r} and {spec!r}); "
+                              f"give one an id with ID={spec}")
+        taken[source.id] = spec
+        made.append((spec, source))
+    return made

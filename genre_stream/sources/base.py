@@ -3,7 +3,7 @@
 A source turns some outside thing (a sound card, a folder, a file, a network
 stream) into ``SourceItem`` values. The daemon runs each source's ``run`` in its
 own thread and routes the items: audio chunks to a ``SourcePipeline``, complete
-files to ``pipeline.tag_track``, problems to the error events. Sources never
+files to a ``tagging.TrackTagger``, problems to the error events. Sources never
 raise for faults that can heal (a device unplugged, a stream dropped, a corrupt
 file); they report them as ``SourceProblem`` and carry on.
 """
@@ -75,7 +75,7 @@ class Source(ABC):
         return {}
 
     def mark_done(self, path: Path, ok: bool) -> None:
-        """Called by the daemon after a ``TrackReady`` was handled; only the watch source keeps state."""
+        """Called by the ``TrackTagger`` once a ``TrackReady``'s outcome is published; only the watch source keeps state."""
 
     def retry_later(self, path: Path) -> bool:
         """A handed-on file failed to decode: True when the source will hand it on again (no result yet)."""
