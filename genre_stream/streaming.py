@@ -1,0 +1,334 @@
+"""Streaming inference: a live window computed from the columns earlier windows already computed.
+
+The daemon classifies the latest 30 s every hop, so consecutive windows share all
+but one hop of audio. The BBNN is local in time up to its final global mean, so
+each stage's output column (4 mel frames after the stem's pooling) depends only on
+a few neighbouring columns. A window therefore needs, per stage:
+
+* the columns the hop added, plus those that were within reach of the previous
+  window's right edge (computed then with that edge's zero padding);
+* the columns within reach of its own left edge (its zero padding is new);
+* everything else, unchanged, from the cache.
+
+The result is the batch result up to float summation order (< 1e-4), because a
+column is reused only when its whole input is bit-identical: the overlap of the two
+windows' *normalised* frames is compared, and the seed normalisation
+(``frontend.normalize_window``) rescales the whole window whenever its loudest bin
+or its floor changes, so such a window is computed in full (as is the first one, a
+hop that is not a whole number of columns, or a gap). Reuse needs the hop to be a
+multiple of the stem's pooling stride (4 frames), hence ``snap_hop``.
+
+The trunk comes from the model's streaming pack (``trainer.stream_export``): one ONNX
+graph per stage with a free time axis, run by onnxruntime on column slices, and the
+head (2x2 average pool, BN, ReLU, mean, dense) in numpy here, with each pooled pair's
+contribution cached too. Only fp32 packs exist; an int8 or GPU engine classifies
+whole windows as before.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import weakref
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from .engine import Engine, Prediction
+
+log = logging.getLogger(__name__)
+
+__all__ = ["STREAM_FORMAT", "StreamError", "StreamStats", "StreamingClassifier", "StreamingModel", "stream_pack_path"]
+
+STREAM_FORMAT = 1
+# What a streamed window may differ from the batch one by: float summation order, ~1e-6 in practice.
+VERIFY_TOLERANCE = 1e-4
+
+
+class StreamError(Exception):
+    """A streaming pack that cannot be used; the message names the file and why."""
+
+
+def stream_pack_path(model_path: str | Path) -> Path:
+    """A model's streaming pack lies beside it: ``X.onnx`` -> ``X.stream.zip`` (written by ``genre-trainer export``)."""
+    return Path(model_path).with_suffix(".stream.zip")
+
+
+@dataclass(frozen=True)
+class _Stage:
+    name: str
+    session: ort.InferenceSession
+    inputs: tuple[str, ...]
+    output: str
+    channels: int
+    halo: int  # columns either side an output column reads (the stem: frames)
+    left: int  # output columns at a window's start that depend on its zero padding
+    right: int  # ... and at its end
+
+
+@dataclass
+class StreamStats:
+    """How windows were computed; ``full`` by reason, so a benchmark can say why."""
+
+    windows: int = 0
+    streamed: int = 0
+    full: dict[str, int] = field(default_factory=dict)
+    columns: int = 0  # trunk columns computed (summed over stages), against windows * stages * columns for batch
+
+    def count_full(self, reason: str) -> None:
+        self.full[reason] = self.full.get(reason, 0) + 1
+
+
+class StreamingModel:
+    """A streaming pack loaded for one engine: the stage sessions, the head and the geometry.
+
+    Shared by every stream the engine serves (``for_engine``); the per-stream caches
+    live in ``StreamingClassifier``.
+    """
+
+    def __init__(self, pack: Path, engine: Engine) -> None:
+        self.pack = Path(pack)
+        self.engine = engine
+        info = engine.info
+        try:
+            with zipfile.ZipFile(self.pack) as zf:
+                meta = json.loads(zf.read("stream.json"))
+                graphs = {s["file"]: zf.read(s["file"]) for s in meta["stages"]}
+                head = np.load(io.BytesIO(zf.read("head.npz")))
+                self.scale = head["scale"].astype(np.float64)
+                self.shift = head["shift"].astype(np.float64)
+                self.weight = head["weight"].astype(np.float64)
+                self.bias = head["bias"].astype(np.float64)
+                self.pool = int(head["pool"][0])
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+            raise StreamError(f"{self.pack}: not a readable streaming pack ({exc})") from exc
+        if meta.get("format") != STREAM_FORMAT:
+            raise StreamError(f"{self.pack}: pack format {meta.get('format')!r}, this version reads {STREAM_FORMAT}")
+        packed = meta.get("model", {})
+        mine = (info.model_id, info.provenance.get("sha256"), info.labels)
+        theirs = (packed.get("model_id"), packed.get("provenance", {}).get("sha256"), packed.get("labels"))
+        if mine != theirs:
+            raise StreamError(f"{self.pack}: made from model {theirs[0]!r} (sha256 {theirs[1]}), "
+                              f"not from {engine.path.name} ({mine[0]!r}, sha256 {mine[1]})")
+        fc = info.frontend
+        self.calibration = info.calibration
+        self.stride = int(meta["stride"])
+        self.frames = fc.window_frames
+        self.columns = self.frames // self.stride
+        self.n_mels = fc.n_mels
+        self.stages: list[_Stage] = []
+        cones: dict[str, tuple[int, int]] = {}
+        for s in meta["stages"]:
+            halo = int(s["halo"])
+            if s["inputs"] == ["mel"]:
+                # The stem pools `stride` frames per column; its conv reads `halo` frames past them. The
+                # frames the pooling drops at the end absorb that much of the right edge's padding.
+                left = math.ceil(halo / self.stride)
+                right = max(0, math.ceil((halo - self.frames % self.stride) / self.stride))
+            else:
+                left = max(cones[i][0] for i in s["inputs"]) + halo
+                right = max(cones[i][1] for i in s["inputs"]) + halo
+            cones[s["output"]] = (left, right)
+            try:
+                session = ort.InferenceSession(graphs[s["file"]], sess_options=engine.session_options,
+                                               providers=["CPUExecutionProvider"])
+            except Exception as exc:  # onnxruntime raises its own exception types
+                raise StreamError(f"{self.pack}: stage {s['file']} does not load ({exc})") from exc
+            self.stages.append(_Stage(s["name"], session, tuple(s["inputs"]), s["output"], int(s["channels"]), halo, left, right))
+        self.verified = False  # set once a full window matched the engine's own answer
+        self.usable = True  # cleared if it did not: every window then goes to the engine
+
+    @classmethod
+    def for_engine(cls, engine: Engine) -> StreamingModel | None:
+        """The engine's streaming model (loaded once per engine), or None, logged, where it has none.
+
+        Packs are fp32 and run on the CPU, so an int8 or fp16 export, or an engine on a
+        GPU, classifies whole windows.
+        """
+        if engine in _MODELS:
+            return _MODELS[engine]
+        model: StreamingModel | None = None
+        pack = stream_pack_path(engine.path)
+        if engine.providers[0] != "CPUExecutionProvider":
+            log.info("streaming inference off: the model runs on %s (streaming packs are for the CPU)", engine.providers[0])
+        elif engine.precision != "fp32":
+            log.info("streaming inference off: %s is %s (streaming packs are fp32)", engine.path.name, engine.precision)
+        elif not pack.is_file():
+            log.info("streaming inference off: %s has no streaming pack (%s)", engine.path.name, pack.name)
+        else:
+            try:
+                model = cls(pack, engine)
+            except StreamError as exc:
+                log.warning("streaming inference off: %s", exc)
+        _MODELS[engine] = model
+        return model
+
+    def verify(self, window: np.ndarray, ours: Prediction) -> Prediction:
+        """Check one fully computed window against the engine, once per model; the answer to publish.
+
+        The pack names the model it was cut from, but a re-exported ONNX file could keep
+        the name with other weights; one extra batch window per engine rules that out.
+        On a mismatch streaming is turned off and the engine's answer is returned.
+        """
+        reference = self.engine.predict(window[None])
+        diff = max(float(np.abs(reference.probabilities - ours.probabilities).max()),
+                   float(np.abs(reference.embeddings - ours.embeddings).max()))
+        if diff > VERIFY_TOLERANCE:
+            log.warning("streaming inference off: %s differs from %s by %.2e (limit %g)",
+                        self.pack.name, self.engine.path.name, diff, VERIFY_TOLERANCE)
+            self.usable = False
+            return reference
+        self.verified = True
+        log.info("streaming inference on (%s): verified against the whole-window model (%.1e)", self.pack.name, diff)
+        return ours
+
+
+_MODELS: weakref.WeakKeyDictionary[Engine, StreamingModel | None] = weakref.WeakKeyDictionary()
+
+
+class StreamingClassifier:
+    """``Engine.predict`` for one window at a time, reusing the previous window's columns.
+
+    Give it consecutive normalised windows with their absolute start frame (any frame
+    count since the stream began; only differences matter). Results equal
+    ``engine.predict(window)`` for every window, whatever the order or gaps.
+    """
+
+    def __init__(self, model: StreamingModel) -> None:
+        self.model = model
+        m = model
+        self.stride, self.frames, self.columns, self.n_mels = m.stride, m.frames, m.columns, m.n_mels
+        self.stages = m.stages
+        self._caches = {st.output: np.zeros((st.channels, self.columns, self.n_mels), np.float32) for st in self.stages}
+        self._out = self.stages[-1]
+        self._pairs = self.columns // m.pool
+        self._pair_slots = 2 * self.columns
+        self._pair_values = np.zeros((self._pair_slots, self._out.channels), np.float64)
+        self.stats = StreamStats()
+        self.reset()
+
+    @classmethod
+    def for_engine(cls, engine: Engine) -> StreamingClassifier | None:
+        """A new stream over the engine's streaming model, or None where it has none (see ``StreamingModel.for_engine``)."""
+        model = StreamingModel.for_engine(engine)
+        return cls(model) if model is not None else None
+
+    def snap_hop(self, hop_frames: int) -> int:
+        """The hop, in frames, rounded down to a whole number of columns (at least one): the hops that can stream."""
+        return max(self.stride, hop_frames // self.stride * self.stride)
+
+    def reset(self) -> None:
+        """Forget the cache; the next window is computed in full."""
+        self._prev: np.ndarray | None = None
+        self._prev_start = 0
+        self._origin = 0
+        self._pair_abs = np.full(self._pair_slots, -1, np.int64)
+
+    # -- one window ------------------------------------------------------------------------
+
+    def predict(self, window: np.ndarray, start_frame: int) -> Prediction:
+        """Calibrated probabilities (1, classes) and embedding (1, 32) of one normalised window (frames, n_mels)."""
+        window = np.array(window, dtype=np.float32)  # a copy: it is compared with the next window
+        if window.shape != (self.frames, self.n_mels):
+            raise ValueError(f"streaming expects one window of shape {(self.frames, self.n_mels)}, got {window.shape}")
+        if not self.model.usable:
+            return self.model.engine.predict(window[None])
+        shift, reason = self._shift_from_previous(window, start_frame)
+        self.stats.windows += 1
+        if reason:
+            self.stats.count_full(reason)
+            self._origin = start_frame
+            self._pair_abs[:] = -1
+        else:
+            self.stats.streamed += 1
+        base = (start_frame - self._origin) // self.stride  # the window's first column, counted from the origin
+        for stage in self.stages:
+            for lo, hi in self._ranges(stage, None if reason else shift // self.stride):
+                self._run(stage, window, base, lo, hi)
+        self._prev, self._prev_start = window, start_frame
+        emb = self._embedding(base)
+        logits = emb @ self.model.weight.T + self.model.bias
+        e = np.exp(logits - logits.max())
+        probabilities = (e / e.sum()).astype(np.float32)[None]
+        if self.model.calibration is not None:
+            probabilities = self.model.calibration.apply(probabilities)
+        result = Prediction(probabilities, emb.astype(np.float32)[None])
+        return result if self.model.verified else self.model.verify(window, result)
+
+    def _shift_from_previous(self, window: np.ndarray, start_frame: int) -> tuple[int, str]:
+        """(frames since the previous window, "") when its columns can be reused, else (0, why not)."""
+        if self._prev is None:
+            return 0, "first"
+        shift = start_frame - self._prev_start
+        if shift < 0 or shift % self.stride:
+            return 0, "misaligned"
+        if shift >= self.frames:
+            return 0, "gap"
+        if not np.array_equal(self._prev[shift:], window[: self.frames - shift]):
+            return 0, "renormalised"  # the loudest bin or the floor moved, or the frames are not the same audio
+        return shift, ""
+
+    def _ranges(self, stage: _Stage, shift_columns: int | None) -> list[tuple[int, int]]:
+        """The output columns (window coordinates, inclusive) this window must compute at ``stage``."""
+        last = self.columns - 1
+        if shift_columns is None:
+            return [(0, last)]
+        new_from = self.columns - stage.right - shift_columns  # the hop's columns and the old right edge's
+        if new_from <= stage.left:
+            return [(0, last)]
+        return ([(0, stage.left - 1)] if stage.left else []) + [(new_from, last)]
+
+    def _slots(self, base: int, lo: int, hi: int) -> slice | np.ndarray:
+        """Cache positions of window columns lo..hi: a ring of ``columns`` slots by column since the origin."""
+        first = (base + lo) % self.columns
+        if first + (hi - lo) < self.columns:
+            return slice(first, first + hi - lo + 1)
+        return np.arange(base + lo, base + hi + 1) % self.columns
+
+    def _run(self, stage: _Stage, window: np.ndarray, base: int, lo: int, hi: int) -> None:
+        """Compute ``stage``'s columns lo..hi of this window into its cache.
+
+        The slice fed to the graph reaches ``halo`` further each way; where it stops at
+        the window's edge the graph's zero padding is the window's own, elsewhere the
+        columns the false padding spoils are computed and thrown away.
+        """
+        if stage.inputs == ("mel",):
+            back = math.ceil(stage.halo / self.stride)
+            f_lo = max(0, lo - back) * self.stride
+            f_hi = min(self.frames - 1, (hi + 1) * self.stride - 1 + stage.halo)
+            feeds = {"mel": window[None, f_lo : f_hi + 1]}
+            first = f_lo // self.stride
+        else:
+            first = max(0, lo - stage.halo)
+            in_hi = min(self.columns - 1, hi + stage.halo)
+            feeds = {name: self._caches[name][:, self._slots(base, first, in_hi)][None] for name in stage.inputs}
+        out = stage.session.run(None, feeds)[0][0]
+        self._caches[stage.output][:, self._slots(base, lo, hi)] = out[:, lo - first : hi - first + 1]
+        self.stats.columns += hi - lo + 1
+
+    def _embedding(self, base: int) -> np.ndarray:
+        """The head's global mean, from each pooled pair's sum, reusing pairs clear of both edges (then and now).
+
+        A pair is keyed by its first column since the origin, so pairs cached at either
+        parity serve later windows however many columns each hop moves.
+        """
+        k, out = self.model.pool, self._out
+        first_col = k * np.arange(self._pairs)
+        starts = base + first_col
+        slots = starts % self._pair_slots
+        interior = (first_col >= out.left) & (first_col + k - 1 <= self.columns - 1 - out.right)
+        missing = np.flatnonzero((self._pair_abs[slots] != starts) | ~interior)
+        if missing.size:
+            cols = (starts[missing][:, None] + np.arange(k)).reshape(-1)
+            t = np.take(self._caches[out.output], cols, axis=1, mode="wrap").astype(np.float64)
+            c, f = out.channels, self.n_mels // k
+            pooled = t[:, :, : f * k].reshape(c, missing.size, k, f, k).mean(axis=(2, 4))
+            act = np.maximum(pooled * self.model.scale[:, None, None] + self.model.shift[:, None, None], 0.0)
+            self._pair_values[slots[missing]] = act.sum(axis=2).T
+            self._pair_abs[slots[missing]] = np.where(interior[missing], starts[missing], -1)  # edge pairs serve this window only
+        return self._pair_values[slots].sum(axis=0) / (self._pairs * (self.n_mels // k))
