@@ -98,7 +98,7 @@ class StreamingModel:
         try:
             with zipfile.ZipFile(self.pack) as zf:
                 meta = json.loads(zf.read("stream.json"))
-                graphs = {s["file"]: zf.read(s["file"]) for s in meta["stages"]}
+                graphs = {s["file"]: zf.read(s["file"]) for s in [*meta["stages"], meta["window"]]}
                 head = np.load(io.BytesIO(zf.read("head.npz")))
                 self.scale = head["scale"].astype(np.float64)
                 self.shift = head["shift"].astype(np.float64)
@@ -140,6 +140,12 @@ class StreamingModel:
             except Exception as exc:  # onnxruntime raises its own exception types
                 raise StreamError(f"{self.pack}: stage {s['file']} does not load ({exc})") from exc
             self.stages.append(_Stage(s["name"], session, tuple(s["inputs"]), s["output"], int(s["channels"]), halo, left, right))
+        try:
+            self.window_session = ort.InferenceSession(graphs[meta["window"]["file"]], sess_options=engine.session_options,
+                                                       providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise StreamError(f"{self.pack}: {meta['window']['file']} does not load ({exc})") from exc
+        self.window_outputs = list(meta["window"]["outputs"])
         self.verified = False  # set once a full window matched the engine's own answer
         self.usable = True  # cleared if it did not: every window then goes to the engine
 
@@ -204,11 +210,14 @@ class StreamingClassifier:
         m = model
         self.stride, self.frames, self.columns, self.n_mels = m.stride, m.frames, m.columns, m.n_mels
         self.stages = m.stages
-        self._caches = {st.output: np.zeros((st.channels, self.columns, self.n_mels), np.float32) for st in self.stages}
+        self._caches: dict[str, np.ndarray] = {}  # stage output -> (channels, columns, n_mels), a ring of columns
         self._out = self.stages[-1]
         self._pairs = self.columns // m.pool
         self._pair_slots = 2 * self.columns
         self._pair_values = np.zeros((self._pair_slots, self._out.channels), np.float64)
+        # the head's BN with the average pool's 1 / k^2 folded in, shaped for (channels, pairs, bands)
+        self._head_scale = (m.scale / m.pool**2).astype(np.float32)[:, None, None]
+        self._head_shift = m.shift.astype(np.float32)[:, None, None]
         self.stats = StreamStats()
         self.reset()
 
@@ -247,9 +256,12 @@ class StreamingClassifier:
         else:
             self.stats.streamed += 1
         base = (start_frame - self._origin) // self.stride  # the window's first column, counted from the origin
-        for stage in self.stages:
-            for lo, hi in self._ranges(stage, None if reason else shift // self.stride):
-                self._run(stage, window, base, lo, hi)
+        if reason:
+            self._run_window(window)
+        else:
+            for stage in self.stages:
+                for lo, hi in self._ranges(stage, shift // self.stride):
+                    self._run(stage, window, base, lo, hi)
         self._prev, self._prev_start = window, start_frame
         emb = self._embedding(base)
         logits = emb @ self.model.weight.T + self.model.bias
@@ -273,11 +285,16 @@ class StreamingClassifier:
             return 0, "renormalised"  # the loudest bin or the floor moved, or the frames are not the same audio
         return shift, ""
 
-    def _ranges(self, stage: _Stage, shift_columns: int | None) -> list[tuple[int, int]]:
+    def _run_window(self, window: np.ndarray) -> None:
+        """Every stage over the whole window in one graph; its outputs become the caches (origin here: slot = column)."""
+        outputs = self.model.window_session.run(self.model.window_outputs, {"mel": window[None]})
+        for name, out in zip(self.model.window_outputs, outputs):
+            self._caches[name] = out[0, :, : self.columns]
+        self.stats.columns += len(self.stages) * self.columns
+
+    def _ranges(self, stage: _Stage, shift_columns: int) -> list[tuple[int, int]]:
         """The output columns (window coordinates, inclusive) this window must compute at ``stage``."""
         last = self.columns - 1
-        if shift_columns is None:
-            return [(0, last)]
         new_from = self.columns - stage.right - shift_columns  # the hop's columns and the old right edge's
         if new_from <= stage.left:
             return [(0, last)]
@@ -325,10 +342,19 @@ class StreamingClassifier:
         missing = np.flatnonzero((self._pair_abs[slots] != starts) | ~interior)
         if missing.size:
             cols = (starts[missing][:, None] + np.arange(k)).reshape(-1)
-            t = np.take(self._caches[out.output], cols, axis=1, mode="wrap").astype(np.float64)
             c, f = out.channels, self.n_mels // k
-            pooled = t[:, :, : f * k].reshape(c, missing.size, k, f, k).mean(axis=(2, 4))
-            act = np.maximum(pooled * self.model.scale[:, None, None] + self.model.shift[:, None, None], 0.0)
-            self._pair_values[slots[missing]] = act.sum(axis=2).T
+            t = np.take(self._caches[out.output], cols, axis=1, mode="wrap").reshape(c, missing.size, k, self.n_mels)
+            # k x k average pool as strided adds (numpy's reductions over tiny axes are ~5x slower), float32 like the graph
+            rows = t[:, :, 0, : f * k].copy()
+            for i in range(1, k):
+                rows += t[:, :, i, : f * k]
+            rows = rows.reshape(c, missing.size, f, k)
+            pooled = rows[..., 0].copy()
+            for i in range(1, k):
+                pooled += rows[..., i]
+            pooled *= self._head_scale
+            pooled += self._head_shift
+            np.maximum(pooled, 0.0, out=pooled)
+            self._pair_values[slots[missing]] = pooled.sum(axis=2, dtype=np.float64).T
             self._pair_abs[slots[missing]] = np.where(interior[missing], starts[missing], -1)  # edge pairs serve this window only
         return self._pair_values[slots].sum(axis=0) / (self._pairs * (self.n_mels // k))
