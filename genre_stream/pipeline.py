@@ -72,7 +72,7 @@ class SourcePipeline:
         # Full windows reuse the previous window's columns where the model has a streaming pack;
         # that needs a hop of whole columns, so the hop is rounded down to one (5 s: 108 frames
         # already is; 1 s: 22 -> 20 frames, 0.93 s).
-        self.streaming = StreamingClassifier.for_engine(engine)
+        self.streaming = StreamingClassifier.for_engine(engine) if self.config.streaming else None
         if self.streaming is not None:
             snapped = self.streaming.snap_hop(self._hop_frames)
             if snapped != self._hop_frames:
@@ -195,9 +195,10 @@ class SourcePipeline:
             return [GenreState(self.source_id, None, 0.0, {}, "silence", start, end, self.engine.model_id)]
         window = normalize_window(_loop_frames(self.ring.latest(), self._fc.window_frames), self._fc.top_db)
         t0 = time.perf_counter()
-        if self.streaming is not None and len(self.ring) == self._fc.window_frames:
-            prediction = self.streaming.predict(window, self.ring.total_frames - self._fc.window_frames)
-        else:  # a short buffer looped to 30 s is no slice of the stream
+        if self.streaming is not None:  # a short buffer looped to 30 s is no slice of the stream: no start
+            full = len(self.ring) == self._fc.window_frames
+            prediction = self.streaming.predict(window, self.ring.total_frames - self._fc.window_frames if full else None)
+        else:
             prediction = self.engine.predict(window[None])
         probabilities = prediction.probabilities[0]
         self._inference_last_ms = (time.perf_counter() - t0) * 1000.0

@@ -48,6 +48,7 @@ __all__ = ["STREAM_FORMAT", "StreamError", "StreamStats", "StreamingClassifier",
 STREAM_FORMAT = 1
 # What a streamed window may differ from the batch one by: float summation order, ~1e-6 in practice.
 VERIFY_TOLERANCE = 1e-4
+VERIFY_FRAMES = 67  # 16 columns: the load-time check's input (a window is 647 frames)
 
 
 class StreamError(Exception):
@@ -146,12 +147,13 @@ class StreamingModel:
         except Exception as exc:  # onnxruntime raises its own exception types
             raise StreamError(f"{self.pack}: {meta['window']['file']} does not load ({exc})") from exc
         self.window_outputs = list(meta["window"]["outputs"])
-        self.verified = False  # set once a full window matched the engine's own answer
-        self.usable = True  # cleared if it did not: every window then goes to the engine
+        # the head's BN with the average pool's 1 / k^2 folded in, shaped for (channels, pairs, bands)
+        self._head_scale = (self.scale / self.pool**2).astype(np.float32)[:, None, None]
+        self._head_shift = self.shift.astype(np.float32)[:, None, None]
 
     @classmethod
     def for_engine(cls, engine: Engine) -> StreamingModel | None:
-        """The engine's streaming model (loaded once per engine), or None, logged, where it has none.
+        """The engine's streaming model (loaded and verified once per engine), or None, logged, where it has none.
 
         Packs are fp32 and run on the CPU, so an int8 or fp16 export, or an engine on a
         GPU, classifies whole windows.
@@ -169,29 +171,69 @@ class StreamingModel:
         else:
             try:
                 model = cls(pack, engine)
+                model.verify()
             except StreamError as exc:
                 log.warning("streaming inference off: %s", exc)
+                model = None
         _MODELS[engine] = model
         return model
 
-    def verify(self, window: np.ndarray, ours: Prediction) -> Prediction:
-        """Check one fully computed window against the engine, once per model; the answer to publish.
+    def verify(self) -> None:
+        """Raise StreamError unless the pack computes what the engine's model computes.
 
         The pack names the model it was cut from, but a re-exported ONNX file could keep
-        the name with other weights; one extra batch window per engine rules that out.
-        On a mismatch streaming is turned off and the engine's answer is returned.
+        the name with other weights. Both are fully convolutional, so a short input
+        (VERIFY_FRAMES) checks every weight at a fraction of a window's cost and of the
+        activation memory a whole window would make the engine's session keep.
         """
-        reference = self.engine.predict(window[None])
+        # a mel-like ramp with noise: uniform noise drives the model to one certain class, where other head weights hide
+        ramp = np.linspace(0.2, 0.8, self.n_mels, dtype=np.float32)
+        noise = 0.1 * np.random.default_rng(0).standard_normal((VERIFY_FRAMES, self.n_mels)).astype(np.float32)
+        x = np.clip(ramp + noise, 0.0, 1.0)
+        reference, ours = self.engine.predict(x[None]), self.whole(x)
         diff = max(float(np.abs(reference.probabilities - ours.probabilities).max()),
                    float(np.abs(reference.embeddings - ours.embeddings).max()))
         if diff > VERIFY_TOLERANCE:
-            log.warning("streaming inference off: %s differs from %s by %.2e (limit %g)",
-                        self.pack.name, self.engine.path.name, diff, VERIFY_TOLERANCE)
-            self.usable = False
-            return reference
-        self.verified = True
-        log.info("streaming inference on (%s): verified against the whole-window model (%.1e)", self.pack.name, diff)
-        return ours
+            raise StreamError(f"{self.pack}: differs from {self.engine.path.name} by {diff:.2e} (limit {VERIFY_TOLERANCE:g})")
+        log.info("streaming inference on (%s): agrees with the whole-window model to %.1e", self.pack.name, diff)
+
+    def whole(self, window: np.ndarray) -> Prediction:
+        """One window of any length computed in one graph, nothing cached (looped windows, verification)."""
+        t = self.window_session.run([self.window_outputs[-1]], {"mel": window[None]})[0][0]
+        pairs = t.shape[1] // self.pool
+        return self.prediction(self.pair_sums(t[:, : pairs * self.pool]).sum(axis=0) / (pairs * (self.n_mels // self.pool)))
+
+    def pair_sums(self, t: np.ndarray) -> np.ndarray:
+        """(pairs, channels): the head's BN + ReLU of each pooled k x k cell, summed over the bands.
+
+        ``t`` is the last stage's output (channels, k * pairs, n_mels). The average pool is
+        done as strided adds (numpy's reductions over tiny axes are ~5x slower), in float32
+        like the graph; the sums in float64.
+        """
+        k = self.pool
+        c, n, _ = t.shape
+        f = self.n_mels // k
+        t = t.reshape(c, n // k, k, self.n_mels)
+        rows = t[:, :, 0, : f * k].copy()
+        for i in range(1, k):
+            rows += t[:, :, i, : f * k]
+        rows = rows.reshape(c, n // k, f, k)
+        pooled = rows[..., 0].copy()
+        for i in range(1, k):
+            pooled += rows[..., i]
+        pooled *= self._head_scale
+        pooled += self._head_shift
+        np.maximum(pooled, 0.0, out=pooled)
+        return pooled.sum(axis=2, dtype=np.float64).T
+
+    def prediction(self, embedding: np.ndarray) -> Prediction:
+        """The dense layer, softmax and the engine's calibration, as ``Engine.predict`` returns them."""
+        logits = embedding @ self.weight.T + self.bias
+        e = np.exp(logits - logits.max())
+        probabilities = (e / e.sum()).astype(np.float32)[None]
+        if self.calibration is not None:
+            probabilities = self.calibration.apply(probabilities)
+        return Prediction(probabilities, embedding.astype(np.float32)[None])
 
 
 _MODELS: weakref.WeakKeyDictionary[Engine, StreamingModel | None] = weakref.WeakKeyDictionary()
@@ -215,9 +257,6 @@ class StreamingClassifier:
         self._pairs = self.columns // m.pool
         self._pair_slots = 2 * self.columns
         self._pair_values = np.zeros((self._pair_slots, self._out.channels), np.float64)
-        # the head's BN with the average pool's 1 / k^2 folded in, shaped for (channels, pairs, bands)
-        self._head_scale = (m.scale / m.pool**2).astype(np.float32)[:, None, None]
-        self._head_shift = m.shift.astype(np.float32)[:, None, None]
         self.stats = StreamStats()
         self.reset()
 
@@ -240,13 +279,20 @@ class StreamingClassifier:
 
     # -- one window ------------------------------------------------------------------------
 
-    def predict(self, window: np.ndarray, start_frame: int) -> Prediction:
-        """Calibrated probabilities (1, classes) and embedding (1, 32) of one normalised window (frames, n_mels)."""
+    def predict(self, window: np.ndarray, start_frame: int | None) -> Prediction:
+        """Calibrated probabilities (1, classes) and embedding (1, 32) of one normalised window (frames, n_mels).
+
+        ``start_frame`` None: the window is no slice of the stream (a short buffer looped to
+        30 s); it is computed whole and the next window starts over.
+        """
         window = np.array(window, dtype=np.float32)  # a copy: it is compared with the next window
         if window.shape != (self.frames, self.n_mels):
             raise ValueError(f"streaming expects one window of shape {(self.frames, self.n_mels)}, got {window.shape}")
-        if not self.model.usable:
-            return self.model.engine.predict(window[None])
+        if start_frame is None:
+            self.reset()
+            self.stats.windows += 1
+            self.stats.count_full("looped")
+            return self.model.whole(window)
         shift, reason = self._shift_from_previous(window, start_frame)
         self.stats.windows += 1
         if reason:
@@ -263,14 +309,7 @@ class StreamingClassifier:
                 for lo, hi in self._ranges(stage, shift // self.stride):
                     self._run(stage, window, base, lo, hi)
         self._prev, self._prev_start = window, start_frame
-        emb = self._embedding(base)
-        logits = emb @ self.model.weight.T + self.model.bias
-        e = np.exp(logits - logits.max())
-        probabilities = (e / e.sum()).astype(np.float32)[None]
-        if self.model.calibration is not None:
-            probabilities = self.model.calibration.apply(probabilities)
-        result = Prediction(probabilities, emb.astype(np.float32)[None])
-        return result if self.model.verified else self.model.verify(window, result)
+        return self.model.prediction(self._embedding(base))
 
     def _shift_from_previous(self, window: np.ndarray, start_frame: int) -> tuple[int, str]:
         """(frames since the previous window, "") when its columns can be reused, else (0, why not)."""
@@ -342,19 +381,6 @@ class StreamingClassifier:
         missing = np.flatnonzero((self._pair_abs[slots] != starts) | ~interior)
         if missing.size:
             cols = (starts[missing][:, None] + np.arange(k)).reshape(-1)
-            c, f = out.channels, self.n_mels // k
-            t = np.take(self._caches[out.output], cols, axis=1, mode="wrap").reshape(c, missing.size, k, self.n_mels)
-            # k x k average pool as strided adds (numpy's reductions over tiny axes are ~5x slower), float32 like the graph
-            rows = t[:, :, 0, : f * k].copy()
-            for i in range(1, k):
-                rows += t[:, :, i, : f * k]
-            rows = rows.reshape(c, missing.size, f, k)
-            pooled = rows[..., 0].copy()
-            for i in range(1, k):
-                pooled += rows[..., i]
-            pooled *= self._head_scale
-            pooled += self._head_shift
-            np.maximum(pooled, 0.0, out=pooled)
-            self._pair_values[slots[missing]] = pooled.sum(axis=2, dtype=np.float64).T
+            self._pair_values[slots[missing]] = self.model.pair_sums(np.take(self._caches[out.output], cols, axis=1, mode="wrap"))
             self._pair_abs[slots[missing]] = np.where(interior[missing], starts[missing], -1)  # edge pairs serve this window only
         return self._pair_values[slots].sum(axis=0) / (self._pairs * (self.n_mels // k))

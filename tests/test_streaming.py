@@ -128,8 +128,8 @@ def test_live_pipeline_streams_through_silence_and_discontinuities(fp32: Engine)
     assert stats.full.get("gap", 0) + stats.full.get("renormalised", 0) >= 1  # the silence broke the chain
 
 
-def test_a_pack_of_other_weights_is_caught_and_the_engine_answers(fp32: Engine, tmp_path: Path) -> None:
-    """A pack that names the model but holds other weights fails the first-window check; streaming turns off."""
+def test_a_pack_of_other_weights_is_refused_at_load(fp32: Engine, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A pack that names the model but holds other weights fails the load-time check; the engine classifies."""
     model = tmp_path / "m.onnx"
     shutil.copy(fp32.path, model)
     with zipfile.ZipFile(stream_pack_path(fp32.path)) as src, zipfile.ZipFile(stream_pack_path(model), "w") as dst:
@@ -143,11 +143,10 @@ def test_a_pack_of_other_weights_is_caught_and_the_engine_answers(fp32: Engine, 
                 data = buf.getvalue()
             dst.writestr(item, data)
     engine = Engine(model, device="cpu", threads=1)
-    stream = StreamingClassifier.for_engine(engine)
-    assert stream is not None
-    power = MelFrontend(engine.info.frontend).power(synthetic_piece(40, seed=5))
-    assert_equal_predictions(engine, stream, power, 108)
-    assert not stream.model.usable
+    with caplog.at_level("WARNING", logger="genre_stream.streaming"):
+        pipeline = SourcePipeline("x", engine, PipelineConfig(hop_seconds=1.0))
+    assert pipeline.streaming is None
+    assert "streaming inference off" in caplog.text and "differs from m.onnx" in caplog.text
 
 
 def test_int8_and_packless_models_classify_whole_windows(tmp_path: Path) -> None:
@@ -158,3 +157,9 @@ def test_int8_and_packless_models_classify_whole_windows(tmp_path: Path) -> None
     assert StreamingModel.for_engine(engine) is None
     pipeline = SourcePipeline("x", engine, PipelineConfig(hop_seconds=1.0))
     assert pipeline.streaming is None and pipeline._hop_frames == 22  # the hop is left as asked
+
+
+def test_streaming_can_be_turned_off(fp32: Engine) -> None:
+    assert SourcePipeline("x", fp32, PipelineConfig(hop_seconds=1.0))._hop_frames == 20  # snapped: 5 columns
+    off = SourcePipeline("x", fp32, PipelineConfig(hop_seconds=1.0, streaming=False))
+    assert off.streaming is None and off._hop_frames == 22
