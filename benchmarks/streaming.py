@@ -52,11 +52,8 @@ def music(clips: int | None) -> tuple[np.ndarray, str]:
 
 
 def run_pipeline(audio: np.ndarray, engine: Engine, hop: float, streaming: bool) -> dict:
-    pipeline = SourcePipeline("bench", engine, PipelineConfig(hop_seconds=hop))
-    if not streaming:
-        # today's daemon: whole windows at the hop as asked, not snapped to whole columns
-        pipeline.streaming = None
-        pipeline._hop_frames = max(1, engine.info.frontend.seconds_to_frames(hop))
+    # streaming off is today's daemon: whole windows at the hop as asked, not snapped to whole columns
+    pipeline = SourcePipeline("bench", engine, PipelineConfig(hop_seconds=hop, streaming=streaming))
     hop_frames = pipeline._hop_frames
     chunk = int(0.1 * SR)
     cpu0, wall0 = time.process_time(), time.perf_counter()
@@ -79,6 +76,11 @@ def run_pipeline(audio: np.ndarray, engine: Engine, hop: float, streaming: bool)
         out["streamed_windows"] = s.streamed
         out["full_windows_by_reason"] = dict(s.full)
         out["full_fraction"] = round(1 - s.streamed / s.windows, 3) if s.windows else None
+        full = s.windows - s.streamed
+        out["cpu_ms_per_streamed_window"] = round(1000 * s.streamed_cpu_seconds / s.streamed, 1) if s.streamed else None
+        out["cpu_ms_per_full_window"] = round(1000 * s.full_cpu_seconds / full, 1) if full else None
+        out["cpu_seconds_streamed_windows"] = round(s.streamed_cpu_seconds, 2)
+        out["cpu_seconds_full_windows"] = round(s.full_cpu_seconds, 2)
     return out
 
 

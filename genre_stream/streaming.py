@@ -31,6 +31,7 @@ import io
 import json
 import logging
 import math
+import time
 import weakref
 import zipfile
 from dataclasses import dataclass, field
@@ -80,9 +81,18 @@ class StreamStats:
     streamed: int = 0
     full: dict[str, int] = field(default_factory=dict)
     columns: int = 0  # trunk columns computed (summed over stages), against windows * stages * columns for batch
+    streamed_cpu_seconds: float = 0.0  # CPU time of the calling thread (onnxruntime's one intra-op thread is it)
+    full_cpu_seconds: float = 0.0
 
-    def count_full(self, reason: str) -> None:
-        self.full[reason] = self.full.get(reason, 0) + 1
+    def record(self, reason: str, cpu_seconds: float) -> None:
+        """One window: streamed (no reason) or computed in full, and why."""
+        self.windows += 1
+        if reason:
+            self.full[reason] = self.full.get(reason, 0) + 1
+            self.full_cpu_seconds += cpu_seconds
+        else:
+            self.streamed += 1
+            self.streamed_cpu_seconds += cpu_seconds
 
 
 class StreamingModel:
@@ -288,28 +298,26 @@ class StreamingClassifier:
         window = np.array(window, dtype=np.float32)  # a copy: it is compared with the next window
         if window.shape != (self.frames, self.n_mels):
             raise ValueError(f"streaming expects one window of shape {(self.frames, self.n_mels)}, got {window.shape}")
+        started = time.thread_time()
         if start_frame is None:
             self.reset()
-            self.stats.windows += 1
-            self.stats.count_full("looped")
-            return self.model.whole(window)
+            result = self.model.whole(window)
+            self.stats.record("looped", time.thread_time() - started)
+            return result
         shift, reason = self._shift_from_previous(window, start_frame)
-        self.stats.windows += 1
         if reason:
-            self.stats.count_full(reason)
             self._origin = start_frame
             self._pair_abs[:] = -1
-        else:
-            self.stats.streamed += 1
-        base = (start_frame - self._origin) // self.stride  # the window's first column, counted from the origin
-        if reason:
             self._run_window(window)
-        else:
+        base = (start_frame - self._origin) // self.stride  # the window's first column, counted from the origin
+        if not reason:
             for stage in self.stages:
                 for lo, hi in self._ranges(stage, shift // self.stride):
                     self._run(stage, window, base, lo, hi)
         self._prev, self._prev_start = window, start_frame
-        return self.model.prediction(self._embedding(base))
+        result = self.model.prediction(self._embedding(base))
+        self.stats.record(reason, time.thread_time() - started)
+        return result
 
     def _shift_from_previous(self, window: np.ndarray, start_frame: int) -> tuple[int, str]:
         """(frames since the previous window, "") when its columns can be reused, else (0, why not)."""
