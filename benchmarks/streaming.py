@@ -9,7 +9,8 @@ hop as asked), "streaming" reuses the previous window's columns at the hop snapp
 4-frame columns (1 s -> 20 frames = 0.93 s; 5 s -> 108 frames, unchanged). CPU is the
 process's CPU time (mel frontend, normalisation, inference, smoothing), scaled to one hour.
 
-It also counts, over all of genre-dev, how many hops need a full recompute because the
+Then the peak RSS of the whole daemon (``run --fast``, fresh processes) with streaming on and
+off. It also counts, over all of genre-dev, how many hops need a full recompute because the
 seed normalisation of the window changed (its loudest bin or its floor moved): that is
 what bounds the gain, and it needs no inference to count.
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,6 +31,7 @@ import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine_info  # noqa: E402
+from peak_rss import run_measured  # noqa: E402
 
 from genre_stream.engine import Engine  # noqa: E402
 from genre_stream.frontend import MelFrontend, normalize_window  # noqa: E402
@@ -99,6 +102,20 @@ def recompute_rate(power: np.ndarray, hop_frames: int, frames: int, top_db: floa
             "per_audio_hour": round(changed / hours)}
 
 
+def daemon_peak_rss(audio: np.ndarray, hop: float) -> dict:
+    """Peak RSS (MB) of ``genre-stream run --fast`` over the audio, streaming on and off, each a fresh process."""
+    repo = Path(__file__).resolve().parents[1]
+    out: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = Path(tmp) / "music.wav"
+        sf.write(wav, audio, SR)
+        for flag in ("--streaming", "--no-streaming"):
+            run = run_measured(["run", "--fast", "--model", "fp32", "--hop", str(hop), flag, "--source", f"bench=file:{wav}",
+                                "--jsonl", str(Path(tmp) / "out.jsonl"), "--state-dir", str(Path(tmp) / f"state{flag}")], repo, cwd=Path(tmp))
+            out[flag.removeprefix("--").replace("-", "_")] = run["peak_rss_mb"]
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clips", type=int, default=20, help="genre-dev clips (30 s each) for the CPU runs")
@@ -134,6 +151,8 @@ def main() -> None:
             "streaming_1s_to_whole_windows_5s": round(per_hour("streaming", 1.0) / per_hour("whole_windows", 5.0), 2),
         },
         "speedup_streaming_over_whole_windows": {f"hop_{hop:g}s": round(per_hour("whole_windows", hop) / per_hour("streaming", hop), 2) for hop in HOPS},
+        "daemon_run_fast_peak_rss_mb": {"audio": "the first 5 minutes of the CPU runs' audio", "hop_seconds": 1.0,
+                                        **daemon_peak_rss(audio[: 5 * 60 * SR], 1.0)},
         "renormalised_hops": {"audio": everything_source, "audio_minutes": round(everything.size / SR / 60, 2), **rates},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
