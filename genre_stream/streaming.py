@@ -208,10 +208,38 @@ class StreamingModel:
         log.info("streaming inference on (%s): agrees with the whole-window model to %.1e", self.pack.name, diff)
 
     def whole(self, window: np.ndarray) -> Prediction:
-        """One window of any length computed in one graph, nothing cached (looped windows, verification)."""
-        t = self.window_session.run([self.window_outputs[-1]], {"mel": window[None]})[0][0]
+        """One window of any length computed whole, nothing cached (looped windows, verification)."""
+        t = self.trunk(window)[self.stages[-1].output]
         pairs = t.shape[1] // self.pool
         return self.prediction(self.pair_sums(t[:, : pairs * self.pool]).sum(axis=0) / (pairs * (self.n_mels // self.pool)))
+
+    def trunk(self, window: np.ndarray, out: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Every stage's output (channels, columns, n_mels) over a whole window, written into ``out``.
+
+        The window graph runs on two overlapping halves, so onnxruntime's arena holds the
+        activations of half a window (~70 MB less RSS, measured) for 8 % more columns: the
+        first half's outputs are exact up to each stage's right cone before its false end,
+        the second's from its left cone after its false start, and the halves overlap by
+        the widest sum of the two.
+        """
+        cols = window.shape[0] // self.stride
+        if out is None:
+            out = {st.output: np.empty((st.channels, cols, self.n_mels), np.float32) for st in self.stages}
+        overlap = max(st.left + st.right for st in self.stages) - 1
+        stem = self.stages[0]
+        if cols < 4 * overlap:  # short inputs (the load-time check) in one piece
+            parts = [(0, window.shape[0], 0, {st.output: (0, cols) for st in self.stages})]
+        else:
+            c1 = (cols + overlap) // 2  # the first half's columns; the second starts `overlap` earlier
+            first = c1 - overlap - math.ceil(stem.halo / self.stride)  # its first column, spoilt by the false start
+            parts = [(0, min(window.shape[0], c1 * self.stride + stem.halo), 0, {st.output: (0, c1 - st.right) for st in self.stages}),
+                     (first * self.stride, window.shape[0], first, {st.output: (c1 - st.right, cols) for st in self.stages})]
+        for f_lo, f_hi, offset, take in parts:
+            results = self.window_session.run(self.window_outputs, {"mel": window[None, f_lo:f_hi]})
+            for name, result in zip(self.window_outputs, results):
+                lo, hi = take[name]
+                out[name][:, lo:hi] = result[0, :, lo - offset : hi - offset]
+        return out
 
     def pair_sums(self, t: np.ndarray) -> np.ndarray:
         """(pairs, channels): the head's BN + ReLU of each pooled k x k cell, summed over the bands.
@@ -333,10 +361,10 @@ class StreamingClassifier:
         return shift, ""
 
     def _run_window(self, window: np.ndarray) -> None:
-        """Every stage over the whole window in one graph; its outputs become the caches (origin here: slot = column)."""
-        outputs = self.model.window_session.run(self.model.window_outputs, {"mel": window[None]})
-        for name, out in zip(self.model.window_outputs, outputs):
-            self._caches[name] = out[0, :, : self.columns]
+        """Every stage over the whole window into the caches (the origin is this window: slot = column)."""
+        if not self._caches:
+            self._caches = {st.output: np.empty((st.channels, self.columns, self.n_mels), np.float32) for st in self.stages}
+        self.model.trunk(window, self._caches)
         self.stats.columns += len(self.stages) * self.columns
 
     def _ranges(self, stage: _Stage, shift_columns: int) -> list[tuple[int, int]]:
