@@ -19,9 +19,9 @@ hop that is not a whole number of columns, or a gap). Reuse needs the hop to be 
 multiple of the stem's pooling stride (4 frames), hence ``snap_hop``.
 
 The trunk comes from the model's streaming pack (``trainer.stream_export``): one ONNX
-graph per stage with a free time axis, run by onnxruntime on column slices, and the
-head (2x2 average pool, BN, ReLU, mean, dense) in numpy here, with each pooled pair's
-contribution cached too. Only fp32 packs exist; an int8 or GPU engine classifies
+graph per stage with a free time axis, run by onnxruntime on column slices, one graph
+of all stages for windows computed in full, and the head (2x2 average pool, BN, ReLU,
+mean, dense) in numpy here, with each pooled pair's contribution cached too. Only fp32 packs exist; an int8 or GPU engine classifies
 whole windows as before.
 """
 
@@ -106,60 +106,57 @@ class StreamingModel:
         self.pack = Path(pack)
         self.engine = engine
         info = engine.info
+        self.calibration = info.calibration
+        self.frames = info.frontend.window_frames
+        self.n_mels = info.frontend.n_mels
         try:
             with zipfile.ZipFile(self.pack) as zf:
                 meta = json.loads(zf.read("stream.json"))
-                graphs = {s["file"]: zf.read(s["file"]) for s in [*meta["stages"], meta["window"]]}
+                if meta.get("format") != STREAM_FORMAT:
+                    raise StreamError(f"{self.pack}: pack format {meta.get('format')!r}, this version reads {STREAM_FORMAT}")
+                packed = meta["model"]
+                mine = (info.model_id, info.provenance.get("sha256"), info.labels)
+                theirs = (packed.get("model_id"), packed.get("provenance", {}).get("sha256"), packed.get("labels"))
+                if mine != theirs:
+                    raise StreamError(f"{self.pack}: made from model {theirs[0]!r} (sha256 {theirs[1]}), "
+                                      f"not from {engine.path.name} ({mine[0]!r}, sha256 {mine[1]})")
                 head = np.load(io.BytesIO(zf.read("head.npz")))
-                self.scale = head["scale"].astype(np.float64)
-                self.shift = head["shift"].astype(np.float64)
                 self.weight = head["weight"].astype(np.float64)
                 self.bias = head["bias"].astype(np.float64)
                 self.pool = int(head["pool"][0])
-        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
-            raise StreamError(f"{self.pack}: not a readable streaming pack ({exc})") from exc
-        if meta.get("format") != STREAM_FORMAT:
-            raise StreamError(f"{self.pack}: pack format {meta.get('format')!r}, this version reads {STREAM_FORMAT}")
-        packed = meta.get("model", {})
-        mine = (info.model_id, info.provenance.get("sha256"), info.labels)
-        theirs = (packed.get("model_id"), packed.get("provenance", {}).get("sha256"), packed.get("labels"))
-        if mine != theirs:
-            raise StreamError(f"{self.pack}: made from model {theirs[0]!r} (sha256 {theirs[1]}), "
-                              f"not from {engine.path.name} ({mine[0]!r}, sha256 {mine[1]})")
-        fc = info.frontend
-        self.calibration = info.calibration
-        self.stride = int(meta["stride"])
-        self.frames = fc.window_frames
-        self.columns = self.frames // self.stride
-        self.n_mels = fc.n_mels
-        self.stages: list[_Stage] = []
-        cones: dict[str, tuple[int, int]] = {}
-        for s in meta["stages"]:
-            halo = int(s["halo"])
-            if s["inputs"] == ["mel"]:
-                # The stem pools `stride` frames per column; its conv reads `halo` frames past them. The
-                # frames the pooling drops at the end absorb that much of the right edge's padding.
-                left = math.ceil(halo / self.stride)
-                right = max(0, math.ceil((halo - self.frames % self.stride) / self.stride))
-            else:
-                left = max(cones[i][0] for i in s["inputs"]) + halo
-                right = max(cones[i][1] for i in s["inputs"]) + halo
-            cones[s["output"]] = (left, right)
-            try:
-                session = ort.InferenceSession(graphs[s["file"]], sess_options=engine.session_options,
-                                               providers=["CPUExecutionProvider"])
-            except Exception as exc:  # onnxruntime raises its own exception types
-                raise StreamError(f"{self.pack}: stage {s['file']} does not load ({exc})") from exc
-            self.stages.append(_Stage(s["name"], session, tuple(s["inputs"]), s["output"], int(s["channels"]), halo, left, right))
+                # the head's BN with the average pool's 1 / k^2 folded in, shaped for (channels, pairs, bands)
+                self._head_scale = (head["scale"] / self.pool**2).astype(np.float32)[:, None, None]
+                self._head_shift = head["shift"].astype(np.float32)[:, None, None]
+                self.stride = int(meta["stride"])
+                self.columns = self.frames // self.stride
+                self.stages: list[_Stage] = []
+                for entry in meta["stages"]:  # in order: each stage's cones build on its inputs'
+                    self.stages.append(self._stage(entry, zf.read(entry["file"])))
+                self.window_session = self._session(zf.read(meta["window"]["file"]))
+                self.window_outputs = [str(name) for name in meta["window"]["outputs"]]
+        except (OSError, KeyError, IndexError, TypeError, ValueError, zipfile.BadZipFile) as exc:
+            raise StreamError(f"{self.pack}: not a usable streaming pack ({type(exc).__name__}: {exc})") from exc
+
+    def _session(self, graph: bytes) -> ort.InferenceSession:
         try:
-            self.window_session = ort.InferenceSession(graphs[meta["window"]["file"]], sess_options=engine.session_options,
-                                                       providers=["CPUExecutionProvider"])
+            return ort.InferenceSession(graph, sess_options=self.engine.session_options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types
-            raise StreamError(f"{self.pack}: {meta['window']['file']} does not load ({exc})") from exc
-        self.window_outputs = list(meta["window"]["outputs"])
-        # the head's BN with the average pool's 1 / k^2 folded in, shaped for (channels, pairs, bands)
-        self._head_scale = (self.scale / self.pool**2).astype(np.float32)[:, None, None]
-        self._head_shift = self.shift.astype(np.float32)[:, None, None]
+            raise ValueError(f"a graph does not load ({exc})") from exc
+
+    def _stage(self, entry: dict, graph: bytes) -> _Stage:
+        """One stage with its edge cones: how many columns at each window edge depend on that edge's padding."""
+        halo = int(entry["halo"])
+        if entry["inputs"] == ["mel"]:
+            # The stem pools `stride` frames per column; its conv reads `halo` frames past them. The
+            # frames the pooling drops at the end absorb that much of the right edge's padding.
+            left = math.ceil(halo / self.stride)
+            right = max(0, math.ceil((halo - self.frames % self.stride) / self.stride))
+        else:
+            cones = {st.output: (st.left, st.right) for st in self.stages}
+            left = max(cones[i][0] for i in entry["inputs"]) + halo
+            right = max(cones[i][1] for i in entry["inputs"]) + halo
+        return _Stage(str(entry["name"]), self._session(graph), tuple(entry["inputs"]), str(entry["output"]),
+                      int(entry["channels"]), halo, left, right)
 
     @classmethod
     def for_engine(cls, engine: Engine) -> StreamingModel | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import time
 import zipfile
@@ -147,6 +148,28 @@ def test_a_pack_of_other_weights_is_refused_at_load(fp32: Engine, tmp_path: Path
         pipeline = SourcePipeline("x", engine, PipelineConfig(hop_seconds=1.0))
     assert pipeline.streaming is None
     assert "streaming inference off" in caplog.text and "differs from m.onnx" in caplog.text
+
+
+@pytest.mark.parametrize("damage", ["truncated", "no-stride"])
+def test_a_broken_pack_is_named_and_whole_windows_are_classified(fp32: Engine, tmp_path: Path, damage: str,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    model = tmp_path / "m.onnx"
+    shutil.copy(fp32.path, model)
+    good = stream_pack_path(fp32.path).read_bytes()
+    if damage == "truncated":
+        stream_pack_path(model).write_bytes(good[: len(good) // 2])
+    else:
+        with zipfile.ZipFile(io.BytesIO(good)) as src, zipfile.ZipFile(stream_pack_path(model), "w") as dst:
+            for item in src.infolist():
+                data = src.read(item)
+                if item.filename == "stream.json":
+                    meta = json.loads(data)
+                    del meta["stride"]
+                    data = json.dumps(meta).encode()
+                dst.writestr(item, data)
+    with caplog.at_level("WARNING", logger="genre_stream.streaming"):
+        assert StreamingModel.for_engine(Engine(model, device="cpu", threads=1)) is None
+    assert f"{stream_pack_path(model)}: not a usable streaming pack" in caplog.text
 
 
 def test_int8_and_packless_models_classify_whole_windows(tmp_path: Path) -> None:
