@@ -39,7 +39,7 @@ from torch import nn
 
 from genre_stream.fsutil import atomic_path
 from genre_stream.modelinfo import ModelInfo
-from genre_stream.streaming import STREAM_FORMAT, stream_pack_path
+from genre_stream.streaming import STREAM_FORMAT
 from trainer.export import OPSET
 from trainer.model import BBNN
 
