@@ -6,6 +6,7 @@ It runs exactly the commands a user would:
 
 1. ``genre-trainer import-keras bbnn-gtzan-augmented-fold0.hdf5 --out <tmp>/fold0.pt``
 2. ``genre-trainer export <tmp>/fold0.pt --out genre_stream/models/bbnn-gtzan-augmented-fold0.fp32.onnx``
+   (which also writes the streaming pack beside it, ``...fp32.stream.zip``)
 3. ``genre-trainer export <tmp>/fold0.pt --out genre_stream/models/bbnn-gtzan-augmented-fold0.int8.onnx
    --quantize int8 --calibration-windows 96 --test-audio <clips>``
 

@@ -12,9 +12,10 @@ import torch
 
 from genre_stream.engine import Engine
 from genre_stream.models import bundled_model_path
-from genre_stream.frontend import MelFrontend
+from genre_stream.frontend import MelFrontend, normalize_window
 from trainer.model import BBNN
 from genre_stream.modelinfo import ModelInfo
+from genre_stream.streaming import StreamingClassifier, stream_pack_path
 from tests.conftest import run_cli, shared_path
 from trainer.calibration import offset_windows
 from trainer.checkpoint import save_checkpoint
@@ -55,6 +56,19 @@ def test_fp32_export_matches_pytorch_and_carries_labels(random_checkpoint: Path,
     assert engine.labels == LABELS  # from the ONNX metadata, not from any list in code
     assert engine.model_id == "random-test-model"
     onnx.checker.check_model(onnx.load(str(out)))
+    # the streaming pack written beside it streams this model's windows exactly
+    assert stream_pack_path(out).is_file() and f"wrote {stream_pack_path(out)}" in proc.stdout
+    stream = StreamingClassifier.for_engine(engine)
+    assert stream is not None
+    rng = np.random.default_rng(0)
+    power = (rng.random((647 + 3 * 20, 128)) ** 6 * 1e3).astype(np.float32)
+    power[:, 0] = 1e4  # one loud band keeps the window's maximum, so its normalisation, fixed
+    for start in range(0, 4 * 20, 20):
+        window = normalize_window(power[start : start + 647])
+        got, expected = stream.predict(window, start), engine.predict(window[None])
+        np.testing.assert_allclose(got.probabilities, expected.probabilities, atol=1e-4, rtol=0)
+        np.testing.assert_allclose(got.embeddings, expected.embeddings, atol=1e-4, rtol=0)
+    assert stream.stats.streamed == 3
 
 
 def test_fold_and_equalize_are_exact(random_checkpoint: Path) -> None:

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import REPO, cli_env
 
-FORBIDDEN = ("torch", "torchaudio", "librosa", "numba", "trainer")
+FORBIDDEN = ("torch", "torchaudio", "librosa", "numba", "onnx", "trainer")
 DEMO = REPO / "examples" / "demo.wav"
 
 _RUNNER = """
@@ -112,3 +112,20 @@ def test_the_daemon_imports_only_protocols_and_the_composition() -> None:
         assert not (isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").startswith("genre_stream")), ast.unparse(node)
     assert set(imported) <= set(DAEMON_IMPORTS), sorted(set(imported) - set(DAEMON_IMPORTS))
     assert imported["genre_stream.engine"] == {"ModelError"}
+
+
+def test_the_daemon_streams_windows_without_the_training_stack(tmp_path: Path) -> None:
+    """Streaming inference (stage graphs + numpy head) runs on onnxruntime alone: no torch, no onnx."""
+    import numpy as np
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    t = np.arange(45 * 22050) / 22050
+    audio = 0.1 * np.sin(2 * np.pi * 220 * t) * (1 + 0.5 * np.sin(2 * np.pi * 0.3 * t)) + 0.01 * rng.standard_normal(t.size)
+    sf.write(tmp_path / "long.wav", audio.astype(np.float32), 22050)
+    proc = _run(["-v", "run", "--fast", "--model", "fp32", "--source", f"long=file:{tmp_path / 'long.wav'}",
+                 "--jsonl", "-", "--state-dir", "state"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "streaming inference on" in proc.stderr, proc.stderr[-2000:]
+    assert _loaded(proc) == []
+    assert sum(line.startswith('{"source":"long"') for line in proc.stdout.splitlines()) >= 7  # 10, 15, ... 45 s

@@ -148,6 +148,13 @@ def export(
         click.echo(f"fp16 vs PyTorch: {result.test.summary()} ({'; '.join(result.notes)})")
     save_atomic(result.model, out)
     click.echo(f"wrote {out}")
+    if quantize == "none":
+        from genre_stream.streaming import stream_pack_path
+
+        from .stream_export import save_stream_pack
+
+        pack = save_stream_pack(model, info, stream_pack_path(out))
+        click.echo(f"wrote {pack} (the stages the daemon streams live windows with)")
 
 
 if __name__ == "__main__":

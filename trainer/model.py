@@ -56,12 +56,15 @@ class Inception(nn.Module):
         self.branch_pool = PreActConv(in_ch, width, 1)
         self.out_channels = in_ch + 4 * width
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        branches = torch.cat(
+    def branches(self, x: torch.Tensor) -> torch.Tensor:
+        """The 4 * width new channels alone (the streaming export caches them apart from the input)."""
+        return torch.cat(
             [self.branch1(x), self.branch3(x), self.branch5(x), self.branch_pool(self.pool(x))],
             dim=1,
         )
-        return torch.cat([x, branches], dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, self.branches(x)], dim=1)
 
 
 class BBNN(nn.Module):

@@ -1,0 +1,419 @@
+"""Streaming inference: a live window computed from the columns earlier windows already computed.
+
+The daemon classifies the latest 30 s every hop, so consecutive windows share all
+but one hop of audio. The BBNN is local in time up to its final global mean, so
+each stage's output column (4 mel frames after the stem's pooling) depends only on
+a few neighbouring columns. A window therefore needs, per stage:
+
+* the columns the hop added, plus those that were within reach of the previous
+  window's right edge (computed then with that edge's zero padding);
+* the columns within reach of its own left edge (its zero padding is new);
+* everything else, unchanged, from the cache.
+
+The result is the batch result up to float summation order (< 1e-4), because a
+column is reused only when its whole input is bit-identical: the overlap of the two
+windows' *normalised* frames is compared, and the seed normalisation
+(``frontend.normalize_window``) rescales the whole window whenever its loudest bin
+or its floor changes, so such a window is computed in full (as is the first one, a
+hop that is not a whole number of columns, or a gap). Reuse needs the hop to be a
+multiple of the stem's pooling stride (4 frames), hence ``snap_hop``.
+
+The trunk comes from the model's streaming pack (``trainer.stream_export``): one ONNX
+graph per stage with a free time axis, run by onnxruntime on column slices, one graph
+of all stages for windows computed in full, and the head (2x2 average pool, BN, ReLU,
+mean, dense) in numpy here, with each pooled pair's contribution cached too. Only fp32 packs exist; an int8 or GPU engine classifies
+whole windows as before.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import time
+import weakref
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from .engine import Engine, Prediction
+
+log = logging.getLogger(__name__)
+
+__all__ = ["STREAM_FORMAT", "StreamError", "StreamStats", "StreamingClassifier", "StreamingModel", "stream_pack_path"]
+
+STREAM_FORMAT = 1
+# What a streamed window may differ from the batch one by: float summation order, ~1e-6 in practice.
+VERIFY_TOLERANCE = 1e-4
+VERIFY_FRAMES = 67  # 16 columns: the load-time check's input (a window is 647 frames)
+
+
+class StreamError(Exception):
+    """A streaming pack that cannot be used; the message names the file and why."""
+
+
+def stream_pack_path(model_path: str | Path) -> Path:
+    """A model's streaming pack lies beside it: ``X.onnx`` -> ``X.stream.zip`` (written by ``genre-trainer export``)."""
+    return Path(model_path).with_suffix(".stream.zip")
+
+
+@dataclass(frozen=True)
+class _Stage:
+    name: str
+    session: ort.InferenceSession
+    inputs: tuple[str, ...]
+    output: str
+    channels: int
+    halo: int  # columns either side an output column reads (the stem: frames)
+    left: int  # output columns at a window's start that depend on its zero padding
+    right: int  # ... and at its end
+
+
+@dataclass
+class StreamStats:
+    """How windows were computed; ``full`` by reason, so a benchmark can say why."""
+
+    windows: int = 0
+    streamed: int = 0
+    full: dict[str, int] = field(default_factory=dict)
+    columns: int = 0  # trunk columns computed (summed over stages), against windows * stages * columns for batch
+    streamed_cpu_seconds: float = 0.0  # CPU time of the calling thread (onnxruntime's one intra-op thread is it)
+    full_cpu_seconds: float = 0.0
+
+    def record(self, reason: str, cpu_seconds: float) -> None:
+        """One window: streamed (no reason) or computed in full, and why."""
+        self.windows += 1
+        if reason:
+            self.full[reason] = self.full.get(reason, 0) + 1
+            self.full_cpu_seconds += cpu_seconds
+        else:
+            self.streamed += 1
+            self.streamed_cpu_seconds += cpu_seconds
+
+
+class StreamingModel:
+    """A streaming pack loaded for one engine: the stage sessions, the head and the geometry.
+
+    Shared by every stream the engine serves (``for_engine``); the per-stream caches
+    live in ``StreamingClassifier``.
+    """
+
+    def __init__(self, pack: Path, engine: Engine) -> None:
+        self.pack = Path(pack)
+        self.engine = engine
+        info = engine.info
+        self.calibration = info.calibration
+        self.frames = info.frontend.window_frames
+        self.n_mels = info.frontend.n_mels
+        try:
+            with zipfile.ZipFile(self.pack) as zf:
+                meta = json.loads(zf.read("stream.json"))
+                if meta.get("format") != STREAM_FORMAT:
+                    raise StreamError(f"{self.pack}: pack format {meta.get('format')!r}, this version reads {STREAM_FORMAT}")
+                packed = meta["model"]
+                mine = (info.model_id, info.provenance.get("sha256"), info.labels)
+                theirs = (packed.get("model_id"), packed.get("provenance", {}).get("sha256"), packed.get("labels"))
+                if mine != theirs:
+                    raise StreamError(f"{self.pack}: made from model {theirs[0]!r} (sha256 {theirs[1]}), "
+                                      f"not from {engine.path.name} ({mine[0]!r}, sha256 {mine[1]})")
+                head = np.load(io.BytesIO(zf.read("head.npz")))
+                self.weight = head["weight"].astype(np.float64)
+                self.bias = head["bias"].astype(np.float64)
+                self.pool = int(head["pool"][0])
+                # the head's BN with the average pool's 1 / k^2 folded in, shaped for (channels, pairs, bands)
+                self._head_scale = (head["scale"] / self.pool**2).astype(np.float32)[:, None, None]
+                self._head_shift = head["shift"].astype(np.float32)[:, None, None]
+                self.stride = int(meta["stride"])
+                self.columns = self.frames // self.stride
+                self.stages: list[_Stage] = []
+                for entry in meta["stages"]:  # in order: each stage's cones build on its inputs'
+                    self.stages.append(self._stage(entry, zf.read(entry["file"])))
+                self.window_session = self._session(zf.read(meta["window"]["file"]))
+                self.window_outputs = [str(name) for name in meta["window"]["outputs"]]
+        except (OSError, KeyError, IndexError, TypeError, ValueError, zipfile.BadZipFile) as exc:
+            raise StreamError(f"{self.pack}: not a usable streaming pack ({type(exc).__name__}: {exc})") from exc
+
+    def _session(self, graph: bytes) -> ort.InferenceSession:
+        try:
+            return ort.InferenceSession(graph, sess_options=self.engine.session_options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ValueError(f"a graph does not load ({exc})") from exc
+
+    def _stage(self, entry: dict, graph: bytes) -> _Stage:
+        """One stage with its edge cones: how many columns at each window edge depend on that edge's padding."""
+        halo = int(entry["halo"])
+        if entry["inputs"] == ["mel"]:
+            # The stem pools `stride` frames per column; its conv reads `halo` frames past them. The
+            # frames the pooling drops at the end absorb that much of the right edge's padding.
+            left = math.ceil(halo / self.stride)
+            right = max(0, math.ceil((halo - self.frames % self.stride) / self.stride))
+        else:
+            cones = {st.output: (st.left, st.right) for st in self.stages}
+            left = max(cones[i][0] for i in entry["inputs"]) + halo
+            right = max(cones[i][1] for i in entry["inputs"]) + halo
+        return _Stage(str(entry["name"]), self._session(graph), tuple(entry["inputs"]), str(entry["output"]),
+                      int(entry["channels"]), halo, left, right)
+
+    @classmethod
+    def for_engine(cls, engine: Engine) -> StreamingModel | None:
+        """The engine's streaming model (loaded and verified once per engine), or None, logged, where it has none.
+
+        Packs are fp32 and run on the CPU, so an int8 or fp16 export, or an engine on a
+        GPU, classifies whole windows.
+        """
+        if engine in _MODELS:
+            return _MODELS[engine]
+        model: StreamingModel | None = None
+        pack = stream_pack_path(engine.path)
+        if engine.providers[0] != "CPUExecutionProvider":
+            log.info("streaming inference off: the model runs on %s (streaming packs are for the CPU)", engine.providers[0])
+        elif engine.precision != "fp32":
+            log.info("streaming inference off: %s is %s (streaming packs are fp32)", engine.path.name, engine.precision)
+        elif not pack.is_file():
+            log.info("streaming inference off: %s has no streaming pack (%s)", engine.path.name, pack.name)
+        else:
+            try:
+                model = cls(pack, engine)
+                model.verify()
+            except StreamError as exc:
+                log.warning("streaming inference off: %s", exc)
+                model = None
+        _MODELS[engine] = model
+        return model
+
+    def verify(self) -> None:
+        """Raise StreamError unless the pack computes what the engine's model computes.
+
+        The pack names the model it was cut from, but a re-exported ONNX file could keep
+        the name with other weights. Both are fully convolutional, so a short input
+        (VERIFY_FRAMES) checks every weight at a fraction of a window's cost and of the
+        activation memory a whole window would make the engine's session keep.
+        """
+        # a mel-like ramp with noise: uniform noise drives the model to one certain class, where other head weights hide
+        ramp = np.linspace(0.2, 0.8, self.n_mels, dtype=np.float32)
+        noise = 0.1 * np.random.default_rng(0).standard_normal((VERIFY_FRAMES, self.n_mels)).astype(np.float32)
+        x = np.clip(ramp + noise, 0.0, 1.0)
+        reference, ours = self.engine.predict(x[None]), self.whole(x)
+        diff = max(float(np.abs(reference.probabilities - ours.probabilities).max()),
+                   float(np.abs(reference.embeddings - ours.embeddings).max()))
+        if diff > VERIFY_TOLERANCE:
+            raise StreamError(f"{self.pack}: differs from {self.engine.path.name} by {diff:.2e} (limit {VERIFY_TOLERANCE:g})")
+        log.info("streaming inference on (%s): agrees with the whole-window model to %.1e", self.pack.name, diff)
+
+    def whole(self, window: np.ndarray) -> Prediction:
+        """One window of any length computed whole, nothing cached (looped windows, verification)."""
+        t = self.trunk(window)[self.stages[-1].output]
+        pairs = t.shape[1] // self.pool
+        return self.prediction(self.pair_sums(t[:, : pairs * self.pool]).sum(axis=0) / (pairs * (self.n_mels // self.pool)))
+
+    def trunk(self, window: np.ndarray, out: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Every stage's output (channels, columns, n_mels) over a whole window, written into ``out``.
+
+        The window graph runs on two overlapping halves, so onnxruntime's arena holds the
+        activations of half a window (~70 MB less RSS, measured) for 8 % more columns: the
+        first half's outputs are exact up to each stage's right cone before its false end,
+        the second's from its left cone after its false start, and the halves overlap by
+        the widest sum of the two.
+        """
+        cols = window.shape[0] // self.stride
+        if out is None:
+            out = {st.output: np.empty((st.channels, cols, self.n_mels), np.float32) for st in self.stages}
+        overlap = max(st.left + st.right for st in self.stages) - 1
+        stem = self.stages[0]
+        if cols < 4 * overlap:  # short inputs (the load-time check) in one piece
+            parts = [(0, window.shape[0], 0, {st.output: (0, cols) for st in self.stages})]
+        else:
+            c1 = (cols + overlap) // 2  # the first half's columns; the second starts `overlap` earlier
+            first = c1 - overlap - math.ceil(stem.halo / self.stride)  # its first column, spoilt by the false start
+            parts = [(0, min(window.shape[0], c1 * self.stride + stem.halo), 0, {st.output: (0, c1 - st.right) for st in self.stages}),
+                     (first * self.stride, window.shape[0], first, {st.output: (c1 - st.right, cols) for st in self.stages})]
+        for f_lo, f_hi, offset, take in parts:
+            results = self.window_session.run(self.window_outputs, {"mel": window[None, f_lo:f_hi]})
+            for name, result in zip(self.window_outputs, results):
+                lo, hi = take[name]
+                out[name][:, lo:hi] = result[0, :, lo - offset : hi - offset]
+        return out
+
+    def pair_sums(self, t: np.ndarray) -> np.ndarray:
+        """(pairs, channels): the head's BN + ReLU of each pooled k x k cell, summed over the bands.
+
+        ``t`` is the last stage's output (channels, k * pairs, n_mels). The average pool is
+        done as strided adds (numpy's reductions over tiny axes are ~5x slower), in float32
+        like the graph; the sums in float64.
+        """
+        k = self.pool
+        c, n, _ = t.shape
+        f = self.n_mels // k
+        t = t.reshape(c, n // k, k, self.n_mels)
+        rows = t[:, :, 0, : f * k].copy()
+        for i in range(1, k):
+            rows += t[:, :, i, : f * k]
+        rows = rows.reshape(c, n // k, f, k)
+        pooled = rows[..., 0].copy()
+        for i in range(1, k):
+            pooled += rows[..., i]
+        pooled *= self._head_scale
+        pooled += self._head_shift
+        np.maximum(pooled, 0.0, out=pooled)
+        return pooled.sum(axis=2, dtype=np.float64).T
+
+    def prediction(self, embedding: np.ndarray) -> Prediction:
+        """The dense layer, softmax and the engine's calibration, as ``Engine.predict`` returns them."""
+        logits = embedding @ self.weight.T + self.bias
+        e = np.exp(logits - logits.max())
+        probabilities = (e / e.sum()).astype(np.float32)[None]
+        if self.calibration is not None:
+            probabilities = self.calibration.apply(probabilities)
+        return Prediction(probabilities, embedding.astype(np.float32)[None])
+
+
+_MODELS: weakref.WeakKeyDictionary[Engine, StreamingModel | None] = weakref.WeakKeyDictionary()
+
+
+class StreamingClassifier:
+    """``Engine.predict`` for one window at a time, reusing the previous window's columns.
+
+    Give it consecutive normalised windows with their absolute start frame (any frame
+    count since the stream began; only differences matter). Results equal
+    ``engine.predict(window)`` for every window, whatever the order or gaps.
+    """
+
+    def __init__(self, model: StreamingModel) -> None:
+        self.model = model
+        m = model
+        self.stride, self.frames, self.columns, self.n_mels = m.stride, m.frames, m.columns, m.n_mels
+        self.stages = m.stages
+        self._caches: dict[str, np.ndarray] = {}  # stage output -> (channels, columns, n_mels), a ring of columns
+        self._out = self.stages[-1]
+        self._pairs = self.columns // m.pool
+        self._pair_slots = 2 * self.columns
+        self._pair_values = np.zeros((self._pair_slots, self._out.channels), np.float64)
+        self.stats = StreamStats()
+        self.reset()
+
+    @classmethod
+    def for_engine(cls, engine: Engine) -> StreamingClassifier | None:
+        """A new stream over the engine's streaming model, or None where it has none (see ``StreamingModel.for_engine``)."""
+        model = StreamingModel.for_engine(engine)
+        return cls(model) if model is not None else None
+
+    def snap_hop(self, hop_frames: int) -> int:
+        """The hop, in frames, rounded down to a whole number of columns (at least one): the hops that can stream."""
+        return max(self.stride, hop_frames // self.stride * self.stride)
+
+    def reset(self) -> None:
+        """Forget the cache; the next window is computed in full."""
+        self._prev: np.ndarray | None = None
+        self._prev_start = 0
+        self._origin = 0
+        self._pair_abs = np.full(self._pair_slots, -1, np.int64)
+
+    # -- one window ------------------------------------------------------------------------
+
+    def predict(self, window: np.ndarray, start_frame: int | None) -> Prediction:
+        """Calibrated probabilities (1, classes) and embedding (1, 32) of one normalised window (frames, n_mels).
+
+        ``start_frame`` None: the window is no slice of the stream (a short buffer looped to
+        30 s); it is computed whole and the next window starts over.
+        """
+        window = np.array(window, dtype=np.float32)  # a copy: it is compared with the next window
+        if window.shape != (self.frames, self.n_mels):
+            raise ValueError(f"streaming expects one window of shape {(self.frames, self.n_mels)}, got {window.shape}")
+        started = time.thread_time()
+        if start_frame is None:
+            self.reset()
+            result = self.model.whole(window)
+            self.stats.record("looped", time.thread_time() - started)
+            return result
+        shift, reason = self._shift_from_previous(window, start_frame)
+        if reason:
+            self._origin = start_frame
+            self._pair_abs[:] = -1
+            self._run_window(window)
+        base = (start_frame - self._origin) // self.stride  # the window's first column, counted from the origin
+        if not reason:
+            for stage in self.stages:
+                for lo, hi in self._ranges(stage, shift // self.stride):
+                    self._run(stage, window, base, lo, hi)
+        self._prev, self._prev_start = window, start_frame
+        result = self.model.prediction(self._embedding(base))
+        self.stats.record(reason, time.thread_time() - started)
+        return result
+
+    def _shift_from_previous(self, window: np.ndarray, start_frame: int) -> tuple[int, str]:
+        """(frames since the previous window, "") when its columns can be reused, else (0, why not)."""
+        if self._prev is None:
+            return 0, "first"
+        shift = start_frame - self._prev_start
+        if shift < 0 or shift % self.stride:
+            return 0, "misaligned"
+        if shift >= self.frames:
+            return 0, "gap"
+        if not np.array_equal(self._prev[shift:], window[: self.frames - shift]):
+            return 0, "renormalised"  # the loudest bin or the floor moved, or the frames are not the same audio
+        return shift, ""
+
+    def _run_window(self, window: np.ndarray) -> None:
+        """Every stage over the whole window into the caches (the origin is this window: slot = column)."""
+        if not self._caches:
+            self._caches = {st.output: np.empty((st.channels, self.columns, self.n_mels), np.float32) for st in self.stages}
+        self.model.trunk(window, self._caches)
+        self.stats.columns += len(self.stages) * self.columns
+
+    def _ranges(self, stage: _Stage, shift_columns: int) -> list[tuple[int, int]]:
+        """The output columns (window coordinates, inclusive) this window must compute at ``stage``."""
+        last = self.columns - 1
+        new_from = self.columns - stage.right - shift_columns  # the hop's columns and the old right edge's
+        if new_from <= stage.left:
+            return [(0, last)]
+        return ([(0, stage.left - 1)] if stage.left else []) + [(new_from, last)]
+
+    def _slots(self, base: int, lo: int, hi: int) -> slice | np.ndarray:
+        """Cache positions of window columns lo..hi: a ring of ``columns`` slots by column since the origin."""
+        first = (base + lo) % self.columns
+        if first + (hi - lo) < self.columns:
+            return slice(first, first + hi - lo + 1)
+        return np.arange(base + lo, base + hi + 1) % self.columns
+
+    def _run(self, stage: _Stage, window: np.ndarray, base: int, lo: int, hi: int) -> None:
+        """Compute ``stage``'s columns lo..hi of this window into its cache.
+
+        The slice fed to the graph reaches ``halo`` further each way; where it stops at
+        the window's edge the graph's zero padding is the window's own, elsewhere the
+        columns the false padding spoils are computed and thrown away.
+        """
+        if stage.inputs == ("mel",):
+            back = math.ceil(stage.halo / self.stride)
+            f_lo = max(0, lo - back) * self.stride
+            f_hi = min(self.frames - 1, (hi + 1) * self.stride - 1 + stage.halo)
+            feeds = {"mel": window[None, f_lo : f_hi + 1]}
+            first = f_lo // self.stride
+        else:
+            first = max(0, lo - stage.halo)
+            in_hi = min(self.columns - 1, hi + stage.halo)
+            feeds = {name: self._caches[name][:, self._slots(base, first, in_hi)][None] for name in stage.inputs}
+        out = stage.session.run(None, feeds)[0][0]
+        self._caches[stage.output][:, self._slots(base, lo, hi)] = out[:, lo - first : hi - first + 1]
+        self.stats.columns += hi - lo + 1
+
+    def _embedding(self, base: int) -> np.ndarray:
+        """The head's global mean, from each pooled pair's sum, reusing pairs clear of both edges (then and now).
+
+        A pair is keyed by its first column since the origin, so pairs cached at either
+        parity serve later windows however many columns each hop moves.
+        """
+        k, out = self.model.pool, self._out
+        first_col = k * np.arange(self._pairs)
+        starts = base + first_col
+        slots = starts % self._pair_slots
+        interior = (first_col >= out.left) & (first_col + k - 1 <= self.columns - 1 - out.right)
+        missing = np.flatnonzero((self._pair_abs[slots] != starts) | ~interior)
+        if missing.size:
+            cols = (starts[missing][:, None] + np.arange(k)).reshape(-1)
+            self._pair_values[slots[missing]] = self.model.pair_sums(np.take(self._caches[out.output], cols, axis=1, mode="wrap"))
+            self._pair_abs[slots[missing]] = np.where(interior[missing], starts[missing], -1)  # edge pairs serve this window only
+        return self._pair_values[slots].sum(axis=0) / (self._pairs * (self.n_mels // k))

@@ -1,0 +1,188 @@
+"""Streaming inference gives the batch answer for every live window, at any hop, through any reset."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import SHARED_AUDIO
+from genre_stream.engine import Engine
+from genre_stream.frontend import MelFrontend, normalize_window
+from genre_stream.messages import GenreState
+from genre_stream.pipeline import PipelineConfig, SourcePipeline
+from genre_stream.sources.base import AudioChunk
+from genre_stream.streaming import StreamingClassifier, StreamingModel, stream_pack_path
+
+SR = 22050
+FRAMES = 647
+TOLERANCE = 1e-4  # the issue's bar for fp32
+
+
+def synthetic_piece(seconds: float, seed: int = 0) -> np.ndarray:
+    """Chords and noise bursts whose loudness drifts and jumps, so the window's loudest bin keeps moving."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SR)) / SR
+    audio = np.zeros_like(t)
+    for f in rng.uniform(80, 2000, 6):
+        audio += np.sin(2 * np.pi * f * t * (1 + 0.01 * np.sin(2 * np.pi * rng.uniform(0.05, 0.3) * t)))
+    audio += rng.standard_normal(t.size) * (rng.random(t.size // SR + 1) > 0.6).repeat(SR)[: t.size]
+    gain = 10 ** ((np.cumsum(rng.normal(0, 0.6, t.size // SR + 1)).repeat(SR)[: t.size]) / 20)
+    return (0.05 * audio * gain / np.abs(audio).max()).astype(np.float32)
+
+
+def real_music(clips: int = 3) -> np.ndarray | None:
+    files = sorted((SHARED_AUDIO / "genre-dev").glob("*.flac"))[:clips]
+    if not files:
+        return None
+    return np.concatenate([sf.read(f, dtype="float32")[0] for f in files])
+
+
+def assert_equal_predictions(engine: Engine, stream: StreamingClassifier, power: np.ndarray, hop: int) -> None:
+    for start in range(0, power.shape[0] - FRAMES + 1, hop):
+        window = normalize_window(power[start : start + FRAMES])
+        batch, streamed = engine.predict(window[None]), stream.predict(window, start)
+        np.testing.assert_allclose(streamed.probabilities, batch.probabilities, atol=TOLERANCE, rtol=0, err_msg=f"window at {start}")
+        np.testing.assert_allclose(streamed.embeddings, batch.embeddings, atol=TOLERANCE, rtol=0, err_msg=f"window at {start}")
+
+
+@pytest.fixture(scope="module")
+def fp32() -> Engine:
+    return Engine("fp32", device="cpu", threads=1)
+
+
+@pytest.mark.parametrize("source", ["synthetic", "real"])
+@pytest.mark.parametrize("hop", [20, 108], ids=["hop-0.93s", "hop-5s"])
+def test_streamed_windows_equal_the_batch_windows(fp32: Engine, source: str, hop: int) -> None:
+    audio = synthetic_piece(75 if hop < 100 else 150) if source == "synthetic" else real_music()
+    if audio is None:
+        pytest.skip("needs ../shared/audio/genre-dev (present only in the project's workspace)")
+    power = MelFrontend(fp32.info.frontend).power(audio)
+    stream = StreamingClassifier.for_engine(fp32)
+    assert stream is not None
+    assert_equal_predictions(fp32, stream, power, hop)
+    # both paths really ran: windows reused columns, and some had to start over because the
+    # loudest bin (so the whole normalised window) changed
+    stats, whole = stream.stats, len(stream.stages) * stream.columns
+    assert stats.streamed > 0 and stats.full.get("renormalised", 0) > 0
+    assert stats.columns - (stats.windows - stats.streamed) * whole < stats.streamed * whole / 2
+
+
+def test_misaligned_hops_fall_back_to_whole_windows(fp32: Engine) -> None:
+    power = MelFrontend(fp32.info.frontend).power(synthetic_piece(50, seed=1))
+    stream = StreamingClassifier.for_engine(fp32)
+    assert stream is not None
+    assert stream.snap_hop(22) == 20 and stream.snap_hop(108) == 108 and stream.snap_hop(1) == 4
+    assert_equal_predictions(fp32, stream, power, 22)  # 22 frames: not a whole number of 4-frame columns
+    assert stream.stats.streamed == 0
+    assert stream.stats.full["misaligned"] == stream.stats.windows - 1
+
+
+def test_a_different_window_at_the_expected_start_is_recomputed(fp32: Engine) -> None:
+    """Reuse rests on the frames, not on the caller's bookkeeping: other audio at the next start is caught."""
+    front = MelFrontend(fp32.info.frontend)
+    a, b = front.power(synthetic_piece(40, seed=2)), front.power(synthetic_piece(40, seed=3))
+    stream = StreamingClassifier.for_engine(fp32)
+    assert stream is not None
+    stream.predict(normalize_window(a[:FRAMES]), 0)
+    other = normalize_window(b[20 : 20 + FRAMES])
+    got = stream.predict(other, 20)
+    np.testing.assert_allclose(got.probabilities, fp32.predict(other[None]).probabilities, atol=TOLERANCE, rtol=0)
+    assert stream.stats.full == {"first": 1, "renormalised": 1}
+
+
+def _states(pipeline: SourcePipeline, pieces: list[tuple[float, np.ndarray]]) -> list[GenreState]:
+    out = []
+    for start_time, audio in pieces:
+        for i in range(0, audio.size, 4410):
+            out += pipeline.feed(AudioChunk("t", audio[i : i + 4410], start_time + i / SR, time.monotonic()))
+    return [m for m in out + pipeline.flush() if isinstance(m, GenreState)]
+
+
+def test_live_pipeline_streams_through_silence_and_discontinuities(fp32: Engine) -> None:
+    """The daemon's chain with streaming equals the same chain classifying whole windows, message for message."""
+    music = synthetic_piece(50, seed=4)
+    silence = np.zeros(SR * 33, np.float32)
+    # music, a jump in stream time (device reopened), 33 s of silence (silent windows skip the model), music again
+    pieces = [(0.0, music[: SR * 30]), (100.0, music[SR * 30 :]), (120.0, silence), (153.0, music[: SR * 40])]
+    cfg = PipelineConfig(hop_seconds=3.0, min_fill_seconds=10.0, ema_alpha=1.0, silence_dbfs=-60.0)
+    streaming = SourcePipeline("s", fp32, cfg)
+    whole = SourcePipeline("w", fp32, cfg)
+    assert streaming.streaming is not None
+    whole.streaming = None  # same (snapped) hop, whole windows
+    got, expected = _states(streaming, pieces), _states(whole, pieces)
+    assert len(got) == len(expected) > 30
+    assert {s.state for s in got} >= {"music", "silence"}
+    assert streaming.discontinuities == 1
+    for a, b in zip(got, expected):
+        assert (a.window_start, a.window_end, a.state) == (b.window_start, b.window_end, b.state)
+        assert a.probabilities == pytest.approx(b.probabilities, abs=TOLERANCE)
+    stats = streaming.streaming.stats
+    assert stats.streamed > stats.windows / 2  # most full windows reused columns
+    assert stats.full.get("gap", 0) + stats.full.get("renormalised", 0) >= 1  # the silence broke the chain
+
+
+def test_a_pack_of_other_weights_is_refused_at_load(fp32: Engine, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A pack that names the model but holds other weights fails the load-time check; the engine classifies."""
+    model = tmp_path / "m.onnx"
+    shutil.copy(fp32.path, model)
+    with zipfile.ZipFile(stream_pack_path(fp32.path)) as src, zipfile.ZipFile(stream_pack_path(model), "w") as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            if item.filename == "head.npz":
+                head = dict(np.load(io.BytesIO(data)))
+                head["bias"] = head["bias"] + np.linspace(0, 3, head["bias"].size)
+                buf = io.BytesIO()
+                np.savez(buf, **head)
+                data = buf.getvalue()
+            dst.writestr(item, data)
+    engine = Engine(model, device="cpu", threads=1)
+    with caplog.at_level("WARNING", logger="genre_stream.streaming"):
+        pipeline = SourcePipeline("x", engine, PipelineConfig(hop_seconds=1.0))
+    assert pipeline.streaming is None
+    assert "streaming inference off" in caplog.text and "differs from m.onnx" in caplog.text
+
+
+@pytest.mark.parametrize("damage", ["truncated", "no-stride"])
+def test_a_broken_pack_is_named_and_whole_windows_are_classified(fp32: Engine, tmp_path: Path, damage: str,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    model = tmp_path / "m.onnx"
+    shutil.copy(fp32.path, model)
+    good = stream_pack_path(fp32.path).read_bytes()
+    if damage == "truncated":
+        stream_pack_path(model).write_bytes(good[: len(good) // 2])
+    else:
+        with zipfile.ZipFile(io.BytesIO(good)) as src, zipfile.ZipFile(stream_pack_path(model), "w") as dst:
+            for item in src.infolist():
+                data = src.read(item)
+                if item.filename == "stream.json":
+                    meta = json.loads(data)
+                    del meta["stride"]
+                    data = json.dumps(meta).encode()
+                dst.writestr(item, data)
+    with caplog.at_level("WARNING", logger="genre_stream.streaming"):
+        assert StreamingModel.for_engine(Engine(model, device="cpu", threads=1)) is None
+    assert f"{stream_pack_path(model)}: not a usable streaming pack" in caplog.text
+
+
+def test_int8_and_packless_models_classify_whole_windows(tmp_path: Path) -> None:
+    assert StreamingModel.for_engine(Engine("int8", device="cpu", threads=1)) is None
+    model = tmp_path / "m.onnx"
+    shutil.copy(Engine("fp32", device="cpu", threads=1).path, model)
+    engine = Engine(model, device="cpu", threads=1)
+    assert StreamingModel.for_engine(engine) is None
+    pipeline = SourcePipeline("x", engine, PipelineConfig(hop_seconds=1.0))
+    assert pipeline.streaming is None and pipeline._hop_frames == 22  # the hop is left as asked
+
+
+def test_streaming_can_be_turned_off(fp32: Engine) -> None:
+    assert SourcePipeline("x", fp32, PipelineConfig(hop_seconds=1.0))._hop_frames == 20  # snapped: 5 columns
+    off = SourcePipeline("x", fp32, PipelineConfig(hop_seconds=1.0, streaming=False))
+    assert off.streaming is None and off._hop_frames == 22
