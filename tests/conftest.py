@@ -35,7 +35,7 @@ SLOW_MODULES = frozenset({
     "test_trainer_pipeline.py", "test_trainer_ux.py", "test_export.py", "test_robust_watch.py",
     "test_sources_watch.py", "test_library.py", "test_frontend_parity.py", "test_daemon.py",
     "test_dashboard.py", "test_trainer_data.py", "test_model.py", "test_homeassistant.py",
-    "test_mqtt_sink.py", "test_sources_mic.py", "test_sources_stream.py",
+    "test_mqtt_sink.py", "test_sources_mic.py", "test_sources_stream.py", "test_quantize.py",
 })
 
 
