@@ -97,3 +97,23 @@ def test_bias_correction_is_part_of_the_recipe_and_recorded(random_model: tuple[
     assert len(changed) > 10
     meta = next(p.value for p in corrected.metadata_props if p.key == "genre_stream")
     assert '"bias_correction": true' in meta
+
+
+def test_a_never_firing_channel_does_not_set_its_consumers_weight_scale(random_model: tuple[BBNN, ModelInfo]) -> None:
+    """A dead ReLU channel with a large BatchNorm gain must not keep that gain in the next conv's weights:
+    int8 weights share one step per output channel, so one such weight rounds the others to zero."""
+    model, _ = random_model
+    model = type(model)(n_classes=4)
+    model.load_state_dict(random_model[0].state_dict())
+    bn = model.broadcast[2].branch3[0][0]
+    with torch.no_grad():
+        bn.weight[5], bn.bias[5] = 50.0, -1e4  # relu(a x + b) is 0 for any input, with |a| = 50 / sqrt(var)
+    model.eval()
+    windows = torch.from_numpy(np.random.default_rng(2).normal(0.3, 1.0, (3, 96, 128)).astype(np.float32))
+    folded = fold_bbnn(model)
+    equalize(folded, windows)
+    columns = folded.broadcast[2].branch3[0][2].weight.detach().abs().amax(dim=(0, 2, 3))  # per input channel
+    others = torch.cat([columns[:5], columns[6:]])
+    assert columns[5] < 0.01 * float(others.median())
+    with torch.no_grad():
+        np.testing.assert_allclose(folded(windows)[0].numpy(), model(windows)[0].numpy(), rtol=1e-3, atol=1e-3)
