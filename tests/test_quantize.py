@@ -117,3 +117,22 @@ def test_a_never_firing_channel_does_not_set_its_consumers_weight_scale(random_m
     assert columns[5] < 0.01 * float(others.median())
     with torch.no_grad():
         np.testing.assert_allclose(folded(windows)[0].numpy(), model(windows)[0].numpy(), rtol=1e-3, atol=1e-3)
+
+
+def test_bundled_int8_is_calibrated_without_the_clips_it_is_measured_on() -> None:
+    """The agreement figures of the bundled int8 come from genre-dev's non-GTZAN clips; they must never calibrate it."""
+    import csv
+    import json
+
+    from genre_stream.autoselect import bundled_metadata
+    from scripts.build_default_models import calibration_and_check_audio
+    from tests.conftest import shared_path
+
+    labels = shared_path("audio/genre-dev/labels.csv")
+    calibration, check = calibration_and_check_audio(labels.parent.parent)
+    with open(labels, newline="") as f:
+        measured = {labels.parent / r["path"] for r in csv.DictReader(f) if r["is_gtzan"] == "0"}
+    assert set(check) == measured and len(measured) == 33
+    assert not measured & set(calibration) and len(calibration) == 58
+    quant = bundled_metadata("int8")["provenance"]["quantization"]
+    assert quant["bias_correction"] is True and "58 real audio files" in quant["calibration_source"], json.dumps(quant)
