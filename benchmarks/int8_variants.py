@@ -56,7 +56,7 @@ VARIANTS: dict[str, tuple[int, Int8Config]] = {  # name: (synthetic calibration 
     "recipe without bias correction": (96, Int8Config(bias_correction=False)),
     "channel ranges at the 99.99th percentile": (96, Int8Config(channel_percentile=99.99)),
     "192 calibration windows": (192, Int8Config()),
-    "head (mean, dense, softmax) kept float": (96, Int8Config(keep_float=HEAD)),
+    "head (mean, dense, softmax) kept float: the bundled recipe": (96, Int8Config(keep_float=HEAD)),
     "head + average pool kept float": (96, Int8Config(keep_float=("/model/pool/", *HEAD))),
     "block 3 + transition kept float": (96, Int8Config(keep_float=("broadcast.2/", "transition"))),
     "block 3 kept float": (96, Int8Config(keep_float=("broadcast.2/",))),

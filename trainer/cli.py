@@ -82,7 +82,7 @@ def import_keras(checkpoint: Path, out: Path) -> None:
 @click.option("--test-audio", type=click.Path(exists=True, file_okay=False, path_type=Path), help="Folder of music to check the export on (every file at many offsets), instead of held-out calibration material.")
 @click.option("--bias-correction/--no-bias-correction", default=True, show_default=True, help="int8: remove each quantised conv's mean output error on the calibration windows (graph order).")
 @click.option("--keep-float", multiple=True, help="int8: leave nodes whose name contains this text in float (repeatable).")
-@click.option("--calibration-windows", type=click.IntRange(1), default=96, show_default=True, help="30 s windows used to calibrate int8.")
+@click.option("--calibration-windows", type=click.IntRange(1), default=96, show_default=True, help="30 s windows used to calibrate int8 (synthetic pieces or --calibration; --calibration-audio uses all of its windows).")
 @click.option("--test-windows", type=click.IntRange(1), default=24, show_default=True, help="Separate windows the export is checked on.")
 @click.option("--recipe", type=click.Choice(["full", "plain"]), default="full", show_default=True, help="int8: full = fold BatchNorm + equalise channels first; plain = quantise the export as is.")
 @click.option("--force", is_flag=True, help="Write an int8 model even if it misses the accuracy bar.")
