@@ -23,7 +23,10 @@ promised across onnxruntime versions).
 
 Each file's ``calibration`` (temperature and "uncertain" thresholds, fitted on
 labelled real music by scripts/fit_calibration.py, which a rebuild cannot redo
-without that music) is carried over from the file being replaced. The int8
+without that music) is carried over from the file being replaced. The int8 file
+carries the fp32 file's calibration (issue 15: with its float head int8 gives
+fp32's answers, and its own fit gave the same temperature, 2.90; a separately
+fitted "uncertain" rule would make the two exports' states differ for no reason). The int8
 file's ``provenance.agreement`` is not: it describes the old weights; measure
 the new ones with ``benchmarks/int8_agreement.py --write`` (until then
 ``--model auto`` keeps to fp32).
