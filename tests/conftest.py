@@ -36,6 +36,7 @@ SLOW_MODULES = frozenset({
     "test_sources_watch.py", "test_library.py", "test_frontend_parity.py", "test_daemon.py",
     "test_dashboard.py", "test_trainer_data.py", "test_model.py", "test_homeassistant.py",
     "test_mqtt_sink.py", "test_sources_mic.py", "test_sources_stream.py", "test_streaming.py",
+    "test_quantize.py",
 })
 
 

@@ -103,6 +103,20 @@ def test_fp16_export_is_valid_and_runs_on_cpu(random_checkpoint: Path, tmp_path:
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-3)
 
 
+def test_int8_export_calibrates_on_real_audio_when_given(random_checkpoint: Path, tmp_path: Path) -> None:
+    demo = Path(__file__).resolve().parents[1] / "examples" / "demo.wav"
+    out = tmp_path / "m.int8.onnx"
+    proc = run_cli("export", str(random_checkpoint), "--out", str(out), "--quantize", "int8", "--calibration-audio", str(demo),
+                   "--test-windows", "2", "--force", module="trainer")
+    assert proc.returncode == 0, proc.stderr
+    assert "windows: 1 calibration, 2 test (calibration: 1 real audio files, 1 windows cut as classify cuts them" in proc.stdout
+    quant = json.loads(Engine(out, device="cpu", threads=1).session.get_modelmeta().custom_metadata_map["genre_stream"])["provenance"]["quantization"]
+    assert quant["calibration_windows"] == 1 and "real audio files" in quant["calibration_source"] and quant["bias_correction"] is True
+    both = run_cli("export", str(random_checkpoint), "--out", str(tmp_path / "x.onnx"), "--quantize", "int8", "--calibration-audio", str(demo),
+                   "--calibration", str(tmp_path), module="trainer")
+    assert both.returncode != 0 and "not both" in both.stderr and not (tmp_path / "x.onnx").exists()
+
+
 def test_bad_int8_export_is_refused_and_writes_nothing(tmp_path: Path) -> None:
     seed = shared_path("seed/checkpoints/bbnn-gtzan-augmented-fold0.hdf5")
     ckpt = tmp_path / "fold0.pt"

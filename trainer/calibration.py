@@ -3,9 +3,10 @@
 Calibration windows set the int8 ranges; test windows judge the result. They
 must not be the same windows, or the check flatters the model. With a user's
 folder, files alternate between the two sets (a single file alternates window
-offsets instead); without one, both come from the project's own synthetic
-pieces (``trainer.synth``) with disjoint seeds, so the shipped model is built
-only from material the project can redistribute.
+offsets instead); with ``audio_windows`` every window of the given music
+calibrates, cut exactly as ``genre-stream classify`` cuts it, and the check
+uses other material; without either, both come from the project's own
+synthetic pieces (``trainer.synth``) with disjoint seeds.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from genre_stream.audio import AudioError, find_audio_files, load_audio
+from genre_stream.audio import AudioError, find_audio_files, iter_audio, load_audio
 from genre_stream.frontend import MelFrontend
+from genre_stream.tracks import DEFAULT_HOP_SECONDS, iter_windows
 
 from .synth import synth_piece
 
@@ -104,3 +106,31 @@ def folder_sets(folder: Path, frontend: MelFrontend, n_calibration: int, n_test:
 def _spread_over(tracks: list[tuple[Path, np.ndarray]], frontend: MelFrontend, total: int) -> np.ndarray:
     per = [total // len(tracks) + (1 if i < total % len(tracks) else 0) for i in range(len(tracks))]
     return np.concatenate([offset_windows(a, frontend, max(1, n)) for (_, a), n in zip(tracks, per)])
+
+
+def audio_windows(paths: list[Path], frontend: MelFrontend, hop_seconds: float = DEFAULT_HOP_SECONDS) -> tuple[np.ndarray, str]:
+    """Every window ``genre-stream classify`` would cut from the music under ``paths`` (files or folders).
+
+    Calibrating on the windows the runtime actually sees (real music, the same
+    30 s windows at the same hop, a clip shorter than a window looped) gives the
+    int8 ranges of real activations instead of those of synthetic pieces.
+    """
+    files, errors = find_audio_files(list(paths))
+    for err in errors:
+        log.warning("skipping %s", err)
+    windows: list[np.ndarray] = []
+    used = 0
+    for path in files:
+        try:
+            found = [w for _, _, w in iter_windows(iter_audio(path, frontend.config.sample_rate), frontend, hop_seconds)]
+        except AudioError as exc:
+            log.warning("skipping %s", exc)
+            continue
+        if not found:
+            log.warning("skipping %s: no window (empty)", path)
+            continue
+        windows += found
+        used += 1
+    if not windows:
+        raise ValueError(f"no readable audio among {', '.join(str(p) for p in paths)}")
+    return _stack(windows, frontend), f"{used} real audio files, {len(windows)} windows cut as classify cuts them (hop {hop_seconds:g} s)"

@@ -78,9 +78,11 @@ def import_keras(checkpoint: Path, out: Path) -> None:
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="ONNX file to write.")
 @click.option("--quantize", type=click.Choice(["none", "int8", "fp16"]), default="none", show_default=True, help="none = fp32; int8 for CPUs and edge boards; fp16 for GPUs.")
 @click.option("--calibration", type=click.Path(exists=True, file_okay=False, path_type=Path), help="Folder of music for int8 calibration and the check (files alternate between the two). Default: the project's synthetic pieces.")
+@click.option("--calibration-audio", multiple=True, type=click.Path(exists=True, path_type=Path), help="int8: calibrate on every window of this music (file or folder, repeatable), cut as classify cuts it; the check then uses --test-audio or synthetic pieces. Default: the project's synthetic pieces.")
 @click.option("--test-audio", type=click.Path(exists=True, file_okay=False, path_type=Path), help="Folder of music to check the export on (every file at many offsets), instead of held-out calibration material.")
+@click.option("--bias-correction/--no-bias-correction", default=True, show_default=True, help="int8: remove each quantised conv's mean output error on the calibration windows (graph order).")
 @click.option("--keep-float", multiple=True, help="int8: leave nodes whose name contains this text in float (repeatable).")
-@click.option("--calibration-windows", type=click.IntRange(1), default=96, show_default=True, help="30 s windows used to calibrate int8.")
+@click.option("--calibration-windows", type=click.IntRange(1), default=96, show_default=True, help="30 s windows used to calibrate int8 (synthetic pieces or --calibration; --calibration-audio uses all of its windows).")
 @click.option("--test-windows", type=click.IntRange(1), default=24, show_default=True, help="Separate windows the export is checked on.")
 @click.option("--recipe", type=click.Choice(["full", "plain"]), default="full", show_default=True, help="int8: full = fold BatchNorm + equalise channels first; plain = quantise the export as is.")
 @click.option("--force", is_flag=True, help="Write an int8 model even if it misses the accuracy bar.")
@@ -89,7 +91,9 @@ def export(
     out: Path,
     quantize: str,
     calibration: Path | None,
+    calibration_audio: tuple[Path, ...],
     test_audio: Path | None,
+    bias_correction: bool,
     keep_float: tuple[str, ...],
     calibration_windows: int,
     test_windows: int,
@@ -103,7 +107,9 @@ def export(
     """
     from genre_stream.progress import Progress
 
-    from .calibration import folder_sets, folder_test_windows, synthetic_sets
+    from genre_stream.frontend import MelFrontend
+
+    from .calibration import WindowSets, audio_windows, folder_sets, folder_test_windows, synthetic_sets
     from .checkpoint import CheckpointError, load_checkpoint
     from .export import save_atomic
     from .frontend_torch import TorchMelFrontend
@@ -113,11 +119,21 @@ def export(
         model, info, _ = load_checkpoint(checkpoint)
     except CheckpointError as exc:
         raise click.ClickException(str(exc)) from exc
+    if calibration and calibration_audio:
+        raise click.UsageError("give either --calibration (a folder split into calibration and test files) or --calibration-audio, not both")
     frontend = TorchMelFrontend(info.frontend)
     n_cal = calibration_windows if quantize == "int8" else 0
-    click.echo(f"making {n_cal} calibration and {test_windows} test windows ...", err=True)
+    real_cal = bool(calibration_audio) and quantize == "int8"
+    click.echo(f"making {'real-music' if real_cal else n_cal} calibration and {test_windows} test windows ...", err=True)
     try:
-        sets = folder_sets(calibration, frontend, max(n_cal, 1), test_windows) if calibration else synthetic_sets(frontend, n_cal, 0 if test_audio else test_windows)
+        if real_cal:
+            cal, cal_source = audio_windows(list(calibration_audio), MelFrontend(info.frontend))
+            test = synthetic_sets(frontend, 0, 0 if test_audio else test_windows).test
+            sets = WindowSets(cal, test, f"calibration: {cal_source}" + ("" if test_audio else f"; test: {len(test)} synthetic pieces"))
+        elif calibration:
+            sets = folder_sets(calibration, frontend, max(n_cal, 1), test_windows)
+        else:
+            sets = synthetic_sets(frontend, n_cal, 0 if test_audio else test_windows)
         if test_audio:
             sets.test, test_source = folder_test_windows(test_audio, frontend, test_windows)
             sets.source += f"; test: {test_source}"
@@ -127,7 +143,7 @@ def export(
     bar = Progress(len(sets.calibration) if quantize == "int8" else 0, "calibrating int8")
     try:
         with bar.shown() if quantize == "int8" else contextlib.nullcontext():
-            result = build_export(model, info, quantize, sets.test, sets.calibration, Int8Config(recipe=recipe, keep_float=keep_float),
+            result = build_export(model, info, quantize, sets.test, sets.calibration, Int8Config(recipe=recipe, keep_float=keep_float, bias_correction=bias_correction),
                                   sets.source, on_window=bar.advance)
     except (RuntimeError, ValueError) as exc:
         raise click.ClickException(f"{out}: not written: {exc}") from exc

@@ -211,6 +211,22 @@ def _unscale_inputs(conv: nn.Conv2d, scale: torch.Tensor, shift: torch.Tensor | 
     conv.weight.div_(scale.reshape(-1, 1, 1, 1))
 
 
+def _relu_width(hi: torch.Tensor, floor: float = 1e-6) -> torch.Tensor:
+    """Widths of ReLU-output channels for equalisation, dead channels included.
+
+    A ReLU channel that (nearly) never fires on the calibration data is scaled up
+    like any other, so its consumer's input weights shrink by the same factor. Left
+    at full width (``_spread``'s rule), such a channel keeps the weight a large
+    BatchNorm gain gave it, and because int8 weights are scaled per *output*
+    channel, that one input weight sets the step of every weight beside it: in the
+    seed model one never-firing channel of block 3 had weight 147 against a median
+    of 0.13, which rounded the rest of that conv's weights to zero. The floor keeps
+    the scale finite for channels that are exactly 0; what such a channel does on
+    other data is clipped to its calibrated range, as for every channel.
+    """
+    return torch.clamp(hi, min=floor * float(hi.max()) if float(hi.max()) > 0 else 1.0)
+
+
 def _spread(lo: torch.Tensor, hi: torch.Tensor, dead: float = 1e-3) -> torch.Tensor:
     """Channel widths; channels that (nearly) never vary on the calibration data are
     treated as full-width so they are left alone instead of being blown up."""
@@ -265,14 +281,14 @@ def equalize(model: FoldedBBNN, windows: torch.Tensor, percentile: float | None 
     for name, module in model.named_modules():
         if isinstance(module, PreActFolded):
             _, hi = ranges[name + ".act"]
-            s = 1.0 / _spread(torch.zeros_like(hi), hi)
+            s = 1.0 / _relu_width(hi)
             _scale_rows(module[0], s)
             _unscale_inputs(module[2], s)
-            spread_report[name + ".act"] = float(hi.max() / _spread(torch.zeros_like(hi), hi).min())
+            spread_report[name + ".act"] = float(hi.max() / _relu_width(hi).min())
         elif isinstance(module, nn.Sequential) and len(module) == 3 and isinstance(module[0], PreActFolded):
             _, hi = ranges[name + ".inner"]
-            s = 1.0 / _spread(torch.zeros_like(hi), hi)
+            s = 1.0 / _relu_width(hi)
             _scale_rows(module[0][2], s)
             _unscale_inputs(module[2], s)
-            spread_report[name + ".inner"] = float(hi.max() / _spread(torch.zeros_like(hi), hi).min())
+            spread_report[name + ".inner"] = float(hi.max() / _relu_width(hi).min())
     return spread_report
