@@ -92,3 +92,18 @@ def test_classify_json_of_a_huge_float_wav_is_finite(tmp_path: Path) -> None:
     assert rows["huge.wav"]["genre"] == rows["normal.wav"]["genre"]
     assert abs(rows["huge.wav"]["confidence"] - rows["normal.wav"]["confidence"]) < 1e-3
     assert "huge.wav: peak" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_to_mono_averages_channels_exactly():
+    """Stereo is (left + right) / 2 bit for bit, as numpy's mean gives it; more channels to float32 rounding."""
+    from genre_stream.audio import to_mono
+
+    rng = np.random.default_rng(7)
+    stereo = rng.standard_normal((4096, 2)).astype(np.float32)
+    assert np.array_equal(to_mono(stereo), stereo.mean(axis=1, dtype=np.float32))
+    six = rng.standard_normal((4096, 6)).astype(np.float32)
+    np.testing.assert_allclose(to_mono(six), six.mean(axis=1), atol=1e-6)
+    mono = stereo[:, 0]
+    assert np.array_equal(to_mono(mono), mono)
+    assert np.array_equal(to_mono(stereo[:, :1]), stereo[:, 0])
+    assert to_mono(stereo).dtype == np.float32
