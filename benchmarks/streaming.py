@@ -3,9 +3,10 @@
 Feeds real music (``../shared/audio/genre-dev`` clips concatenated, development data only;
 a synthetic piece where it is absent) through the daemon's per-source chain,
 ``SourcePipeline``, in 0.1 s chunks as a live source would, with 1 onnxruntime thread
-(the daemon's default). Four runs on the same audio: {streaming, whole windows} x {hop 1 s,
-5 s}; "whole windows" is today's daemon (every hop classifies the full 30 s window, at the
-hop as asked), "streaming" reuses the previous window's columns at the hop snapped to whole
+(the daemon's default). Six runs on the same audio: {fp32 streaming, fp32 whole windows, int8
+whole windows} x {hop 1 s, 5 s}; "whole windows" classifies the full 30 s window every hop, at the
+hop as asked (int8 has no streaming pack, so that is what `--model auto` runs where it picks
+int8), "streaming" reuses the previous window's columns at the hop snapped to whole
 4-frame columns (1 s -> 20 frames = 0.93 s; 5 s -> 108 frames, unchanged). CPU is the
 process's CPU time (mel frontend, normalisation, inference, smoothing), scaled to one hour.
 
@@ -122,12 +123,16 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/streaming.json"))
     args = ap.parse_args()
     engine = Engine("fp32", threads=1, device="cpu")
-    engine.predict(np.zeros((1, 647, 128), np.float32))  # warm-up outside the measurements
+    # int8 has no streaming pack: what `--model auto` runs where it picks int8 (whole windows)
+    int8 = Engine("int8", threads=1, device="cpu")
+    for e in (engine, int8):
+        e.predict(np.zeros((1, 647, 128), np.float32))  # warm-up outside the measurements
     audio, source = music(args.clips)
     runs: dict[str, dict] = {}
-    for hop in HOPS:  # streaming and whole windows back to back per hop, so load drifts hit both alike
-        for mode in ("streaming", "whole_windows"):
-            runs[f"{mode}_hop_{hop:g}s"] = run_pipeline(audio, engine, hop, mode == "streaming")
+    for hop in HOPS:  # the modes back to back per hop, so load drifts hit them alike
+        for mode, eng, streaming in (("streaming", engine, True), ("whole_windows", engine, False),
+                                     ("int8_whole_windows", int8, False)):
+            runs[f"{mode}_hop_{hop:g}s"] = run_pipeline(audio, eng, hop, streaming)
             print(f"{mode} hop {hop:g} s: {runs[f'{mode}_hop_{hop:g}s']}", file=sys.stderr)
 
     def per_hour(mode: str, hop: float) -> float:
@@ -148,9 +153,11 @@ def main() -> None:
         "ratio_hop_1s_to_5s": {
             "streaming": round(per_hour("streaming", 1.0) / per_hour("streaming", 5.0), 2),
             "whole_windows": round(per_hour("whole_windows", 1.0) / per_hour("whole_windows", 5.0), 2),
+            "int8_whole_windows": round(per_hour("int8_whole_windows", 1.0) / per_hour("int8_whole_windows", 5.0), 2),
             "streaming_1s_to_whole_windows_5s": round(per_hour("streaming", 1.0) / per_hour("whole_windows", 5.0), 2),
         },
         "speedup_streaming_over_whole_windows": {f"hop_{hop:g}s": round(per_hour("whole_windows", hop) / per_hour("streaming", hop), 2) for hop in HOPS},
+        "fp32_streaming_vs_int8_whole_windows": {f"hop_{hop:g}s": round(per_hour("int8_whole_windows", hop) / per_hour("streaming", hop), 2) for hop in HOPS},
         "daemon_run_fast_peak_rss_mb": {"audio": "the first 5 minutes of the CPU runs' audio", "hop_seconds": 1.0,
                                         **daemon_peak_rss(audio[: 5 * 60 * SR], 1.0)},
         "renormalised_hops": {"audio": everything_source, "audio_minutes": round(everything.size / SR / 60, 2), **rates},
