@@ -79,6 +79,6 @@ def make_pipeline(source_id: str, engine: Engine, config: DaemonConfig, listener
 
 
 def make_tagger(source: Source, engine: Engine, config: DaemonConfig) -> TrackTagger:
-    """A source's whole-file path (watch folders): the same "uncertain" rule as its windows."""
+    """A source's whole-file path (watch folders): the same "uncertain" rule and silence level as its windows."""
     return TrackTagger(source, engine, config.track_hop_seconds, uncertainty_rule(engine, config.pipeline),
-                       config.watch.library_db)
+                       config.watch.library_db, config.pipeline.silence_dbfs)

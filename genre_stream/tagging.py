@@ -20,6 +20,7 @@ from .audio import AudioError
 from .calibration import UncertaintyRule
 from .engine import Engine
 from .messages import GenreEvent, Message
+from .sanitize import SILENCE_DBFS
 from .sources.base import Source
 from .tracks import DEFAULT_HOP_SECONDS, TrackResult, analyse_file
 
@@ -29,17 +30,19 @@ Publish = Callable[[Message], None]
 
 
 def tag_track(source_id: str, path: Path, engine: Engine, hop_seconds: float = DEFAULT_HOP_SECONDS,
-              uncertainty: UncertaintyRule | None = None) -> tuple[GenreEvent, TrackResult | None]:
+              uncertainty: UncertaintyRule | None = None,
+              silence_dbfs: float = SILENCE_DBFS) -> tuple[GenreEvent, TrackResult | None]:
     """Classify a whole file: a ``track_tagged`` event and the analysis, or an ``error`` event naming the file and None.
 
-    The event's ``state`` is "uncertain" when ``uncertainty`` (default: the model's own rule) says so.
+    The event's ``state`` is "uncertain" when ``uncertainty`` (default: the model's own rule) says so,
+    and "silence" when the track's level is below ``silence_dbfs`` (the daemon's ``pipeline.silence_dbfs``).
     """
     try:
         result = analyse_file(path, engine, hop_seconds)
     except AudioError as exc:
         log.warning("%s: %s", source_id, exc)
         return GenreEvent.error(source_id, str(exc), path=str(path)), None
-    state, genre = result.verdict(uncertainty or UncertaintyRule.for_model(engine.info.calibration))
+    state, genre = result.verdict(uncertainty or UncertaintyRule.for_model(engine.info.calibration), silence_dbfs)
     event = GenreEvent(
         "track_tagged",
         source_id,
@@ -65,6 +68,7 @@ class TrackTagger:
     hop_seconds: float = DEFAULT_HOP_SECONDS
     uncertainty: UncertaintyRule | None = None
     library_db: Path | None = None  # watch.library_db: index every tagged file into this `genre-stream library` database
+    silence_dbfs: float = SILENCE_DBFS  # pipeline.silence_dbfs: the same silence level as the live windows
 
     def tag(self, path: Path, publish: Publish) -> None:
         """Tag ``path`` and publish the outcome; call in the source's thread.
@@ -72,7 +76,7 @@ class TrackTagger:
         A file that fails to decode may still be being written: when the source says it will
         hand it on again (``retry_later``), nothing is published yet.
         """
-        event, result = tag_track(self.source.id, path, self.engine, self.hop_seconds, self.uncertainty)
+        event, result = tag_track(self.source.id, path, self.engine, self.hop_seconds, self.uncertainty, self.silence_dbfs)
         if event.type == "error" and self.source.retry_later(path):
             return
         publish(event)

@@ -59,10 +59,10 @@ class TrackResult:
             return "silence"
         return "uncertain" if uncertainty.is_uncertain(self.probabilities) else "music"
 
-    def verdict(self, uncertainty: UncertaintyRule) -> tuple[str, str | None]:
+    def verdict(self, uncertainty: UncertaintyRule, silence_dbfs: float = SILENCE_DBFS) -> tuple[str, str | None]:
         """(state, genre) as every payload reports a track: the genre is null for silence, as in the
         daemon's states, and the best guess even when uncertain, so readers of "genre" alone see no change."""
-        state = self.state(uncertainty)
+        state = self.state(uncertainty, silence_dbfs)
         return state, None if state == "silence" else self.genre
 
     @property

@@ -32,6 +32,22 @@ def test_tag_track(engine):
     assert strict.to_dict()["state"] == "uncertain" and strict.to_dict()["genre"] == "country"
 
 
+def test_tag_track_uses_the_configured_silence_level(engine, tmp_path):
+    """A quiet track is "silence" (genre null) only below the level the daemon is configured with, as live windows are."""
+    import numpy as np
+    import soundfile as sf
+
+    audio, sr = sf.read(DEMO, dtype="float32")
+    quiet = tmp_path / "quiet.wav"
+    level = 20 * np.log10(np.sqrt(np.mean(audio.astype(np.float64) ** 2)))
+    sf.write(quiet, audio * np.float32(10 ** ((-50 - level) / 20)), sr)  # about -50 dBFS RMS
+    default, result = tag_track("in", quiet, engine)
+    assert result is not None and -52 < result.level_dbfs < -48
+    assert default.to_dict()["state"] != "silence" and default.to_dict()["genre"] is not None  # -50 > -60 dBFS
+    strict, _ = tag_track("in", quiet, engine, silence_dbfs=-40.0)
+    assert strict.to_dict()["state"] == "silence" and strict.to_dict()["genre"] is None
+
+
 def test_tag_track_corrupt_file_is_an_error_event(engine, tmp_path):
     bad = tmp_path / "broken song.mp3"
     bad.write_bytes(b"ID3\x03\x00\x00\x00\x00\x00\x00" + b"\x13\x37" * 500)
