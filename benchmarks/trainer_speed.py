@@ -6,23 +6,17 @@ fair measure of what the cache saves; the loaders alone (no model step) are time
 too, because on a CPU the model step dominates at the paper's 647-frame window.
 The data are synthetic 30 s clips at 22050 Hz (GTZAN's length and rate).
 
-    PYTHONPATH=. python benchmarks/trainer.py [--clips 8] [--batches 3]
+    PYTHONPATH=. python benchmarks/trainer_speed.py [--clips 8] [--batches 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-
-# Run as a script, this file's own folder comes first on sys.path and its name would
-# shadow the `trainer` package; the package is what must be imported.
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)
 
 import numpy as np
 import torch
