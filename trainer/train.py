@@ -395,6 +395,10 @@ class FoldTrainer:
             why = stop_reason(state, cfg)
             state.stopped_early = why is not None
             state.epoch = epoch
+            if self.dist.main:
+                # Saved before the epoch is announced: a Ctrl-C after its line resumes after it,
+                # as the interrupt message then says (saving after the line lost the epoch once).
+                self.save_state(state)
             per_epoch = (time.monotonic() - started) / (epoch - first)
             log.info(
                 "fold %d epoch %d/%d: train loss %.4f acc %.3f | val loss %.4f acc %.3f | lr %.2g | %s/epoch, at most %s left%s",
@@ -403,8 +407,6 @@ class FoldTrainer:
             )
             if why:
                 log.info("fold %d: early stop after epoch %d (%s)", self.fold, epoch, why)
-            if self.dist.main:
-                self.save_state(state)
             self.dist.barrier()
         if state.best_state is not None:
             self.model.load_state_dict(state.best_state)
