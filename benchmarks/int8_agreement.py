@@ -26,7 +26,6 @@ The clips are the measurement set: never calibrate a shipped model on them.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import sys
@@ -39,6 +38,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from genre_dev import DEFAULT_LABELS, read_labels  # noqa: E402
+
 from genre_stream.autoselect import AGREEMENT_BAR  # noqa: E402
 from genre_stream.engine import Engine  # noqa: E402
 from genre_stream.fsutil import atomic_path  # noqa: E402
@@ -46,7 +47,6 @@ from genre_stream.modelinfo import METADATA_KEY  # noqa: E402
 from genre_stream.models import bundled_model_path  # noqa: E402
 from genre_stream.tracks import analyse_file  # noqa: E402
 
-DEFAULT_LABELS = REPO.parent / "shared" / "audio" / "genre-dev" / "labels.csv"
 GROUPS = {"gtzan": "1", "non_gtzan": "0"}
 
 
@@ -101,10 +101,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "int8_agreement.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    if not args.labels_csv.is_file():
-        sys.exit(f"{args.labels_csv}: labelled clips not found (needs ../shared/audio/genre-dev)")
-    with open(args.labels_csv, newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = read_labels(args.labels_csv)
     candidates = {"int8": bundled_model_path("int8")}
     for spec in args.model:
         name, _, path = spec.partition("=")

@@ -50,7 +50,6 @@ points); ``ece_noise_floor`` is the ECE a perfectly calibrated model would show.
 from __future__ import annotations
 
 import argparse
-import csv
 import itertools
 import json
 import logging
@@ -67,6 +66,8 @@ from scipy.optimize import minimize
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from genre_dev import DEFAULT_LABELS, read_labels  # noqa: E402
+
 from genre_stream.audio import load_audio  # noqa: E402
 from genre_stream.calibration import Calibration, UncertaintyRule  # noqa: E402
 from genre_stream.engine import Engine  # noqa: E402
@@ -75,7 +76,6 @@ from genre_stream.tracks import analyse_file  # noqa: E402
 from trainer import temperature  # noqa: E402
 from trainer.metrics import cross_entropy, expected_calibration_error, reliability_bins  # noqa: E402
 
-DEFAULT_LABELS = REPO.parent / "shared" / "audio" / "genre-dev" / "labels.csv"
 CROP_SECONDS, CROP_HOP_SECONDS, CROPS = 10.0, 5.0, 5
 AGREEMENTS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 BIAS_PRIORS = (0.01, 0.03, 0.1, 0.3, 1.0)  # lambda of lambda * ||b||^2 (temperature_bias)
@@ -473,10 +473,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "trust.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    if not args.labels_csv.is_file():
-        sys.exit(f"{args.labels_csv}: labelled clips not found (needs ../shared/audio/genre-dev)")
-    with open(args.labels_csv, newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = read_labels(args.labels_csv)
     started = time.perf_counter()
     result: dict[str, Any] = {"labels_csv": f"{args.labels_csv.parent.name}/{args.labels_csv.name}",
                               "non_gtzan_clips": sum(r["is_gtzan"] == "0" for r in rows), "gtzan_clips": sum(r["is_gtzan"] == "1" for r in rows),
