@@ -14,10 +14,9 @@ from conftest import wait_until
 from brokers import Broker, Gate, Subscriber, any_broker, mosquitto  # noqa: F401
 from genre_stream.config import HomeAssistantConfig, MqttConfig
 from genre_stream.messages import GenreEvent
+from genre_stream.sinks.base import SourceInfo
 from genre_stream.sinks.mqtt import MqttSink
 from genre_stream.sinks.outbox import Outbox
-
-
 
 
 def sink_for(url: str, state_dir: Path, ha: HomeAssistantConfig | None = None) -> MqttSink:
@@ -77,8 +76,10 @@ def test_callback_exception_does_not_stop_delivery(any_broker: Broker, tmp_path:
     sink = sink_for(any_broker.url, tmp_path, HomeAssistantConfig(discovery_prefix="ha/#"))
     with caplog.at_level(logging.ERROR, logger="genre_stream.sinks.mqtt"):
         sink.start()
-        sink.sources_changed(["radio"], "test-model")
+        sink.sources_changed([SourceInfo("radio", "stream", ("rock", "jazz"), 5.0, 0.0)], "test-model")
         wait_until(sink.connected.is_set, what="sink connected")
+        sink.sources_changed([SourceInfo("radio", "stream", ("rock",), 5.0, 0.0)], "test-model")  # a reload: announces from this thread
+        assert "MQTT _announce failed" in caplog.text  # logged, not raised into the daemon
         for i in range(3):
             sink.publish(event(i))
         live.wait_for(lambda ms: len([m for m in ms if m.topic.endswith("/event")]) == 3)

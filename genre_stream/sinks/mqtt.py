@@ -178,7 +178,7 @@ class MqttSink:
             self._sources = list(sources)
             self._model = model
         if self.connected.is_set():
-            self._announce()
+            _contained(self._announce)()  # called from the daemon's thread: a discovery fault must not end a reload
 
     def stats(self) -> dict[str, int | float]:
         return {"mqtt_queue": self.queue_depth}
