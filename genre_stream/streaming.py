@@ -21,8 +21,13 @@ multiple of the stem's pooling stride (4 frames), hence ``snap_hop``.
 The trunk comes from the model's streaming pack (``trainer.stream_export``): one ONNX
 graph per stage with a free time axis, run by onnxruntime on column slices, one graph
 of all stages for windows computed in full, and the head (2x2 average pool, BN, ReLU,
-mean, dense) in numpy here, with each pooled pair's contribution cached too. Only fp32 packs exist; an int8 or GPU engine classifies
-whole windows as before.
+mean, dense) in numpy here, with each pooled pair's contribution cached too.
+
+Two kinds of pack: fp32 (exported from the PyTorch model; stages in NCHW, float caches, the
+head's BN in numpy) and int8 (cut from the quantised ONNX file itself, so a streamed window
+computes exactly the integers the whole int8 graph does; stages in NHWC with uint8 caches,
+since onnxruntime runs uint8 pooling fast only in NHWC, and a small head graph for the
+quantised average pool). A GPU engine classifies whole windows.
 """
 
 from __future__ import annotations
@@ -71,6 +76,21 @@ class _Stage:
     halo: int  # columns either side an output column reads (the stem: frames)
     left: int  # output columns at a window's start that depend on its zero padding
     right: int  # ... and at its end
+    nhwc: bool  # the graph's tensors are (batch, columns, n_mels, channels), else (batch, channels, columns, n_mels)
+    dtype: np.dtype  # of its output (and of the cache that holds it)
+
+    @property
+    def axis(self) -> int:
+        """The column axis of an output without its batch axis."""
+        return 0 if self.nhwc else 1
+
+    def shape(self, columns: int, n_mels: int) -> tuple[int, int, int]:
+        return (columns, n_mels, self.channels) if self.nhwc else (self.channels, columns, n_mels)
+
+
+def _columns(stage: _Stage, index: slice | np.ndarray) -> tuple:
+    """An index that selects columns of one of ``stage``'s outputs (without its batch axis)."""
+    return (slice(None),) * stage.axis + (index,)
 
 
 @dataclass
@@ -115,18 +135,22 @@ class StreamingModel:
                 if meta.get("format") != STREAM_FORMAT:
                     raise StreamError(f"{self.pack}: pack format {meta.get('format')!r}, this version reads {STREAM_FORMAT}")
                 packed = meta["model"]
-                mine = (info.model_id, info.provenance.get("sha256"), info.labels)
-                theirs = (packed.get("model_id"), packed.get("provenance", {}).get("sha256"), packed.get("labels"))
+                mine = (info.model_id, info.provenance.get("sha256"), info.labels, engine.precision)
+                theirs = (packed.get("model_id"), packed.get("provenance", {}).get("sha256"), packed.get("labels"),
+                          meta.get("precision", "fp32"))
                 if mine != theirs:
-                    raise StreamError(f"{self.pack}: made from model {theirs[0]!r} (sha256 {theirs[1]}), "
-                                      f"not from {engine.path.name} ({mine[0]!r}, sha256 {mine[1]})")
+                    raise StreamError(f"{self.pack}: made from the {theirs[3]} model {theirs[0]!r} (sha256 {theirs[1]}), "
+                                      f"not from {engine.path.name} ({mine[3]} {mine[0]!r}, sha256 {mine[1]})")
                 head = np.load(io.BytesIO(zf.read("head.npz")))
                 self.weight = head["weight"].astype(np.float64)
                 self.bias = head["bias"].astype(np.float64)
                 self.pool = int(head["pool"][0])
-                # the head's BN with the average pool's 1 / k^2 folded in, shaped for (channels, pairs, bands)
-                self._head_scale = (head["scale"] / self.pool**2).astype(np.float32)[:, None, None]
-                self._head_shift = head["shift"].astype(np.float32)[:, None, None]
+                # fp32: the head's BN with the average pool's 1 / k^2 folded in, shaped for (channels, pairs, bands);
+                # int8: a graph with the quantised pool (its rounding is onnxruntime's), returning each pair's band sum
+                self._head_session = self._session(zf.read(meta["head"]["file"])) if "head" in meta else None
+                if self._head_session is None:
+                    self._head_scale = (head["scale"] / self.pool**2).astype(np.float32)[:, None, None]
+                    self._head_shift = head["shift"].astype(np.float32)[:, None, None]
                 self.stride = int(meta["stride"])
                 self.columns = self.frames // self.stride
                 self.stages: list[_Stage] = []
@@ -134,6 +158,8 @@ class StreamingModel:
                     self.stages.append(self._stage(entry, zf.read(entry["file"])))
                 self.window_session = self._session(zf.read(meta["window"]["file"]))
                 self.window_outputs = [str(name) for name in meta["window"]["outputs"]]
+                if self.window_outputs != [st.output for st in self.stages]:
+                    raise ValueError(f"the window graph returns {self.window_outputs}, not the stages' outputs in order")
         except (OSError, KeyError, IndexError, TypeError, ValueError, zipfile.BadZipFile) as exc:
             raise StreamError(f"{self.pack}: not a usable streaming pack ({type(exc).__name__}: {exc})") from exc
 
@@ -156,14 +182,15 @@ class StreamingModel:
             left = max(cones[i][0] for i in entry["inputs"]) + halo
             right = max(cones[i][1] for i in entry["inputs"]) + halo
         return _Stage(str(entry["name"]), self._session(graph), tuple(entry["inputs"]), str(entry["output"]),
-                      int(entry["channels"]), halo, left, right)
+                      int(entry["channels"]), halo, left, right, entry.get("layout", "nchw") == "nhwc",
+                      np.dtype(entry.get("dtype", "float32")))
 
     @classmethod
     def for_engine(cls, engine: Engine) -> StreamingModel | None:
         """The engine's streaming model (loaded and verified once per engine), or None, logged, where it has none.
 
-        Packs are fp32 and run on the CPU, so an int8 or fp16 export, or an engine on a
-        GPU, classifies whole windows.
+        Packs run on the CPU and exist for fp32 and int8 exports, so an fp16 export, or an
+        engine on a GPU, classifies whole windows.
         """
         if engine in _MODELS:
             return _MODELS[engine]
@@ -171,8 +198,6 @@ class StreamingModel:
         pack = stream_pack_path(engine.path)
         if engine.providers[0] != "CPUExecutionProvider":
             log.info("streaming inference off: the model runs on %s (streaming packs are for the CPU)", engine.providers[0])
-        elif engine.precision != "fp32":
-            log.info("streaming inference off: %s is %s (streaming packs are fp32)", engine.path.name, engine.precision)
         elif not pack.is_file():
             log.info("streaming inference off: %s has no streaming pack (%s)", engine.path.name, pack.name)
         else:
@@ -206,9 +231,11 @@ class StreamingModel:
 
     def whole(self, window: np.ndarray) -> Prediction:
         """One window of any length computed whole, nothing cached (looped windows, verification)."""
-        t = self.trunk(window)[self.stages[-1].output]
-        pairs = t.shape[1] // self.pool
-        return self.prediction(self.pair_sums(t[:, : pairs * self.pool]).sum(axis=0) / (pairs * (self.n_mels // self.pool)))
+        last = self.stages[-1]
+        t = self.trunk(window)[last.output]
+        pairs = t.shape[last.axis] // self.pool
+        return self.prediction(self.pair_sums(t[_columns(last, slice(0, pairs * self.pool))]).sum(axis=0)
+                               / (pairs * (self.n_mels // self.pool)))
 
     def trunk(self, window: np.ndarray, out: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """Every stage's output (channels, columns, n_mels) over a whole window, written into ``out``.
@@ -221,7 +248,7 @@ class StreamingModel:
         """
         cols = window.shape[0] // self.stride
         if out is None:
-            out = {st.output: np.empty((st.channels, cols, self.n_mels), np.float32) for st in self.stages}
+            out = {st.output: np.empty(st.shape(cols, self.n_mels), st.dtype) for st in self.stages}
         overlap = max(st.left + st.right for st in self.stages) - 1
         stem = self.stages[0]
         if cols < 4 * overlap:  # short inputs (the load-time check) in one piece
@@ -233,18 +260,20 @@ class StreamingModel:
                      (first * self.stride, window.shape[0], first, {st.output: (c1 - st.right, cols) for st in self.stages})]
         for f_lo, f_hi, offset, take in parts:
             results = self.window_session.run(self.window_outputs, {"mel": window[None, f_lo:f_hi]})
-            for name, result in zip(self.window_outputs, results):
-                lo, hi = take[name]
-                out[name][:, lo:hi] = result[0, :, lo - offset : hi - offset]
+            for stage, result in zip(self.stages, results):
+                lo, hi = take[stage.output]
+                out[stage.output][_columns(stage, slice(lo, hi))] = result[0][_columns(stage, slice(lo - offset, hi - offset))]
         return out
 
     def pair_sums(self, t: np.ndarray) -> np.ndarray:
         """(pairs, channels): the head's BN + ReLU of each pooled k x k cell, summed over the bands.
 
-        ``t`` is the last stage's output (channels, k * pairs, n_mels). The average pool is
+        ``t`` is the last stage's output over k * pairs columns. fp32: the average pool is
         done as strided adds (numpy's reductions over tiny axes are ~5x slower), in float32
-        like the graph; the sums in float64.
+        like the graph; the sums in float64. int8: the pack's head graph.
         """
+        if self._head_session is not None:
+            return self._head_session.run(None, {self.stages[-1].output: t[None]})[0][0].T.astype(np.float64)
         k = self.pool
         c, n, _ = t.shape
         f = self.n_mels // k
@@ -287,6 +316,7 @@ class StreamingClassifier:
         m = model
         self.stride, self.frames, self.columns, self.n_mels = m.stride, m.frames, m.columns, m.n_mels
         self.stages = m.stages
+        self._producer = {st.output: st for st in self.stages}
         self._caches: dict[str, np.ndarray] = {}  # stage output -> (channels, columns, n_mels), a ring of columns
         self._out = self.stages[-1]
         self._pairs = self.columns // m.pool
@@ -360,7 +390,7 @@ class StreamingClassifier:
     def _run_window(self, window: np.ndarray) -> None:
         """Every stage over the whole window into the caches (the origin is this window: slot = column)."""
         if not self._caches:
-            self._caches = {st.output: np.empty((st.channels, self.columns, self.n_mels), np.float32) for st in self.stages}
+            self._caches = {st.output: np.empty(st.shape(self.columns, self.n_mels), st.dtype) for st in self.stages}
         self.model.trunk(window, self._caches)
         self.stats.columns += len(self.stages) * self.columns
 
@@ -395,9 +425,10 @@ class StreamingClassifier:
         else:
             first = max(0, lo - stage.halo)
             in_hi = min(self.columns - 1, hi + stage.halo)
-            feeds = {name: self._caches[name][:, self._slots(base, first, in_hi)][None] for name in stage.inputs}
+            slots = self._slots(base, first, in_hi)
+            feeds = {name: self._caches[name][_columns(self._producer[name], slots)][None] for name in stage.inputs}
         out = stage.session.run(None, feeds)[0][0]
-        self._caches[stage.output][:, self._slots(base, lo, hi)] = out[:, lo - first : hi - first + 1]
+        self._caches[stage.output][_columns(stage, self._slots(base, lo, hi))] = out[_columns(stage, slice(lo - first, hi - first + 1))]
         self.stats.columns += hi - lo + 1
 
     def _embedding(self, base: int) -> np.ndarray:
@@ -414,6 +445,6 @@ class StreamingClassifier:
         missing = np.flatnonzero((self._pair_abs[slots] != starts) | ~interior)
         if missing.size:
             cols = (starts[missing][:, None] + np.arange(k)).reshape(-1)
-            self._pair_values[slots[missing]] = self.model.pair_sums(np.take(self._caches[out.output], cols, axis=1, mode="wrap"))
+            self._pair_values[slots[missing]] = self.model.pair_sums(np.take(self._caches[out.output], cols, axis=out.axis, mode="wrap"))
             self._pair_abs[slots[missing]] = np.where(interior[missing], starts[missing], -1)  # edge pairs serve this window only
         return self._pair_values[slots].sum(axis=0) / (self._pairs * (self.n_mels // k))

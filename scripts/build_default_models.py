@@ -10,6 +10,7 @@ It runs exactly the commands a user would:
    (which also writes the streaming pack beside it, ``...fp32.stream.zip``)
 3. ``genre-trainer export <tmp>/fold0.pt --out genre_stream/models/bbnn-gtzan-augmented-fold0.int8.onnx
    --quantize int8 --calibration-audio <clip> ... --keep-float <head node> ... --test-audio <other clips> --force``
+   (which also cuts its streaming pack out of it, ``...int8.stream.zip``)
 
 The int8 model is calibrated on real music (issue 15): the 50 GTZAN clips of
 ``genre-dev`` (the model's own training data) and the loose clips of ``--audio``

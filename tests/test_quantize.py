@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
+import json
 import logging
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -136,3 +139,30 @@ def test_bundled_int8_is_calibrated_without_the_clips_it_is_measured_on() -> Non
     assert not measured & set(calibration) and len(calibration) == 58
     quant = bundled_metadata("int8")["provenance"]["quantization"]
     assert quant["bias_correction"] is True and "58 real audio files" in quant["calibration_source"], json.dumps(quant)
+
+
+def test_bundled_int8_pack_is_cut_from_the_bundled_int8_model() -> None:
+    """The shipped pack holds the stages of the shipped int8 graph (a rebuilt int8 file needs its pack cut again)."""
+    from genre_stream.models import bundled_model_path
+    from genre_stream.streaming import stream_pack_path
+    from trainer.stream_cut import int8_stream_pack
+
+    model = bundled_model_path("int8")
+    fresh = zipfile.ZipFile(io.BytesIO(int8_stream_pack(onnx.load(model))))
+    shipped = zipfile.ZipFile(stream_pack_path(model))
+    assert sorted(fresh.namelist()) == sorted(shipped.namelist())
+    for name in fresh.namelist():
+        ours, theirs = fresh.read(name), shipped.read(name)
+        if name == "stream.json":  # its model record is the file's metadata at export time (calibration comes later)
+            ours, theirs = json.loads(ours), json.loads(theirs)
+            assert ours.pop("model")["model_id"] == theirs.pop("model")["model_id"]
+            assert ours["precision"] == "int8" and [s["halo"] for s in ours["stages"]] == [1, 2, 2, 2]
+        assert ours == theirs, name
+
+
+def test_an_fp32_graph_is_not_cut_as_int8() -> None:
+    from genre_stream.models import bundled_model_path
+    from trainer.stream_cut import int8_stream_pack
+
+    with pytest.raises(ValueError, match="not DequantizeLinear: not a QDQ int8 export"):
+        int8_stream_pack(onnx.load(bundled_model_path("fp32")))

@@ -164,12 +164,17 @@ def export(
         click.echo(f"fp16 vs PyTorch: {result.test.summary()} ({'; '.join(result.notes)})")
     save_atomic(result.model, out)
     click.echo(f"wrote {out}")
-    if quantize == "none":
+    if quantize in ("none", "int8"):
         from genre_stream.streaming import stream_pack_path
 
-        from .stream_export import save_stream_pack
+        if quantize == "none":
+            from .stream_export import save_stream_pack
 
-        pack = save_stream_pack(model, info, stream_pack_path(out))
+            pack = save_stream_pack(model, info, stream_pack_path(out))
+        else:
+            from .stream_cut import save_int8_stream_pack
+
+            pack = save_int8_stream_pack(out, stream_pack_path(out))
         click.echo(f"wrote {pack} (the stages the daemon streams live windows with)")
 
 
