@@ -21,9 +21,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from _helpers_dashboard import ARTIFACTS, LABELS, changed, state
 from conftest import REPO, cli_env, free_port, run_cli, shared_path
-from genre_stream.dashboard.config import DashboardConfig, DashboardError, HttpSettings, parse_address
+from genre_stream.config.http import DashboardConfig, HttpSettings, parse_address
 from genre_stream.dashboard.metrics import SinkMetrics, SourceMetrics
-from genre_stream.dashboard.server import DashboardServer
+from genre_stream.dashboard.server import DashboardError, DashboardServer
 from genre_stream.dashboard.state import MEL_DB_MIN, MEL_DB_STEP, DashboardState, encode_mel
 from genre_stream.frontend import MelRingBuffer
 from genre_stream.pipeline import ClassifiedWindow

@@ -20,7 +20,7 @@ from _helpers_dashboard import LABELS
 from conftest import REPO, cli_env, free_port, wait_until
 from test_dashboard import LiveClient, chromium_driver, wait_healthy
 from test_dashboard_operator import info, tagged
-from genre_stream.dashboard.config import DashboardConfig
+from genre_stream.config import DashboardConfig
 from genre_stream.dashboard.corrections import Corrections
 from genre_stream.dashboard.server import DashboardServer
 from genre_stream.dashboard.state import DashboardState

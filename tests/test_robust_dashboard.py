@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from genre_stream.dashboard.config import HttpSettings
+from genre_stream.config import HttpSettings
 from test_dashboard import TOKEN, LiveClient, publish, serve, state
 
 
