@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from _helpers_dashboard import ARTIFACTS, LABELS, changed, state
-from test_dashboard import LiveClient, chromium_driver, publish, serve, served  # noqa: F401 (served: a fixture)
+from dashboards import LiveClient, publish, serve
+from test_dashboard import chromium_driver
 from genre_stream.dashboard import server as server_module
 from genre_stream.dashboard.metrics import SinkMetrics
 from genre_stream.dashboard.sink import DashboardSink

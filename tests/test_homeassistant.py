@@ -16,7 +16,7 @@ import jinja2
 import numpy as np
 
 from conftest import wait_until
-from brokers import Broker, Subscriber, broker  # noqa: F401
+from brokers import Broker, Subscriber
 from genre_stream.config import DaemonConfig, DashboardConfig, HomeAssistantConfig, MqttConfig
 from genre_stream.daemon import Daemon
 from genre_stream.messages import GenreEvent, GenreState
