@@ -34,7 +34,6 @@ from .models import bundled_model_path
 
 log = logging.getLogger(__name__)
 
-AUTO = "auto"
 CACHE_FILE = "model-choice.json"
 MIN_SPEEDUP = 1.25  # int8 must be this much faster per window to be worth its (small) answer differences
 TIMED_CALLS = 4  # per export and round; a 30 s window takes 15-150 ms
@@ -65,11 +64,6 @@ class AgreementBar:
 
 
 AGREEMENT_BAR = AgreementBar()
-
-
-def is_auto(spec: str | Path | None) -> bool:
-    """No ``--model``, or ``auto`` (unless a file of that name exists, as for ``fp32`` / ``int8``)."""
-    return spec is None or (str(spec) == AUTO and not Path(spec).exists())
 
 
 def default_cache_dir() -> Path:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import click
 
-from .sinks.history import HISTORY_FILENAME, HistoryError, HistoryReader, Segment, segments_csv
+from .config import HISTORY_FILENAME
+from .sinks.history import HistoryError, HistoryReader, Segment, segments_csv
 from .timespec import parse_time
 
 

@@ -10,7 +10,7 @@ import click
 
 from .config import ModelConfig, PipelineConfig
 from .providers import PROVIDERS
-from .settings import declared
+from .config.fields import declared
 
 
 def _declared_option(cls: type, name: str, param: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

@@ -19,7 +19,7 @@ from typing import Any
 import click
 
 from .config import ConfigError, DaemonConfig, describe, describe_outputs, load_config, require_sources
-from .settings import Flag, flagged_fields
+from .config.fields import Flag, flagged_fields
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ def _param(key: str) -> str:
 
 
 def _option(key: str, fld: dataclasses.Field[Any], tp: Any, cli: Flag) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """The click option of one setting, from its declaration (config dataclasses, settings.flag)."""
+    """The click option of one setting, from its declaration (config dataclasses, config.fields.flag)."""
     args = typing.get_args(tp)
     base = next((a for a in args if a is not type(None)), tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else tp
     kwargs: dict[str, Any] = {"default": None, "metavar": cli.metavar}

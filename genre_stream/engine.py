@@ -15,8 +15,8 @@ import numpy as np
 import onnxruntime as ort
 
 from .modelinfo import METADATA_KEY, ModelInfo
-from .autoselect import ModelChoice, choose, is_auto
-from .models import resolve_model
+from .autoselect import ModelChoice, choose
+from .models import is_auto, resolve_model
 from .providers import ORT_PROVIDERS, PROVIDERS
 
 log = logging.getLogger(__name__)

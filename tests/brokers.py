@@ -9,6 +9,7 @@ everything after a broker restart" can be checked without racing the subscriber.
 from __future__ import annotations
 
 import getpass
+import importlib.util
 import json
 import shutil
 import socket
@@ -93,11 +94,7 @@ class Broker:
 def available(kind: str) -> bool:
     if kind == "mosquitto":
         return shutil.which("mosquitto") is not None
-    try:
-        import amqtt  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec("amqtt") is not None
 
 
 def require(kind: str) -> None:

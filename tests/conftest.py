@@ -15,6 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# Fixture modules, registered the pytest way: a test names their fixtures as arguments and imports
+# from them only helpers (Broker, Subscriber, serve...). brokers: broker (each kind), any_broker,
+# mosquitto; dashboards: served.
+pytest_plugins = ["brokers", "dashboards"]
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 SHARED_AUDIO = SHARED / "audio"

@@ -9,7 +9,8 @@ import pytest
 
 from conftest import REPO, run_cli
 from genre_stream import autoselect
-from genre_stream.autoselect import AGREEMENT_BAR, CACHE_FILE, choose, int8_shortfalls, is_auto
+from genre_stream.autoselect import AGREEMENT_BAR, CACHE_FILE, choose, int8_shortfalls
+from genre_stream.models import is_auto
 from genre_stream.engine import Engine
 
 DEMO = REPO / "examples" / "demo.wav"

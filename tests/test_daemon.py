@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from brokers import Broker, Subscriber, any_broker, broker, free_port  # noqa: F401
+from brokers import Broker, Subscriber, free_port
 from conftest import REPO, cli_env, run_cli
 from genre_stream.config import DaemonConfig, load_config
 from genre_stream.daemon import EXIT_OK, Daemon

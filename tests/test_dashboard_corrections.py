@@ -18,9 +18,10 @@ import soundfile as sf
 
 from _helpers_dashboard import LABELS
 from conftest import REPO, cli_env, free_port, wait_until
-from test_dashboard import LiveClient, chromium_driver, wait_healthy
+from dashboards import LiveClient
+from test_dashboard import chromium_driver, wait_healthy
 from test_dashboard_operator import info, tagged
-from genre_stream.dashboard.config import DashboardConfig
+from genre_stream.config import DashboardConfig
 from genre_stream.dashboard.corrections import Corrections
 from genre_stream.dashboard.server import DashboardServer
 from genre_stream.dashboard.state import DashboardState

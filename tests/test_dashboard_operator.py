@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 
 from _helpers_dashboard import ARTIFACTS, LABELS, changed, state
-from test_dashboard import LiveClient, chromium_driver, publish, serve, served  # noqa: F401 (served: a fixture)
+from dashboards import LiveClient, publish, serve
+from test_dashboard import chromium_driver
 from genre_stream.dashboard import server as server_module
 from genre_stream.dashboard.metrics import SinkMetrics
 from genre_stream.dashboard.sink import DashboardSink
-from genre_stream.dashboard.config import DashboardConfig
+from genre_stream.config import DashboardConfig
 from genre_stream.dashboard.state import RECENT_CHANGES, STALE_HOPS, spectrogram_axes
 from genre_stream.frontend import FrontendConfig, MelRingBuffer
 from genre_stream.messages import parse_payload_time

@@ -16,10 +16,9 @@ import jinja2
 import numpy as np
 
 from conftest import wait_until
-from brokers import Broker, Subscriber, broker  # noqa: F401
-from genre_stream.config import DaemonConfig, HomeAssistantConfig, MqttConfig
+from brokers import Broker, Subscriber
+from genre_stream.config import DaemonConfig, DashboardConfig, HomeAssistantConfig, MqttConfig
 from genre_stream.daemon import Daemon
-from genre_stream.dashboard.config import DashboardConfig
 from genre_stream.messages import GenreEvent, GenreState
 from genre_stream.sinks import Fanout, SourceInfo
 from genre_stream.sinks.homeassistant import (

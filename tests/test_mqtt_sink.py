@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import wait_until
-from brokers import Broker, Gate, Subscriber, any_broker, broker, free_port, mosquitto, require, wait_port  # noqa: F401
+from brokers import Broker, Gate, Subscriber, free_port, require, wait_port
 from genre_stream.config import ConfigError, HomeAssistantConfig, MqttConfig
 from genre_stream.messages import GenreEvent, GenreState, SourceStats
 from genre_stream.sinks import Fanout

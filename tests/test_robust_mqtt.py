@@ -11,7 +11,7 @@ import pytest
 
 from _helpers_fs import fill, small_filesystem
 from conftest import wait_until
-from brokers import Broker, Gate, Subscriber, any_broker, mosquitto  # noqa: F401
+from brokers import Broker, Gate, Subscriber
 from genre_stream.config import HomeAssistantConfig, MqttConfig
 from genre_stream.messages import GenreEvent
 from genre_stream.sinks.base import SourceInfo

@@ -129,3 +129,49 @@ def test_the_daemon_streams_windows_without_the_training_stack(tmp_path: Path) -
     assert "streaming inference on" in proc.stderr, proc.stderr[-2000:]
     assert _loaded(proc) == []
     assert sum(line.startswith('{"source":"long"') for line in proc.stdout.splitlines()) >= 7  # 10, 15, ... 45 s
+
+
+# Modules outside genre_stream/config/ that the configuration may import: leaves that import no
+# other genre_stream module (checked below too), so settings ownership runs one way only.
+CONFIG_LEAF_IMPORTS = {
+    "genre_stream.models": "the bundled model names (auto / fp32 / int8) a model.path may give; stdlib only",
+    "genre_stream.providers": "the execution provider names of model.device; stdlib only",
+    "genre_stream.redact": "masking a URL's password in messages and `config show`; stdlib only",
+    "genre_stream.sanitize": "SILENCE_DBFS, the one silence level (default of pipeline.silence_dbfs); numpy and stdlib only",
+}
+
+
+def _package_imports(path: Path, package: str) -> set[str]:
+    """The genre_stream modules ``path`` (a module of ``package``) imports, relative imports resolved."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                module = ".".join(base + ([node.module] if node.module else []))
+                names = [module] if node.module else [f"{module}.{alias.name}" for alias in node.names]
+            else:
+                names = [node.module or ""]
+            found.update(n for n in names if n.split(".")[0] == "genre_stream")
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name.split(".")[0] == "genre_stream")
+    return found
+
+
+def test_the_configuration_imports_no_feature() -> None:
+    """Features import their settings from genre_stream.config; config imports no sink, source, pipeline or dashboard."""
+    config_dir = REPO / "genre_stream" / "config"
+    modules = sorted(config_dir.glob("*.py"))
+    assert {p.stem for p in modules} >= {"__init__", "errors", "fields", "daemon", "load", "mqtt", "pipeline", "http"}
+    for path in modules:
+        outside = {m for m in _package_imports(path, "genre_stream.config")
+                   if m != "genre_stream.config" and not m.startswith("genre_stream.config.")}
+        assert outside <= set(CONFIG_LEAF_IMPORTS), (path.name, sorted(outside - set(CONFIG_LEAF_IMPORTS)))
+    for leaf in CONFIG_LEAF_IMPORTS:
+        parts = leaf.split(".")
+        path = REPO.joinpath(*parts).with_suffix(".py")
+        package = leaf if not path.exists() else ".".join(parts[:-1])
+        path = path if path.exists() else REPO.joinpath(*parts, "__init__.py")
+        assert _package_imports(path, package) == set(), (leaf, "is no longer a leaf")

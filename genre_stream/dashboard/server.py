@@ -45,11 +45,16 @@ from ..jsonsafe import dumps
 from ..sinks.history import HistoryError, HistoryReader, Segment, iso_utc, segments_csv
 from ..timespec import parse_time
 from ..library.db import LibraryError
-from .config import DashboardConfig, DashboardError
+from ..config import DashboardConfig
 from .corrections import Corrections
 from .state import DashboardState
 
 log = logging.getLogger(__name__)
+
+
+class DashboardError(Exception):
+    """The dashboard cannot start (address in use, not permitted...); the message says which address and why."""
+
 
 STATIC_FILES = {
     "index.html": "text/html",

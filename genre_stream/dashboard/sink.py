@@ -20,11 +20,10 @@ from ..frontend import FrontendConfig
 from ..sinks.history import HistoryReader, HistoryStats
 from ..messages import GenreEvent, GenreState
 from ..sinks.base import SourceAvailability, SourceInfo
-from ..config import ConfigError
-from .config import DashboardConfig, DashboardError
+from ..config import ConfigError, DashboardConfig
 from .corrections import Corrections
 from .metrics import SinkMetrics, SourceMetrics
-from .server import DashboardServer
+from .server import DashboardError, DashboardServer
 from .state import DashboardState, MelSource
 
 if TYPE_CHECKING:  # the dashboard does not load the inference stack itself

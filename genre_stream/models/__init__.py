@@ -15,6 +15,7 @@ BUNDLED_MODELS = {
     "fp32": "bbnn-gtzan-augmented-fold0.fp32.onnx",
     "int8": "bbnn-gtzan-augmented-fold0.int8.onnx",
 }
+AUTO = "auto"  # --model auto: the bundled export measured best here (genre_stream.autoselect)
 DEFAULT_MODEL = "fp32"  # the path of "no --model" for config checks; Engine resolves it as "auto" (genre_stream.autoselect)
 
 
@@ -25,6 +26,11 @@ def bundled_model_path(name: str) -> Path:
 def default_model_path() -> Path:
     """The model used when no ``--model`` is given."""
     return bundled_model_path(DEFAULT_MODEL)
+
+
+def is_auto(spec: str | Path | None) -> bool:
+    """No ``--model``, or ``auto`` (unless a file of that name exists, as for ``fp32`` / ``int8``)."""
+    return spec is None or (str(spec) == AUTO and not Path(spec).exists())
 
 
 def resolve_model(spec: str | Path | None) -> Path:

@@ -30,13 +30,12 @@ from typing import Any
 
 from ..jsonsafe import dumps
 from ..messages import GenreEvent, GenreState, Message, iso_utc, parse_payload_time
-from ..settings import check_ranges, flag, option, setting
+from ..config import HistoryConfig
 from ..sqlite import open_db
 from .base import SourceInfo
 
 log = logging.getLogger(__name__)
 
-HISTORY_FILENAME = "history.sqlite"
 DEFAULT_MAX_GAP_SECONDS = 60.0
 
 _SCHEMA = """
@@ -65,40 +64,6 @@ CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
 
 class HistoryError(Exception):
     """A history database that cannot be read; the message names the file and why."""
-
-
-@dataclass
-class HistoryConfig:
-    """Where and how long the history is kept.
-
-    ``retention_days`` <= 0 keeps everything. ``queue_size`` bounds the messages
-    waiting for the writer: at one state per source every few seconds, the default
-    absorbs minutes of a stalled disk.
-    """
-
-    path: Path
-    retention_days: float = 90.0
-    queue_size: int = 10_000
-    prune_interval_seconds: float = 3600.0
-
-    @classmethod
-    def in_state_dir(cls, state_dir: str | Path, **kwargs: Any) -> HistoryConfig:
-        return cls(path=Path(state_dir) / HISTORY_FILENAME, **kwargs)
-
-
-@dataclass
-class HistorySettings:
-    """The ``[history]`` section of the daemon config (flags ``--history/--no-history``, ``--history-days``)."""
-
-    enabled: bool = option(True, cli=flag("--history/--no-history", help="Record states and events in <state dir>/history.sqlite."))
-    retention_days: float = setting(90.0, 0, 36500, note="days (0 keeps everything)",
-                                    cli=flag("--history-days", help="Days of tag history to keep; 0 = forever."))
-
-    def __post_init__(self) -> None:
-        check_ranges(self)
-
-    def config(self, state_dir: Path) -> HistoryConfig:
-        return HistoryConfig.in_state_dir(state_dir, retention_days=self.retention_days)
 
 
 @dataclass

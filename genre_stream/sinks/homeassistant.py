@@ -36,8 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..config import HomeAssistantConfig
-from ..dashboard.config import DashboardConfig
+from ..config import DashboardConfig, HomeAssistantConfig
 from ..fsutil import atomic_path
 from ..sources import TRACK_KINDS
 from .base import SourceInfo

@@ -1,4 +1,4 @@
-"""The daemon's configuration: defaults < TOML file < ``GENRE_STREAM_*`` environment < CLI flags.
+"""Loading the daemon's configuration: defaults < TOML file < ``GENRE_STREAM_*`` environment < CLI flags.
 
 Every layer is a nested dict keyed like the TOML file (``mqtt.url``, ``pipeline.hop_seconds``);
 the layers are merged and only then turned into typed dataclasses, so one code path coerces
@@ -12,7 +12,6 @@ import dataclasses
 import logging
 import math
 import os
-import socket
 import tomllib
 import types
 import typing
@@ -21,180 +20,16 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from .dashboard.config import HttpSettings
-from .autoselect import is_auto
-from .models import resolve_model
-from .sinks.history import HistorySettings
-from .providers import Provider
-from .redact import MASK, redact_url
-from .sanitize import SILENCE_DBFS
-from .settings import RangeError, check_ranges, flag, option, setting, topic_problem
+from ..models import is_auto, resolve_model
+from ..redact import MASK, redact_url
+from .daemon import SECTIONS, DaemonConfig
+from .errors import ConfigError
+from .fields import RangeError, topic_problem
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("genre_stream.config")  # the name its warnings had before config/ was a package
 
 DEFAULT_CONFIG_PATH = Path("/etc/genre-stream/config.toml")
 ENV_PREFIX = "GENRE_STREAM_"
-
-
-class ConfigError(ValueError):
-    """A configuration value that cannot be used; the message names the key, its origin and why."""
-
-
-@dataclass
-class PipelineConfig:
-    """When and how a live source is classified (see pipeline.SourcePipeline)."""
-
-    hop_seconds: float = setting(5.0, 0, 3600, lo_open=True, cli=flag("--hop", help="Seconds between classifications."))
-    # reuse the previous window's computation (fp32 models with a streaming pack, on the CPU); the hop is
-    # then rounded down to whole 4-frame columns (1 s -> 0.93 s, 5 s unchanged): docs/STREAMING.md
-    streaming: bool = option(True, cli=flag("--streaming/--no-streaming", help="Compute only what each hop adds to the "
-                             "window (fp32 on the CPU; the hop is rounded down to a multiple of 4 mel frames)."))
-    min_fill_seconds: float = setting(10.0, 0, 30, lo_open=True, note="(the window is 30 s)",
-                                      cli=flag("--min-fill", help="Seconds buffered before the first classification."))
-    silence_dbfs: float = setting(SILENCE_DBFS, -200, 0, hi_open=True, note="(dB below full scale)",
-                                  cli=flag("--silence-dbfs", help="RMS level below which a window is 'silence'."))
-    ema_alpha: float = setting(0.5, 0, 1, lo_open=True)
-    hold_windows: int = setting(2, 1, 1000, cli=flag("--hold-windows", help="Windows a new genre must lead before it is announced."))
-    margin: float = setting(0.1, 0, 1, hi_open=True, cli=flag("--margin", help="Smoothed probability lead a new genre needs."))
-    # "uncertain" below this top probability, or below this lead over the second; None: the model's own default
-    uncertain_threshold: float | None = setting(
-        None, 0, 1, hi_open=True, note="(0 = never uncertain)", cli=flag(
-            "--uncertain-threshold", help="State 'uncertain' below this calibrated top probability; 0 = never.", default_text="the model's"))
-    uncertain_margin: float | None = setting(
-        None, 0, 1, hi_open=True, note="(0 = off)", cli=flag(
-            "--uncertain-margin", help="State 'uncertain' when the top genre leads the second by less; 0 = off.", default_text="the model's"))
-
-    def __post_init__(self) -> None:
-        check_ranges(self)
-
-
-@dataclass
-class ModelConfig:
-    path: Path | None = option(None, cli=flag(  # None: the bundled model chosen by --model auto
-        "--model", help="ONNX model file, or auto / fp32 / int8 for the bundled exports (auto: int8 where it is measured "
-        "faster here and accurate enough, else fp32; cached in the state directory).", default_text="auto"))
-    device: Provider = option("auto", cli=flag(
-        "--provider", "--device", help="onnxruntime execution provider: auto uses TensorRT/CUDA when available, else CPU "
-        "(--device is the old spelling)."))
-    # one intra-op thread: a daemon shares the machine
-    threads: int = setting(1, 0, 256, note="(0 = one per core)", cli=flag("--threads", help="CPU inference threads; 0 = one per core."))
-
-    def __post_init__(self) -> None:
-        check_ranges(self)
-
-
-@dataclass
-class MqttConfig:
-    url: str | None = option(None, cli=flag("--mqtt", help="Broker URL, mqtt://host[:port] or mqtts://host[:port].", default_text="no MQTT"))
-    protocol: Literal["3.1.1", "5"] = option("3.1.1", cli=flag("--mqtt-protocol", help="MQTT protocol version."))
-    client_id: str = option("", cli=flag("--client-id", help="MQTT client id.", default_text="genre-stream-<hostname>"))
-    username: str | None = option(None, cli=flag("--username", help="MQTT user name."))
-    password: str | None = option(None, cli=flag("--password", help="MQTT password; prefer GENRE_STREAM_MQTT_PASSWORD: flags are visible in ps."))
-    keepalive: int = setting(60, 1, 65535, note="seconds")
-    prefix: str = option("genre-stream", cli=flag("--prefix", help="Topic prefix."))
-    ca_file: Path | None = option(None, cli=flag("--ca-file", help="CA certificate for mqtts://."))
-    cert_file: Path | None = option(None, cli=flag("--cert-file", help="Client certificate for mqtts://."))
-    key_file: Path | None = option(None, cli=flag("--key-file", help="Client key for mqtts://."))
-    tls_insecure: bool = False  # skip host name verification (self-signed test brokers only)
-    queue_max: int = setting(100_000, 1, 10_000_000)  # messages kept on disk while the broker is unreachable
-    reconnect_min: float = setting(1.0, 0, 3600, lo_open=True, note="seconds")
-    reconnect_max: float = setting(60.0, 0, 86400, lo_open=True, note="seconds")
-    flush_timeout: float = setting(5.0, 0, 3600, note="seconds")  # how long a stop waits for queued messages
-
-    def __post_init__(self) -> None:
-        check_ranges(self)
-
-    @property
-    def effective_client_id(self) -> str:
-        """The id the broker sees: the configured one, else ``genre-stream-<hostname>`` (MQTT 3.1.1 allows 23+ bytes; brokers take 64)."""
-        return self.client_id or f"genre-stream-{socket.gethostname()}"[:64]
-
-    @property
-    def tls(self) -> bool:
-        return bool(self.url) and urlsplit(self.url).scheme == "mqtts"
-
-    @property
-    def host(self) -> str:
-        return urlsplit(self.url or "").hostname or "localhost"
-
-    @property
-    def port(self) -> int:
-        parts = urlsplit(self.url or "")
-        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
-
-
-@dataclass
-class HomeAssistantConfig:
-    enabled: bool = option(True, cli=flag("--homeassistant/--no-homeassistant", help="Publish Home Assistant discovery configs (with MQTT)."))
-    discovery_prefix: str = "homeassistant"
-    node_id: str = "genre_stream"
-
-
-@dataclass
-class JsonlConfig:
-    path: str | None = option(None, cli=flag(
-        "--jsonl", help="Also write JSON lines to FILE (- = stdout).", default_text="stdout when there is no --mqtt", metavar="FILE"))
-
-
-@dataclass
-class WatchConfig:
-    done_dir: Path | None = None  # tagged files are moved here; None = never touch user files
-    failed_dir: Path | None = None  # files that failed to decode are moved here; None = leave them
-    settle_seconds: float = setting(2.0, 0, 3600)  # a file's size must hold this long before it is read
-    poll_seconds: float = setting(2.0, 0, 3600, lo_open=True)  # folder rescan interval (also the fallback without inotify)
-    library_db: Path | None = None  # also index tagged files into this `genre-stream library` database
-
-    def __post_init__(self) -> None:
-        check_ranges(self)
-
-
-def default_state_dir() -> Path:
-    """$STATE_DIRECTORY under systemd (StateDirectory=), else the XDG state folder of the user."""
-    if os.environ.get("STATE_DIRECTORY"):
-        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "genre-stream"
-
-
-@dataclass
-class DaemonConfig:
-    sources: list[str] = option(default_factory=list, cli=flag(
-        "-s", "--source", help="Input, repeatable: mic[:DEVICE], watch:DIR, file:PATH, stream:URL, optionally ID=SPEC.",
-        default_text="none"))
-    realtime: bool = option(True, cli=flag("--realtime/--fast", help="Play file: sources at recording speed or as fast as possible."))
-    state_dir: Path = option(default_factory=default_state_dir, cli=flag(
-        "--state-dir", help="Where the MQTT queue, watch state and history live.",
-        default_text="$STATE_DIRECTORY or ~/.local/state/genre-stream"))
-    log_level: Literal["debug", "info", "warning", "error"] | None = option(None, cli=flag(
-        "--log-level", help="Log level of the daemon.", default_text="info, or what -v asks for"))
-    stats_interval: float = setting(60.0, 0, 86400, note="(0 turns stats off)",  # seconds between stats messages
-                                    cli=flag("--stats-interval", help="Seconds between stats messages; 0 = off."))
-    track_hop_seconds: float = setting(10.0, 0, 300, lo_open=True)  # window hop when a watched file is tagged as a whole track
-    model: ModelConfig = field(default_factory=ModelConfig)
-    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
-    watch: WatchConfig = field(default_factory=WatchConfig)
-    mqtt: MqttConfig = field(default_factory=MqttConfig)
-    homeassistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig)
-    jsonl: JsonlConfig = field(default_factory=JsonlConfig)
-    http: HttpSettings = field(default_factory=HttpSettings)
-    history: HistorySettings = field(default_factory=HistorySettings)
-
-    def __post_init__(self) -> None:
-        check_ranges(self)
-
-    @property
-    def jsonl_target(self) -> str | None:
-        """Where JSON lines go: the configured path, or stdout when nothing else receives the messages."""
-        if self.jsonl.path:
-            return self.jsonl.path
-        return None if self.mqtt.url else "-"
-
-
-SECTIONS: dict[str, type] = {
-    f.name: f.default_factory  # type: ignore[misc]
-    for f in dataclasses.fields(DaemonConfig)
-    if dataclasses.is_dataclass(f.default_factory)
-}
 
 
 # ---------------------------------------------------------------- layers
@@ -320,26 +155,6 @@ def build_config(layers: list[Layer]) -> DaemonConfig:
     return config
 
 
-def require_sources(config: DaemonConfig) -> None:
-    """A daemon without sources would only idle: refused by ``config check``, ``run`` and reloads alike."""
-    if not config.sources:
-        raise ConfigError("sources: none configured; give --source SPEC (or sources = [...] in the config file)")
-
-
-def describe_outputs(config: DaemonConfig) -> list[str]:
-    """Where the daemon's results go, for the start banner and `config check`."""
-    outs = []
-    if config.mqtt.url:
-        outs.append(redact_url(config.mqtt.url))  # a password may sit in the URL; logs and terminals must not show it
-    if config.jsonl_target:
-        outs.append("stdout" if config.jsonl_target == "-" else config.jsonl_target)
-    if config.history.enabled:
-        outs.append(f"history {config.history.config(config.state_dir).path}")
-    if config.http.listen:
-        outs.append(f"dashboard {config.http.listen}")
-    return outs
-
-
 def _build_section(section: str, cls: type, values: dict[str, Any], origins: dict[str, str]) -> Any:
     hints = typing.get_type_hints(cls)
     kwargs = {}
@@ -425,7 +240,7 @@ def _validate(config: DaemonConfig, origins: dict[str, str]) -> None:
             origin = origins.get(key, "default")
             raise ConfigError(f"{key} = {_shown(key, value)} (from {origin}): {why}")
 
-    # Numeric ranges are declared next to each setting (settings.setting); these are the other rules.
+    # Numeric ranges are declared next to each setting (fields.setting); these are the other rules.
     m = config.mqtt
     check(is_auto(config.model.path) or resolve_model(config.model.path).is_file(), "model.path", "file not found (give an ONNX file, or auto / fp32 / int8)")
     if m.url is not None:

@@ -1,20 +1,16 @@
-"""Configuration of the dashboard HTTP server, and the safety rule on where it may listen."""
+"""``[http]``: where the dashboard HTTP server listens, and the safety rule on where it may (used by dashboard/)."""
 
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
 
-from ..settings import check_ranges, flag, option, setting
+from .fields import check_ranges, flag, option, setting
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 DEFAULT_MAX_CLIENTS = 32
 LOOPBACK_NAMES = ("localhost",)  # IP literals are always accepted (see accepts_host)
-
-
-class DashboardError(Exception):
-    """The dashboard cannot start (address in use, not permitted...); the message says which address and why."""
 
 
 @dataclass(frozen=True)
