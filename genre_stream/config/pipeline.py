@@ -13,10 +13,10 @@ class PipelineConfig:
     """When and how a live source is classified (see pipeline.SourcePipeline)."""
 
     hop_seconds: float = setting(5.0, 0, 3600, lo_open=True, cli=flag("--hop", help="Seconds between classifications."))
-    # reuse the previous window's computation (fp32 models with a streaming pack, on the CPU); the hop is
+    # reuse the previous window's computation (fp32 and int8 models with a streaming pack, on the CPU); the hop is
     # then rounded down to whole 4-frame columns (1 s -> 0.93 s, 5 s unchanged): docs/STREAMING.md
     streaming: bool = option(True, cli=flag("--streaming/--no-streaming", help="Compute only what each hop adds to the "
-                             "window (fp32 on the CPU; the hop is rounded down to a multiple of 4 mel frames)."))
+                             "window (fp32 and int8 on the CPU; the hop is rounded down to a multiple of 4 mel frames)."))
     min_fill_seconds: float = setting(10.0, 0, 30, lo_open=True, note="(the window is 30 s)",
                                       cli=flag("--min-fill", help="Seconds buffered before the first classification."))
     silence_dbfs: float = setting(SILENCE_DBFS, -200, 0, hi_open=True, note="(dB below full scale)",
