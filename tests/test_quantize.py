@@ -235,7 +235,9 @@ def test_bundled_int8_has_no_depthwise_op_and_no_always_zero_channel() -> None:
     pruned = total = 0
     for add in adds:
         dq = producer[add.input[1]]
-        code = inits[dq.input[0]].reshape(-1)  # threshold t = (255 - code) * step: code 0 means t = R, always 0
+        codes = inits[dq.input[0]][0, :, 0, :]  # (channels, mel bands): one threshold per channel, repeated along the bands
+        assert codes.shape[1] == 128 and np.all(codes == codes[:, :1])
+        code = codes[:, 0]  # threshold t = (255 - code) * step: code 0 means t = R, always 0
         relu = consumers[add.output[0]][0]
         q = consumers[relu.output[0]][0]
         conv = consumers[consumers[q.output[0]][0].output[0]][0]

@@ -350,6 +350,17 @@ def _depthwise_pairs(qdq: onnx.ModelProto) -> list[tuple[onnx.NodeProto, onnx.No
     return pairs
 
 
+def _static_widths(proto: onnx.ModelProto) -> dict[str, int]:
+    """Tensor name -> size of its last axis (NCHW width: the mel bands), where shape inference gives a fixed one."""
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    widths = {}
+    for info in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output):
+        dims = info.type.tensor_type.shape.dim
+        if len(dims) == 4 and dims[3].HasField("dim_value") and dims[3].dim_value > 0:
+            widths[info.name] = int(dims[3].dim_value)
+    return widths
+
+
 def threshold_relus(qdq: onnx.ModelProto, reference: onnx.ModelProto) -> dict[str, dict[str, int]]:
     """Replace each depthwise ``relu(±x + shift)`` conv of the int8 graph by ``relu(x - t)``, in place (issue 15 part 2).
 
@@ -361,7 +372,10 @@ def threshold_relus(qdq: onnx.ModelProto, reference: onnx.ModelProto) -> dict[st
     shift in the conv's bias, so what remains is a per-channel threshold: an int8 Add of a
     per-channel constant whose output zero point 0 is the ReLU, on the input's own uint8
     grid. onnxruntime runs it as QLinearAdd, about 3x faster than its depthwise
-    QLinearConv. The thresholds are rounded to that grid (half a step of x at most; bias
+    QLinearConv; the thresholds are stored repeated along the last axis (the mel bands,
+    fixed: 128) when the graph's shapes give its size, because onnxruntime (NHWC inside)
+    then adds spans of width x channels instead of one span per position (~1.2x faster
+    end to end at 2 threads on the development VM, for 300 KB of constants). The thresholds are rounded to that grid (half a step of x at most; bias
     correction removes the mean of what that changes), the 1x1 conv's weights are
     requantised from the float graph ``reference`` (per output channel, symmetric),
     everything else is exact. An op with a falling channel (w < 0, clipped inside [0, R])
@@ -385,6 +399,7 @@ def threshold_relus(qdq: onnx.ModelProto, reference: onnx.ModelProto) -> dict[st
     replaced: dict[str, list[onnx.NodeProto]] = {}
     removed: set[str] = set()
     report: dict[str, dict[str, int]] = {}
+    widths = _static_widths(qdq)
     for dw, conv in _depthwise_pairs(qdq):
         x_dq = producer.get(dw.input[0])
         if x_dq is None or x_dq.op_type != "DequantizeLinear" or array(x_dq.input[2]).dtype != np.uint8 or int(array(x_dq.input[2])) != 0:
@@ -412,7 +427,8 @@ def threshold_relus(qdq: onnx.ModelProto, reference: onnx.ModelProto) -> dict[st
         put(q.input[1], np.array(step, np.float32))
         put(q.input[2], np.array(0, np.uint8))
         name = dw.name + "/threshold"
-        put(name, (255 - np.clip(np.round(plan.threshold / step), 0, 255)).astype(np.uint8).reshape(1, -1, 1, 1))
+        code = (255 - np.clip(np.round(plan.threshold / step), 0, 255)).astype(np.uint8).reshape(1, -1, 1, 1)
+        put(name, np.ascontiguousarray(np.broadcast_to(code, (1, code.shape[1], 1, widths.get(dw.input[0], 1)))))
         put(name + "_scale", np.array(step, np.float32))
         put(name + "_zero_point", np.array(255, np.uint8))
         replaced[dw.name] = [
