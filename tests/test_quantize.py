@@ -214,6 +214,8 @@ def test_int8_recipe_replaces_every_depthwise_relu_by_a_threshold(random_model: 
     b = onnx_probabilities(session(thresholded, threads=1), windows)
     assert np.abs(a - b).max() < 0.1  # the same model up to int8 rounding (thresholds on the uint8 grid)
     assert threshold_relus(thresholded, onnx.load_from_string(plain.SerializeToString())) == {}  # nothing left to replace
+    kept = quantize_int8(model, info, windows, Int8Config(bias_correction=False, keep_float=("broadcast.1/branch1/branch1.2/",)))
+    assert sum(n.op_type == "Add" for n in kept.graph.node) == 12  # a pair whose 1x1 conv stays float is left as it is
 
 
 def test_bundled_int8_has_no_depthwise_op_and_no_always_zero_channel() -> None:

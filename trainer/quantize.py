@@ -345,8 +345,11 @@ def _depthwise_pairs(qdq: onnx.ModelProto) -> list[tuple[onnx.NodeProto, onnx.No
         if len(dq) != 1 or dq[0].op_type != "DequantizeLinear":
             continue
         convs = consumers.get(dq[0].output[0], [])
-        if len(convs) == 1 and convs[0].op_type == "Conv" and next((a.i for a in convs[0].attribute if a.name == "group"), 1) == 1:
-            pairs.append((node, convs[0]))
+        if len(convs) != 1 or convs[0].op_type != "Conv" or next((a.i for a in convs[0].attribute if a.name == "group"), 1) != 1:
+            continue
+        quantised = [node.input[2], convs[0].input[1], convs[0].input[2]] if len(node.input) > 2 and len(convs[0].input) > 2 else []
+        if quantised and all(getattr(producer.get(name), "op_type", "") == "DequantizeLinear" for name in quantised):
+            pairs.append((node, convs[0]))  # both convs quantised (one kept float is left alone)
     return pairs
 
 
