@@ -1,4 +1,4 @@
-"""int8 export pieces: calibration on real audio cut as classify cuts it, and empirical bias correction."""
+"""int8 export pieces: calibration on real audio cut as classify cuts it, empirical bias correction, threshold ReLUs."""
 
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ from genre_stream.modelinfo import ModelInfo
 from genre_stream.tracks import iter_windows
 from trainer.calibration import audio_windows
 from trainer.export import to_onnx_model
-from trainer.fold import equalize, fold_bbnn
+from trainer.fold import PreActFolded, equalize, fold_bbnn
 from trainer.model import BBNN
-from trainer.quantize import Int8Config, conv_output_errors, correct_biases, quantize_int8
+from trainer.quantize import Int8Config, conv_output_errors, correct_biases, plan_thresholds, quantize_int8, threshold_relus
 from trainer.synth import synth_piece
 
 pytestmark = pytest.mark.train  # needs the [train] extra
@@ -71,7 +71,7 @@ def random_model() -> tuple[BBNN, ModelInfo]:
 def test_bias_correction_leaves_no_mean_error_in_any_quantised_conv(random_model: tuple[BBNN, ModelInfo]) -> None:
     model, info = random_model
     windows = np.random.default_rng(0).normal(0.3, 1.0, (6, 96, 128)).astype(np.float32)
-    qdq = quantize_int8(model, info, windows, Int8Config(bias_correction=False))
+    qdq = quantize_int8(model, info, windows, Int8Config(bias_correction=False, threshold_relu=False))  # all 33 convs
     folded = fold_bbnn(model)
     equalize(folded, torch.from_numpy(windows))  # the float graph quantize_int8 quantised (deterministic)
     reference = to_onnx_model(folded, info)  # type: ignore[arg-type]
@@ -166,3 +166,115 @@ def test_an_fp32_graph_is_not_cut_as_int8() -> None:
 
     with pytest.raises(ValueError, match="not DequantizeLinear: not a QDQ int8 export"):
         int8_stream_pack(onnx.load(bundled_model_path("fp32")))
+
+
+def test_threshold_plan_is_exact_on_the_input_range() -> None:
+    """weight @ relu(w x + b) + bias == new_weight @ relu(x - t) + new_bias for every x in [0, top]."""
+    rng = np.random.default_rng(3)
+    top, channels = 1.0, 64
+    w = rng.uniform(0.2, 60.0, channels) * np.where(rng.random(channels) < 0.9, 1, -1)
+    b = rng.uniform(-1.5, 0.5, channels) * np.abs(w)  # w > 0: dead below -1, rising in (-1, 0), linear above
+    w[:4], b[:4] = -2.0, 3.0  # falling but never clipped on [0, 1]: linear
+    w[4], b[4] = 5.0, -5.0  # rising, 0 until x = 1: dead on the interval
+    w[5], b[5] = -4.0, 2.0  # falling, clipped at x = 0.5
+    weight, bias = rng.normal(0, 1, (8, channels)), rng.normal(0, 1, 8)
+    plan = plan_thresholds(w, b, weight, bias, top)
+    rising = ~plan.falling
+    assert plan.dead[4] and plan.linear[:4].all() and plan.dead.sum() > 5 and plan.rising.sum() > 20
+    assert plan.falling.any()  # w < 0 clipped inside [0, 1]: no relu(x - t) form
+    assert np.all((plan.threshold >= 0) & (plan.threshold <= top))
+    x = np.concatenate([rng.uniform(0, top, (500, channels)), np.zeros((1, channels)), np.full((1, channels), top)])
+    x = np.concatenate([x, np.clip(plan.threshold + rng.normal(0, 1e-3, (20, channels)), 0, top)])  # near every kink
+    keep = plan_thresholds(w[rising], b[rising], weight[:, rising], bias, top)
+    want = np.maximum(w[rising] * x[:, rising] + b[rising], 0) @ weight[:, rising].T + bias
+    got = np.maximum(x[:, rising] - keep.threshold, 0) @ keep.weight.T + keep.bias
+    np.testing.assert_allclose(got, want, atol=1e-9, rtol=0)
+    assert np.all(keep.weight[:, keep.dead] == 0)  # dead channels are pruned from the 1x1 conv
+
+
+def test_threshold_form_of_every_folded_depthwise_op_is_exact(random_model: tuple[BBNN, ModelInfo]) -> None:
+    """On the folded float graph (positive BatchNorm gains, as in the trained model): each depthwise
+    relu(x + shift) -> 1x1 conv pair equals relu(x - t) -> the planned 1x1 conv within 1e-5 for inputs in [0, 1]."""
+    model = type(random_model[0])(n_classes=4)
+    model.load_state_dict(random_model[0].state_dict())
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.abs_().add_(0.05)
+    model.eval()
+    folded = fold_bbnn(model)
+    equalize(folded, torch.from_numpy(np.random.default_rng(4).normal(0.3, 1.0, (3, 96, 128)).astype(np.float32)))
+    ops = [m for m in folded.modules() if isinstance(m, PreActFolded)]
+    assert len(ops) == 13
+    rng = np.random.default_rng(5)
+    dead = 0
+    for op in ops:
+        dw, conv = op[0], op[2]
+        plan = plan_thresholds(dw.weight.detach().numpy(), dw.bias.detach().numpy(), conv.weight.detach().numpy()[:, :, 0, 0],
+                               conv.bias.detach().numpy(), 1.0)
+        assert not plan.falling.any()
+        dead += int(plan.dead.sum())
+        x = torch.from_numpy(rng.uniform(0, 1, (2, dw.in_channels, 6, 5)).astype(np.float32))
+        with torch.no_grad():
+            want = op(x).numpy()
+        t = plan.threshold.reshape(1, -1, 1, 1)
+        got = np.einsum("oc,nchw->nohw", plan.weight, np.maximum(x.numpy().astype(np.float64) - t, 0)) + plan.bias.reshape(1, -1, 1, 1)
+        np.testing.assert_allclose(got, want, atol=1e-5 * np.abs(want).max(), rtol=0)  # float32 rounding of the module
+    assert dead > 0  # some channels are pruned, exactly
+
+
+def test_int8_recipe_replaces_every_depthwise_relu_by_a_threshold(random_model: tuple[BBNN, ModelInfo]) -> None:
+    model, info = random_model
+    model = type(model)(n_classes=4)
+    model.load_state_dict(random_model[0].state_dict())
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.abs_().add_(0.05)
+    model.eval()
+    windows = np.random.default_rng(6).normal(0.3, 1.0, (4, 96, 128)).astype(np.float32)
+    plain = quantize_int8(model, info, windows, Int8Config(bias_correction=False, threshold_relu=False))
+    thresholded = quantize_int8(model, info, windows, Int8Config(bias_correction=False))
+    assert sum(n.op_type == "Conv" for n in plain.graph.node) == 33
+    assert sum(n.op_type == "Conv" for n in thresholded.graph.node) == 20
+    assert sum(n.op_type == "Add" for n in thresholded.graph.node) == 13
+    from trainer.quantize import onnx_probabilities, session
+
+    a = onnx_probabilities(session(plain, threads=1), windows)
+    b = onnx_probabilities(session(thresholded, threads=1), windows)
+    assert np.abs(a - b).max() < 0.1  # the same model up to int8 rounding (thresholds on the uint8 grid)
+    assert threshold_relus(thresholded, onnx.load_from_string(plain.SerializeToString())) == {}  # nothing left to replace
+    kept = quantize_int8(model, info, windows, Int8Config(bias_correction=False, keep_float=("broadcast.1/branch1/branch1.2/",)))
+    assert sum(n.op_type == "Add" for n in kept.graph.node) == 12  # a pair whose 1x1 conv stays float is left as it is
+
+
+def test_bundled_int8_has_no_depthwise_op_and_no_always_zero_channel() -> None:
+    """The bundled int8 runs its pre-activations as relu(x - t) (issue 15 part 2): no depthwise conv is left,
+    and every channel a 1x1 conv reads through a threshold can fire on [0, R] unless its weights are all 0."""
+    from genre_stream.models import bundled_model_path
+
+    proto = onnx.load(str(bundled_model_path("int8")))
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+    producer = {out: n for n in proto.graph.node for out in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in proto.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
+    assert len(convs) == 20 and all(next((a.i for a in n.attribute if a.name == "group"), 1) == 1 for n in convs)
+    adds = [n for n in proto.graph.node if n.op_type == "Add"]
+    assert len(adds) == 13
+    pruned = total = 0
+    for add in adds:
+        dq = producer[add.input[1]]
+        codes = inits[dq.input[0]][0, :, 0, :]  # (channels, mel bands): one threshold per channel, repeated along the bands
+        assert codes.shape[1] == 128 and np.all(codes == codes[:, :1])
+        code = codes[:, 0]  # threshold t = (255 - code) * step: code 0 means t = R, always 0
+        relu = consumers[add.output[0]][0]
+        q = consumers[relu.output[0]][0]
+        conv = consumers[consumers[q.output[0]][0].output[0]][0]
+        weight = inits[producer[conv.input[1]].input[0]]
+        silent = ~np.any(weight.reshape(weight.shape[0], -1) != 0, axis=0)
+        assert np.all(silent[code == 0]), add.name  # an always-zero channel carries no weight
+        pruned, total = pruned + int((code == 0).sum()), total + code.size
+    assert pruned > 0.25 * total  # and the pruned channels are many (about a third)
