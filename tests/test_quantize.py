@@ -192,17 +192,21 @@ def test_threshold_plan_is_exact_on_the_input_range() -> None:
     assert np.all(keep.weight[:, keep.dead] == 0)  # dead channels are pruned from the 1x1 conv
 
 
+def _with_positive_gains(model: BBNN) -> BBNN:
+    """A copy whose BatchNorm gains are positive, as in the trained model (no falling channels)."""
+    copy = type(model)(n_classes=4)
+    copy.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for m in copy.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.abs_().add_(0.05)
+    return copy.eval()
+
+
 def test_threshold_form_of_every_folded_depthwise_op_is_exact(random_model: tuple[BBNN, ModelInfo]) -> None:
     """On the folded float graph (positive BatchNorm gains, as in the trained model): each depthwise
     relu(x + shift) -> 1x1 conv pair equals relu(x - t) -> the planned 1x1 conv within 1e-5 for inputs in [0, 1]."""
-    model = type(random_model[0])(n_classes=4)
-    model.load_state_dict(random_model[0].state_dict())
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.abs_().add_(0.05)
-    model.eval()
-    folded = fold_bbnn(model)
+    folded = fold_bbnn(_with_positive_gains(random_model[0]))
     equalize(folded, torch.from_numpy(np.random.default_rng(4).normal(0.3, 1.0, (3, 96, 128)).astype(np.float32)))
     ops = [m for m in folded.modules() if isinstance(m, PreActFolded)]
     assert len(ops) == 13
@@ -224,14 +228,7 @@ def test_threshold_form_of_every_folded_depthwise_op_is_exact(random_model: tupl
 
 
 def test_int8_recipe_replaces_every_depthwise_relu_by_a_threshold(random_model: tuple[BBNN, ModelInfo]) -> None:
-    model, info = random_model
-    model = type(model)(n_classes=4)
-    model.load_state_dict(random_model[0].state_dict())
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.abs_().add_(0.05)
-    model.eval()
+    model, info = _with_positive_gains(random_model[0]), random_model[1]
     windows = np.random.default_rng(6).normal(0.3, 1.0, (4, 96, 128)).astype(np.float32)
     plain = quantize_int8(model, info, windows, Int8Config(bias_correction=False, threshold_relu=False))
     thresholded = quantize_int8(model, info, windows, Int8Config(bias_correction=False))

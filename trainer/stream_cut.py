@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import io
 import json
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +38,7 @@ from onnx import TensorProto, helper, numpy_helper
 from genre_stream.fsutil import atomic_path
 from genre_stream.modelinfo import METADATA_KEY, ModelInfo
 from genre_stream.streaming import STREAM_FORMAT
+from trainer.stream_export import pack_bytes
 
 __all__ = ["int8_stream_pack", "save_int8_stream_pack"]
 
@@ -202,12 +202,7 @@ def int8_stream_pack(model: onnx.ModelProto) -> bytes:
     meta = {"format": STREAM_FORMAT, "model": json.loads(info.to_json()), "precision": "int8", "stride": int(stride),
             "stages": entries, "window": {"file": "window.onnx", "outputs": [names[d] for _, _, d in wiring]},
             "head": {"file": "head.onnx"}}
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr("stream.json", json.dumps(meta, indent=1, sort_keys=True))
-        for name, data in files.items():
-            zf.writestr(name, data)
-    return out.getvalue()
+    return pack_bytes(meta, files)
 
 
 def _check_parity(whole: ort.InferenceSession, files: dict[str, bytes], x: np.ndarray, head: dict, outputs: list[str]) -> None:

@@ -43,7 +43,7 @@ from genre_stream.streaming import STREAM_FORMAT
 from trainer.export import OPSET
 from trainer.model import BBNN
 
-__all__ = ["to_stream_pack", "save_stream_pack"]
+__all__ = ["pack_bytes", "to_stream_pack", "save_stream_pack"]
 
 # Each stage's parity with the whole PyTorch model is checked on a random window; fp32 slices
 # and the full graph differ only in summation order.
@@ -198,6 +198,11 @@ def to_stream_pack(model: BBNN, info: ModelInfo) -> bytes:
     meta = {"format": STREAM_FORMAT, "model": json.loads(info.to_json()), "stride": stride, "stages": entries,
             "window": {"file": "window.onnx", "outputs": window_outputs}}
     _check_parity(model, fc.window_frames, fc.n_mels, head)
+    return pack_bytes(meta, files)
+
+
+def pack_bytes(meta: dict, files: dict[str, bytes]) -> bytes:
+    """A pack as zip bytes: ``stream.json`` (``meta``) and the named files."""
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("stream.json", json.dumps(meta, indent=1, sort_keys=True))
