@@ -164,18 +164,33 @@ def export(
         click.echo(f"fp16 vs PyTorch: {result.test.summary()} ({'; '.join(result.notes)})")
     save_atomic(result.model, out)
     click.echo(f"wrote {out}")
-    if quantize in ("none", "int8"):
+    if quantize == "none":
         from genre_stream.streaming import stream_pack_path
 
-        if quantize == "none":
-            from .stream_export import save_stream_pack
+        from .stream_export import save_stream_pack
 
-            pack = save_stream_pack(model, info, stream_pack_path(out))
-        else:
-            from .stream_cut import save_int8_stream_pack
-
-            pack = save_int8_stream_pack(out, stream_pack_path(out))
+        pack = save_stream_pack(model, info, stream_pack_path(out))
         click.echo(f"wrote {pack} (the stages the daemon streams live windows with)")
+    elif quantize == "int8":
+        _cut_int8_pack(Path(out))
+
+
+def _cut_int8_pack(out: Path) -> None:
+    """Write the int8 export's streaming pack beside it, or say why there is none (the model works either way)."""
+    from genre_stream.streaming import stream_pack_path
+
+    from .stream_cut import save_int8_stream_pack
+
+    pack = stream_pack_path(out)
+    try:
+        save_int8_stream_pack(out, pack)
+    except (ValueError, RuntimeError) as exc:
+        if pack.exists():  # the pack of the file just replaced: it would only be refused at every start
+            pack.unlink()
+            click.echo(f"removed {pack}: it was cut from the model {out.name} replaced", err=True)
+        click.echo(f"no streaming pack for {out.name}: {exc}. The daemon classifies whole windows with it.", err=True)
+        return
+    click.echo(f"wrote {pack} (the stages the daemon streams live windows with)")
 
 
 if __name__ == "__main__":

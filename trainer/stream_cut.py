@@ -74,8 +74,12 @@ class _Graph:
         self.stem_halo = int([a.ints[0] for a in stem.attribute if a.name == "kernel_shape"][0]) // 2
         self.pooled = means[0].input[0]  # the dequantised pooled cells the mean reads
         gemm = next(n for n in g.node if n.op_type == "Gemm")
-        if means[0].output[0] != gemm.input[0] or not any(a.name == "transB" and a.i == 1 for a in gemm.attribute):
-            raise ValueError("the head is not ReduceMean -> Gemm(transB=1)")
+        softmax = [n for n in g.node if n.op_type == "Softmax"]
+        outputs = {o.name for o in g.output}
+        if (means[0].output[0] != gemm.input[0] or not any(a.name == "transB" and a.i == 1 for a in gemm.attribute)
+                or len(softmax) != 1 or softmax[0].input[0] != gemm.output[0] or softmax[0].output[0] not in outputs):
+            raise ValueError("its head (mean, dense layer, softmax) is quantised; a pack needs it float: export with --keep-float "
+                             "/model/ReduceMean --keep-float /model/classifier/Gemm --keep-float /Softmax, as the bundled int8 is")
         self.weight = numpy_helper.to_array(self.inits[gemm.input[1]]).astype(np.float64)
         self.bias = numpy_helper.to_array(self.inits[gemm.input[2]]).astype(np.float64)
 
