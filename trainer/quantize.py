@@ -256,7 +256,7 @@ def correct_biases(qdq: onnx.ModelProto, reference: onnx.ModelProto, windows: np
     |mean channel error| it removed.
     """
     inits = {t.name: t for t in qdq.graph.initializer}
-    producer = {out: n for n in qdq.graph.node for out in n.output}
+    producer, _ = graph_wiring(qdq.graph)
     nodes = {n.name: n for n in qdq.graph.node}
     names = _quantised_convs(qdq)
     depths = {n: d for n, d in _conv_depths(qdq.graph).items() if n in names}
@@ -321,12 +321,8 @@ def plan_thresholds(w: np.ndarray, b: np.ndarray, weight: np.ndarray, bias: np.n
 
 def _depthwise_pairs(qdq: onnx.ModelProto) -> list[tuple[onnx.NodeProto, onnx.NodeProto]]:
     """(depthwise 1x1 conv, the 1x1 conv reading its quantised output) pairs of a QDQ graph: the folded ``relu(±x + shift)`` ops."""
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in qdq.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    producer, consumers = graph_wiring(qdq.graph)
     inits = {t.name: t for t in qdq.graph.initializer}
-    producer = {out: n for n in qdq.graph.node for out in n.output}
     pairs = []
     for node in qdq.graph.node:
         if node.op_type != "Conv":
@@ -388,7 +384,7 @@ def threshold_relus(qdq: onnx.ModelProto, reference: onnx.ModelProto) -> dict[st
     inits = {t.name: t for t in qdq.graph.initializer}
     ref_inits = {t.name: onnx.numpy_helper.to_array(t) for t in reference.graph.initializer}
     ref_nodes = {n.name: n for n in reference.graph.node}
-    producer = {out: n for n in qdq.graph.node for out in n.output}
+    producer, consumers = graph_wiring(qdq.graph)
     array = lambda name: onnx.numpy_helper.to_array(inits[name])  # noqa: E731
 
     def put(name: str, value: np.ndarray) -> None:
@@ -426,7 +422,7 @@ def threshold_relus(qdq: onnx.ModelProto, reference: onnx.ModelProto) -> dict[st
         put(bias_dq.input[1], b_scale)
         put(bias_dq.input[0], np.clip(np.round(plan.bias / b_scale), np.iinfo(np.int32).min, np.iinfo(np.int32).max).astype(np.int32))
         # relu(x - t) on x's uint8 grid: DQ(255 - round(t / step)) with zero point 255 is -t; the output keeps x's grid
-        q = next(n for n in qdq.graph.node if dw.output[0] in n.input)
+        q = consumers[dw.output[0]][0]  # its one QuantizeLinear (``_depthwise_pairs``)
         put(q.input[1], np.array(step, np.float32))
         put(q.input[2], np.array(0, np.uint8))
         name = dw.name + "/threshold"
@@ -503,13 +499,23 @@ def _with_quantization(info: ModelInfo, quant: dict) -> ModelInfo:
     return ModelInfo(info.labels, info.frontend, info.normalization, info.architecture, info.model_id, provenance)
 
 
-def session(model: onnx.ModelProto | str | Path, threads: int = 2) -> ort.InferenceSession:
+def graph_wiring(graph: onnx.GraphProto) -> tuple[dict[str, onnx.NodeProto], dict[str, list[onnx.NodeProto]]]:
+    """(tensor -> the node that makes it, tensor -> the nodes that read it) of an ONNX graph."""
+    producer = {out: n for n in graph.node for out in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    return producer, consumers
+
+
+def session(model: onnx.ModelProto | bytes | str | Path, threads: int = 2) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
-    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
 
 

@@ -38,6 +38,7 @@ from onnx import TensorProto, helper, numpy_helper
 from genre_stream.fsutil import atomic_path
 from genre_stream.modelinfo import METADATA_KEY, ModelInfo
 from genre_stream.streaming import STREAM_FORMAT
+from trainer.quantize import graph_wiring, session
 from trainer.stream_export import pack_bytes
 
 __all__ = ["int8_stream_pack", "save_int8_stream_pack"]
@@ -54,11 +55,7 @@ class _Graph:
         self.model = model
         g = model.graph
         self.inits = {i.name: i for i in g.initializer}
-        self.producer = {o: n for n in g.node for o in n.output}
-        self.consumers: dict[str, list[onnx.NodeProto]] = {}
-        for n in g.node:
-            for i in n.input:
-                self.consumers.setdefault(i, []).append(n)
+        self.producer, self.consumers = graph_wiring(g)
         concats = [n for n in g.node if n.op_type == "Concat"]
         pools = [n for n in g.node if n.op_type == "AveragePool"]
         means = [n for n in g.node if n.op_type == "ReduceMean"]
@@ -147,22 +144,16 @@ def _head_graph(g: _Graph, channels: int, n_mels: int) -> bytes:
                  initializers=[axes])
 
 
-def _session(data: bytes) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    return ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
-
-
-def _measured_halo(session: ort.InferenceSession, name: str, channels: int, n_mels: int, columns: int = 24) -> int:
+def _measured_halo(sess: ort.InferenceSession, name: str, channels: int, n_mels: int, columns: int = 24) -> int:
     """How many output columns either side of a changed input column change (random uint8 probes, the widest)."""
     rng = np.random.default_rng(0)
     centre, widest = columns // 2, 0
     for _ in range(3):
         x = rng.integers(0, 256, (1, columns, n_mels, channels), dtype=np.uint8)
-        base = session.run(None, {name: x})[0]
+        base = sess.run(None, {name: x})[0]
         bumped = x.copy()
         bumped[:, centre] = rng.integers(0, 256, bumped[:, centre].shape, dtype=np.uint8)
-        changed = np.flatnonzero((session.run(None, {name: bumped})[0] != base).any(axis=(0, 2, 3)))
+        changed = np.flatnonzero((sess.run(None, {name: bumped})[0] != base).any(axis=(0, 2, 3)))
         widest = max(widest, *(abs(int(c) - centre) for c in changed))
     return widest
 
@@ -175,14 +166,14 @@ def int8_stream_pack(model: onnx.ModelProto) -> bytes:
     info = ModelInfo.from_json(entry.value)
     fc = info.frontend
     g = _Graph(model)
-    whole = _session(model.SerializeToString())
+    whole = session(model)
     x = np.random.default_rng(1).random((1, fc.window_frames, fc.n_mels), dtype=np.float32)
-    names = {"mel": "mel", g.s0: "s0", g.concats[0]: "c1", g.concats[1]: "c2", g.concats[2]: "c3", g.t: "t"}
+    names = {"mel": "mel", g.s0: "s0", g.concats[0]: "c1", g.concats[1]: "c2", g.t: "t"}
     # channels of each cut, from one run of the cut graph over a window
     cuts = [g.s0, g.concats[0], g.concats[1], g.t]
     probe = g.cut({"mel": helper.make_tensor_value_info("mel", TensorProto.FLOAT, [1, "frames", fc.n_mels])},
                   cuts, [helper.make_tensor_value_info(c, _U8, [1, None, None, None]) for c in cuts])
-    probed = _session(probe).run(None, {"mel": x})
+    probed = session(probe).run(None, {"mel": x})
     channels = {c: int(a.shape[1]) for c, a in zip(cuts, probed)}
     stride = fc.window_frames // probed[0].shape[2]
     wiring = [("stem", "mel", g.s0), ("block1", g.s0, g.concats[0]), ("block2", g.concats[0], g.concats[1]), ("block3", g.concats[1], g.t)]
@@ -192,7 +183,7 @@ def int8_stream_pack(model: onnx.ModelProto) -> bytes:
         data = _nhwc_stage(g, [(src, names[src], channels.get(src, 0))], [(dst, names[dst], channels[dst])], fc.n_mels)
         files[f"{name}.onnx"] = data
         # the stem's halo is in frames (its conv reads that far past the frames it pools), the blocks' in columns
-        halo = g.stem_halo if src == "mel" else _measured_halo(_session(data), names[src], channels[src], fc.n_mels)
+        halo = g.stem_halo if src == "mel" else _measured_halo(session(data), names[src], channels[src], fc.n_mels)
         entries.append({"name": name, "file": f"{name}.onnx", "inputs": [names[src]], "output": names[dst],
                         "channels": channels[dst], "halo": halo, "layout": "nhwc", "dtype": "uint8"})
     files["window.onnx"] = _nhwc_stage(g, [("mel", "mel", 0)], [(d, names[d], channels[d]) for _, _, d in wiring], fc.n_mels)
@@ -213,15 +204,15 @@ def _check_parity(whole: ort.InferenceSession, files: dict[str, bytes], x: np.nd
     """The stages chained, then the head graph and the numpy dense layer, give the int8 graph's probabilities."""
     feats = {"mel": x}
     for stage, (src, dst) in zip(("stem", "block1", "block2", "block3"), zip(["mel", *outputs[:-1]], outputs)):
-        feats[dst] = _session(files[f"{stage}.onnx"]).run(None, {src: feats[src]})[0]
-    window = _session(files["window.onnx"]).run(None, {"mel": x})
+        feats[dst] = session(files[f"{stage}.onnx"]).run(None, {src: feats[src]})[0]
+    window = session(files["window.onnx"]).run(None, {"mel": x})
     for name, a in zip(outputs, window):
         if not np.array_equal(a, feats[name]):
             raise RuntimeError(f"the window graph's {name} differs from the chained stages'")
     k = int(head["pool"][0])
     t = feats[outputs[-1]]
     t = t[:, : t.shape[1] // k * k]
-    sums = _session(files["head.onnx"]).run(None, {"t": t})[0][0]
+    sums = session(files["head.onnx"]).run(None, {"t": t})[0][0]
     embedding = sums.sum(axis=1, dtype=np.float64) / (sums.shape[1] * (x.shape[2] // k))
     logits = embedding @ head["weight"].T + head["bias"]
     e = np.exp(logits - logits.max())
