@@ -9,7 +9,7 @@ It runs exactly the commands a user would:
 2. ``genre-trainer export <tmp>/fold0.pt --out genre_stream/models/bbnn-gtzan-augmented-fold0.fp32.onnx``
    (which also writes the streaming pack beside it, ``...fp32.stream.zip``)
 3. ``genre-trainer export <tmp>/fold0.pt --out genre_stream/models/bbnn-gtzan-augmented-fold0.int8.onnx
-   --quantize int8 --calibration-audio <clip> ... --keep-float <head node> ... --test-audio <other clips> --force``
+   --quantize int8 --calibration-audio <clip> ... --test-audio <other clips> --force``
    (which also cuts its streaming pack out of it, ``...int8.stream.zip``)
 
 The int8 model is calibrated on real music (issue 15): the 50 GTZAN clips of
@@ -51,9 +51,6 @@ sys.path.insert(0, str(REPO))
 from genre_stream.modelinfo import METADATA_KEY  # noqa: E402
 MODELS = REPO / "genre_stream" / "models"
 CHECKPOINT = "bbnn-gtzan-augmented-fold0"
-# The head (mean over positions, dense layer, softmax) stays float: a few hundred operations, but
-# int8 logits have a step of ~0.25 and int8 probabilities one of 1/255 (issue 15, docs/QUANTIZATION.md).
-FLOAT_HEAD = ("/model/ReduceMean", "/model/classifier/Gemm", "/Softmax")
 
 
 def _run(*args: str) -> None:
@@ -121,7 +118,6 @@ def main() -> None:
             _export_keeping_calibration(
                 MODELS / f"{CHECKPOINT}.int8.onnx", pt, "--quantize", "int8",
                 *[a for clip in calibration for a in ("--calibration-audio", str(clip))],
-                *[a for node in FLOAT_HEAD for a in ("--keep-float", node)],
                 "--test-audio", str(check_dir), "--test-windows", "2", "--force",
             )
 

@@ -106,19 +106,20 @@ def test_fp16_export_is_valid_and_runs_on_cpu(random_checkpoint: Path, tmp_path:
 def test_int8_export_calibrates_on_real_audio_when_given(random_checkpoint: Path, tmp_path: Path) -> None:
     demo = Path(__file__).resolve().parents[1] / "examples" / "demo.wav"
     out = tmp_path / "m.int8.onnx"
-    # with a float head (as the bundled int8 is built) the export cuts its streaming pack, which the runtime streams with
+    # by default the head stays float (as the bundled int8 is built) and the export cuts its streaming pack
     float_head = run_cli("export", str(random_checkpoint), "--out", str(out), "--quantize", "int8", "--calibration-audio", str(demo),
-                         "--keep-float", "/model/ReduceMean", "--keep-float", "/model/classifier/Gemm", "--keep-float", "/Softmax",
-                         "--test-windows", "2", "--force",
-                         module="trainer")
+                         "--test-windows", "2", "--force", module="trainer")
     assert float_head.returncode == 0, float_head.stderr
     assert f"wrote {stream_pack_path(out)}" in float_head.stdout
     assert StreamingModel.for_engine(Engine(out, device="cpu", threads=1)) is not None  # loaded and verified against the engine
+    head_ops = {n.op_type for n in onnx.load(str(out)).graph.node if n.name.startswith(("/model/ReduceMean", "/model/classifier/Gemm", "/Softmax"))}
+    assert head_ops == {"ReduceMean", "Gemm", "Softmax"}  # float ops, no QuantizeLinear among them
     # a quantised head: no pack, said why, and the replaced model's pack is not left behind
     proc = run_cli("export", str(random_checkpoint), "--out", str(out), "--quantize", "int8", "--calibration-audio", str(demo),
-                   "--test-windows", "2", "--force", module="trainer")
+                   "--quantized-head", "--test-windows", "2", "--force", module="trainer")
     assert proc.returncode == 0, proc.stderr
     assert "no streaming pack for m.int8.onnx: its head (mean, dense layer, softmax) is quantised" in proc.stderr
+    assert "without --quantized-head" in proc.stderr
     assert f"removed {stream_pack_path(out)}" in proc.stderr and not stream_pack_path(out).exists()
     assert "windows: 1 calibration, 2 test (calibration: 1 real audio files, 1 windows cut as classify cuts them" in proc.stdout
     quant = json.loads(Engine(out, device="cpu", threads=1).session.get_modelmeta().custom_metadata_map["genre_stream"])["provenance"]["quantization"]

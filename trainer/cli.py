@@ -81,7 +81,8 @@ def import_keras(checkpoint: Path, out: Path) -> None:
 @click.option("--calibration-audio", multiple=True, type=click.Path(exists=True, path_type=Path), help="int8: calibrate on every window of this music (file or folder, repeatable), cut as classify cuts it; the check then uses --test-audio or synthetic pieces. Default: the project's synthetic pieces.")
 @click.option("--test-audio", type=click.Path(exists=True, file_okay=False, path_type=Path), help="Folder of music to check the export on (every file at many offsets), instead of held-out calibration material.")
 @click.option("--bias-correction/--no-bias-correction", default=True, show_default=True, help="int8: remove each quantised conv's mean output error on the calibration windows (graph order).")
-@click.option("--keep-float", multiple=True, help="int8: leave nodes whose name contains this text in float (repeatable).")
+@click.option("--float-head/--quantized-head", default=True, show_default=True, help="int8: keep the head (mean, dense layer, softmax) in float, as the bundled int8 is: finer probabilities, and the streaming pack needs it.")
+@click.option("--keep-float", multiple=True, help="int8: also leave nodes whose name contains this text in float (repeatable).")
 @click.option("--calibration-windows", type=click.IntRange(1), default=96, show_default=True, help="30 s windows used to calibrate int8 (synthetic pieces or --calibration; --calibration-audio uses all of its windows).")
 @click.option("--test-windows", type=click.IntRange(1), default=24, show_default=True, help="Separate windows the export is checked on.")
 @click.option("--recipe", type=click.Choice(["full", "plain"]), default="full", show_default=True, help="int8: full = fold BatchNorm + equalise channels first; plain = quantise the export as is.")
@@ -94,6 +95,7 @@ def export(
     calibration_audio: tuple[Path, ...],
     test_audio: Path | None,
     bias_correction: bool,
+    float_head: bool,
     keep_float: tuple[str, ...],
     calibration_windows: int,
     test_windows: int,
@@ -143,7 +145,7 @@ def export(
     bar = Progress(len(sets.calibration) if quantize == "int8" else 0, "calibrating int8")
     try:
         with bar.shown() if quantize == "int8" else contextlib.nullcontext():
-            result = build_export(model, info, quantize, sets.test, sets.calibration, Int8Config(recipe=recipe, keep_float=keep_float, bias_correction=bias_correction),
+            result = build_export(model, info, quantize, sets.test, sets.calibration, Int8Config(recipe=recipe, float_head=float_head, keep_float=keep_float, bias_correction=bias_correction),
                                   sets.source, on_window=bar.advance)
     except (RuntimeError, ValueError) as exc:
         raise click.ClickException(f"{out}: not written: {exc}") from exc

@@ -82,6 +82,12 @@ def agreement(probabilities: np.ndarray, reference: np.ndarray) -> Agreement:
     return Agreement(len(reference), top1, float(diff.mean()), float(diff.max()))
 
 
+# The head (mean over positions, dense layer, softmax): a few hundred operations, but quantised,
+# logits move in steps of ~0.25 and probabilities in steps of 1/255 (docs/QUANTIZATION.md), and the
+# int8 streaming pack needs it float (trainer/stream_cut.py). Node names as the export writes them.
+FLOAT_HEAD = ("/model/ReduceMean", "/model/classifier/Gemm", "/Softmax")
+
+
 @dataclass(frozen=True)
 class Int8Config:
     """One int8 recipe; every field is a knob measured in the benchmark table."""
@@ -89,7 +95,8 @@ class Int8Config:
     recipe: str = "full"  # full: fold + equalise before quantising; plain: quantise the export as is
     calibration_method: str = "minmax"
     per_channel: bool = True
-    keep_float: tuple[str, ...] = ()  # node-name substrings left in float (sensitivity analysis)
+    float_head: bool = True  # leave FLOAT_HEAD in float (the bundled int8 is built so)
+    keep_float: tuple[str, ...] = ()  # further node-name substrings left in float (sensitivity analysis)
     channel_percentile: float | None = None  # equalise channels on this percentile instead of min/max
     shared_concat_scale: bool = True  # one scale for every concatenated tensor (full recipe only)
     bias_correction: bool = True  # remove each quantised conv's mean output error (``correct_biases``)
@@ -136,7 +143,8 @@ def quantize_int8(
         onnx.save(source, str(src))
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
         graph = onnx.load(str(pre)).graph
-        exclude = [n.name for n in graph.node if any(key in n.name for key in config.keep_float)]
+        kept = config.keep_float + (FLOAT_HEAD if config.float_head else ())
+        exclude = [n.name for n in graph.node if any(key in n.name for key in kept)]
         log.info("int8 (%s recipe): calibrating on %d windows, %d nodes kept float", config.recipe, len(calibration), len(exclude))
         extra: dict[str, object] = {}
         if config.recipe == "full" and config.shared_concat_scale:

@@ -75,8 +75,8 @@ class _Graph:
         outputs = {o.name for o in g.output}
         if (means[0].output[0] != gemm.input[0] or not any(a.name == "transB" and a.i == 1 for a in gemm.attribute)
                 or len(softmax) != 1 or softmax[0].input[0] != gemm.output[0] or softmax[0].output[0] not in outputs):
-            raise ValueError("its head (mean, dense layer, softmax) is quantised; a pack needs it float: export with --keep-float "
-                             "/model/ReduceMean --keep-float /model/classifier/Gemm --keep-float /Softmax, as the bundled int8 is")
+            raise ValueError("its head (mean, dense layer, softmax) is quantised; a pack needs it float: "
+                             "export without --quantized-head, as the bundled int8 is")
         self.weight = numpy_helper.to_array(self.inits[gemm.input[1]]).astype(np.float64)
         self.bias = numpy_helper.to_array(self.inits[gemm.input[2]]).astype(np.float64)
 
