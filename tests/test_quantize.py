@@ -22,7 +22,7 @@ from trainer.calibration import audio_windows
 from trainer.export import to_onnx_model
 from trainer.fold import PreActFolded, equalize, fold_bbnn
 from trainer.model import BBNN
-from trainer.quantize import Int8Config, conv_output_errors, correct_biases, plan_thresholds, quantize_int8, threshold_relus
+from trainer.quantize import Int8Config, conv_output_errors, correct_biases, graph_wiring, plan_thresholds, quantize_int8, threshold_relus
 from trainer.synth import synth_piece
 
 pytestmark = pytest.mark.train  # needs the [train] extra
@@ -252,11 +252,7 @@ def test_bundled_int8_has_no_depthwise_op_and_no_always_zero_channel() -> None:
 
     proto = onnx.load(str(bundled_model_path("int8")))
     inits = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
-    producer = {out: n for n in proto.graph.node for out in n.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in proto.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    producer, consumers = graph_wiring(proto.graph)
     convs = [n for n in proto.graph.node if n.op_type == "Conv"]
     assert len(convs) == 20 and all(next((a.i for a in n.attribute if a.name == "group"), 1) == 1 for n in convs)
     adds = [n for n in proto.graph.node if n.op_type == "Add"]

@@ -198,7 +198,7 @@ def _channel_means(sess: ort.InferenceSession, outputs: list[str], windows: np.n
 
 def _conv_depths(graph: onnx.GraphProto) -> dict[str, int]:
     """Each Conv node's number of Conv nodes on its longest path from the input (convs of one depth never feed each other)."""
-    producer = {out: node for node in graph.node for out in node.output}
+    producer, _ = graph_wiring(graph)
     depth: dict[str, int] = {}
 
     def conv_depth(node: onnx.NodeProto) -> int:
