@@ -7,8 +7,8 @@ bundled model's preprocessing). On the 33 real recordings outside GTZAN it
 reports each checkpoint's accuracy, the accuracy of their mean, and how well
 these signals separate the bundled model's right answers from its wrong ones:
 
-* ``calibrated_top``: the bundled model's top probability after its temperature
-  (what the shipped "uncertain" rule uses);
+* ``calibrated_top``: the bundled fp32 export's top probability, calibrated as the engine
+  calibrates it (what the shipped "uncertain" rule uses);
 * ``margin``: top minus second, calibrated;
 * ``votes``: the share of the 17 checkpoints whose answer is the bundled one's;
 * ``ensemble_probability``: the 17 checkpoints' mean probability of the bundled answer;
@@ -44,6 +44,7 @@ sys.path.insert(0, str(REPO))
 
 from genre_dev import DEFAULT_LABELS, read_labels  # noqa: E402
 from machine import machine_info  # noqa: E402
+from trust import softmax  # noqa: E402
 
 from genre_stream.audio import load_audio  # noqa: E402
 from genre_stream.engine import Engine  # noqa: E402
@@ -51,11 +52,6 @@ from genre_stream.frontend import MelFrontend, loop_to_length  # noqa: E402
 from trainer.keras_import import load_keras_bbnn  # noqa: E402
 
 BUNDLED = "bbnn-gtzan-augmented-fold0"
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return z / z.sum(axis=-1, keepdims=True)
 
 
 def auroc(score: np.ndarray, right: np.ndarray) -> float:
@@ -100,25 +96,25 @@ def main() -> None:
         audio = load_audio(args.labels.parent / r["path"])
         windows.append(frontend.window(loop_to_length(audio, samples) if audio.size < samples else audio))
     batch = torch.from_numpy(np.stack(windows))
-    probs, labels = {}, None
+    logits, labels = {}, None
     for path in checkpoints:
         model, labels = load_keras_bbnn(path)
         model.eval()
         with torch.no_grad():
-            logits = torch.cat([model(batch[i:i + 8])[0] for i in range(0, len(batch), 8)]).numpy()
-        probs[path.stem] = logits
+            logits[path.stem] = torch.cat([model(batch[i:i + 8])[0] for i in range(0, len(batch), 8)]).numpy()
         print(f"{path.stem}: scored {len(rows)} clips", flush=True)
     assert labels is not None
     target = np.array([labels.index(r["label"]) for r in rows])
     gtzan = np.array([r["is_gtzan"] == "1" for r in rows])
     real = ~gtzan
-    engine = Engine("fp32", device="cpu", threads=1)
-    temperature = engine.info.calibration.temperature
-    embeddings = engine.predict(batch.numpy()).embeddings
-    bundled = softmax(probs[BUNDLED] / temperature)
+    engine = Engine("fp32", device="cpu", threads=1)  # the bundled model as classify runs it, calibration included
+    if engine.labels != labels:
+        sys.exit(f"the bundled model's labels {engine.labels} are not the checkpoints' {labels}")
+    shipped = engine.predict(batch.numpy())
+    bundled, embeddings = shipped.probabilities, shipped.embeddings
     answer = bundled.argmax(1)
     right = answer == target
-    every = np.stack([softmax(z) for z in probs.values()])  # (checkpoints, clips, classes)
+    every = np.stack([softmax(z) for z in logits.values()])  # (checkpoints, clips, classes)
     ordered = np.sort(bundled, axis=1)
     signals = {
         "calibrated_top": ordered[:, -1],
@@ -145,9 +141,9 @@ def main() -> None:
     result = {
         "benchmark": "uncertainty_signals",
         "data": f"genre-dev: {int(real.sum())} real non-GTZAN clips (judged), {int(gtzan.sum())} GTZAN clips (training data)",
-        "temperature": temperature,
+        "temperature": engine.info.calibration.temperature,
         "accuracy": {name: {"non_gtzan": round(float(np.mean(z[real].argmax(1) == target[real])), 3),
-                            "gtzan": round(float(np.mean(z[gtzan].argmax(1) == target[gtzan])), 3)} for name, z in probs.items()},
+                            "gtzan": round(float(np.mean(z[gtzan].argmax(1) == target[gtzan])), 3)} for name, z in logits.items()},
         "ensemble_mean_accuracy": {"non_gtzan": round(float(np.mean(every.mean(0)[real].argmax(1) == target[real])), 3),
                                    "gtzan": round(float(np.mean(every.mean(0)[gtzan].argmax(1) == target[gtzan])), 3)},
         "separation_right_from_wrong": separation,
