@@ -22,7 +22,8 @@ from trainer.calibration import audio_windows
 from trainer.export import to_onnx_model
 from trainer.fold import PreActFolded, equalize, fold_bbnn
 from trainer.model import BBNN
-from trainer.quantize import Int8Config, conv_output_errors, correct_biases, graph_wiring, plan_thresholds, quantize_int8, threshold_relus
+from trainer.quantize import (Int8Config, conv_output_errors, correct_biases, graph_wiring, onnx_probabilities, plan_thresholds, quantize_int8,
+                              session, threshold_relus)
 from trainer.synth import synth_piece
 
 pytestmark = pytest.mark.train  # needs the [train] extra
@@ -232,11 +233,9 @@ def test_int8_recipe_replaces_every_depthwise_relu_by_a_threshold(random_model: 
     windows = np.random.default_rng(6).normal(0.3, 1.0, (4, 96, 128)).astype(np.float32)
     plain = quantize_int8(model, info, windows, Int8Config(bias_correction=False, threshold_relu=False))
     thresholded = quantize_int8(model, info, windows, Int8Config(bias_correction=False))
-    assert sum(n.op_type == "Conv" for n in plain.graph.node) == 33
-    assert sum(n.op_type == "Conv" for n in thresholded.graph.node) == 20
+    assert sum(n.op_type == "Conv" for n in plain.graph.node) == 33 + 1  # + the head's average pool, run as a conv
+    assert sum(n.op_type == "Conv" for n in thresholded.graph.node) == 20 + 1
     assert sum(n.op_type == "Add" for n in thresholded.graph.node) == 13
-    from trainer.quantize import onnx_probabilities, session
-
     a = onnx_probabilities(session(plain, threads=1), windows)
     b = onnx_probabilities(session(thresholded, threads=1), windows)
     assert np.abs(a - b).max() < 0.1  # the same model up to int8 rounding (thresholds on the uint8 grid)
@@ -253,8 +252,8 @@ def test_bundled_int8_has_no_depthwise_op_and_no_always_zero_channel() -> None:
     proto = onnx.load(str(bundled_model_path("int8")))
     inits = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
     producer, consumers = graph_wiring(proto.graph)
-    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
-    assert len(convs) == 20 and all(next((a.i for a in n.attribute if a.name == "group"), 1) == 1 for n in convs)
+    groups = [next((a.i for a in n.attribute if a.name == "group"), 1) for n in proto.graph.node if n.op_type == "Conv"]
+    assert sorted(groups) == [1] * 20 + [32]  # 20 convolutions and the head's 2x2 average pool (32 channels)
     adds = [n for n in proto.graph.node if n.op_type == "Add"]
     assert len(adds) == 13
     pruned = total = 0
@@ -271,3 +270,39 @@ def test_bundled_int8_has_no_depthwise_op_and_no_always_zero_channel() -> None:
         assert np.all(silent[code == 0]), add.name  # an always-zero channel carries no weight
         pruned, total = pruned + int((code == 0).sum()), total + code.size
     assert pruned > 0.25 * total  # and the pruned channels are many (about a third)
+
+
+def test_the_average_pool_runs_as_a_depthwise_conv_with_the_same_integers(random_model: tuple[BBNN, ModelInfo]) -> None:
+    """onnxruntime runs QLinearAveragePool on one thread; the depthwise int8 conv that replaces it (weights 1 at
+    scale 1/4) must give the very same uint8 outputs, so the same probabilities to the bit."""
+    model, info = random_model
+    windows = np.random.default_rng(7).uniform(0, 1, (3, 96, 128)).astype(np.float32)
+    pooled = quantize_int8(model, info, windows, Int8Config(bias_correction=False, pool_as_conv=False))
+    conv = quantize_int8(model, info, windows, Int8Config(bias_correction=False))
+    assert [n.op_type for n in pooled.graph.node].count("AveragePool") == 1
+    assert [n.op_type for n in conv.graph.node].count("AveragePool") == 0
+    pool = next(n for n in conv.graph.node if n.name.endswith("/as_conv"))
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in pool.attribute}
+    assert pool.op_type == "Conv" and attrs == {"group": 32, "kernel_shape": [2, 2], "strides": [2, 2]}
+    for batch in windows:
+        a, b = (session(p, threads=1).run(None, {"mel": batch[None]}) for p in (pooled, conv))
+        assert all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_every_concatenation_is_a_copy(random_model: tuple[BBNN, ModelInfo]) -> None:
+    """Every Concat input has the output's scale and zero point, so onnxruntime copies instead of requantising.
+    The stem's pooled ReLU is the one that needs its pool's input overridden too: its ReLU reaches further in the
+    frames the 4x1 pool drops (the bundled model: 1.455 there, 1.0 after the pool)."""
+    from genre_stream.models import bundled_model_path
+
+    model, info = random_model
+    windows = np.random.default_rng(8).normal(0.3, 1.0, (3, 97, 128)).astype(np.float32)  # 97 frames: the pool drops one
+    for proto in (quantize_int8(model, info, windows, Int8Config(bias_correction=False)), onnx.load(str(bundled_model_path("int8")))):
+        inits = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+        producer, consumers = graph_wiring(proto.graph)
+        concats = [n for n in proto.graph.node if n.op_type == "Concat"]
+        assert len(concats) == 3
+        for concat in concats:
+            q = consumers[concat.output[0]][0]
+            params = {(float(inits[n.input[1]]), int(inits[n.input[2]])) for n in [q, *(producer[i] for i in concat.input)]}
+            assert params == {(float(np.float32(1 / 255)), 0)}, concat.name

@@ -102,6 +102,7 @@ class Int8Config:
     bias_correction: bool = True  # remove each quantised conv's mean output error (``correct_biases``)
     bias_correction_windows: int = 32  # calibration windows the correction measures on (evenly spread)
     threshold_relu: bool = True  # depthwise relu(±x + shift) -> int8 relu(x - t) (``threshold_relus``; full recipe only)
+    pool_as_conv: bool = True  # the quantised average pool runs as a depthwise int8 conv (``average_pools_as_convs``)
 
     def __post_init__(self) -> None:
         if self.recipe not in RECIPES:
@@ -167,6 +168,8 @@ def quantize_int8(
         if config.bias_correction:
             pick = np.linspace(0, len(calibration) - 1, min(config.bias_correction_windows, len(calibration))).round().astype(int)
             correct_biases(proto, onnx.load(str(pre)), np.asarray(calibration, dtype=np.float32)[np.unique(pick)])
+        if config.pool_as_conv:
+            average_pools_as_convs(proto)
     quant = dict(asdict(config), keep_float=list(config.keep_float), format="int8-qdq", calibration_windows=int(len(calibration)))
     if calibration_source:
         quant["calibration_source"] = calibration_source
@@ -357,15 +360,15 @@ def _depthwise_pairs(qdq: onnx.ModelProto) -> list[tuple[onnx.NodeProto, onnx.No
     return pairs
 
 
-def _static_widths(proto: onnx.ModelProto) -> dict[str, int]:
-    """Tensor name -> size of its last axis (NCHW width: the mel bands), where shape inference gives a fixed one."""
+def _static_dims(proto: onnx.ModelProto, axis: int) -> dict[str, int]:
+    """Tensor name -> size of ``axis`` of its 4-d shape (NCHW: 1 channels, 3 the mel bands), where shape inference gives a fixed one."""
     inferred = onnx.shape_inference.infer_shapes(proto)
-    widths = {}
+    sizes = {}
     for info in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output):
         dims = info.type.tensor_type.shape.dim
-        if len(dims) == 4 and dims[3].HasField("dim_value") and dims[3].dim_value > 0:
-            widths[info.name] = int(dims[3].dim_value)
-    return widths
+        if len(dims) == 4 and dims[axis].HasField("dim_value") and dims[axis].dim_value > 0:
+            sizes[info.name] = int(dims[axis].dim_value)
+    return sizes
 
 
 def threshold_relus(qdq: onnx.ModelProto, reference: onnx.ModelProto) -> dict[str, dict[str, int]]:
@@ -406,7 +409,7 @@ def threshold_relus(qdq: onnx.ModelProto, reference: onnx.ModelProto) -> dict[st
     replaced: dict[str, list[onnx.NodeProto]] = {}
     removed: set[str] = set()
     report: dict[str, dict[str, int]] = {}
-    widths = _static_widths(qdq)
+    widths = _static_dims(qdq, 3)
     for dw, conv in _depthwise_pairs(qdq):
         x_dq = producer.get(dw.input[0])
         if x_dq is None or x_dq.op_type != "DequantizeLinear" or array(x_dq.input[2]).dtype != np.uint8 or int(array(x_dq.input[2])) != 0:
@@ -463,15 +466,65 @@ def threshold_relus(qdq: onnx.ModelProto, reference: onnx.ModelProto) -> dict[st
 
 
 def _shared_concat_scale(graph: onnx.GraphProto) -> dict[str, list[dict[str, np.ndarray]]]:
-    """Give every Concat input and output the scale of [0, 1].
+    """Give every Concat input and output the scale of [0, 1], and the input of a max pool that makes one.
 
     After ``equalize`` each concatenated channel spans exactly [0, 1] on the
     calibration windows, so this loses nothing, and with identical scales a
-    quantised concatenation is a copy instead of a requantisation.
+    quantised concatenation is a copy instead of a requantisation. The stem's
+    pooled ReLU needs its pool's input named too: onnxruntime's quantiser gives a
+    max pool its input's scale, and the stem's ReLU reaches 1.455 in the 3 frames
+    the 4x1 pool drops, so block 1's concatenation requantised the stem's
+    channels (0.4 ms of 13 per window at 2 threads; issue 15 part 2).
     """
+    producer, _ = graph_wiring(graph)
     names = {t for node in graph.node if node.op_type == "Concat" for t in (*node.input, *node.output)}
+    names |= {producer[t].input[0] for t in list(names) if t in producer and producer[t].op_type == "MaxPool"}
     params = {"scale": np.array(1.0 / 255.0, dtype=np.float32), "zero_point": np.array(0, dtype=np.uint8)}
     return {name: [dict(params)] for name in sorted(names)}
+
+
+def average_pools_as_convs(qdq: onnx.ModelProto) -> int:
+    """Run each quantised average pool as a depthwise int8 conv with weights 1 / (kh kw), in place (issue 15 part 2).
+
+    onnxruntime runs ``QLinearAveragePool`` on one thread (the head's 2x2 pool of 32 channels:
+    0.6 ms of a 14 ms window at 2 threads), a depthwise ``QLinearConv`` on both. With int8
+    weights 1 at scale 1 / (kh kw), zero point 0 and no bias the conv sums the same integers
+    and rescales and rounds once, as the pool does: the outputs are bit-identical (checked in
+    ``test_quantize``). Only pools without padding, read from a DequantizeLinear and quantised
+    by one QuantizeLinear, with a fixed channel count, are replaced. Returns how many.
+    """
+    producer, consumers = graph_wiring(qdq.graph)
+    channels = _static_dims(qdq, 1)
+    replaced: dict[str, list[onnx.NodeProto]] = {}
+    for pool in qdq.graph.node:
+        if pool.op_type != "AveragePool":
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in pool.attribute}
+        quantised = getattr(producer.get(pool.input[0]), "op_type", "") == "DequantizeLinear" and \
+            [n.op_type for n in consumers.get(pool.output[0], [])] == ["QuantizeLinear"]
+        if (not quantised or any(attrs.get("pads", [])) or attrs.get("ceil_mode", 0) or attrs.get("auto_pad", b"NOTSET") != b"NOTSET"
+                or pool.input[0] not in channels):
+            continue
+        kernel = list(attrs["kernel_shape"])
+        c = channels[pool.input[0]]
+        name = pool.name + "/as_conv"
+        qdq.graph.initializer.extend([
+            onnx.numpy_helper.from_array(np.ones((c, 1, *kernel), np.int8), name + "/weight"),
+            onnx.numpy_helper.from_array(np.array(1.0 / np.prod(kernel), np.float32), name + "/weight_scale"),
+            onnx.numpy_helper.from_array(np.array(0, np.int8), name + "/weight_zero_point"),
+        ])
+        replaced[pool.name] = [
+            onnx.helper.make_node("DequantizeLinear", [name + "/weight", name + "/weight_scale", name + "/weight_zero_point"],
+                                  [name + "/weight_dq"], name=name + "/weight_DequantizeLinear"),
+            onnx.helper.make_node("Conv", [pool.input[0], name + "/weight_dq"], list(pool.output), name=name, group=c,
+                                  kernel_shape=kernel, strides=list(attrs.get("strides", [1] * len(kernel)))),
+        ]
+    nodes = [n for node in qdq.graph.node for n in replaced.get(node.name, [node])]
+    del qdq.graph.node[:]
+    qdq.graph.node.extend(nodes)
+    onnx.checker.check_model(qdq)
+    log.info("average pools as depthwise int8 convs: %d", len(replaced))
+    return len(replaced)
 
 
 def to_fp16(model: BBNN, info: ModelInfo) -> onnx.ModelProto:

@@ -11,8 +11,9 @@ exactly the integer arithmetic the whole int8 graph runs on the same columns:
 * ``block2``  ``c1`` -> ``c2``
 * ``block3``  ``c2`` -> ``t``: the last block and the transition conv (its BN folded in)
 * ``window``  all of them over a whole window (a full recompute)
-* ``head``    ``t`` -> each pooled pair's band sum: dequantise, 2x2 average pool, quantise
-  (the ReLU is the quantiser's zero point), dequantise, sum over bands. The mean over
+* ``head``    ``t`` -> each pooled pair's band sum: dequantise, 2x2 average pool (as the int8
+  graph runs it: a depthwise conv, ``quantize.average_pools_as_convs``), quantise (the ReLU is
+  the quantiser's zero point), dequantise, sum over bands. The mean over
   pairs, the dense layer and the softmax (float in the bundled int8 file) run in numpy.
 
 Stage tensors are NHWC: onnxruntime runs a uint8 max pool fast only in its NHWC layout, which it
@@ -57,16 +58,17 @@ class _Graph:
         self.inits = {i.name: i for i in g.initializer}
         self.producer, self.consumers = graph_wiring(g)
         concats = [n for n in g.node if n.op_type == "Concat"]
-        pools = [n for n in g.node if n.op_type == "AveragePool"]
         means = [n for n in g.node if n.op_type == "ReduceMean"]
-        if len(concats) != 3 or len(pools) != 1 or len(means) != 1:
-            raise ValueError(f"not a quantised BBNN export ({len(concats)} Concat, {len(pools)} AveragePool, "
-                             f"{len(means)} ReduceMean; expected 3, 1, 1)")
+        if len(concats) != 3 or len(means) != 1:
+            raise ValueError(f"not a quantised BBNN export ({len(concats)} Concat, {len(means)} ReduceMean; expected 3, 1)")
         # Every cut is a QuantizeLinear output: uint8, read by DequantizeLinear nodes.
         self.s0 = self._quantised_input(concats[0].input[0])
         self.concats = [self._quantiser_of(n.output[0]) for n in concats]
-        self.t = self._quantised_input(pools[0].input[0])
-        self.pool = pools[0]
+        # the head's pool: the mean reads its dequantised, quantised output; an AveragePool or the conv that replaced it
+        self.pool = self.producer[self.producer[self._quantised_input(means[0].input[0])].input[0]]
+        if self.pool.op_type not in ("AveragePool", "Conv"):
+            raise ValueError(f"the mean reads {self.pool.op_type}, not the average pool: not a quantised BBNN export")
+        self.t = self._quantised_input(self.pool.input[0])
         stem = next(n for n in g.node if n.op_type == "Conv")
         self.stem_halo = int([a.ints[0] for a in stem.attribute if a.name == "kernel_shape"][0]) // 2
         self.pooled = means[0].input[0]  # the dequantised pooled cells the mean reads
