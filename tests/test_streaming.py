@@ -65,7 +65,7 @@ def engine(request: pytest.FixtureRequest) -> Engine:
 
 
 @pytest.mark.parametrize("source", ["synthetic", "real"])
-@pytest.mark.parametrize("hop", [20, 108], ids=["hop-0.93s", "hop-5s"])
+@pytest.mark.parametrize("hop", [4, 20, 108], ids=["hop-1-column", "hop-0.93s", "hop-5s"])
 def test_streamed_windows_equal_the_batch_windows(engine: Engine, source: str, hop: int) -> None:
     audio = synthetic_piece(75 if hop < 100 else 150) if source == "synthetic" else real_music()
     if audio is None:
