@@ -36,11 +36,20 @@ def states(messages: list) -> list[GenreState]:
 
 
 def test_one_nan_does_not_silence_the_stream_forever(engine) -> None:
-    pipeline = SourcePipeline("s", engine, PipelineConfig(hop_seconds=2.0, min_fill_seconds=4.0))
+    """The NaN becomes one silent sample: the stream keeps being tagged as the same audio without it.
+
+    Compared with the clean stream rather than a fixed state, because whether a synthetic tone
+    reads "music" or "uncertain" is the model's business, not this test's.
+    """
+    config = PipelineConfig(hop_seconds=2.0, min_fill_seconds=4.0)
+    pipeline = SourcePipeline("s", engine, config)
     audio = tone(40.0)
+    clean = states(feed(SourcePipeline("s", engine, config), audio.copy()))
     audio[SR * 5] = np.nan
     out = states(feed(pipeline, audio))
-    assert [s.state for s in out[-5:]] == ["music"] * 5, [s.state for s in out]
+    assert len(out) == len(clean) and "silence" not in [s.state for s in out], [s.state for s in out]
+    assert [s.genre for s in out[-5:]] == [s.genre for s in clean[-5:]]
+    assert max(abs(a.confidence - b.confidence) for a, b in zip(out, clean)) < 0.01
     assert pipeline.stats()["nonfinite_samples"] == 1
     assert all(math.isfinite(s.confidence) for s in out)
 
