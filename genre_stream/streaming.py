@@ -426,8 +426,8 @@ class StreamingClassifier:
             if stage.inputs == ("mel",):
                 first = max(0, lo - math.ceil(stage.halo / self.stride))
                 f_lo = first * self.stride
-                f_hi = min(self.frames, (hi + 1) * self.stride + stage.halo)
-                f_hi = min(self.frames, f_lo + -(-(f_hi - f_lo) // self.stride) * self.stride)  # whole columns: the next slice stays aligned
+                reach = (hi + 1) * self.stride + stage.halo - f_lo
+                f_hi = min(self.frames, f_lo + -(-reach // self.stride) * self.stride)  # whole columns: the next slice stays aligned
                 pieces["mel"].append(window[f_lo:f_hi])
                 n = (f_hi - f_lo) // self.stride  # only the last slice can end at the window's end, whose odd frames the pooling drops
             else:
@@ -439,8 +439,7 @@ class StreamingClassifier:
                 n = in_hi - first + 1
             spans.append((lo, hi, at + lo - first))
             at += n
-        feeds = {name: np.concatenate(parts, axis=0 if name == "mel" else self._producer[name].axis)[None] if len(parts) > 1 else parts[0][None]
-                 for name, parts in pieces.items()}
+        feeds = {name: np.concatenate(parts, axis=0 if name == "mel" else self._producer[name].axis)[None] for name, parts in pieces.items()}
         out = stage.session.run(None, feeds)[0][0]
         for lo, hi, offset in spans:
             self._caches[stage.output][_columns(stage, self._slots(base, lo, hi))] = out[_columns(stage, slice(offset, offset + hi - lo + 1))]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Set
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -448,13 +448,7 @@ def threshold_relus(qdq: onnx.ModelProto, reference: onnx.ModelProto) -> dict[st
         ]
         removed.update({producer[dw.input[1]].name, producer[dw.input[2]].name})
         report[conv.name] = {"channels": int(w.size), "dead": int(plan.dead.sum()), "linear": int(plan.linear.sum()), "rising": int(plan.rising.sum())}
-    nodes = []
-    for node in qdq.graph.node:
-        if node.name in removed:
-            continue
-        nodes += replaced.get(node.name, [node])
-    del qdq.graph.node[:]
-    qdq.graph.node.extend(nodes)
+    _splice_nodes(qdq.graph, replaced, removed)
     used = {name for node in qdq.graph.node for name in node.input}
     kept = [t for t in qdq.graph.initializer if t.name in used]
     del qdq.graph.initializer[:]
@@ -463,6 +457,14 @@ def threshold_relus(qdq: onnx.ModelProto, reference: onnx.ModelProto) -> dict[st
     log.info("threshold ReLUs: %d depthwise ops replaced; channels dead %d, linear %d, rising %d", len(report),
              *(sum(r[k] for r in report.values()) for k in ("dead", "linear", "rising")))
     return report
+
+
+def _splice_nodes(graph: onnx.GraphProto, replaced: dict[str, list[onnx.NodeProto]], removed: Set[str] = frozenset()) -> None:
+    """Put each node named in ``replaced`` back as its replacement nodes, in place (the graph's order
+    stays topological), and drop the nodes named in ``removed``."""
+    nodes = [n for node in graph.node if node.name not in removed for n in replaced.get(node.name, [node])]
+    del graph.node[:]
+    graph.node.extend(nodes)
 
 
 def _shared_concat_scale(graph: onnx.GraphProto) -> dict[str, list[dict[str, np.ndarray]]]:
@@ -519,9 +521,7 @@ def average_pools_as_convs(qdq: onnx.ModelProto) -> int:
             onnx.helper.make_node("Conv", [pool.input[0], name + "/weight_dq"], list(pool.output), name=name, group=c,
                                   kernel_shape=kernel, strides=list(attrs.get("strides", [1] * len(kernel)))),
         ]
-    nodes = [n for node in qdq.graph.node for n in replaced.get(node.name, [node])]
-    del qdq.graph.node[:]
-    qdq.graph.node.extend(nodes)
+    _splice_nodes(qdq.graph, replaced)
     onnx.checker.check_model(qdq)
     log.info("average pools as depthwise int8 convs: %d", len(replaced))
     return len(replaced)
