@@ -1,48 +1,39 @@
-"""``--model auto``: the bundled int8 export where it is faster here and keeps fp32's answers, else fp32.
+"""``--model auto``: which bundled export to run, decided by facts about the files, never by a stopwatch.
 
-Why measure instead of deciding per architecture: whether ONNX Runtime's int8
-kernels beat its fp32 ones depends on the CPU (VNNI / dot-product instructions),
-the thread count and the onnxruntime build; on x86 with VNNI int8 is ~2.5x
-faster per window, elsewhere it can be slower. So on first use both bundled
-exports are timed for a few windows (2.4 s on the development VM) and the choice is
-cached, keyed by what it depends on (both files' sha256, onnxruntime version,
-machine, thread count), so later runs reuse it at no cost.
+Why not measure: a timing on a shared or busy machine flips from run to run (issue 22: two
+runs 4 s apart chose fp32 and then int8, and the answers a user saw changed with them). The
+choice now depends only on the provider and on what the int8 export records about itself:
 
-Speed alone is not enough: int8 is picked only where the int8 export carries a
-real-music agreement check (``provenance.agreement``, written by
-``benchmarks/int8_agreement.py --write``) that meets ``AGREEMENT_BAR``. When it
-does not, auto means fp32 and the log says why.
+* on a GPU: fp32 (the int8 graph is built and checked for CPUs);
+* on a CPU: int8 when its weights are 7-bit (``quantization.weight_bits`` = 7: every CPU's
+  int8 kernels then compute the same exact integers, so its answers do not depend on the CPU;
+  ``trainer/quantize.py`` ``WEIGHT_LIMITS``) *and* its recorded real-music agreement with fp32
+  (``provenance.agreement``, written by ``benchmarks/int8_agreement.py --write``) meets
+  ``AGREEMENT_BAR``; otherwise fp32, and the reason says which fact is missing.
+
+int8 is faster than fp32 on every CPU measured (2.5-3x with VNNI, ~1.2-1.3x on AVX2 only), so
+speed does not enter the rule. The same install on the same machine therefore always makes
+the same choice; ``[model] path = "fp32"`` (or ``--model fp32``) pins fp32.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
-import platform
-import statistics
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from .fsutil import atomic_path
 from .models import bundled_model_path
 
 log = logging.getLogger(__name__)
 
-CACHE_FILE = "model-choice.json"
-MIN_SPEEDUP = 1.25  # int8 must be this much faster per window to be worth its (small) answer differences
-TIMED_CALLS = 4  # per export and round; a 30 s window takes 15-150 ms
-ROUNDS = 2  # fp32, int8, fp32, int8: a load change hits both
+CPU_INDEPENDENT_WEIGHT_BITS = 7  # int8 weights in [-64, 64]: no int16 pair sum can overflow on x86 without VNNI
 
 
 @dataclass(frozen=True)
 class AgreementBar:
-    """What the int8 export must keep of fp32's answers on labelled real music (issue 15)."""
+    """What the int8 export must keep of fp32's answers on labelled real music (issues 15, 22)."""
 
     min_top1_gtzan: float = 0.99  # clips the model trained on
     min_top1_other: float = 0.97  # other recordings
@@ -66,20 +57,12 @@ class AgreementBar:
 AGREEMENT_BAR = AgreementBar()
 
 
-def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/genre-stream`` (``~/.cache/genre-stream``): where one-off commands keep the choice."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "genre-stream"
-
-
 @dataclass(frozen=True)
 class ModelChoice:
-    """Which bundled export auto chose, and why (shown in the log, the stats and /api/sources)."""
+    """Which bundled export auto chose, and why (the start line, ``classify --json``, the dashboard)."""
 
     name: str  # "fp32" or "int8"
     reason: str
-    fp32_ms: float | None = None
-    int8_ms: float | None = None
-    cached: bool = False
 
     @property
     def path(self) -> Path:
@@ -88,93 +71,35 @@ class ModelChoice:
 
 def int8_shortfalls(int8_metadata: dict[str, Any]) -> list[str]:
     """Why the int8 export's metadata does not qualify it for auto (empty: it does)."""
-    agreement = int8_metadata.get("provenance", {}).get("agreement")
+    provenance = int8_metadata.get("provenance", {})
+    out = []
+    bits = provenance.get("quantization", {}).get("weight_bits", 8)  # exports before issue 22 used the full range
+    if bits != CPU_INDEPENDENT_WEIGHT_BITS:
+        out.append(f"its int8 weights use {bits} bits, whose answers differ between CPUs (x86 without VNNI)")
+    agreement = provenance.get("agreement")
     if not isinstance(agreement, dict):
-        return ["the int8 export records no real-music agreement check"]
-    return AGREEMENT_BAR.shortfalls(agreement)
+        out.append("the int8 export records no real-music agreement check")
+    else:
+        out.extend(AGREEMENT_BAR.shortfalls(agreement))
+    return out
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def cache_key(threads: int) -> dict[str, Any]:
-    """Everything the speed comparison depends on; a different key means measuring again."""
-    import onnxruntime as ort
-
-    return {
-        "fp32": _sha256(bundled_model_path("fp32")),
-        "int8": _sha256(bundled_model_path("int8")),
-        "onnxruntime": ort.__version__,
-        "machine": platform.machine(),
-        "processor": platform.processor(),
-        "cpus": os.cpu_count(),
-        "threads": threads,
-    }
-
-
-def time_exports(threads: int) -> tuple[float, float]:
-    """Median ms per 30 s window of the fp32 and int8 exports, one session alive at a time."""
-    import onnxruntime as ort
-
-    from .engine import session_options
-
-    window = np.random.default_rng(0).standard_normal((1, 647, 128)).astype(np.float32)
-    times: dict[str, list[float]] = {"fp32": [], "int8": []}
-    for _ in range(ROUNDS):
-        for name in times:
-            sess = ort.InferenceSession(str(bundled_model_path(name)), sess_options=session_options(threads), providers=["CPUExecutionProvider"])
-            feed = {sess.get_inputs()[0].name: window}
-            sess.run(None, feed)  # warm-up: first-run allocations
-            for _ in range(TIMED_CALLS):
-                t0 = time.perf_counter()
-                sess.run(None, feed)
-                times[name].append(1000 * (time.perf_counter() - t0))
-            del sess
-    return statistics.median(times["fp32"]), statistics.median(times["int8"])
-
-
-def _read_cache(path: Path, key: dict[str, Any]) -> ModelChoice | None:
-    try:
-        data = json.loads(path.read_text())
-        if data.get("key") != key:
-            return None
-        return ModelChoice(data["name"], data["reason"], data.get("fp32_ms"), data.get("int8_ms"), cached=True)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def _write_cache(path: Path, key: dict[str, Any], choice: ModelChoice) -> None:
-    data = {k: v for k, v in asdict(choice).items() if k != "cached"}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps({"key": key, **data}, indent=1) + "\n")
-    except OSError as exc:  # a read-only home must not stop classification; we just measure again next time
-        log.warning("could not cache the model choice in %s (%s)", path, exc)
-
-
-def choose(threads: int, cache_dir: Path | None = None, int8_metadata: dict[str, Any] | None = None) -> ModelChoice:
-    """The bundled export ``--model auto`` means on this machine at ``threads`` threads (cached)."""
-    path = (cache_dir or default_cache_dir()) / CACHE_FILE
-    key = cache_key(threads)
-    choice = _read_cache(path, key)
-    if choice is None:
-        choice = _decide(threads, bundled_metadata("int8") if int8_metadata is None else int8_metadata)
-        _write_cache(path, key, choice)
-    log.info("model auto -> %s (%s)%s", choice.name, choice.reason, f"; cached in {path}" if choice.cached else "")
+def choose(on_cpu: bool, int8_metadata: dict[str, Any] | None = None) -> ModelChoice:
+    """The bundled export ``--model auto`` means for this provider: the same every run (see the module doc)."""
+    if not on_cpu:
+        choice = ModelChoice("fp32", "a GPU runs fp32 (the int8 export is built for CPUs)")
+    else:
+        meta = bundled_metadata("int8") if int8_metadata is None else int8_metadata
+        shortfalls = int8_shortfalls(meta)
+        if shortfalls:
+            choice = ModelChoice("fp32", "int8 not eligible: " + "; ".join(shortfalls))
+        else:
+            other = meta["provenance"]["agreement"]["non_gtzan"]
+            choice = ModelChoice("int8", f"CPU; int8 with 7-bit weights gives the same answers on every CPU and agrees with fp32 "
+                                         f"on real music (top-1 {other['top1_agreement']:.3f}, mean max|dp| {other['mean_max_abs_dp']:.3f} "
+                                         f"on {other.get('clips', '?')} clips)")
+    log.info("model auto -> %s (%s)", choice.name, choice.reason)
     return choice
-
-
-def _decide(threads: int, int8_metadata: dict[str, Any]) -> ModelChoice:
-    shortfalls = int8_shortfalls(int8_metadata)
-    if shortfalls:
-        return ModelChoice("fp32", "int8 not eligible: " + "; ".join(shortfalls))
-    fp32_ms, int8_ms = time_exports(threads)
-    speedup = fp32_ms / int8_ms
-    name = "int8" if speedup >= MIN_SPEEDUP else "fp32"
-    reason = f"int8 runs {speedup:.2f}x as fast as fp32 here ({int8_ms:.1f} vs {fp32_ms:.1f} ms per window; needs {MIN_SPEEDUP}x)"
-    return ModelChoice(name, reason, round(fp32_ms, 2), round(int8_ms, 2))
 
 
 def bundled_metadata(name: str) -> dict[str, Any]:

@@ -32,6 +32,7 @@ class ClassifyOptions:
     as_json: bool = False
     with_windows: bool = False
     uncertainty: UncertaintyRule = UncertaintyRule()  # the CLI passes the model's rule (UncertaintyRule.for_model)
+    model_choice: str = ""  # why this export runs (--model auto's reason), shown in --json
 
 
 def result_to_dict(path: Path, result: TrackResult, options: ClassifyOptions) -> dict[str, Any]:
@@ -48,6 +49,8 @@ def result_to_dict(path: Path, result: TrackResult, options: ClassifyOptions) ->
         "model": result.model,
         "precision": result.precision,
     }
+    if options.model_choice:
+        data["model_choice"] = options.model_choice
     if options.with_windows:
         data["windows"] = [
             {

@@ -37,9 +37,9 @@ class Outputs:
     listeners: list[PipelineListener] = field(default_factory=list)
 
 
-def load_engine(model: ModelConfig, state_dir: Path) -> Engine:
-    """The model ``[model]`` names; ``--model auto`` caches its measured choice in the state dir."""
-    return Engine(model.path, device=model.device, threads=model.threads, choice_cache=state_dir)
+def load_engine(model: ModelConfig) -> Engine:
+    """The model ``[model]`` names (``auto``: the bundled export ``genre_stream.autoselect`` picks)."""
+    return Engine(model.path, device=model.device, threads=model.threads)
 
 
 def build_outputs(config: DaemonConfig, engine: Engine) -> Outputs:

@@ -31,7 +31,7 @@ from . import __version__
 from .backoff import Backoff
 from .compose import build_outputs, load_engine, make_pipeline, make_tagger
 from .config import ConfigError, DaemonConfig, ModelConfig, describe_outputs, require_sources
-from .engine import ModelError
+from .engine import ModelError, describe_choice
 from .messages import GenreEvent, SourceStats
 from .models import model_file_stamp
 from .sinks import Fanout, SourceAvailability, SourceInfo
@@ -126,7 +126,7 @@ class Daemon:
         require_sources(config)
         sources = make_sources(config.sources, config, self.source_factory)  # ConfigError before anything opens
         if self.engine is None:
-            self.engine = load_engine(config.model, config.state_dir)
+            self.engine = load_engine(config.model)
         self._model_stamp = model_file_stamp(config.model.path)  # what the config names (auto: the bundled file), as reload compares
         if self.sinks is None:
             outputs = build_outputs(config, self.engine)
@@ -136,9 +136,9 @@ class Daemon:
             self._start(spec, source)
         self.sinks.sources_changed(self._source_infos(), self.engine.model_id)
         self.notifier.ready(self._status_line())
-        log.info("genre-stream %s: sources %s; model %s on %s; outputs %s", __version__,
-                 ", ".join(f"{sid} ({r.kind})" for sid, r in self.running.items()), self.engine.model_id,
-                 self.engine.providers[0].removesuffix("ExecutionProvider"), ", ".join(describe_outputs(config)))
+        log.info("genre-stream %s: sources %s; model %s %s on %s [%s]; outputs %s", __version__,
+                 ", ".join(f"{sid} ({r.kind})" for sid, r in self.running.items()), self.engine.model_id, self.engine.precision,
+                 self.engine.providers[0].removesuffix("ExecutionProvider"), describe_choice(self.engine), ", ".join(describe_outputs(config)))
         next_stats = time.monotonic() + config.stats_interval if config.stats_interval else None
         by_signal = False
         while True:
@@ -366,7 +366,7 @@ class Daemon:
         if model == self.config.model and stamp == self._model_stamp:
             return False
         try:
-            engine = load_engine(model, self.config.state_dir)
+            engine = load_engine(model)
         except ModelError as exc:
             log.error("reload: keeping the running model %s (%s): %s", self.engine.path, self.engine.model_id, exc)
             return False

@@ -77,6 +77,13 @@ class Prediction:
     embeddings: np.ndarray  # (N, 32)
 
 
+def describe_choice(engine: "Engine") -> str:
+    """How the export in use was chosen: ``auto -> int8 (why)`` or ``named: PATH`` (start line, ``classify --json``)."""
+    if engine.choice is not None:
+        return f"auto -> {engine.choice.name} ({engine.choice.reason})"
+    return f"named: {engine.path.name}"
+
+
 class Engine:
     """One onnxruntime session over a genre-stream model."""
 
@@ -86,13 +93,11 @@ class Engine:
         device: str = "auto",
         threads: int = 0,
         batch_size: int = 1,
-        choice_cache: Path | None = None,
     ) -> None:
-        # No model or "auto": the bundled int8 or fp32 export, measured once and cached in choice_cache.
+        # No model or "auto": the bundled int8 or fp32 export, by the rule of genre_stream.autoselect.
         self.choice: ModelChoice | None = None
         if is_auto(model_path):
-            on_cpu = _providers(device)[0] == "CPUExecutionProvider"
-            self.choice = choose(threads, choice_cache) if on_cpu else ModelChoice("fp32", f"device {device}: int8 is measured for CPUs only")
+            self.choice = choose(on_cpu=_providers(device)[0] == "CPUExecutionProvider")
             model_path = self.choice.path
         self.path = resolve_model(model_path)
         if not self.path.is_file():

@@ -114,7 +114,7 @@ def run_cli(*args: str, module: str = "genre_stream", timeout: float = 300, env:
 
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache_home(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """`--model auto` caches its choice under $XDG_CACHE_HOME: tests (and the CLIs they run) must not write the user's."""
+    """Tests (and the CLIs they run, onnxruntime among them) must not write the user's $XDG_CACHE_HOME."""
     os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
 
 

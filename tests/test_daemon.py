@@ -130,8 +130,8 @@ def test_sigterm_stops_gracefully_with_stats_and_offline(any_broker: Broker, lon
         stats = [m.json() for m in msgs if m.topic == "genre-stream/live/stats"][-1]
         for key in ("windows", "inference_ms_mean", "real_time_factor", "position_seconds", "mqtt_queue", "errors"):
             assert key in stats, key
-        choice = json.loads((tmp_path / "state" / "model-choice.json").read_text())  # --model auto, cached in the state dir
-        assert stats["model_precision"] == choice["name"]
+        assert stats["model_precision"] == "int8"  # --model auto on a CPU: the bundled int8 (genre_stream.autoselect)
+        assert not (tmp_path / "state" / "model-choice.json").exists()  # a rule, nothing measured or cached
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == EXIT_OK
     finally:
@@ -139,6 +139,7 @@ def test_sigterm_stops_gracefully_with_stats_and_offline(any_broker: Broker, lon
     sub.wait_for(lambda ms: ms[-1].topic == "genre-stream/status" and ms[-1].payload == b"offline", timeout=10)
     err = (tmp_path / "stderr.txt").read_text()
     assert "received SIGTERM; stopping" in err
+    assert "model bbnn-gtzan-augmented-fold0 int8 on CPU [auto -> int8 (CPU; int8 with 7-bit weights" in err  # the start line says why
     sub.close()
 
 

@@ -86,6 +86,9 @@ def import_keras(checkpoint: Path, out: Path) -> None:
 @click.option("--calibration-windows", type=click.IntRange(1), default=96, show_default=True, help="30 s windows used to calibrate int8 (synthetic pieces or --calibration; --calibration-audio uses all of its windows).")
 @click.option("--test-windows", type=click.IntRange(1), default=24, show_default=True, help="Separate windows the export is checked on.")
 @click.option("--recipe", type=click.Choice(["full", "plain"]), default="full", show_default=True, help="int8: full = fold BatchNorm + equalise channels first; plain = quantise the export as is.")
+@click.option("--weight-bits", type=click.Choice(["7", "8"]), default="7", show_default=True,
+              help="int8: 7 keeps weights in [-64, 64] so every CPU computes the same answers; 8 uses the full range, "
+                   "which x86 CPUs without VNNI (AVX2 only) get wrong (docs/QUANTIZATION.md).")
 @click.option("--force", is_flag=True, help="Write an int8 model even if it misses the accuracy bar.")
 def export(
     checkpoint: Path,
@@ -100,12 +103,13 @@ def export(
     calibration_windows: int,
     test_windows: int,
     recipe: str,
+    weight_bits: str,
     force: bool,
 ) -> None:
     """Export CHECKPOINT to ONNX and report its parity with the PyTorch model.
 
     fp32 must match PyTorch within 1e-4 (probability); int8 must keep top-1 agreement >= 0.97, mean |dp| <= 0.03
-    and max |dp| <= 0.1 on the test windows, or nothing is written (unless --force).
+    and max |dp| <= 0.15 on the test windows, or nothing is written (unless --force).
     """
     from genre_stream.progress import Progress
 
@@ -145,7 +149,8 @@ def export(
     bar = Progress(len(sets.calibration) if quantize == "int8" else 0, "calibrating int8")
     try:
         with bar.shown() if quantize == "int8" else contextlib.nullcontext():
-            result = build_export(model, info, quantize, sets.test, sets.calibration, Int8Config(recipe=recipe, float_head=float_head, keep_float=keep_float, bias_correction=bias_correction),
+            result = build_export(model, info, quantize, sets.test, sets.calibration, Int8Config(recipe=recipe, float_head=float_head, keep_float=keep_float,
+                                                                                          bias_correction=bias_correction, weight_bits=int(weight_bits)),
                                   sets.source, on_window=bar.advance)
     except (RuntimeError, ValueError) as exc:
         raise click.ClickException(f"{out}: not written: {exc}") from exc

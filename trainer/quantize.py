@@ -41,7 +41,10 @@ class AccuracyBar:
 
     min_top1: float = 0.97
     max_mean_abs: float = 0.03
-    max_abs: float = 0.1
+    # Largest |dp| of any one window (raw softmax, which the uncalibrated model makes steep). 0.15 since
+    # issue 22: 7-bit weights, the price of the same answers on every CPU, took the bundled int8's worst
+    # window on three real clips from 0.051 to 0.111 (full-range weights: 0.186 on AVX2-only x86).
+    max_abs: float = 0.15
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,15 @@ def agreement(probabilities: np.ndarray, reference: np.ndarray) -> Agreement:
 FLOAT_HEAD = ("/model/ReduceMean", "/model/classifier/Gemm", "/Softmax")
 
 
+# Largest |int8 weight| per weight width. onnxruntime's uint8 x int8 kernel on x86 without VNNI
+# (AVX2, AVX-512 without VNNI) multiplies with VPMADDUBSW, which adds each PAIR of uint8 x int8
+# products into a saturating int16: 2 x 255 x 127 = 64770 overflows it, so full-range weights give
+# other answers there than on VNNI (int32 dot products) or ARM64 (issue 22). With |w| <= 64 a pair is
+# at most 2 x 255 x 64 = 32640 <= 32767, so every kernel computes the same exact integers; it costs one
+# bit of weight resolution (onnxruntime's ``reduce_range``). ``scripts/cpu_matrix.py`` checks it.
+WEIGHT_LIMITS = {7: 64, 8: 127}
+
+
 @dataclass(frozen=True)
 class Int8Config:
     """One int8 recipe; every field is a knob measured in the benchmark table."""
@@ -103,8 +115,15 @@ class Int8Config:
     bias_correction_windows: int = 32  # calibration windows the correction measures on (evenly spread)
     threshold_relu: bool = True  # depthwise relu(±x + shift) -> int8 relu(x - t) (``threshold_relus``; full recipe only)
     pool_as_conv: bool = True  # the quantised average pool runs as a depthwise int8 conv (``average_pools_as_convs``)
+    weight_bits: int = 7  # 7: weights in [-64, 64], exact on every CPU (``WEIGHT_LIMITS``); 8: full range, wrong on x86 without VNNI
+
+    @property
+    def weight_limit(self) -> int:
+        return WEIGHT_LIMITS[self.weight_bits]
 
     def __post_init__(self) -> None:
+        if self.weight_bits not in WEIGHT_LIMITS:
+            raise ValueError(f"unknown int8 weight width {self.weight_bits!r}; choose one of {', '.join(map(str, WEIGHT_LIMITS))}")
         if self.recipe not in RECIPES:
             raise ValueError(f"unknown int8 recipe {self.recipe!r}; choose one of {', '.join(RECIPES)}")
         if self.calibration_method not in CALIBRATION_METHODS:
@@ -159,12 +178,13 @@ def quantize_int8(
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CALIBRATION_METHODS[config.calibration_method],
+            reduce_range=config.weight_bits == 7,  # int8 weights in [-64, 64] (activations keep all 8 bits)
             nodes_to_exclude=exclude,
             extra_options=extra,
         )
         proto = onnx.load(str(out))
         if config.recipe == "full" and config.threshold_relu:
-            threshold_relus(proto, onnx.load(str(pre)))
+            threshold_relus(proto, onnx.load(str(pre)), config.weight_limit)
         if config.bias_correction:
             pick = np.linspace(0, len(calibration) - 1, min(config.bias_correction_windows, len(calibration))).round().astype(int)
             correct_biases(proto, onnx.load(str(pre)), np.asarray(calibration, dtype=np.float32)[np.unique(pick)])
@@ -371,7 +391,7 @@ def _static_dims(proto: onnx.ModelProto, axis: int) -> dict[str, int]:
     return sizes
 
 
-def threshold_relus(qdq: onnx.ModelProto, reference: onnx.ModelProto) -> dict[str, dict[str, int]]:
+def threshold_relus(qdq: onnx.ModelProto, reference: onnx.ModelProto, weight_limit: int = WEIGHT_LIMITS[7]) -> dict[str, dict[str, int]]:
     """Replace each depthwise ``relu(±x + shift)`` conv of the int8 graph by ``relu(x - t)``, in place (issue 15 part 2).
 
     In the int8 graph every input of those ops lies in [0, R] (the uint8 range of the
@@ -389,7 +409,8 @@ def threshold_relus(qdq: onnx.ModelProto, reference: onnx.ModelProto) -> dict[st
     correction removes the mean of what that changes), the 1x1 conv's weights are
     requantised from the float graph ``reference`` (per output channel, symmetric),
     everything else is exact. An op with a falling channel (w < 0, clipped inside [0, R])
-    whose int8 weights are not all zero is left as it is. Returns per 1x1 conv the channel
+    whose int8 weights are not all zero is left as it is. The new weights stay within
+    ``weight_limit`` (``WEIGHT_LIMITS``), as the quantiser's own. Returns per 1x1 conv the channel
     counts (dead, linear, rising), for the report.
     """
     inits = {t.name: t for t in qdq.graph.initializer}
@@ -425,9 +446,9 @@ def threshold_relus(qdq: onnx.ModelProto, reference: onnx.ModelProto) -> dict[st
             log.info("%s: %d falling channels, left as a depthwise conv", dw.name, int(plan.falling.sum()))
             continue
         # the 1x1 conv: new int8 weights (per output channel, symmetric) and int32 bias on the new input grid
-        w_scale = np.abs(plan.weight).max(axis=1) / 127.0
+        w_scale = np.abs(plan.weight).max(axis=1) / float(weight_limit)
         w_scale = np.where(w_scale > 0, w_scale, 1.0)
-        put(weight_dq.input[0], np.clip(np.round(plan.weight / w_scale[:, None]), -127, 127).astype(np.int8).reshape(weight.shape))
+        put(weight_dq.input[0], np.clip(np.round(plan.weight / w_scale[:, None]), -weight_limit, weight_limit).astype(np.int8).reshape(weight.shape))
         put(weight_dq.input[1], w_scale.astype(np.float32))
         b_scale = (step * w_scale).astype(np.float32)
         put(bias_dq.input[1], b_scale)

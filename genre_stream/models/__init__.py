@@ -15,7 +15,7 @@ BUNDLED_MODELS = {
     "fp32": "bbnn-gtzan-augmented-fold0.fp32.onnx",
     "int8": "bbnn-gtzan-augmented-fold0.int8.onnx",
 }
-AUTO = "auto"  # --model auto: the bundled export measured best here (genre_stream.autoselect)
+AUTO = "auto"  # --model auto: the bundled export genre_stream.autoselect picks by rule
 DEFAULT_MODEL = "fp32"  # the path of "no --model" for config checks; Engine resolves it as "auto" (genre_stream.autoselect)
 
 
