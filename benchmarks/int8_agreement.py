@@ -41,8 +41,8 @@ sys.path.insert(0, str(REPO))
 from genre_dev import DEFAULT_LABELS, read_labels  # noqa: E402
 
 from genre_stream.autoselect import AGREEMENT_BAR  # noqa: E402
+from genre_stream.calibration import UncertaintyRule  # noqa: E402
 from genre_stream.engine import Engine  # noqa: E402
-from genre_stream.fsutil import atomic_path  # noqa: E402
 from genre_stream.modelinfo import METADATA_KEY  # noqa: E402
 from genre_stream.models import bundled_model_path  # noqa: E402
 from genre_stream.tracks import analyse_file  # noqa: E402
@@ -82,15 +82,9 @@ def compare(candidate: list[np.ndarray], reference: list[np.ndarray], targets: n
 
 def write_agreement(path: Path, agreement: dict[str, object]) -> None:
     """Put ``agreement`` into the model's metadata JSON as ``provenance.agreement``; nothing else changes."""
-    import onnx
+    from trainer.export import update_metadata
 
-    proto = onnx.load(str(path))
-    entry = next(p for p in proto.metadata_props if p.key == METADATA_KEY)
-    data = json.loads(entry.value)
-    data.setdefault("provenance", {})["agreement"] = agreement
-    entry.value = json.dumps(data, sort_keys=True)
-    with atomic_path(path) as tmp:
-        onnx.save(proto, str(tmp))
+    update_metadata(path, lambda data: data.setdefault("provenance", {}).__setitem__("agreement", agreement))
 
 
 def main() -> None:
@@ -122,6 +116,10 @@ def main() -> None:
                 targets = np.array([index[rows[i]["label"]] for i in pick])
                 per_group[group] = compare([probs[i] for i in pick], [reference[cal][i] for i in pick], targets,
                                            [rows[i]["path"] for i in pick], fp32.labels)
+                if cal:  # what a user sees: music or uncertain, by the fp32 model's own rule for both
+                    rule = UncertaintyRule.for_model(fp32.info.calibration)
+                    states = [[rule.is_uncertain(p[i].mean(axis=0)) for i in pick] for p in (probs, reference[cal])]
+                    per_group[group]["state_agreement"] = round(float(np.mean(np.equal(*states))), 4)
             out["calibrated" if cal else "raw"] = per_group
         shortfalls = AGREEMENT_BAR.shortfalls(out["raw"])  # type: ignore[arg-type]
         out["meets_bar"], out["shortfalls"] = not shortfalls, shortfalls

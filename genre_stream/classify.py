@@ -49,6 +49,8 @@ def result_to_dict(path: Path, result: TrackResult, options: ClassifyOptions) ->
         "model": result.model,
         "precision": result.precision,
     }
+    if result.not_music is not None:
+        data["not_music"] = round(result.not_music, 6)  # P(not music): speech, talk or noise
     if options.model_choice:
         data["model_choice"] = options.model_choice
     if options.with_windows:
@@ -65,7 +67,12 @@ def result_to_dict(path: Path, result: TrackResult, options: ClassifyOptions) ->
 
 def format_human(path: Path, result: TrackResult, options: ClassifyOptions) -> str:
     state = result.state(options.uncertainty)  # the daemon's rules (TrackResult.state)
-    tops = "silence" if state == "silence" else ", ".join(f"{g} {p * 100:.1f}%" for g, p in result.top(options.top_k))
+    if state == "silence":
+        tops = "silence"
+    elif state == "not_music":  # speech, talk or noise by the model's gate
+        tops = f"not music ({result.not_music * 100:.0f}% by the model's music gate)"
+    else:
+        tops = ", ".join(f"{g} {p * 100:.1f}%" for g, p in result.top(options.top_k))
     uncertain = "uncertain: " if state == "uncertain" else ""
     line = f"{display_path(path)}: {uncertain}{tops}  ({result.duration:.1f} s"
     line += f", {len(result.windows)} windows)" if len(result.windows) > 1 else ")"

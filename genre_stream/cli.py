@@ -56,12 +56,11 @@ def classify(paths: tuple[Path, ...], model_path: Path | None, device: str, thre
     """
     from .calibration import UncertaintyRule
     from .classify import ClassifyOptions, classify_paths
-    from .engine import describe_choice
 
     engine = load_engine(model_path, device, threads, batch_size)
     uncertainty = UncertaintyRule.for_model(engine.info.calibration, uncertain_threshold, uncertain_margin)
     options = ClassifyOptions(hop_seconds=hop_seconds, top_k=min(top_k, len(engine.labels)), as_json=as_json, with_windows=with_windows,
-                              uncertainty=uncertainty, model_choice=describe_choice(engine))
+                              uncertainty=uncertainty, model_choice=engine.choice_description)
     failures = classify_paths(paths, engine, options, progress=True)
     if failures:
         sys.exit(1)

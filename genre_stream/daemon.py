@@ -31,7 +31,7 @@ from . import __version__
 from .backoff import Backoff
 from .compose import build_outputs, load_engine, make_pipeline, make_tagger
 from .config import ConfigError, DaemonConfig, ModelConfig, describe_outputs, require_sources
-from .engine import ModelError, describe_choice
+from .engine import ModelError
 from .messages import GenreEvent, SourceStats
 from .models import model_file_stamp
 from .sinks import Fanout, SourceAvailability, SourceInfo
@@ -138,7 +138,7 @@ class Daemon:
         self.notifier.ready(self._status_line())
         log.info("genre-stream %s: sources %s; model %s %s on %s [%s]; outputs %s", __version__,
                  ", ".join(f"{sid} ({r.kind})" for sid, r in self.running.items()), self.engine.model_id, self.engine.precision,
-                 self.engine.providers[0].removesuffix("ExecutionProvider"), describe_choice(self.engine), ", ".join(describe_outputs(config)))
+                 self.engine.providers[0].removesuffix("ExecutionProvider"), self.engine.choice_description, ", ".join(describe_outputs(config)))
         next_stats = time.monotonic() + config.stats_interval if config.stats_interval else None
         by_signal = False
         while True:

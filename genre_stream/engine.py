@@ -75,13 +75,16 @@ def session_options(threads: int = 0) -> ort.SessionOptions:
 class Prediction:
     probabilities: np.ndarray  # (N, classes)
     embeddings: np.ndarray  # (N, 32)
+    not_music: np.ndarray | None = None  # (N,) P(not music) where the model carries a gate (genre_stream.musicgate)
 
-
-def describe_choice(engine: "Engine") -> str:
-    """How the export in use was chosen: ``auto -> int8 (why)`` or ``named: PATH`` (start line, ``classify --json``)."""
-    if engine.choice is not None:
-        return f"auto -> {engine.choice.name} ({engine.choice.reason})"
-    return f"named: {engine.path.name}"
+    @classmethod
+    def of(cls, info: ModelInfo, probabilities: np.ndarray, embeddings: np.ndarray, calibrated: bool = True) -> "Prediction":
+        """The network's softmax and embedding as every caller sees them: calibrated (when asked and the model
+        carries a calibration) and with the music gate's answer. The one place both happen (whole windows, streaming)."""
+        if calibrated and info.calibration is not None:
+            probabilities = info.calibration.apply(probabilities)
+        gate = info.gate.probability(embeddings) if info.gate is not None and len(embeddings) else None
+        return cls(np.asarray(probabilities, dtype=np.float32), np.asarray(embeddings, dtype=np.float32), gate)
 
 
 class Engine:
@@ -126,6 +129,13 @@ class Engine:
         log.debug("loaded model %s (%s, %s) on %s", self.path.name, self.model_id, self.precision, self.providers[0])
 
     @property
+    def choice_description(self) -> str:
+        """How this export was chosen: ``auto -> int8 (why)`` or ``named: FILE`` (start line, ``classify --json``)."""
+        if self.choice is not None:
+            return f"auto -> {self.choice.name} ({self.choice.reason})"
+        return f"named: {self.path.name}"
+
+    @property
     def labels(self) -> list[str]:
         return self.info.labels
 
@@ -157,7 +167,4 @@ class Engine:
         if not probs:
             n = len(self.labels)
             return Prediction(np.zeros((0, n), np.float32), np.zeros((0, 32), np.float32))
-        probabilities = np.concatenate(probs)
-        if calibrated and self.info.calibration is not None:
-            probabilities = self.info.calibration.apply(probabilities)
-        return Prediction(probabilities, np.concatenate(embs))
+        return Prediction.of(self.info, np.concatenate(probs), np.concatenate(embs), calibrated)

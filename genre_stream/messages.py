@@ -30,6 +30,17 @@ def parse_payload_time(stamp: str) -> float:
     return dt.timestamp()
 
 
+# What a state (and a tagged track) says about the audio; the one list of these words.
+#   music: a genre is named; uncertain: music, but too unsure to name (genre is the best guess);
+#   not_music: speech, talk or noise by the model's gate (genre_stream.musicgate; genre null);
+#   silence: below the silence level (genre null).
+State = Literal["music", "uncertain", "not_music", "silence"]
+STATES: tuple[str, ...] = ("music", "uncertain", "not_music", "silence")
+NON_GENRE_STATES: tuple[str, ...] = STATES[1:]  # what a genre sensor shows besides the model's labels
+GENRELESS_STATES: tuple[str, ...] = ("not_music", "silence")  # states whose genre is null
+CHANGE_STATES: tuple[str, ...] = ("music",)  # a genre change is announced only from these
+
+
 @dataclass
 class GenreState:
     """Published retained on ``<prefix>/<source>/state`` after every classification."""
@@ -38,10 +49,11 @@ class GenreState:
     genre: str | None
     confidence: float
     probabilities: dict[str, float]
-    state: Literal["music", "silence", "uncertain"]  # uncertain: music, but too unsure to name; genre is the best guess
+    state: State  # see STATES
     window_start: float  # seconds of stream time
     window_end: float
     model: str
+    not_music: float | None = None  # smoothed P(not music) where the model carries a gate
     timestamp: str = field(default_factory=utc_now_iso)
 
     def to_dict(self) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from typing import Any
 
 from .calibration import Calibration
 from .frontend import FrontendConfig
+from .musicgate import MusicGate
 
 METADATA_KEY = "genre_stream"
 NORMALIZATION = "db_ref_max_top80_div_min"  # the seed normalisation, see frontend.normalize_window
@@ -26,6 +27,7 @@ class ModelInfo:
     model_id: str = ""
     provenance: dict[str, Any] = field(default_factory=dict)
     calibration: Calibration | None = None  # absent in models exported before calibration existed
+    gate: MusicGate | None = None  # the "not_music" answer (genre_stream.musicgate); absent before issue 23
 
     @property
     def precision(self) -> str:
@@ -35,8 +37,11 @@ class ModelInfo:
     def to_json(self) -> str:
         data = asdict(self)
         data["frontend"] = self.frontend.to_dict()
-        if self.calibration is None:
-            del data["calibration"]  # old readers and files stay byte-identical
+        for key in ("calibration", "gate"):
+            if getattr(self, key) is None:
+                del data[key]  # old readers and files stay byte-identical
+        if self.gate is not None:
+            data["gate"] = self.gate.to_dict()
         return json.dumps(data, sort_keys=True)
 
     @classmethod
@@ -54,6 +59,7 @@ class ModelInfo:
             model_id=str(data.get("model_id", "")),
             provenance=dict(data.get("provenance", {})),
             calibration=Calibration.from_dict(data["calibration"]) if data.get("calibration") else None,
+            gate=MusicGate.from_dict(data["gate"]) if data.get("gate") else None,
         )
 
     @classmethod

@@ -32,7 +32,7 @@ from .calibration import UncertaintyRule
 from .config import PipelineConfig
 from .engine import Engine
 from .frontend import MelFrontend, MelRingBuffer, StreamingMel, normalize_window
-from .messages import GenreEvent, GenreState, Message
+from .messages import GENRELESS_STATES, GenreEvent, GenreState, Message
 from .sanitize import LOUD, dbfs, repair
 from .smoother import Smoother
 from .streaming import StreamingClassifier
@@ -97,7 +97,7 @@ class SourcePipeline:
         self.mel = StreamingMel(self.frontend)
         self.ring = MelRingBuffer(fc.window_frames, fc.n_mels)
         self.smoother = Smoother(engine.labels, self.config.ema_alpha, self.config.hold_windows, self.config.margin,
-                                 uncertainty_rule(engine, self.config))
+                                 uncertainty_rule(engine, self.config), engine.info.gate)
         self._hop_frames = max(1, fc.seconds_to_frames(self.config.hop_seconds))
         # Full windows reuse the previous window's columns where the model has a streaming pack;
         # that needs a hop of whole columns, so the hop is rounded down to one (5 s: 108 frames
@@ -246,18 +246,20 @@ class SourcePipeline:
         probabilities = prediction.probabilities[0]
         self._inference_last_ms = (time.perf_counter() - t0) * 1000.0
         self._inference_total_ms += self._inference_last_ms
-        result = self.smoother.update(probabilities)
+        result = self.smoother.update(probabilities, None if prediction.not_music is None else float(prediction.not_music[0]))
         labels = self.engine.labels
+        genreless = result.state in GENRELESS_STATES
         messages: list[Message] = [
             GenreState(
                 source=self.source_id,
-                genre=result.genre,
-                confidence=result.confidence,
+                genre=None if genreless else result.genre,
+                confidence=0.0 if genreless else result.confidence,
                 probabilities={label: float(p) for label, p in zip(labels, result.probabilities)},
-                state="uncertain" if result.uncertain else "music",
+                state=result.state,
                 window_start=start,
                 window_end=end,
                 model=self.engine.model_id,
+                not_music=result.not_music,
             )
         ]
         if result.changed:

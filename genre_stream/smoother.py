@@ -8,7 +8,9 @@ real change of music is announced after ``hold_windows`` hops.
 
 While the smoothed probabilities are "uncertain" (``calibration.UncertaintyRule``)
 no genre is confirmed: the current one is kept, a challenger's streak starts
-over, and so no ``genre_changed`` is announced on a guess.
+over, and so no ``genre_changed`` is announced on a guess. The same holds while the
+model's music gate (``musicgate.MusicGate``, its P(not music) averaged alike) says
+"not_music": a DJ talking over the intro announces nothing.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .calibration import UncertaintyRule
+from .messages import State
+from .musicgate import MusicGate
 
 
 @dataclass(frozen=True)
@@ -28,11 +32,17 @@ class SmoothedResult:
     changed: bool  # the confirmed genre changed with this window
     previous: str | None  # the confirmed genre before this window
     uncertain: bool = False  # the smoothed probabilities are too flat to name a genre (genre is then a guess)
+    not_music: float | None = None  # smoothed P(not music), where the model has a gate
+    talk: bool = False  # the gate says not music (speech, talk, noise)
+
+    @property
+    def state(self) -> State:
+        return "not_music" if self.talk else "uncertain" if self.uncertain else "music"
 
 
 class Smoother:
     def __init__(self, labels: list[str], alpha: float = 0.5, hold_windows: int = 2, margin: float = 0.1,
-                 uncertainty: UncertaintyRule | None = None) -> None:
+                 uncertainty: UncertaintyRule | None = None, gate: MusicGate | None = None) -> None:
         if not 0.0 < alpha <= 1.0:
             raise ValueError(f"ema_alpha must be in (0, 1], got {alpha}")
         if hold_windows < 1:
@@ -44,7 +54,9 @@ class Smoother:
         self.hold_windows = hold_windows
         self.margin = margin
         self.uncertainty = uncertainty or UncertaintyRule()
+        self.gate = gate
         self._ema: np.ndarray | None = None
+        self._gate_ema: float | None = None
         self.current: int | None = None
         self._challenger: int | None = None
         self._streak = 0
@@ -56,18 +68,24 @@ class Smoother:
     def restart_average(self) -> None:
         """Forget the average (after silence) but keep the confirmed genre and its hysteresis."""
         self._ema = None
+        self._gate_ema = None
         self._challenger = None
         self._streak = 0
 
-    def update(self, probabilities: np.ndarray) -> SmoothedResult:
+    def update(self, probabilities: np.ndarray, not_music: float | None = None) -> SmoothedResult:
+        """One window's probabilities (and its gate's P(not music), where the model has a gate)."""
         p = np.asarray(probabilities, dtype=np.float64).reshape(-1)
         if p.shape[0] != len(self.labels):
             raise ValueError(f"expected {len(self.labels)} probabilities, got {p.shape[0]}")
         self._ema = p.copy() if self._ema is None else self.alpha * p + (1.0 - self.alpha) * self._ema
+        if self.gate is not None and not_music is not None:
+            g = float(not_music)
+            self._gate_ema = g if self._gate_ema is None else self.alpha * g + (1.0 - self.alpha) * self._gate_ema
+        talk = self.gate is not None and self._gate_ema is not None and self.gate.is_not_music(self._gate_ema)
         previous = self.current
         leader = int(np.argmax(self._ema))
         uncertain = self.uncertainty.is_uncertain(self._ema)
-        if uncertain:
+        if uncertain or talk:
             self._challenger, self._streak = None, 0
         elif self.current is None:
             self.current = leader  # the first tag needs no confirmation: there is nothing to flip from
@@ -90,4 +108,6 @@ class Smoother:
             changed=changed,
             previous=None if previous is None else self.labels[previous],
             uncertain=uncertain,
+            not_music=None if self._gate_ema is None else round(self._gate_ema, 6),
+            talk=talk,
         )

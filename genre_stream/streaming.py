@@ -126,7 +126,7 @@ class StreamingModel:
         self.pack = Path(pack)
         self.engine = engine
         info = engine.info
-        self.calibration = info.calibration
+        self.info = info  # calibration and gate, applied by Prediction.of
         self.frames = info.frontend.window_frames
         self.n_mels = info.frontend.n_mels
         try:
@@ -291,13 +291,10 @@ class StreamingModel:
         return pooled.sum(axis=2, dtype=np.float64).T
 
     def prediction(self, embedding: np.ndarray) -> Prediction:
-        """The dense layer, softmax and the engine's calibration, as ``Engine.predict`` returns them."""
+        """The dense layer and softmax, then calibration and gate as ``Engine.predict`` applies them."""
         logits = embedding @ self.weight.T + self.bias
         e = np.exp(logits - logits.max())
-        probabilities = (e / e.sum()).astype(np.float32)[None]
-        if self.calibration is not None:
-            probabilities = self.calibration.apply(probabilities)
-        return Prediction(probabilities, embedding.astype(np.float32)[None])
+        return Prediction.of(self.info, (e / e.sum()).astype(np.float32)[None], embedding.astype(np.float32)[None])
 
 
 _MODELS: weakref.WeakKeyDictionary[Engine, StreamingModel | None] = weakref.WeakKeyDictionary()

@@ -54,6 +54,7 @@ def tag_track(source_id: str, path: Path, engine: Engine, hop_seconds: float = D
             "probabilities": {label: float(p) for label, p in zip(result.labels, result.probabilities)},
             "duration": round(result.duration, 3),
             "model": result.model,
+            **({} if result.not_music is None else {"not_music": round(result.not_music, 6)}),
         },
     )
     return event, result

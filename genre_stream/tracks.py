@@ -28,6 +28,8 @@ import numpy as np
 
 from .audio import iter_audio
 from .calibration import UncertaintyRule
+from .messages import GENRELESS_STATES
+from .musicgate import MusicGate
 from .engine import Engine
 from .sanitize import SILENCE_DBFS, dbfs
 from .frontend import MelFrontend, StreamingMel, loop_to_length, normalize_window
@@ -40,6 +42,7 @@ class WindowResult:
     start: float
     end: float
     probabilities: np.ndarray
+    not_music: float | None = None  # P(not music) where the model carries a gate
 
 
 @dataclass
@@ -52,18 +55,29 @@ class TrackResult:
     windows: list[WindowResult] = field(default_factory=list)
     precision: str = "fp32"  # of the export used (fp32 / int8 / fp16), so answers say which export gave them
     level_dbfs: float = 0.0  # RMS level of the whole track
+    gate: MusicGate | None = None  # the model's music gate, if it carries one
+
+    @property
+    def not_music(self) -> float | None:
+        """Mean P(not music) over the windows (None without a gate)."""
+        scores = [w.not_music for w in self.windows if w.not_music is not None]
+        return float(np.mean(scores)) if scores and self.gate is not None else None
 
     def state(self, uncertainty: UncertaintyRule, silence_dbfs: float = SILENCE_DBFS) -> str:
-        """"silence" below the silence level (the daemon's rule), else "uncertain" or "music" by the rule."""
+        """"silence" below the silence level (the daemon's rule), "not_music" by the model's gate, else
+        "uncertain" or "music" by the uncertainty rule."""
         if self.level_dbfs < silence_dbfs:
             return "silence"
+        score = self.not_music
+        if self.gate is not None and score is not None and self.gate.is_not_music(score):
+            return "not_music"
         return "uncertain" if uncertainty.is_uncertain(self.probabilities) else "music"
 
     def verdict(self, uncertainty: UncertaintyRule, silence_dbfs: float = SILENCE_DBFS) -> tuple[str, str | None]:
-        """(state, genre) as every payload reports a track: the genre is null for silence, as in the
-        daemon's states, and the best guess even when uncertain, so readers of "genre" alone see no change."""
+        """(state, genre) as every payload reports a track: the genre is null for silence and not_music, as in
+        the daemon's states, and the best guess even when uncertain, so readers of "genre" alone see no change."""
         state = self.state(uncertainty, silence_dbfs)
-        return state, None if state == "silence" else self.genre
+        return state, None if state in GENRELESS_STATES else self.genre
 
     @property
     def genre(self) -> str:
@@ -187,8 +201,9 @@ def analyse_blocks(
 
     def flush() -> None:
         pred = engine.predict(np.stack([w for _, _, w in batch]))
-        for (start, end, _), p in zip(batch, pred.probabilities):
-            results.append(WindowResult(start, end, p))
+        gate = pred.not_music if pred.not_music is not None else [None] * len(batch)
+        for (start, end, _), p, g in zip(batch, pred.probabilities, gate):
+            results.append(WindowResult(start, end, p, None if g is None else float(g)))
         embeddings.append(pred.embeddings)
         batch.clear()
 
@@ -204,7 +219,7 @@ def analyse_blocks(
     probs = np.mean([r.probabilities for r in results], axis=0)
     emb = np.concatenate(embeddings).mean(axis=0)
     return TrackResult(duration, probs, emb, list(engine.labels), engine.model_id, results, engine.precision,
-                       dbfs(energy / total) if total else -math.inf)
+                       dbfs(energy / total) if total else -math.inf, engine.info.gate)
 
 
 def analyse_audio(

@@ -68,18 +68,15 @@ def _metadata(path: Path) -> tuple[object, dict]:
 
 
 def _export_keeping_calibration(out: Path, *args: str) -> None:
-    """``genre-trainer export ... --out OUT`` then put OUT's previous calibration back into its metadata."""
-    import onnx
-
-    calibration = _metadata(out)[1].get("calibration") if out.is_file() else None
+    """``genre-trainer export ... --out OUT`` then put OUT's previous calibration and music gate back into its metadata."""
+    kept = {k: v for k, v in _metadata(out)[1].items() if k in ("calibration", "gate")} if out.is_file() else {}
     _run("export", *args, "--out", str(out))
-    if calibration is None:
+    if not kept:
         return
-    proto, data = _metadata(out)
-    data["calibration"] = calibration
-    next(p for p in proto.metadata_props if p.key == METADATA_KEY).value = json.dumps(data, sort_keys=True)
-    onnx.save(proto, str(out))
-    print(f"  kept the calibration of the previous {out.name} (T = {calibration['temperature']:.3f})", flush=True)
+    from trainer.export import update_metadata
+
+    update_metadata(out, lambda data: data.update(kept))
+    print(f"  kept the {' and '.join(kept)} of the previous {out.name} (refit the gate: scripts/fit_gate.py --write)", flush=True)
 
 
 def calibration_and_check_audio(audio: Path) -> tuple[list[Path], list[Path]]:

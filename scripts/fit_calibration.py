@@ -32,17 +32,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from genre_stream.calibration import DEFAULT_FLOOR, Calibration, UncertaintyRule  # noqa: E402
 from genre_stream.engine import Engine  # noqa: E402
-from genre_stream.fsutil import atomic_path  # noqa: E402
 from genre_stream.modelinfo import METADATA_KEY  # noqa: E402
 from genre_stream.tracks import analyse_file  # noqa: E402
 from trainer import temperature  # noqa: E402
+from trainer.export import update_metadata  # noqa: E402
 from trainer.metrics import expected_calibration_error  # noqa: E402
 
 log = logging.getLogger("fit_calibration")
@@ -102,13 +101,7 @@ def summary(tracks: list[np.ndarray], targets: np.ndarray, cal: Calibration) -> 
 
 def write_calibration(path: Path, cal: Calibration) -> None:
     """Replace the calibration inside the model's metadata JSON; nothing else in the file changes meaning."""
-    proto = onnx.load(str(path))
-    entry = next(p for p in proto.metadata_props if p.key == METADATA_KEY)
-    data = json.loads(entry.value)
-    data["calibration"] = cal.to_dict()
-    entry.value = json.dumps(data, sort_keys=True)
-    with atomic_path(path) as tmp:
-        onnx.save(proto, str(tmp))
+    update_metadata(path, lambda data: data.__setitem__("calibration", cal.to_dict()))
 
 
 def main() -> None:

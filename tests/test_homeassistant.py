@@ -197,7 +197,7 @@ def test_devices_entities_and_availability_per_source() -> None:
     assert {k for k in by_key if k.startswith("inbox_")} == {"inbox_audio", "inbox_last_track", "inbox_track_tagged", "inbox_errors"}
 
     genre = by_key["radio_genre"]
-    assert genre["options"] == [*LABELS, "silence", "uncertain"]
+    assert genre["options"] == [*LABELS, "uncertain", "not_music", "silence"]
     assert genre["availability"] == [{"topic": "genre-stream/status"}, {"topic": "genre-stream/radio/availability"}]
     assert genre["availability_mode"] == "all"
     assert genre["expire_after"] == 30 and by_key["radio_confidence"]["expire_after"] == 30

@@ -9,8 +9,11 @@ the ONNX metadata under ``genre_stream`` so a model file is self-describing.
 from __future__ import annotations
 
 import io
+import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -71,6 +74,17 @@ def set_metadata(proto: onnx.ModelProto, info: ModelInfo) -> None:
     entry.key = METADATA_KEY
     entry.value = info.to_json()
     proto.producer_name = "genre-trainer"
+
+
+def update_metadata(path: str | Path, update: Callable[[dict[str, Any]], None]) -> None:
+    """Edit an exported file's metadata JSON in place with ``update`` (e.g. a fitted calibration or music
+    gate); the graph and weights are untouched and the file is replaced atomically."""
+    proto = onnx.load(str(path))
+    entry = next(p for p in proto.metadata_props if p.key == METADATA_KEY)
+    data = json.loads(entry.value)
+    update(data)
+    entry.value = json.dumps(data, sort_keys=True)
+    save_atomic(proto, path)
 
 
 def save_atomic(proto: onnx.ModelProto, out: str | Path) -> Path:

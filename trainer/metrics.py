@@ -69,3 +69,14 @@ def expected_calibration_error(probabilities: np.ndarray, targets: np.ndarray, b
     if n == 0:
         return float("nan")
     return float(sum(b["count"] / n * abs(b["accuracy"] - b["confidence"]) for b in reliability_bins(probabilities, targets, bins)))
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % (z = 1.96) Wilson score interval of a proportion: honest at 0 or n successes and for small n,
+    where the normal approximation gives impossible bounds."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)

@@ -85,7 +85,7 @@ class Segment:
     source: str
     start: float  # unix time of the first state of the segment
     end: float  # unix time the next segment started, or of the last state
-    state: str  # "music" | "silence"
+    state: str  # messages.STATES: each non-music state is a segment of its own
     genre: str | None
     confidence: float  # mean confidence over the segment's states
     windows: int

@@ -38,14 +38,14 @@ from typing import Any
 from .. import __version__
 from ..config import DashboardConfig, HomeAssistantConfig
 from ..fsutil import atomic_path
+from ..messages import NON_GENRE_STATES
 from ..sources import TRACK_KINDS
 from .base import SourceInfo
 
 log = logging.getLogger(__name__)
 
-NON_GENRE_STATES: tuple[str, ...] = ("silence", "uncertain")
-"""States a source's genre sensor takes besides the model's labels: the state payload's ``state``
-whenever it is not ``music``. Home Assistant rejects enum states missing from ``options``."""
+# NON_GENRE_STATES (messages.py): states a source's genre sensor takes besides the model's labels, the
+# state payload's ``state`` whenever it is not ``music``. Home Assistant rejects enum states missing from ``options``.
 
 ONLINE, OFFLINE = "online", "offline"
 EXPIRE_HOPS = 4  # a state sensor goes unavailable after this many hops without a state...

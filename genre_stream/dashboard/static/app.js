@@ -134,9 +134,9 @@ function trackRow(item, ev) {
   } else if (ev.state === "uncertain") {
     li.className = "uncertain";
     verdict = "uncertain (" + ev.genre + "?) " + Math.round(ev.confidence * 100) + " %";
-  } else if (ev.state === "silence") {
-    li.className = "silence";
-    verdict = "silence";
+  } else if (ev.state === "silence" || ev.state === "not_music") {
+    li.className = ev.state;
+    verdict = ev.state === "silence" ? "silence" : "not music";
   } else {
     verdict = ev.genre + " " + Math.round(ev.confidence * 100) + " %";
   }
@@ -197,7 +197,7 @@ function tick(c) {
   const now = Date.now() / 1000;
   const item = c.item, state = c.lastState;
   const age = state ? now - Date.parse(state.timestamp) / 1000 : null;
-  const live = item?.status === "music" || item?.status === "uncertain" || item?.status === "silence";
+  const live = ["music", "uncertain", "not_music", "silence"].includes(item?.status);
   if (item && live) {
     setStatus(c, item.stale_after != null && age != null && age > item.stale_after ? "stale" : item.status);
   }
@@ -229,7 +229,7 @@ function showState(c, state) {
     genreEl.textContent = "uncertain (" + state.genre + "?)";  // the best guess, marked as such
     c.el.querySelector(".confidence").textContent = Math.round(state.confidence * 100) + " %";
   } else {
-    genreEl.textContent = state.state;
+    genreEl.textContent = state.state === "not_music" ? "not music" : state.state;  // speech, talk or noise
     c.el.querySelector(".confidence").textContent = "";
   }
   genreEl.dataset.genre = state.genre ?? "";
@@ -414,7 +414,7 @@ function connect() {
     const state = JSON.parse(e.data);
     const c = card(state.source);
     // A new state replaces a state-like status; offline and error change only with a "source" item.
-    const stateLike = !c.item || ["music", "uncertain", "silence", "waiting"].includes(c.item.status);
+    const stateLike = !c.item || ["music", "uncertain", "not_music", "silence", "waiting"].includes(c.item.status);
     if (stateLike && c.item) c.item.status = state.state;
     if (stateLike && !c.item) setStatus(c, state.state); // a source the page has no item for yet
     showState(c, state);
