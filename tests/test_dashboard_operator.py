@@ -203,6 +203,9 @@ def test_operator_page_in_a_real_browser(tmp_path):
         s.state.publish(state("tv", "pop", 0.9, now - 20))  # hop 1 s: long past STALE_HOPS hops
         for event in (tagged("inbox", "/music/new/a.flac", "jazz", 0.91),
                       tagged("inbox", "/music/new/b.mp3", "pop", 0.41, "uncertain"),
+                      GenreEvent("track_tagged", "inbox", {"path": "/music/new/talk.ogg", "genre": None, "state": "not_music",
+                                                           "confidence": 0.3, "probabilities": {"pop": 0.3}, "duration": 30.0,
+                                                           "not_music": 0.97}),
                       GenreEvent.error("inbox", "/music/new/cover.jpg: not an audio file (ffmpeg: Invalid data "
                                                 "found when processing input)", path="/music/new/cover.jpg")):
             s.state.publish(event)
@@ -263,9 +266,10 @@ def test_operator_page_in_a_real_browser(tmp_path):
         # The folder: its files listed, the uncertain one as such, the non-audio file skipped, fading,
         # and the folder itself not in an error state.
         rows = inbox.find_elements(By.CSS_SELECTOR, ".tracks .recent li")
-        assert [r.get_attribute("data-state") for r in rows] == ["failed", "uncertain", "music"]
+        assert [r.get_attribute("data-state") for r in rows] == ["failed", "not_music", "uncertain", "music"]
         assert [[text(r, c) for c in (".file", ".verdict")] for r in rows] == [
-            ["cover.jpg", "skipped: not an audio file"], ["b.mp3", "uncertain (pop?) 41 %"], ["a.flac", "jazz 91 %"]]
+            ["cover.jpg", "skipped: not an audio file"], ["talk.ogg", "not music"], ["b.mp3", "uncertain (pop?) 41 %"],
+            ["a.flac", "jazz 91 %"]]
         assert driver.execute_script("return getComputedStyle(arguments[0]).animationName", rows[0]) == "fade"
         assert inbox.get_attribute("data-status") == "watching"
         assert not inbox.find_element(By.CSS_SELECTOR, ".problem").is_displayed()
