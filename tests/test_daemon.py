@@ -336,7 +336,7 @@ def test_default_log_level_says_what_the_daemon_does_and_warns_once(demo: Path, 
     log = err.read_text()
     banner = [line for line in log.splitlines() if "genre-stream " in line and "sources " in line]
     assert len(banner) == 1, log
-    assert "demo (file), inbox (watch)" in banner[0] and "model bbnn-gtzan-augmented-fold0 on CPU" in banner[0]
+    assert "demo (file), inbox (watch)" in banner[0] and "model bbnn-gtzan-augmented-fold0 int8 on CPU [auto -> int8 (" in banner[0]
     assert f"outputs {tmp_path / 'out.jsonl'}, history {tmp_path / 'state' / 'history.sqlite'}" in banner[0]
     assert "INFO genre_stream.pipeline: demo: genre country (" in log  # the first genre, no "None ->"
     assert "demo: up (audio flowing)" in log and "demo: down" in log and "inbox: up (watching)" in log
