@@ -46,6 +46,7 @@ from genre_stream.engine import Engine  # noqa: E402
 from genre_stream.modelinfo import METADATA_KEY  # noqa: E402
 from genre_stream.models import bundled_model_path  # noqa: E402
 from genre_stream.tracks import analyse_file  # noqa: E402
+from trainer.metrics import agreement_figures  # noqa: E402
 
 GROUPS = {"gtzan": "1", "non_gtzan": "0"}
 
@@ -55,29 +56,6 @@ def window_probabilities(engine: Engine, labels_csv: Path, rows: list[dict[str, 
     if not calibrated:
         engine.info = replace(engine.info, calibration=None)
     return [np.stack([w.probabilities for w in analyse_file(labels_csv.parent / r["path"], engine).windows]) for r in rows]
-
-
-def compare(candidate: list[np.ndarray], reference: list[np.ndarray], targets: np.ndarray, names: list[str], labels: list[str]) -> dict[str, object]:
-    """The group's figures, plus each clip whose answer changed with fp32's lead over its second answer (near-ties flip first)."""
-    per_clip = np.array([np.abs(c - r).max() for c, r in zip(candidate, reference)])
-    cand = np.array([c.mean(axis=0).argmax() for c in candidate])
-    ref = np.array([r.mean(axis=0).argmax() for r in reference])
-    window_top1 = np.concatenate([c.argmax(1) == r.argmax(1) for c, r in zip(candidate, reference)])
-    return {
-        "clips": int(len(targets)),
-        "windows": int(window_top1.size),
-        "top1_agreement": round(float((cand == ref).mean()), 4),
-        "window_top1_agreement": round(float(window_top1.mean()), 4),
-        "mean_max_abs_dp": round(float(per_clip.mean()), 4),
-        "max_max_abs_dp": round(float(per_clip.max()), 4),
-        "accuracy_fp32": round(float((ref == targets).mean()), 4),
-        "accuracy": round(float((cand == targets).mean()), 4),
-        "changed_answers": [
-            {"clip": names[i], "fp32": labels[ref[i]], "candidate": labels[cand[i]],
-             "fp32_lead": round(float(np.diff(np.sort(reference[i].mean(axis=0))[-2:])[0]), 4)}
-            for i in np.flatnonzero(cand != ref)
-        ],
-    }
 
 
 def write_agreement(path: Path, agreement: dict[str, object]) -> None:
@@ -114,7 +92,7 @@ def main() -> None:
             for group, flag in GROUPS.items():
                 pick = [i for i, r in enumerate(rows) if r["is_gtzan"] == flag]
                 targets = np.array([index[rows[i]["label"]] for i in pick])
-                per_group[group] = compare([probs[i] for i in pick], [reference[cal][i] for i in pick], targets,
+                per_group[group] = agreement_figures([probs[i] for i in pick], [reference[cal][i] for i in pick], targets,
                                            [rows[i]["path"] for i in pick], fp32.labels)
                 if cal:  # what a user sees: music or uncertain, by the fp32 model's own rule for both
                     rule = UncertaintyRule.for_model(fp32.info.calibration)

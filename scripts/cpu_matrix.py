@@ -647,25 +647,9 @@ def run_target(target: Target, args: argparse.Namespace, windows: Path | None, m
 
 def group_figures(cand: list[Any], ref: list[Any], targets: Any, names: list[str], labels: list[str]) -> dict[str, Any]:
     """Track top-1 agreement and per-clip max |dp| of ``cand`` vs ``ref`` (lists of (windows, classes) per clip)."""
-    import numpy as np
+    from trainer.metrics import agreement_figures
 
-    per_clip = np.array([np.abs(c - r).max() for c, r in zip(cand, ref)])
-    a = np.array([c.mean(axis=0).argmax() for c in cand])
-    b = np.array([r.mean(axis=0).argmax() for r in ref])
-    win = np.concatenate([c.argmax(1) == r.argmax(1) for c, r in zip(cand, ref)])
-    return {
-        "clips": int(len(cand)),
-        "windows": int(win.size),
-        "top1_agreement": round(float((a == b).mean()), 4),
-        "window_top1_agreement": round(float(win.mean()), 4),
-        "mean_max_abs_dp": round(float(per_clip.mean()), 4),
-        "max_max_abs_dp": round(float(per_clip.max()), 4),
-        "accuracy_fp32": round(float((b == targets).mean()), 4),
-        "accuracy": round(float((a == targets).mean()), 4),
-        "changed_answers": [{"clip": names[i], "fp32": labels[b[i]], "candidate": labels[a[i]],
-                             "fp32_lead": round(float(np.diff(np.sort(ref[i].mean(axis=0))[-2:])[0]), 4)}
-                            for i in np.flatnonzero(a != b)],
-    }
+    return agreement_figures(cand, ref, targets, names, labels)
 
 
 def analyse(results: dict[str, dict[str, Any]], windows_npz: Path, rows: list[dict[str, str]], picked: list[int],

@@ -80,3 +80,30 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def agreement_figures(candidate: list[np.ndarray], reference: list[np.ndarray], targets: np.ndarray, names: list[str],
+                      labels: list[str]) -> dict[str, object]:
+    """How a candidate export's answers compare with the reference's on the same clips (each a (windows, classes)
+    array): track top-1 agreement (answer = mean over windows), per-clip max |dp|, accuracy of both, and each clip
+    whose answer changed with the reference's lead over its second answer (near-ties flip first). The one
+    definition for benchmarks/int8_agreement.py and scripts/cpu_matrix.py."""
+    per_clip = np.array([np.abs(c - r).max() for c, r in zip(candidate, reference)])
+    cand = np.array([c.mean(axis=0).argmax() for c in candidate])
+    ref = np.array([r.mean(axis=0).argmax() for r in reference])
+    window_top1 = np.concatenate([c.argmax(1) == r.argmax(1) for c, r in zip(candidate, reference)])
+    return {
+        "clips": int(len(targets)),
+        "windows": int(window_top1.size),
+        "top1_agreement": round(float((cand == ref).mean()), 4),
+        "window_top1_agreement": round(float(window_top1.mean()), 4),
+        "mean_max_abs_dp": round(float(per_clip.mean()), 4),
+        "max_max_abs_dp": round(float(per_clip.max()), 4),
+        "accuracy_fp32": round(float((ref == targets).mean()), 4),
+        "accuracy": round(float((cand == targets).mean()), 4),
+        "changed_answers": [
+            {"clip": names[i], "fp32": labels[ref[i]], "candidate": labels[cand[i]],
+             "fp32_lead": round(float(np.diff(np.sort(reference[i].mean(axis=0))[-2:])[0]), 4)}
+            for i in np.flatnonzero(cand != ref)
+        ],
+    }
