@@ -43,7 +43,6 @@ from genre_dev import DEFAULT_LABELS, read_labels  # noqa: E402
 from genre_stream.autoselect import AGREEMENT_BAR  # noqa: E402
 from genre_stream.calibration import UncertaintyRule  # noqa: E402
 from genre_stream.engine import Engine  # noqa: E402
-from genre_stream.modelinfo import METADATA_KEY  # noqa: E402
 from genre_stream.models import bundled_model_path  # noqa: E402
 from genre_stream.tracks import analyse_file  # noqa: E402
 from trainer.metrics import agreement_figures  # noqa: E402

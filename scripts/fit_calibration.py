@@ -38,7 +38,6 @@ sys.path.insert(0, str(REPO))
 
 from genre_stream.calibration import DEFAULT_FLOOR, Calibration, UncertaintyRule  # noqa: E402
 from genre_stream.engine import Engine  # noqa: E402
-from genre_stream.modelinfo import METADATA_KEY  # noqa: E402
 from genre_stream.tracks import analyse_file  # noqa: E402
 from trainer import temperature  # noqa: E402
 from trainer.export import update_metadata  # noqa: E402
