@@ -38,7 +38,6 @@ State = Literal["music", "uncertain", "not_music", "silence"]
 STATES: tuple[str, ...] = ("music", "uncertain", "not_music", "silence")
 NON_GENRE_STATES: tuple[str, ...] = STATES[1:]  # what a genre sensor shows besides the model's labels
 GENRELESS_STATES: tuple[str, ...] = ("not_music", "silence")  # states whose genre is null
-CHANGE_STATES: tuple[str, ...] = ("music",)  # a genre change is announced only from these
 
 
 @dataclass

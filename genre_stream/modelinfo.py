@@ -40,8 +40,6 @@ class ModelInfo:
         for key in ("calibration", "gate"):
             if getattr(self, key) is None:
                 del data[key]  # old readers and files stay byte-identical
-        if self.gate is not None:
-            data["gate"] = self.gate.to_dict()
         return json.dumps(data, sort_keys=True)
 
     @classmethod

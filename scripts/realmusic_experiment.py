@@ -252,6 +252,20 @@ def choose_ref_db(meta, frames) -> float:
     return float(np.round(np.median(mx)))
 
 
+def open_run(tag: str):
+    """A run's folder under ``.data/realmusic/runs`` and a ``log`` that prints and appends to its log.txt."""
+    run = OUT / "runs" / tag
+    run.mkdir(parents=True, exist_ok=True)
+    logf = open(run / "log.txt", "a")
+
+    def log(s: str) -> None:
+        print(s, flush=True)
+        logf.write(s + "\n")
+        logf.flush()
+
+    return run, log
+
+
 def cmd_cv(args) -> None:
     import torch
     from trainer.checkpoint import load_checkpoint
@@ -259,14 +273,7 @@ def cmd_cv(args) -> None:
     torch.set_num_threads(2)
     meta, frames, yam = load_all()
     ref_db = args.ref_db if args.ref_db is not None else choose_ref_db(meta, frames)
-    run = OUT / "runs" / args.tag
-    run.mkdir(parents=True, exist_ok=True)
-    logf = open(run / "log.txt", "a")
-
-    def log(s):
-        print(s, flush=True)
-        logf.write(s + "\n"); logf.flush()
-
+    run, log = open_run(args.tag)
     log(f"== {args.tag} {time.strftime('%H:%M:%S')} ref_db={ref_db} args={vars(args)}")
     targets = [soft_target(m, yam, args) for m in meta]
     folds = make_folds(meta, args.k, args.fold_seed)
@@ -528,14 +535,7 @@ def cmd_cvfeat(args) -> None:
     wins_of: dict[int, list[int]] = {}
     for j, (i, w) in enumerate(fm["windows"]):
         wins_of.setdefault(i, []).append(j)
-    run = OUT / "runs" / args.tag
-    run.mkdir(parents=True, exist_ok=True)
-    logf = open(run / "log.txt", "a")
-
-    def log(s):
-        print(s, flush=True)
-        logf.write(s + "\n"); logf.flush()
-
+    run, log = open_run(args.tag)
     log(f"== {args.tag} {time.strftime('%H:%M:%S')} ref_db={fm['ref_db']} args={vars(args)}")
     targets = [soft_target(m, yam, args) for m in meta]
     folds = make_folds(meta, args.k, args.fold_seed)
