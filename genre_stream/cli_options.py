@@ -30,7 +30,7 @@ def model_options(f: Callable[..., Any]) -> Callable[..., Any]:
         "model_path",
         type=click.Path(dir_okay=False, path_type=Path),
         default=None,
-        help="An ONNX model exported by `genre-trainer export`, or `fp32` / `int8` for the bundled GTZAN exports (default: auto, int8 where it is measured faster here and meets its accuracy bar, else fp32).",
+        help="An ONNX model exported by `genre-trainer export`, or `fp32` / `int8` for the bundled GTZAN exports (default: auto, the bundled int8 on a CPU when its weights are 7-bit and it meets its accuracy bar, else fp32; a fixed rule, see docs/QUANTIZATION.md).",
     )(f)
 
 
