@@ -21,12 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
-from genre_stream.audio import load_audio
-from genre_stream.resample import StreamResampler, resample
-from genre_stream.engine import Engine
-from genre_stream.pipeline import PipelineConfig, SourcePipeline
+from genre_stream.audio.decode import load_audio
+from genre_stream.audio.resample import StreamResampler, resample
+from genre_stream.model.engine import Engine
+from genre_stream.model.choice import open_engine
+from genre_stream.live.pipeline import PipelineConfig, SourcePipeline
 from genre_stream.sources.base import AudioChunk
-from genre_stream.tracks import analyse_audio
+from genre_stream.tracks.analysis import analyse_audio
 from machine import machine_info, process_rss_mb  # noqa: E402
 
 SR = 22050
@@ -112,7 +113,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="onnxruntime threads (1: CPU share of one core)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/sources_pipeline.json"))
     args = ap.parse_args()
-    engine = Engine(threads=args.threads, device="cpu")
+    engine = open_engine(threads=args.threads, device="cpu")
     audio = music(args.minutes)
     engine.predict(np.zeros((1, 647, 128), np.float32))  # warm-up outside the measurements
     live = bench_pipeline(audio, engine, args.hop)

@@ -32,8 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from peak_rss import run_measured  # noqa: E402
 
-from genre_stream.engine import Engine  # noqa: E402
-from genre_stream.tracks import analyse_file  # noqa: E402
+from genre_stream.model.engine import Engine  # noqa: E402
+from genre_stream.model.choice import open_engine
+from genre_stream.tracks.analysis import analyse_file  # noqa: E402
 from machine import machine_info  # noqa: E402
 
 
@@ -94,7 +95,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "long.wav"
         seconds = make_long_file(path, args.minutes)
-        engine = Engine()
+        engine = open_engine()
 
         analyse_file(path, engine)  # warm-up: page cache, ORT arena
         t0 = time.perf_counter()

@@ -48,7 +48,7 @@ def music_clip() -> np.ndarray:
     """Real music when the workspace's shared clips are there, else the bundled demo."""
     shared = REPO.parent / "shared" / "audio" / "gtzan-country.00000.wav"
     path = shared if shared.is_file() else REPO / "examples" / "demo.wav"
-    from genre_stream.audio import load_audio
+    from genre_stream.audio.decode import load_audio
 
     return load_audio(path, SR)
 
@@ -128,7 +128,7 @@ class ProbeSink:
     def start(self) -> None: ...
 
     def publish(self, message) -> None:
-        from genre_stream.messages import GenreState
+        from genre_stream.sinks.messages import GenreState
 
         if isinstance(message, GenreState):
             key = (message.source, round(message.window_end, 3))
@@ -146,9 +146,9 @@ class ProbeSink:
 
 def latency_run(clip: Path, broker: Broker, state: Path, seconds: float, hop: float) -> dict:
     from genre_stream.config import load_config
-    from genre_stream.daemon import Daemon
+    from genre_stream.app.daemon import Daemon
     from genre_stream.sources import source_from_config
-    from genre_stream.engine import Engine
+    from genre_stream.model.choice import open_engine
     from genre_stream.sinks import Fanout
     from genre_stream.sinks.mqtt import MqttSink
     from genre_stream.sources import Source
@@ -179,7 +179,7 @@ def latency_run(clip: Path, broker: Broker, state: Path, seconds: float, hop: fl
     probe = ProbeSink(current)
     # The probe goes first: it marks the moment the daemon hands a state to its sinks.
     sinks = Fanout([probe, MqttSink(config.mqtt, config.homeassistant, config.state_dir)])
-    daemon = Daemon(config, engine=Engine(threads=1), sinks=sinks, source_factory=lambda spec, cfg: Timed(source_from_config(spec, cfg)))
+    daemon = Daemon(config, engine=open_engine(threads=1), sinks=sinks, source_factory=lambda spec, cfg: Timed(source_from_config(spec, cfg)))
     timer = threading.Timer(seconds, daemon.request_stop)
     timer.start()
     daemon.run()

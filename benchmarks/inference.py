@@ -5,7 +5,7 @@ previous version of this benchmark kept seven two-thread sessions in one
 process, so the worker threads one session left behind were still busy when the
 next session ran, and the measured fp32/int8 gap shrank (issue 15). Here every
 measurement is a fresh interpreter holding exactly ONE onnxruntime session built
-with the product's own settings (``genre_stream.engine.session_options``); it
+with the product's own settings (``genre_stream.model.session.session_options``); it
 warms up, times ``--calls`` calls of one 30 s window and reports their median.
 The parent interleaves the variants round by round (fp32, int8, fp32, int8, ...)
 at each thread count, so load drifts hit every variant alike, and reports the
@@ -37,7 +37,7 @@ _CHILD = """
 import json, sys, time
 import numpy as np
 import onnxruntime as ort
-from genre_stream.engine import session_options
+from genre_stream.model.session import session_options
 path, threads, calls = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 sess = ort.InferenceSession(path, sess_options=session_options(threads), providers=["CPUExecutionProvider"])
 inp = sess.get_inputs()[0]
@@ -66,7 +66,7 @@ def main() -> None:
     sys.path.insert(0, str(REPO))
     import onnxruntime as ort
 
-    from genre_stream.models import bundled_model_path
+    from genre_stream.model.bundled import bundled_model_path
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; each round runs every variant once per thread count")
@@ -98,7 +98,7 @@ def main() -> None:
             for name, v in per.items()
         }
     result = {
-        "method": "one ORT session per child process (genre_stream.engine.session_options), variants interleaved round by "
+        "method": "one ORT session per child process (genre_stream.model.session.session_options), variants interleaved round by "
                   "round; per child: 3 warm-up calls then the median of --calls calls; reported: median over rounds",
         "machine": machine_info(onnxruntime=ort.__version__),
         "window": "1 x 647 frames x 128 mels (30 s), batch 1",

@@ -17,7 +17,7 @@ the figures that matter) it reports, for each candidate against fp32:
 
 ``--write`` stores the raw figures of the bundled int8 export in its metadata
 (``provenance.agreement``; graph, weights and calibration untouched): ``--model
-auto`` picks int8 only where that record meets ``autoselect.AGREEMENT_BAR``.
+auto`` picks int8 only where that record meets ``genre_stream.model.agreement.AGREEMENT_BAR``.
 Rebuilding the bundled models drops it: run this again afterwards.
 
 The clips are the measurement set: never calibrate a shipped model on them.
@@ -40,11 +40,12 @@ sys.path.insert(0, str(REPO))
 
 from genre_dev import DEFAULT_LABELS, read_labels  # noqa: E402
 
-from genre_stream.autoselect import AGREEMENT_BAR  # noqa: E402
-from genre_stream.calibration import UncertaintyRule  # noqa: E402
-from genre_stream.engine import Engine  # noqa: E402
-from genre_stream.models import bundled_model_path  # noqa: E402
-from genre_stream.tracks import analyse_file  # noqa: E402
+from genre_stream.model.agreement import AGREEMENT_BAR  # noqa: E402
+from genre_stream.model.calibration import UncertaintyRule  # noqa: E402
+from genre_stream.model.engine import Engine  # noqa: E402
+from genre_stream.model.choice import open_engine
+from genre_stream.model.bundled import bundled_model_path  # noqa: E402
+from genre_stream.tracks.analysis import analyse_file  # noqa: E402
 from trainer.metrics import agreement_figures  # noqa: E402
 
 GROUPS = {"gtzan": "1", "non_gtzan": "0"}
@@ -79,14 +80,14 @@ def main() -> None:
         candidates[name] = Path(path)
 
     started = time.perf_counter()
-    fp32 = Engine("fp32", device="cpu", threads=1)
+    fp32 = open_engine("fp32", device="cpu", threads=1)
     index = {label: i for i, label in enumerate(fp32.labels)}
     result: dict[str, object] = {"bar": asdict(AGREEMENT_BAR), "labels_csv": args.labels_csv.name, "reference": fp32.path.name, "candidates": {}}
-    reference = {cal: window_probabilities(Engine("fp32", device="cpu", threads=1), args.labels_csv, rows, cal) for cal in (False, True)}
+    reference = {cal: window_probabilities(open_engine("fp32", device="cpu", threads=1), args.labels_csv, rows, cal) for cal in (False, True)}
     for name, path in candidates.items():
         out: dict[str, object] = {"file": path.name}
         for cal in (False, True):
-            probs = window_probabilities(Engine(path, device="cpu", threads=1), args.labels_csv, rows, cal)
+            probs = window_probabilities(open_engine(path, device="cpu", threads=1), args.labels_csv, rows, cal)
             per_group = {}
             for group, flag in GROUPS.items():
                 pick = [i for i, r in enumerate(rows) if r["is_gtzan"] == flag]
@@ -98,7 +99,7 @@ def main() -> None:
                     states = [[rule.is_uncertain(p[i].mean(axis=0)) for i in pick] for p in (probs, reference[cal])]
                     per_group[group]["state_agreement"] = round(float(np.mean(np.equal(*states))), 4)
             out["calibrated" if cal else "raw"] = per_group
-        shortfalls = AGREEMENT_BAR.shortfalls(out["raw"])  # type: ignore[arg-type]
+        shortfalls = AGREEMENT_BAR.clip_shortfalls(out["raw"])  # type: ignore[arg-type]
         out["meets_bar"], out["shortfalls"] = not shortfalls, shortfalls
         result["candidates"][name] = out  # type: ignore[index]
     if args.write:

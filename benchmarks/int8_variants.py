@@ -36,12 +36,13 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from genre_stream.audio import load_audio  # noqa: E402
-from genre_stream.engine import session_options  # noqa: E402
-from genre_stream.frontend import MelFrontend  # noqa: E402
-from genre_stream.modelinfo import ModelInfo  # noqa: E402
-from genre_stream.models import bundled_model_path  # noqa: E402
-from genre_stream.tracks import DEFAULT_HOP_SECONDS, iter_windows  # noqa: E402
+from genre_stream.audio.decode import load_audio  # noqa: E402
+from genre_stream.model.session import session_options  # noqa: E402
+from genre_stream.audio.frontend import MelFrontend  # noqa: E402
+from genre_stream.model.info import ModelInfo  # noqa: E402
+from genre_stream.model.bundled import bundled_model_path  # noqa: E402
+from genre_stream.tracks import TRACK_HOP_SECONDS  # noqa: E402
+from genre_stream.tracks.analysis import iter_windows  # noqa: E402
 from scripts.build_default_models import calibration_and_check_audio  # noqa: E402
 from trainer.calibration import audio_windows, synthetic_sets  # noqa: E402
 from trainer.keras_import import load_keras_bbnn  # noqa: E402
@@ -71,7 +72,7 @@ def dev_windows(frontend: MelFrontend) -> tuple[np.ndarray, np.ndarray, np.ndarr
     windows, clip = [], []
     for i, r in enumerate(rows):
         audio = load_audio(LABELS.parent / r["path"], frontend.config.sample_rate)
-        for _, _, w in iter_windows([audio], frontend, DEFAULT_HOP_SECONDS):
+        for _, _, w in iter_windows([audio], frontend, TRACK_HOP_SECONDS):
             windows.append(w)
             clip.append(i)
     return np.stack(windows), np.array(clip), np.array([r["is_gtzan"] for r in rows])

@@ -36,12 +36,13 @@ import soundfile as sf
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from genre_stream.resample import resample  # noqa: E402
-from genre_stream.engine import Engine  # noqa: E402
+from genre_stream.audio.resample import resample  # noqa: E402
+from genre_stream.model.engine import Engine  # noqa: E402
+from genre_stream.model.choice import open_engine
 from genre_stream.library.db import FileStamp, LibraryDB  # noqa: E402
 from genre_stream.library.features import track_features  # noqa: E402
 from genre_stream.library.similar import SimilarityIndex  # noqa: E402
-from genre_stream.tracks import TrackResult  # noqa: E402
+from genre_stream.tracks.analysis import TrackResult  # noqa: E402
 from machine import machine_info  # noqa: E402
 
 CD_RATE = 44100
@@ -131,7 +132,7 @@ def naive_nearest(embeddings: np.ndarray, probabilities: np.ndarray, query: int,
 
 
 def bench_similar(count: int, queries: int) -> dict:
-    labels = Engine().labels
+    labels = open_engine().labels
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "big.sqlite"

@@ -29,7 +29,7 @@ def _report_and_exit(code):  # the pre-lean daemon left through os._exit, skippi
     _exit(code)
 os._exit = _report_and_exit
 sys.argv = ["genre-stream", *{args!r}]
-from genre_stream.cli import main
+from genre_stream.cli.main import main
 main()
 """
 

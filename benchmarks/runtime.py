@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from peak_rss import run_measured  # noqa: E402
 
-from genre_stream.resample import resample  # noqa: E402
+from genre_stream.audio.resample import resample  # noqa: E402
 from machine import machine_info  # noqa: E402
 
 DEFAULT_BASELINE = "4728b0c"  # main before the runtime dropped torch

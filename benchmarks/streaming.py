@@ -35,9 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine_info  # noqa: E402
 from peak_rss import run_measured  # noqa: E402
 
-from genre_stream.engine import Engine  # noqa: E402
-from genre_stream.frontend import MelFrontend, normalize_window  # noqa: E402
-from genre_stream.pipeline import PipelineConfig, SourcePipeline  # noqa: E402
+from genre_stream.model.engine import Engine  # noqa: E402
+from genre_stream.model.choice import open_engine
+from genre_stream.audio.frontend import MelFrontend, normalize_window  # noqa: E402
+from genre_stream.live.pipeline import PipelineConfig, SourcePipeline  # noqa: E402
 from genre_stream.sources.base import AudioChunk  # noqa: E402
 
 SR = 22050
@@ -132,7 +133,7 @@ def main() -> None:
     ap.add_argument("--clips", type=int, default=20, help="genre-dev clips (30 s each) for the CPU runs")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/streaming.json"))
     args = ap.parse_args()
-    engines = {p: Engine(p, threads=1, device="cpu") for p in ("fp32", "int8")}
+    engines = {p: open_engine(p, threads=1, device="cpu") for p in ("fp32", "int8")}
     for e in engines.values():
         e.predict(np.zeros((1, 647, 128), np.float32))  # warm-up outside the measurements
     audio, source = music(args.clips)

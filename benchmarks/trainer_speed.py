@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from genre_stream.frontend import FrontendConfig, MelFrontend, normalize_window
-from genre_stream.fsutil import atomic_path
+from genre_stream.audio.frontend import FrontendConfig, MelFrontend, normalize_window
+from genre_stream.common.fsutil import atomic_path
 from trainer.model import BBNN
 from trainer.augment import SpecAugmentConfig, spec_augment
 from trainer.data import Cache, PrepareConfig, decode_clip, prepare

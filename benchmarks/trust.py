@@ -68,11 +68,12 @@ sys.path.insert(0, str(REPO))
 
 from genre_dev import DEFAULT_LABELS, read_labels  # noqa: E402
 
-from genre_stream.audio import load_audio  # noqa: E402
-from genre_stream.calibration import Calibration, UncertaintyRule  # noqa: E402
-from genre_stream.engine import Engine  # noqa: E402
-from genre_stream.frontend import MelFrontend, loop_to_length, normalize_window  # noqa: E402
-from genre_stream.tracks import analyse_file  # noqa: E402
+from genre_stream.audio.decode import load_audio  # noqa: E402
+from genre_stream.model.calibration import Calibration, UncertaintyRule  # noqa: E402
+from genre_stream.model.engine import Engine  # noqa: E402
+from genre_stream.model.choice import open_engine
+from genre_stream.audio.frontend import MelFrontend, loop_to_length, normalize_window  # noqa: E402
+from genre_stream.tracks.analysis import analyse_file  # noqa: E402
 from trainer import temperature  # noqa: E402
 from trainer.metrics import cross_entropy, expected_calibration_error, reliability_bins  # noqa: E402
 
@@ -479,7 +480,7 @@ def main() -> None:
                               "non_gtzan_clips": sum(r["is_gtzan"] == "0" for r in rows), "gtzan_clips": sum(r["is_gtzan"] == "1" for r in rows),
                               "crops": f"{CROPS} crops of {CROP_SECONDS:g} s every {CROP_HOP_SECONDS:g} s of the first 30 s window"}
     for spec in args.model or ["fp32", "int8"]:
-        engine = Engine(spec, device="cpu", threads=1)
+        engine = open_engine(spec, device="cpu", threads=1)
         if args.cache:
             args.cache.mkdir(parents=True, exist_ok=True)
         clips = read_clips(engine, args.labels_csv, rows, args.cache / f"{engine.path.stem}.npz" if args.cache else None)

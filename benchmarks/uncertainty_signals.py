@@ -46,9 +46,10 @@ from genre_dev import DEFAULT_LABELS, read_labels  # noqa: E402
 from machine import machine_info  # noqa: E402
 from trust import softmax  # noqa: E402
 
-from genre_stream.audio import load_audio  # noqa: E402
-from genre_stream.engine import Engine  # noqa: E402
-from genre_stream.frontend import MelFrontend, loop_to_length  # noqa: E402
+from genre_stream.audio.decode import load_audio  # noqa: E402
+from genre_stream.model.engine import Engine  # noqa: E402
+from genre_stream.model.choice import open_engine
+from genre_stream.audio.frontend import MelFrontend, loop_to_length  # noqa: E402
 from trainer.keras_import import load_keras_bbnn  # noqa: E402
 
 BUNDLED = "bbnn-gtzan-augmented-fold0"
@@ -107,7 +108,7 @@ def main() -> None:
     target = np.array([labels.index(r["label"]) for r in rows])
     gtzan = np.array([r["is_gtzan"] == "1" for r in rows])
     real = ~gtzan
-    engine = Engine("fp32", device="cpu", threads=1)  # the bundled model as classify runs it, calibration included
+    engine = open_engine("fp32", device="cpu", threads=1)  # the bundled model as classify runs it, calibration included
     if engine.labels != labels:
         sys.exit(f"the bundled model's labels {engine.labels} are not the checkpoints' {labels}")
     shipped = engine.predict(batch.numpy())

@@ -1,4 +1,4 @@
-"""Rebuild the bundled models in genre_stream/models/ from the seed checkpoint, reproducibly.
+"""Rebuild the bundled models in genre_stream/model/bundled/ from the seed checkpoint, reproducibly.
 
     PYTHONPATH=. python scripts/build_default_models.py [--seed-dir ../shared/seed/checkpoints]
         [--audio ../shared/audio] [--only fp32|int8]
@@ -6,9 +6,9 @@
 It runs exactly the commands a user would:
 
 1. ``genre-trainer import-keras bbnn-gtzan-augmented-fold0.hdf5 --out <tmp>/fold0.pt``
-2. ``genre-trainer export <tmp>/fold0.pt --out genre_stream/models/bbnn-gtzan-augmented-fold0.fp32.onnx``
+2. ``genre-trainer export <tmp>/fold0.pt --out genre_stream/model/bundled/bbnn-gtzan-augmented-fold0.fp32.onnx``
    (which also writes the streaming pack beside it, ``...fp32.stream.zip``)
-3. ``genre-trainer export <tmp>/fold0.pt --out genre_stream/models/bbnn-gtzan-augmented-fold0.int8.onnx
+3. ``genre-trainer export <tmp>/fold0.pt --out genre_stream/model/bundled/bbnn-gtzan-augmented-fold0.int8.onnx
    --quantize int8 --calibration-audio <clip> ... --test-audio <other clips> --force``
    (which also cuts its streaming pack out of it, ``...int8.stream.zip``)
 
@@ -48,8 +48,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from genre_stream.modelinfo import METADATA_KEY  # noqa: E402
-MODELS = REPO / "genre_stream" / "models"
+from genre_stream.model.info import METADATA_KEY  # noqa: E402
+MODELS = REPO / "genre_stream" / "model" / "bundled"
 CHECKPOINT = "bbnn-gtzan-augmented-fold0"
 
 

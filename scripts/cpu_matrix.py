@@ -23,7 +23,7 @@ The driver (default mode) cuts the model-input windows of genre-dev's clips ONCE
 with the runtime's code path (``tracks.iter_windows`` over ``audio.iter_audio``, which is
 what ``tracks.analyse_file`` feeds the engine; checked against ``analyse_file`` on one
 clip), saves them to ``.cpu-matrix/``, then runs this file's ``worker`` mode under each
-target CPU. The worker imports only numpy, onnxruntime and ``genre_stream.engine`` (the
+target CPU. The worker imports only numpy, onnxruntime and ``genre_stream.model.engine`` (the
 arm64 side has nothing else) and returns the raw softmax (``Engine.predict(...,
 calibrated=False)``, the product's session options). Calibration is applied here, on the
 host, exactly as the Engine does (``info.calibration.apply`` per window, then the mean).
@@ -43,7 +43,7 @@ wheels in the git-ignored ``.cpu-matrix/``). Then, from the repository root::
     .venv/bin/python scripts/cpu_matrix.py --probe-only
     .venv/bin/python scripts/cpu_matrix.py --clips 24 --out .cpu-matrix/cpu_matrix.24.json
     .venv/bin/python scripts/cpu_matrix.py                     # all clips -> benchmarks/results/cpu_matrix.json
-    .venv/bin/python scripts/cpu_matrix.py --models fp32=genre_stream/models/...fp32.onnx int8=... cand=/tmp/x.int8.onnx
+    .venv/bin/python scripts/cpu_matrix.py --models fp32=genre_stream/model/bundled/...fp32.onnx int8=... cand=/tmp/x.int8.onnx
 
 Other modes (used by the driver and the setup script, not by hand):
 ``cpu_matrix.py worker ...`` runs under a target CPU; ``cpu_matrix.py cpuinfo --out F``
@@ -382,7 +382,8 @@ def run_probe(threads: int) -> dict[str, Any]:
     import numpy as np
     import onnxruntime as ort
 
-    from genre_stream.engine import session_options
+    from genre_stream.model.session import session_options
+    from genre_stream.model.choice import open_engine
 
     results: dict[str, Any] = {}
     for b in (127, 64):
@@ -415,7 +416,7 @@ def run_probe(threads: int) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------
-# Worker: runs under the target CPU; numpy + onnxruntime + genre_stream.engine only
+# Worker: runs under the target CPU; numpy + onnxruntime + genre_stream.model.engine only
 # --------------------------------------------------------------------------------------------
 
 
@@ -457,12 +458,12 @@ def worker_main(argv: list[str]) -> int:
     arrays: dict[str, Any] = {}
     info["models"] = {}
     if not args.probe_only:
-        from genre_stream.engine import Engine
+        from genre_stream.model.engine import Engine
 
         windows = np.load(args.windows)["windows"]
         for spec in args.models:
             name, _, path = spec.partition("=")
-            engine = Engine(path, device="cpu", threads=args.threads)
+            engine = open_engine(path, device="cpu", threads=args.threads)
             t0 = time.perf_counter()
             probs = []
             for i in range(0, len(windows), args.chunk):
@@ -559,28 +560,29 @@ def cut_windows(labels_csv: Path, rows: list[dict[str, str]], picked: list[int],
     """The normalised windows the engine gets for each picked clip, computed once (cached in .cpu-matrix/)."""
     import numpy as np
 
-    from genre_stream.audio import iter_audio
-    from genre_stream.engine import Engine
-    from genre_stream.frontend import MelFrontend
-    from genre_stream.tracks import DEFAULT_HOP_SECONDS, analyse_file, iter_windows
+    from genre_stream.audio.decode import iter_audio
+    from genre_stream.model.engine import Engine
+    from genre_stream.audio.frontend import MelFrontend
+    from genre_stream.tracks import TRACK_HOP_SECONDS
+    from genre_stream.tracks.analysis import analyse_file, iter_windows
 
-    engines = {name: Engine(path, device="cpu", threads=2) for name, path in models.items()}
+    engines = {name: open_engine(path, device="cpu", threads=2) for name, path in models.items()}
     frontends = {name: e.info.frontend.to_dict() for name, e in engines.items()}
     if len({json.dumps(f, sort_keys=True) for f in frontends.values()}) != 1:
         sys.exit(f"the models' frontends differ, so their windows would too: {frontends}")
     config = engines[REFERENCE].info.frontend
     paths = [labels_csv.parent / rows[i]["path"] for i in picked]
     key = json.dumps({"clips": [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths], "frontend": config.to_dict(),
-                      "hop": DEFAULT_HOP_SECONDS, "code": [_sha256(REPO / "genre_stream" / f) for f in ("tracks.py", "frontend.py", "audio.py", "resample.py")]},
+                      "hop": TRACK_HOP_SECONDS, "code": [_sha256(REPO / "genre_stream" / f) for f in ("tracks/analysis.py", "audio/frontend.py", "audio/decode.py", "audio/resample.py")]},
                      sort_keys=True)
     cache = WORK / f"windows-{hashlib.sha256(key.encode()).hexdigest()[:12]}.npz"
-    meta: dict[str, Any] = {"file": str(cache.relative_to(REPO)), "hop_seconds": DEFAULT_HOP_SECONDS, "frontend": config.to_dict()}
+    meta: dict[str, Any] = {"file": str(cache.relative_to(REPO)), "hop_seconds": TRACK_HOP_SECONDS, "frontend": config.to_dict()}
     if not cache.exists():
         t0 = time.perf_counter()
         frontend = MelFrontend(config)
         windows, clip_of = [], []
         for k, path in enumerate(paths):
-            for _, _, w in iter_windows(iter_audio(path, config.sample_rate), frontend, DEFAULT_HOP_SECONDS):
+            for _, _, w in iter_windows(iter_audio(path, config.sample_rate), frontend, TRACK_HOP_SECONDS):
                 windows.append(w.astype(np.float32))
                 clip_of.append(k)
         WORK.mkdir(parents=True, exist_ok=True)
@@ -657,11 +659,11 @@ def analyse(results: dict[str, dict[str, Any]], windows_npz: Path, rows: list[di
     """Add per-target agreement (each model vs the same target's fp32) and cross-target comparisons vs native."""
     import numpy as np
 
-    from genre_stream.engine import Engine
+    from genre_stream.model.engine import Engine
 
     data = np.load(windows_npz)
     clip_of = data["clip"]
-    engines = {name: Engine(path, device="cpu", threads=1) for name, path in models.items()}
+    engines = {name: open_engine(path, device="cpu", threads=1) for name, path in models.items()}
     labels = engines[REFERENCE].labels
     index = {label: i for i, label in enumerate(labels)}
     names = [rows[i]["path"] for i in picked]
@@ -697,9 +699,9 @@ def analyse(results: dict[str, dict[str, Any]], windows_npz: Path, rows: list[di
                                    for g, ks in members.items() if ks}
                             for kind in ("raw", "calibrated")}
             try:
-                from genre_stream.autoselect import AGREEMENT_BAR
+                from genre_stream.model.agreement import AGREEMENT_BAR
 
-                shortfalls = AGREEMENT_BAR.shortfalls(agreement[m]["raw"])
+                shortfalls = AGREEMENT_BAR.clip_shortfalls(agreement[m]["raw"])
                 agreement[m]["meets_autoselect_bar"], agreement[m]["shortfalls"] = not shortfalls, shortfalls
             except Exception as exc:  # autoselect may be mid-edit; the figures stand without the verdict
                 agreement[m]["meets_autoselect_bar"] = f"not evaluated ({type(exc).__name__})"
@@ -778,7 +780,7 @@ def driver_main(argv: list[str]) -> int:
     unknown = [n for n in names if n not in TARGETS]
     if unknown:
         parser.error(f"unknown target(s) {unknown}; choose from {', '.join(TARGETS)}")
-    from genre_stream.models import bundled_model_path
+    from genre_stream.model.bundled import bundled_model_path
 
     models: dict[str, Path] = {}  # name -> snapshot the workers read
     sources: dict[str, Path] = {}

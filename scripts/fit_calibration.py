@@ -36,9 +36,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from genre_stream.calibration import DEFAULT_FLOOR, Calibration, UncertaintyRule  # noqa: E402
-from genre_stream.engine import Engine  # noqa: E402
-from genre_stream.tracks import analyse_file  # noqa: E402
+from genre_stream.model.calibration import DEFAULT_FLOOR, Calibration, UncertaintyRule  # noqa: E402
+from genre_stream.model.engine import Engine  # noqa: E402
+from genre_stream.model.choice import open_engine
+from genre_stream.tracks.analysis import analyse_file  # noqa: E402
 from trainer import temperature  # noqa: E402
 from trainer.export import update_metadata  # noqa: E402
 from trainer.metrics import expected_calibration_error  # noqa: E402
@@ -120,7 +121,7 @@ def main() -> None:
     report_rows = _rows(args.labels_csv, _selector(args.report)) if args.report else []
     out: dict[str, Any] = {}
     for spec in args.model:
-        engine = Engine(spec, device="cpu", threads=1)
+        engine = open_engine(spec, device="cpu", threads=1)
         index = {label: i for i, label in enumerate(engine.labels)}
         if args.cache:
             args.cache.mkdir(parents=True, exist_ok=True)

@@ -36,10 +36,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from genre_stream.engine import Engine  # noqa: E402
-from genre_stream.frontend import MelFrontend  # noqa: E402
-from genre_stream.musicgate import MusicGate  # noqa: E402
-from genre_stream.tracks import iter_audio, iter_windows  # noqa: E402
+from genre_stream.model.engine import Engine  # noqa: E402
+from genre_stream.model.choice import open_engine
+from genre_stream.audio.frontend import MelFrontend  # noqa: E402
+from genre_stream.model.musicgate import MusicGate  # noqa: E402
+from genre_stream.tracks.analysis import iter_audio, iter_windows  # noqa: E402
 from trainer.export import update_metadata  # noqa: E402
 from trainer.metrics import wilson_interval  # noqa: E402
 
@@ -160,7 +161,7 @@ def main() -> None:
         counts[str(k)] += 1
     report: dict[str, Any] = {"clips": dict(counts), "folds": FOLDS, "grouping": "speaker, else source; music by track", "models": {}}
     for spec in args.model or ["fp32", "int8"]:
-        engine = Engine(spec, device="cpu", threads=2)
+        engine = open_engine(spec, device="cpu", threads=2)
         embeddings = window_embeddings(engine, files, args.cache)
         scores = cross_validated(embeddings, kinds, groups)
         music = np.char.startswith(kinds.astype(str), "music")

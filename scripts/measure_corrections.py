@@ -38,11 +38,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from genre_stream.calibration import Calibration  # noqa: E402
-from genre_stream.engine import Engine  # noqa: E402
-from genre_stream.frontend import MelFrontend, normalize_window  # noqa: E402
-from genre_stream.modelinfo import ModelInfo  # noqa: E402
-from genre_stream.tracks import window_starts  # noqa: E402
+from genre_stream.model.calibration import Calibration  # noqa: E402
+from genre_stream.model.engine import Engine  # noqa: E402
+from genre_stream.model.choice import open_engine
+from genre_stream.audio.frontend import MelFrontend, normalize_window  # noqa: E402
+from genre_stream.model.info import ModelInfo  # noqa: E402
+from genre_stream.tracks.analysis import window_starts  # noqa: E402
 from trainer.augment import SpecAugmentConfig  # noqa: E402
 from trainer.checkpoint import load_checkpoint  # noqa: E402
 from trainer.corrections import CorrectionConfig, LabelledTrack, learn_corrections  # noqa: E402
@@ -76,7 +77,7 @@ def load_powers(labels_csv: Path, rows: list[dict[str, str]], frontend: MelFront
 def onnx_engine(model: torch.nn.Module, info: ModelInfo, folder: Path) -> Engine:
     """The model as the runtime runs it (fp32 ONNX, bit-equal to PyTorch and several times faster on CPU)."""
     path = save_atomic(to_onnx_model(model, replace(info, calibration=None)), folder / "model.onnx")
-    return Engine(path, device="cpu", threads=1)
+    return open_engine(path, device="cpu", threads=1)
 
 
 def track_probabilities(engine: Engine, power: np.ndarray, window: int, hop: int, top_db: float) -> np.ndarray:
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
 
     base, info, _ = load_checkpoint(resolve_checkpoint(args.checkpoint))
-    calibration = Engine().info.calibration if args.checkpoint == "default" else info.calibration
+    calibration = open_engine().info.calibration if args.checkpoint == "default" else info.calibration
     calibration = calibration or Calibration(1.0)
     frontend = MelFrontend(info.frontend)
     with open(args.labels_csv, newline="") as f:

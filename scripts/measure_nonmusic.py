@@ -27,9 +27,10 @@ import soundfile as sf
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from genre_stream.calibration import UncertaintyRule  # noqa: E402
-from genre_stream.engine import Engine  # noqa: E402
-from genre_stream.tracks import analyse_file  # noqa: E402
+from genre_stream.model.calibration import UncertaintyRule  # noqa: E402
+from genre_stream.model.engine import Engine  # noqa: E402
+from genre_stream.model.choice import open_engine
+from genre_stream.tracks.analysis import analyse_file  # noqa: E402
 
 SR = 22050
 SECONDS = 30
@@ -100,8 +101,8 @@ def main() -> None:
         folder.mkdir(parents=True, exist_ok=True)
         out: dict[str, object] = {"notes": make_signals(folder)}
         for spec in args.model or ["fp32", "int8"]:
-            engine = Engine(spec, device="cpu", threads=1)
-            raw = Engine(spec, device="cpu", threads=1)
+            engine = open_engine(spec, device="cpu", threads=1)
+            raw = open_engine(spec, device="cpu", threads=1)
             raw.info = replace(raw.info, calibration=None)  # what the model said before calibration
             out[spec] = measure(engine, raw, folder)
     print(json.dumps(out, indent=1))

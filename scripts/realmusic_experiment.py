@@ -69,15 +69,15 @@ def clip_list() -> list[dict]:
 
 # ---------------------------------------------------------------- cache
 def cmd_cache(args) -> None:
-    from genre_stream.audio import iter_audio
-    from genre_stream.engine import Engine
-    from genre_stream.frontend import MelFrontend, loop_to_length
-    from genre_stream.tracks import analyse_blocks
+    from genre_stream.audio.decode import iter_audio
+    from genre_stream.model.choice import open_engine
+    from genre_stream.audio.frontend import MelFrontend, loop_to_length
+    from genre_stream.tracks.analysis import analyse_blocks
 
     OUT.mkdir(parents=True, exist_ok=True)
     fe = MelFrontend()
     c = fe.config
-    engine = Engine("fp32", threads=2)
+    engine = open_engine("fp32", threads=2)
     clips = clip_list()
     frames, meta = {}, []
     t0 = time.time()
@@ -116,12 +116,12 @@ def fixed_norm(power: np.ndarray, ref_db: float, gain_db: float = 0.0, top_db: f
 
 
 def seed_norm(power: np.ndarray) -> np.ndarray:
-    from genre_stream.frontend import normalize_window
+    from genre_stream.audio.frontend import normalize_window
     return normalize_window(power)
 
 
 def windows_of(power: np.ndarray) -> list[np.ndarray]:
-    from genre_stream.tracks import window_starts
+    from genre_stream.tracks.analysis import window_starts
     return [power[s : s + WINDOW] for s in window_starts(power.shape[0], WINDOW, HOP_FRAMES)]
 
 

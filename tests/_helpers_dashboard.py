@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from conftest import REPO
 
-from genre_stream.messages import GenreEvent, GenreState, iso_utc
+from genre_stream.sinks.messages import GenreEvent, GenreState, iso_utc
 
 ARTIFACTS = REPO / "test-artifacts"
 LABELS = ["blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock"]

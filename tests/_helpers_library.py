@@ -79,7 +79,7 @@ def synthetic_library(root: Path, per_group: int = 4, seed: int = 0) -> dict[Pat
 
 def _speed(audio: np.ndarray, factor: float) -> np.ndarray:
     """Play ``factor`` times faster (pitch follows), by resampling."""
-    from genre_stream.resample import resample
+    from genre_stream.audio.resample import resample
 
     return resample(audio.astype(np.float32), int(round(SR * factor)), SR)
 
@@ -94,7 +94,7 @@ REAL_GROUPS: dict[str, tuple[str, list[tuple[float, float, float]]]] = {
 
 def real_library(root: Path, shared_audio: Path) -> dict[Path, str]:
     """Write 4 s variants of the shared real clips under ``root/<group>/``; path -> group."""
-    from genre_stream.audio import load_audio
+    from genre_stream.audio.decode import load_audio
 
     truth: dict[Path, str] = {}
     for group, (clip, variants) in REAL_GROUPS.items():

@@ -121,9 +121,9 @@ def _private_cache_home(tmp_path_factory: pytest.TempPathFactory) -> None:
 @pytest.fixture(scope="session")
 def engine():
     """The bundled default model, loaded once per test session."""
-    from genre_stream.engine import Engine
+    from genre_stream.model.choice import open_engine
 
-    return Engine(threads=1)
+    return open_engine(threads=1)
 
 
 def run_on_a_terminal(*args: str, module: str = "genre_stream", timeout: float = 300) -> tuple[int, str]:

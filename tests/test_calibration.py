@@ -12,10 +12,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from genre_stream.calibration import Calibration, UncertaintyRule
-from genre_stream.engine import Engine
-from genre_stream.frontend import FrontendConfig
-from genre_stream.modelinfo import METADATA_KEY, ModelInfo
+from genre_stream.model.calibration import Calibration, UncertaintyRule
+from genre_stream.model.choice import open_engine
+from genre_stream.audio.frontend import FrontendConfig
+from genre_stream.model.info import METADATA_KEY, ModelInfo
 from trainer import temperature
 from trainer.metrics import expected_calibration_error, reliability_bins
 
@@ -60,9 +60,9 @@ def _windows() -> np.ndarray:
 
 def test_engine_applies_the_temperature_from_the_model_metadata(tmp_path: Path) -> None:
     frontend = FrontendConfig(window_frames=FRAMES)
-    raw = Engine(tiny_model(tmp_path / "raw.onnx", ModelInfo(LABELS, frontend)), device="cpu", threads=1)
+    raw = open_engine(tiny_model(tmp_path / "raw.onnx", ModelInfo(LABELS, frontend)), device="cpu", threads=1)
     cal = Calibration(temperature=2.0, uncertain_threshold=0.6)
-    hot = Engine(tiny_model(tmp_path / "cal.onnx", ModelInfo(LABELS, frontend, calibration=cal)), device="cpu", threads=1)
+    hot = open_engine(tiny_model(tmp_path / "cal.onnx", ModelInfo(LABELS, frontend, calibration=cal)), device="cpu", threads=1)
     assert raw.info.calibration is None and hot.info.calibration == cal
     p_raw = raw.predict(_windows()).probabilities
     p_cal = hot.predict(_windows()).probabilities
@@ -253,6 +253,6 @@ def test_fit_calibration_script_writes_only_the_metadata(tmp_path: Path) -> None
     assert out["report split=other"]["tracks"] == 3
     after = onnx.load(str(model))
     assert after.graph.SerializeToString() == before.graph.SerializeToString()
-    info = Engine(model, device="cpu", threads=1).info
+    info = open_engine(model, device="cpu", threads=1).info
     assert info.model_id == "tiny" and info.calibration is not None
     assert info.calibration.temperature == pytest.approx(out["calibration"]["temperature"])

@@ -13,8 +13,8 @@ import pytest
 import soundfile as sf
 
 from conftest import REPO, printed_above_a_bar, run_cli, run_on_a_terminal, shared_path
-from genre_stream.engine import Engine
-from genre_stream.tracks import analyse_audio, window_starts
+from genre_stream.model.engine import Engine
+from genre_stream.tracks.analysis import analyse_audio, window_starts
 
 DEMO = REPO / "examples" / "demo.wav"
 
@@ -166,8 +166,8 @@ def test_uncertain_state_in_json_and_text() -> None:
 
 
 def test_default_rule_comes_from_the_bundled_models_calibration(engine: Engine) -> None:
-    from genre_stream.calibration import UncertaintyRule
-    from genre_stream.classify import ClassifyOptions, result_to_dict
+    from genre_stream.model.calibration import UncertaintyRule
+    from genre_stream.tracks.classify import ClassifyOptions, result_to_dict
 
     cal = engine.info.calibration
     assert cal is not None and cal.temperature > 1  # the bundled model is over-confident on real music

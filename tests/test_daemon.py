@@ -18,7 +18,7 @@ import soundfile as sf
 from brokers import Broker, Subscriber, free_port
 from conftest import REPO, cli_env, run_cli
 from genre_stream.config import DaemonConfig, load_config
-from genre_stream.daemon import EXIT_OK, Daemon
+from genre_stream.app.daemon import EXIT_OK, Daemon
 from genre_stream.sinks import Fanout
 from genre_stream.sinks.jsonl import JsonlSink
 from genre_stream.sources import AudioChunk, Source, SourceProblem, TrackReady
@@ -130,7 +130,7 @@ def test_sigterm_stops_gracefully_with_stats_and_offline(any_broker: Broker, lon
         stats = [m.json() for m in msgs if m.topic == "genre-stream/live/stats"][-1]
         for key in ("windows", "inference_ms_mean", "real_time_factor", "position_seconds", "mqtt_queue", "errors"):
             assert key in stats, key
-        assert stats["model_precision"] == "int8"  # --model auto on a CPU: the bundled int8 (genre_stream.autoselect)
+        assert stats["model_precision"] == "int8"  # --model auto on a CPU: the bundled int8 (genre_stream.model.choice)
         assert not (tmp_path / "state" / "model-choice.json").exists()  # a rule, nothing measured or cached
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == EXIT_OK
@@ -338,6 +338,6 @@ def test_default_log_level_says_what_the_daemon_does_and_warns_once(demo: Path, 
     assert len(banner) == 1, log
     assert "demo (file), inbox (watch)" in banner[0] and "model bbnn-gtzan-augmented-fold0 int8 on CPU [auto -> int8 (" in banner[0]
     assert f"outputs {tmp_path / 'out.jsonl'}, history {tmp_path / 'state' / 'history.sqlite'}" in banner[0]
-    assert "INFO genre_stream.pipeline: demo: genre country (" in log  # the first genre, no "None ->"
+    assert "INFO genre_stream.live.pipeline: demo: genre country (" in log  # the first genre, no "None ->"
     assert "demo: up (audio flowing)" in log and "demo: down" in log and "inbox: up (watching)" in log
     assert log.count("unsupported format '.txt'") == 1, log

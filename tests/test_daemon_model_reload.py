@@ -15,7 +15,7 @@ from pathlib import Path
 import soundfile as sf
 
 from conftest import REPO, cli_env, music_like, wait_until
-from genre_stream.models import bundled_model_path
+from genre_stream.model.bundled import bundled_model_path
 
 
 def _states(path: Path) -> int:

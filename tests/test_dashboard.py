@@ -26,9 +26,9 @@ from genre_stream.config.http import DashboardConfig, HttpSettings, parse_addres
 from genre_stream.dashboard.metrics import SinkMetrics, SourceMetrics
 from genre_stream.dashboard.server import DashboardError, DashboardServer
 from genre_stream.dashboard.state import MEL_DB_MIN, MEL_DB_STEP, DashboardState, encode_mel
-from genre_stream.frontend import MelRingBuffer
-from genre_stream.pipeline import ClassifiedWindow
-from genre_stream.messages import GenreEvent, SourceStats
+from genre_stream.audio.frontend import MelRingBuffer
+from genre_stream.live.pipeline import ClassifiedWindow
+from genre_stream.sinks.messages import GenreEvent, SourceStats
 
 TOKEN = "s3cret-token"
 
@@ -494,7 +494,7 @@ def listening_addresses(port: int) -> set[str]:
 def test_config_show_masks_the_token(monkeypatch):
     from click.testing import CliRunner
 
-    from genre_stream.cli import main
+    from genre_stream.cli.main import main
 
     monkeypatch.setenv("GENRE_STREAM_HTTP_TOKEN", TOKEN)
     result = CliRunner().invoke(main, ["config", "show", "--json"])

@@ -21,9 +21,9 @@ from genre_stream.dashboard.metrics import SinkMetrics
 from genre_stream.dashboard.sink import DashboardSink
 from genre_stream.config import DashboardConfig
 from genre_stream.dashboard.state import RECENT_CHANGES, STALE_HOPS, spectrogram_axes
-from genre_stream.frontend import FrontendConfig, MelRingBuffer
-from genre_stream.messages import parse_payload_time
-from genre_stream.messages import GenreEvent
+from genre_stream.audio.frontend import FrontendConfig, MelRingBuffer
+from genre_stream.sinks.messages import parse_payload_time
+from genre_stream.sinks.messages import GenreEvent
 from genre_stream.sinks import SourceAvailability, SourceInfo
 
 RAW_FFMPEG = ("stream http://radio.example/live dropped: connection refused (ffmpeg exit status 1: "

@@ -7,13 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from genre_stream.engine import Engine, ModelError
-from genre_stream.models import default_model_path
-from genre_stream.modelinfo import METADATA_KEY, ModelInfo
+from genre_stream.model.engine import Engine
+from genre_stream.model.session import ModelError
+from genre_stream.model.choice import open_engine
+from genre_stream.model.bundled import BUNDLED_MODELS, bundled_model_path, named_model
+from genre_stream.model.info import METADATA_KEY, ModelInfo
 
 
 def test_bundled_model_carries_its_labels_and_frontend(engine: Engine) -> None:
-    assert default_model_path().is_file()
+    assert all(bundled_model_path(name).is_file() for name in BUNDLED_MODELS)
     assert engine.labels == ["blues", "reggae", "metal", "classical", "pop", "jazz", "disco", "hiphop", "rock", "country"]
     assert engine.info.frontend.window_frames == 647
     assert engine.info.provenance["source"] == "bbnn-gtzan-augmented-fold0.hdf5"
@@ -30,7 +32,7 @@ def test_labels_come_from_the_model_metadata(tmp_path: Path) -> None:
     model = BBNN(n_classes=3).eval()
     info = ModelInfo(labels=["ambient", "techno", "speech"], model_id="tiny")
     path = save_atomic(to_onnx_model(model, info, window_frames=64), tmp_path / "tiny.onnx")
-    eng = Engine(path, device="cpu", threads=1, batch_size=2)
+    eng = open_engine(path, device="cpu", threads=1, batch_size=2)
     assert eng.labels == ["ambient", "techno", "speech"] and eng.model_id == "tiny"
     windows = np.random.default_rng(0).uniform(0, 1, (5, 64, 128)).astype(np.float32)
     pred = eng.predict(windows)
@@ -52,16 +54,16 @@ def test_model_without_metadata_is_refused(tmp_path: Path) -> None:
     del proto.metadata_props[:]
     onnx.save(proto, tmp_path / "bare.onnx")
     with pytest.raises(ModelError, match=f"bare.onnx.*no '{METADATA_KEY}' metadata"):
-        Engine(tmp_path / "bare.onnx")
+        open_engine(tmp_path / "bare.onnx")
 
 
 def test_missing_and_corrupt_model_files(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="missing.onnx: model file not found"):
-        Engine(tmp_path / "missing.onnx")
+        open_engine(tmp_path / "missing.onnx")
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"\x00garbage" * 10)
     with pytest.raises(ModelError, match="junk.onnx: not a loadable ONNX model"):
-        Engine(junk)
+        open_engine(junk)
 
 
 def test_cuda_request_without_gpu_build_is_explained() -> None:
@@ -70,16 +72,13 @@ def test_cuda_request_without_gpu_build_is_explained() -> None:
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("this onnxruntime build has CUDA; the refusal path cannot be exercised")
     with pytest.raises(ModelError, match="device 'cuda'.*onnxruntime-gpu"):
-        Engine(device="cuda")
-    assert Engine(device="auto").providers == ["CPUExecutionProvider"]
+        open_engine(device="cuda")
+    assert open_engine(device="auto").providers == ["CPUExecutionProvider"]
 
 
 def test_bundled_exports_by_short_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from genre_stream.models import BUNDLED_MODELS, resolve_model
-
-    assert resolve_model(None) == default_model_path()
-    assert resolve_model("int8").name == BUNDLED_MODELS["int8"] and resolve_model("int8").is_file()
-    assert Engine("int8", threads=1).path.name == BUNDLED_MODELS["int8"]
+    assert named_model("int8").name == BUNDLED_MODELS["int8"] and named_model("int8").is_file()
+    assert open_engine("int8", threads=1).path.name == BUNDLED_MODELS["int8"]
     monkeypatch.chdir(tmp_path)
     (tmp_path / "int8").write_bytes(b"a user's own file of that name wins")
-    assert resolve_model("int8") == Path("int8")
+    assert named_model("int8") == Path("int8")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import music_like
-from genre_stream.frontend import FrontendConfig, MelFrontend, MelRingBuffer, StreamingMel, loop_to_length, normalize_window
+from genre_stream.audio.frontend import FrontendConfig, MelFrontend, MelRingBuffer, StreamingMel, loop_to_length, normalize_window
 
 
 

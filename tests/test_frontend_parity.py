@@ -23,9 +23,9 @@ import torch  # noqa: E402
 import torchaudio.functional as AF  # noqa: E402
 
 from conftest import REPO, SHARED_AUDIO, music_like, shared_path  # noqa: E402
-from genre_stream.audio import load_audio  # noqa: E402
-from genre_stream.frontend import FrontendConfig, MelFrontend, mel_filterbank, normalize_window  # noqa: E402
-from genre_stream.resample import resample  # noqa: E402
+from genre_stream.audio.decode import load_audio  # noqa: E402
+from genre_stream.audio.frontend import FrontendConfig, MelFrontend, mel_filterbank, normalize_window  # noqa: E402
+from genre_stream.audio.resample import resample  # noqa: E402
 from trainer.frontend_torch import TorchMelFrontend  # noqa: E402
 
 DB_TOLERANCE = 1e-3
@@ -132,7 +132,7 @@ def test_soxr_keeps_the_answers_at_least_as_well_as_torchaudio_did(engine, rate:
     genre-dev, for both resamplers), so the claim tested is the one that matters: soxr,
     which replaced torchaudio, keeps the top-1 answers at least as often.
     """
-    from genre_stream.tracks import analyse_audio
+    from genre_stream.tracks.analysis import analyse_audio
 
     agree = {"torchaudio": 0, "soxr": 0}
     deltas: dict[str, list[float]] = {"torchaudio": [], "soxr": []}

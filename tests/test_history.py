@@ -26,8 +26,8 @@ from genre_stream.sinks.history import (
     StateRow,
     merge_segments,
 )
-from genre_stream.messages import SourceStats
-from genre_stream.timespec import parse_time
+from genre_stream.sinks.messages import SourceStats
+from genre_stream.common.timespec import parse_time
 
 T0 = 1_790_000_000.0  # a fixed instant, so expected segment times are exact
 
@@ -261,7 +261,7 @@ def invoke(*args: str):
     """The CLI in-process (click's runner) for the cheap cases; a process start costs seconds here."""
     from click.testing import CliRunner
 
-    from genre_stream.cli import main
+    from genre_stream.cli.main import main
 
     return CliRunner().invoke(main, list(args))
 

@@ -18,8 +18,8 @@ import numpy as np
 from conftest import wait_until
 from brokers import Broker, Subscriber
 from genre_stream.config import DaemonConfig, DashboardConfig, HomeAssistantConfig, MqttConfig
-from genre_stream.daemon import Daemon
-from genre_stream.messages import GenreEvent, GenreState
+from genre_stream.app.daemon import Daemon
+from genre_stream.sinks.messages import GenreEvent, GenreState
 from genre_stream.sinks import Fanout, SourceInfo
 from genre_stream.sinks.homeassistant import (
     ATTRIBUTE_STEP,

@@ -27,7 +27,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from _helpers_library import noise_hits, real_library, synthetic_library, write_wav
 from conftest import REPO, SHARED_AUDIO, cli_env, printed_above_a_bar, run_cli, run_on_a_terminal
-from genre_stream.cli import main
+from genre_stream.cli.main import main
 from genre_stream.library.db import LibraryDB, LibraryError
 from genre_stream.library.scan import ScanConfig, scan
 
@@ -303,7 +303,7 @@ def test_a_dying_worker_costs_no_tracks(tmp_path: Path, caplog: pytest.LogCaptur
 
 
 def test_upsert_track_for_the_daemon(tmp_path: Path, engine) -> None:
-    from genre_stream.tracks import analyse_file
+    from genre_stream.tracks.analysis import analyse_file
 
     wav = write_wav(tmp_path / "arrived.wav", noise_hits(np.random.default_rng(5)))
     result = analyse_file(wav, engine)

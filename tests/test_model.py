@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from conftest import run_cli, shared_path
-from genre_stream.frontend import MelFrontend
-from genre_stream.audio import load_audio
+from genre_stream.audio.frontend import MelFrontend
+from genre_stream.audio.decode import load_audio
 from trainer.model import BBNN, count_parameters
 from trainer.checkpoint import load_checkpoint
 from trainer.keras_import import GTZAN_LABELS, KerasImportError, load_keras_bbnn

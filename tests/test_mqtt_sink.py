@@ -15,7 +15,7 @@ import pytest
 from conftest import wait_until
 from brokers import Broker, Gate, Subscriber, free_port, require, wait_port
 from genre_stream.config import ConfigError, HomeAssistantConfig, MqttConfig
-from genre_stream.messages import GenreEvent, GenreState, SourceStats
+from genre_stream.sinks.messages import GenreEvent, GenreState, SourceStats
 from genre_stream.sinks import Fanout
 from genre_stream.sinks import SourceInfo
 from genre_stream.sinks.jsonl import JsonlSink

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from conftest import REPO, run_cli, shared_path
-from genre_stream.engine import Engine
-from genre_stream.messages import NON_GENRE_STATES, GenreEvent, GenreState
-from genre_stream.modelinfo import ModelInfo
-from genre_stream.musicgate import MusicGate
-from genre_stream.smoother import Smoother
+from genre_stream.model.choice import open_engine
+from genre_stream.sinks.messages import NON_GENRE_STATES, GenreEvent, GenreState
+from genre_stream.model.info import ModelInfo
+from genre_stream.model.musicgate import MusicGate
+from genre_stream.live.smoother import Smoother
 
 DEMO = REPO / "examples" / "demo.wav"
 LABELS = ["blues", "rock", "hiphop", "jazz"]
@@ -59,8 +59,8 @@ def _with_gate(tmp_path: Path, bias: float) -> Path:
     """The bundled fp32 export with a gate that always (bias > 0) or never (bias < 0) fires."""
     import onnx
 
-    from genre_stream.modelinfo import METADATA_KEY
-    from genre_stream.models import bundled_model_path
+    from genre_stream.model.info import METADATA_KEY
+    from genre_stream.model.bundled import bundled_model_path
 
     proto = onnx.load(str(bundled_model_path("fp32")))
     entry = next(p for p in proto.metadata_props if p.key == METADATA_KEY)
@@ -73,14 +73,14 @@ def _with_gate(tmp_path: Path, bias: float) -> Path:
 
 
 def test_an_always_firing_gate_makes_the_live_pipeline_say_not_music(tmp_path: Path) -> None:
-    from genre_stream.audio import load_audio
+    from genre_stream.audio.decode import load_audio
     from genre_stream.config import PipelineConfig
-    from genre_stream.pipeline import SourcePipeline
+    from genre_stream.live.pipeline import SourcePipeline
     from genre_stream.sources import AudioChunk
 
     audio = load_audio(DEMO, 22050)
     for bias, expected in ((10.0, "not_music"), (-10.0, "music")):
-        engine = Engine(_with_gate(tmp_path, bias), device="cpu", threads=1)
+        engine = open_engine(_with_gate(tmp_path, bias), device="cpu", threads=1)
         pipeline = SourcePipeline("s", engine, PipelineConfig(hop_seconds=2.0, min_fill_seconds=4.0))
         messages = [m for i in range(0, len(audio), 4410)
                     for m in pipeline.feed(AudioChunk("s", audio[i : i + 4410], i / 22050, time.monotonic()))]
@@ -96,7 +96,7 @@ def test_an_always_firing_gate_makes_the_live_pipeline_say_not_music(tmp_path: P
 
 
 def test_classify_and_track_events_report_not_music(tmp_path: Path) -> None:
-    from genre_stream.tagging import tag_track
+    from genre_stream.watch.tagger import tag_track
 
     model = _with_gate(tmp_path, 10.0)
     proc = run_cli("classify", "--json", "--model", str(model), str(DEMO))
@@ -105,7 +105,7 @@ def test_classify_and_track_events_report_not_music(tmp_path: Path) -> None:
     assert (obj["state"], obj["genre"]) == ("not_music", None) and obj["not_music"] == pytest.approx(1.0, abs=1e-3)
     text = run_cli("classify", "--model", str(model), str(DEMO)).stdout
     assert "not music (100% by the model's music gate)" in text
-    event, _ = tag_track("w", DEMO, Engine(model, device="cpu", threads=1))
+    event, _ = tag_track("w", DEMO, open_engine(model, device="cpu", threads=1))
     assert (event.data["state"], event.data["genre"]) == ("not_music", None)
     assert "not_music" in NON_GENRE_STATES  # so Home Assistant's enum sensor accepts it
 
@@ -113,7 +113,7 @@ def test_classify_and_track_events_report_not_music(tmp_path: Path) -> None:
 def test_bundled_models_carry_a_gate_fitted_on_real_speech_and_music() -> None:
     """Both exports carry their own gate; its cross-validated figures (scripts/fit_gate.py) meet issue 23's bar."""
     for name in ("fp32", "int8"):
-        gate = Engine(name, device="cpu", threads=1).info.gate
+        gate = open_engine(name, device="cpu", threads=1).info.gate
         assert gate is not None and len(gate.weights) == 32, name
         rates = gate.measurements["cross_validated_clip_rates"]
         assert rates["speech"]["clips"] >= 100 and rates["speech"]["rate"] >= 0.95, (name, rates["speech"])

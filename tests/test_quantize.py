@@ -14,10 +14,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from genre_stream.audio import load_audio
-from genre_stream.frontend import MelFrontend
-from genre_stream.modelinfo import ModelInfo
-from genre_stream.tracks import iter_windows
+from genre_stream.audio.decode import load_audio
+from genre_stream.audio.frontend import MelFrontend
+from genre_stream.model.info import ModelInfo
+from genre_stream.tracks.analysis import iter_windows
 from trainer.calibration import audio_windows
 from trainer.export import to_onnx_model
 from trainer.fold import PreActFolded, equalize, fold_bbnn
@@ -130,7 +130,7 @@ def test_bundled_int8_is_calibrated_without_the_clips_it_is_measured_on() -> Non
     import csv
     import json
 
-    from genre_stream.autoselect import bundled_metadata
+    from genre_stream.model.choice import bundled_metadata
     from scripts.build_default_models import calibration_and_check_audio
     from tests.conftest import shared_path
 
@@ -146,8 +146,8 @@ def test_bundled_int8_is_calibrated_without_the_clips_it_is_measured_on() -> Non
 
 def test_bundled_int8_pack_is_cut_from_the_bundled_int8_model() -> None:
     """The shipped pack holds the stages of the shipped int8 graph (a rebuilt int8 file needs its pack cut again)."""
-    from genre_stream.models import bundled_model_path
-    from genre_stream.streaming import stream_pack_path
+    from genre_stream.model.bundled import bundled_model_path
+    from genre_stream.model.streaming import stream_pack_path
     from trainer.stream_cut import int8_stream_pack
 
     model = bundled_model_path("int8")
@@ -164,7 +164,7 @@ def test_bundled_int8_pack_is_cut_from_the_bundled_int8_model() -> None:
 
 
 def test_an_fp32_graph_is_not_cut_as_int8() -> None:
-    from genre_stream.models import bundled_model_path
+    from genre_stream.model.bundled import bundled_model_path
     from trainer.stream_cut import int8_stream_pack
 
     with pytest.raises(ValueError, match="not DequantizeLinear: not a QDQ int8 export"):
@@ -249,7 +249,7 @@ def test_int8_recipe_replaces_every_depthwise_relu_by_a_threshold(random_model: 
 def test_bundled_int8_has_no_depthwise_op_and_no_always_zero_channel() -> None:
     """The bundled int8 runs its pre-activations as relu(x - t) (issue 15 part 2): no depthwise conv is left,
     and every channel a 1x1 conv reads through a threshold can fire on [0, R] unless its weights are all 0."""
-    from genre_stream.models import bundled_model_path
+    from genre_stream.model.bundled import bundled_model_path
 
     proto = onnx.load(str(bundled_model_path("int8")))
     inits = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
@@ -295,7 +295,7 @@ def test_every_concatenation_is_a_copy(random_model: tuple[BBNN, ModelInfo]) -> 
     """Every Concat input has the output's scale and zero point, so onnxruntime copies instead of requantising.
     The stem's pooled ReLU is the one that needs its pool's input overridden too: its ReLU reaches further in the
     frames the 4x1 pool drops (the bundled model: 1.455 there, 1.0 after the pool)."""
-    from genre_stream.models import bundled_model_path
+    from genre_stream.model.bundled import bundled_model_path
 
     model, info = random_model
     windows = np.random.default_rng(8).normal(0.3, 1.0, (3, 97, 128)).astype(np.float32)  # 97 frames: the pool drops one
@@ -337,8 +337,8 @@ def test_int8_weights_fit_seven_bits_so_no_cpu_overflows_a_pair_sum(random_model
 
 
 def test_bundled_int8_weights_fit_seven_bits_and_say_so() -> None:
-    from genre_stream.autoselect import bundled_metadata
-    from genre_stream.models import bundled_model_path
+    from genre_stream.model.choice import bundled_metadata
+    from genre_stream.model.bundled import bundled_model_path
 
     codes = _conv_weight_codes(onnx.load(str(bundled_model_path("int8"))))
     assert len(codes) == 21 and all(int(np.abs(w.astype(np.int32)).max()) <= 64 for w in codes.values())

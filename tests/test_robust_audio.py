@@ -11,9 +11,9 @@ import numpy as np
 import soundfile as sf
 
 from conftest import run_cli
-from genre_stream.jsonsafe import dumps
-from genre_stream.messages import GenreState
-from genre_stream.pipeline import PipelineConfig, SourcePipeline
+from genre_stream.common.jsonsafe import dumps
+from genre_stream.sinks.messages import GenreState
+from genre_stream.live.pipeline import PipelineConfig, SourcePipeline
 from genre_stream.sources.base import AudioChunk
 
 SR = 22050
@@ -105,7 +105,7 @@ def test_classify_json_of_a_huge_float_wav_is_finite(tmp_path: Path) -> None:
 
 def test_to_mono_averages_channels_exactly():
     """Stereo is (left + right) / 2 bit for bit, as numpy's mean gives it; more channels to float32 rounding."""
-    from genre_stream.audio import to_mono
+    from genre_stream.audio.decode import to_mono
 
     rng = np.random.default_rng(7)
     stereo = rng.standard_normal((4096, 2)).astype(np.float32)

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import REPO, cli_env, free_port, run_cli
 from genre_stream.config import ConfigError, load_config
-from genre_stream.redact import redact_url
+from genre_stream.common.redact import redact_url
 
 TOP = 'sources = ["mic"]\n'
 

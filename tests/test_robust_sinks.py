@@ -7,7 +7,7 @@ import json
 import logging
 from pathlib import Path
 
-from genre_stream.messages import GenreEvent
+from genre_stream.sinks.messages import GenreEvent
 from genre_stream.sinks.jsonl import JsonlSink
 
 

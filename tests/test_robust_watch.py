@@ -95,7 +95,7 @@ def test_daemon_writes_valid_utf8_json_for_a_non_utf8_name(tmp_path: Path) -> No
     # The library database cannot hold such a name: that is reported, and the file is still marked done.
     assert library_error["type"] == "error" and library_error["reason"].startswith("library index:")
     assert b"Traceback" not in err
-    from genre_stream.sources.watch_state import WatchState
+    from genre_stream.watch.state import WatchState
 
     assert WatchState(tmp_path / "state" / "box.sqlite3").lookup(odd_path(folder))[1] == "tagged"
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import ast
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,7 @@ class Block(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, Block())
 atexit.register(lambda: sys.stderr.write("LOADED " + json.dumps(sorted({{m.split('.')[0] for m in sys.modules}} & FORBIDDEN)) + "\\n"))
 sys.argv = ["genre-stream", *{args!r}]
-from genre_stream.cli import main
+from genre_stream.cli.main import main
 main()
 """
 
@@ -85,15 +86,15 @@ def test_config_check_loads_no_inference_stack(tmp_path: Path) -> None:
 # What the daemon may import at run time, and why: it supervises; compose.py names the parts.
 DAEMON_IMPORTS = {
     "genre_stream": "the version in the start banner",
-    "genre_stream.backoff": "restarting a crashed source",
-    "genre_stream.compose": "the composition",
+    "genre_stream.common.backoff": "restarting a crashed source",
+    "genre_stream.app.compose": "the composition",
+    "genre_stream.app.systemd": "sd_notify",
     "genre_stream.config": "its configuration and ConfigError",
-    "genre_stream.engine": "ModelError only (a reload keeps the running model)",
-    "genre_stream.messages": "the payload contract",
-    "genre_stream.models": "the model file's stamp (a reload sees it replaced)",
+    "genre_stream.model.session": "ModelError only (a reload keeps the running model)",
+    "genre_stream.model.choice": "open_engine, as every command opens its model; the model file's stamp (a reload sees it replaced)",
     "genre_stream.sinks": "the Sink protocol, Fanout, SourceInfo, SourceAvailability",
+    "genre_stream.sinks.messages": "the payload contract",
     "genre_stream.sources": "the Source protocol, its items, make_sources",
-    "genre_stream.systemd": "sd_notify",
 }
 
 
@@ -101,17 +102,16 @@ def test_the_daemon_imports_only_protocols_and_the_composition() -> None:
     """daemon.py knows no concrete sink, listener, tagger or library: a new output is wired in compose.py."""
     import ast
 
-    tree = ast.parse((REPO / "genre_stream" / "daemon.py").read_text())
+    tree = ast.parse((REPO / "genre_stream" / "app" / "daemon.py").read_text())
     type_only = {id(node) for stmt in tree.body if isinstance(stmt, ast.If) and "TYPE_CHECKING" in ast.unparse(stmt.test)
                  for node in ast.walk(stmt)}
     imported: dict[str, set[str]] = {}
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.level and id(node) not in type_only:
-            module = "genre_stream" + (f".{node.module}" if node.module else "")
-            imported.setdefault(module, set()).update(alias.name for alias in node.names)
+            imported.setdefault(_resolve(node, "genre_stream.app"), set()).update(alias.name for alias in node.names)
         assert not (isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").startswith("genre_stream")), ast.unparse(node)
     assert set(imported) <= set(DAEMON_IMPORTS), sorted(set(imported) - set(DAEMON_IMPORTS))
-    assert imported["genre_stream.engine"] == {"ModelError"}
+    assert imported["genre_stream.model.session"] == {"ModelError"}
 
 
 def test_the_daemon_streams_windows_without_the_training_stack(tmp_path: Path) -> None:
@@ -134,11 +134,18 @@ def test_the_daemon_streams_windows_without_the_training_stack(tmp_path: Path) -
 # Modules outside genre_stream/config/ that the configuration may import: leaves that import no
 # other genre_stream module (checked below too), so settings ownership runs one way only.
 CONFIG_LEAF_IMPORTS = {
-    "genre_stream.models": "the bundled model names (auto / fp32 / int8) a model.path may give; stdlib only",
-    "genre_stream.providers": "the execution provider names of model.device; stdlib only",
-    "genre_stream.redact": "masking a URL's password in messages and `config show`; stdlib only",
-    "genre_stream.sanitize": "SILENCE_DBFS, the one silence level (default of pipeline.silence_dbfs); numpy and stdlib only",
+    "genre_stream.model.bundled": "the bundled model names (auto / fp32 / int8) a model.path may give; stdlib only",
+    "genre_stream.model.providers": "the execution provider names of model.device; stdlib only",
+    "genre_stream.common.redact": "masking a URL's password in messages and `config show`; stdlib only",
+    "genre_stream.tracks": "TRACK_HOP_SECONDS, the one hop of whole-track windows (default of track_hop_seconds); stdlib only",
+    "genre_stream.audio.sanitize": "SILENCE_DBFS, the one silence level (default of pipeline.silence_dbfs); numpy and stdlib only",
 }
+
+
+def _resolve(node: "ast.ImportFrom", package: str) -> str:
+    """The absolute module a relative ``from ... import`` in ``package`` names."""
+    base = package.split(".")[: len(package.split(".")) - node.level + 1]
+    return ".".join(base + ([node.module] if node.module else []))
 
 
 def _package_imports(path: Path, package: str) -> set[str]:
@@ -149,8 +156,7 @@ def _package_imports(path: Path, package: str) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
             if node.level:
-                base = package.split(".")[: len(package.split(".")) - node.level + 1]
-                module = ".".join(base + ([node.module] if node.module else []))
+                module = _resolve(node, package)
                 names = [module] if node.module else [f"{module}.{alias.name}" for alias in node.names]
             else:
                 names = [node.module or ""]

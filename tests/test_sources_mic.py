@@ -21,11 +21,11 @@ import pytest
 
 from _helpers_sources import Collector, running
 from conftest import REPO, cli_env, run_cli, shared_path
-from genre_stream.audio import load_audio
-from genre_stream.resample import StreamResampler, resample
-from genre_stream.devices import InputDevice
-from genre_stream.messages import GenreState
-from genre_stream.pipeline import PipelineConfig, SourcePipeline
+from genre_stream.audio.decode import load_audio
+from genre_stream.audio.resample import StreamResampler, resample
+from genre_stream.sources.devices import InputDevice
+from genre_stream.sinks.messages import GenreState
+from genre_stream.live.pipeline import PipelineConfig, SourcePipeline
 from genre_stream.sources import SourceProblem
 from genre_stream.sources import mic as mic_module
 from genre_stream.sources.base import AudioChunk

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from _helpers_sources import Collector, dominant_frequency, running, write_tone
-from genre_stream.audio import ffmpeg_executable
+from genre_stream.audio.decode import ffmpeg_executable
 from genre_stream.sources import AudioChunk, SourceProblem, parse_source
 
 pytestmark = pytest.mark.skipif(ffmpeg_executable() is None, reason="needs ffmpeg (apt install ffmpeg, or pip install imageio-ffmpeg)")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from _helpers_sources import Collector, running, write_tone
-from genre_stream.tagging import tag_track
+from genre_stream.watch.tagger import tag_track
 from genre_stream.sources import SourceProblem, TrackReady, parse_source
 
 SETTLE = 0.5

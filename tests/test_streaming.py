@@ -14,12 +14,13 @@ import pytest
 import soundfile as sf
 
 from conftest import SHARED_AUDIO
-from genre_stream.engine import Engine
-from genre_stream.frontend import MelFrontend, normalize_window
-from genre_stream.messages import GenreState
-from genre_stream.pipeline import PipelineConfig, SourcePipeline
+from genre_stream.model.engine import Engine
+from genre_stream.model.choice import open_engine
+from genre_stream.audio.frontend import MelFrontend, normalize_window
+from genre_stream.sinks.messages import GenreState
+from genre_stream.live.pipeline import PipelineConfig, SourcePipeline
 from genre_stream.sources.base import AudioChunk
-from genre_stream.streaming import StreamingClassifier, StreamingModel, stream_pack_path
+from genre_stream.model.streaming import StreamingClassifier, StreamingModel, stream_pack_path
 
 SR = 22050
 FRAMES = 647
@@ -55,13 +56,13 @@ def assert_equal_predictions(engine: Engine, stream: StreamingClassifier, power:
 
 @pytest.fixture(scope="module")
 def fp32() -> Engine:
-    return Engine("fp32", device="cpu", threads=1)
+    return open_engine("fp32", device="cpu", threads=1)
 
 
 @pytest.fixture(scope="module", params=["fp32", "int8"])
 def engine(request: pytest.FixtureRequest) -> Engine:
     """Each bundled export with its own pack: the fp32 one exported stage by stage, the int8 one cut from its graph."""
-    return Engine(request.param, device="cpu", threads=1)
+    return open_engine(request.param, device="cpu", threads=1)
 
 
 @pytest.mark.parametrize("source", ["synthetic", "real"])
@@ -149,8 +150,8 @@ def test_a_pack_of_other_weights_is_refused_at_load(engine: Engine, tmp_path: Pa
                 np.savez(buf, **head)
                 data = buf.getvalue()
             dst.writestr(item, data)
-    engine = Engine(model, device="cpu", threads=1)
-    with caplog.at_level("WARNING", logger="genre_stream.streaming"):
+    engine = open_engine(model, device="cpu", threads=1)
+    with caplog.at_level("WARNING", logger="genre_stream.model.streaming"):
         pipeline = SourcePipeline("x", engine, PipelineConfig(hop_seconds=1.0))
     assert pipeline.streaming is None
     assert "streaming inference off" in caplog.text and "differs from m.onnx" in caplog.text
@@ -173,8 +174,8 @@ def test_a_broken_pack_is_named_and_whole_windows_are_classified(fp32: Engine, t
                     del meta["stride"]
                     data = json.dumps(meta).encode()
                 dst.writestr(item, data)
-    with caplog.at_level("WARNING", logger="genre_stream.streaming"):
-        assert StreamingModel.for_engine(Engine(model, device="cpu", threads=1)) is None
+    with caplog.at_level("WARNING", logger="genre_stream.model.streaming"):
+        assert StreamingModel.for_engine(open_engine(model, device="cpu", threads=1)) is None
     assert f"{stream_pack_path(model)}: not a usable streaming pack" in caplog.text
 
 
@@ -182,17 +183,17 @@ def test_a_broken_pack_is_named_and_whole_windows_are_classified(fp32: Engine, t
 def test_a_pack_of_the_other_precision_is_refused(tmp_path: Path, model_of: str, pack_of: str, caplog: pytest.LogCaptureFixture) -> None:
     """Both packs name the same model and checkpoint; only the precision tells them apart."""
     model = tmp_path / "m.onnx"
-    shutil.copy(Engine(model_of, device="cpu", threads=1).path, model)
-    shutil.copy(stream_pack_path(Engine(pack_of, device="cpu", threads=1).path), stream_pack_path(model))
-    with caplog.at_level("WARNING", logger="genre_stream.streaming"):
-        assert StreamingModel.for_engine(Engine(model, device="cpu", threads=1)) is None
+    shutil.copy(open_engine(model_of, device="cpu", threads=1).path, model)
+    shutil.copy(stream_pack_path(open_engine(pack_of, device="cpu", threads=1).path), stream_pack_path(model))
+    with caplog.at_level("WARNING", logger="genre_stream.model.streaming"):
+        assert StreamingModel.for_engine(open_engine(model, device="cpu", threads=1)) is None
     assert f"made from the {pack_of} model" in caplog.text and f"not from m.onnx ({model_of} " in caplog.text
 
 
 def test_packless_models_classify_whole_windows(tmp_path: Path) -> None:
     model = tmp_path / "m.onnx"
-    shutil.copy(Engine("fp32", device="cpu", threads=1).path, model)
-    engine = Engine(model, device="cpu", threads=1)
+    shutil.copy(open_engine("fp32", device="cpu", threads=1).path, model)
+    engine = open_engine(model, device="cpu", threads=1)
     assert StreamingModel.for_engine(engine) is None
     pipeline = SourcePipeline("x", engine, PipelineConfig(hop_seconds=1.0))
     assert pipeline.streaming is None and pipeline._hop_frames == 22  # the hop is left as asked

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, cli_env
-from genre_stream.systemd import Notifier
+from genre_stream.app.systemd import Notifier
 
 UNITS = REPO / "systemd"
 

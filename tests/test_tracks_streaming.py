@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from genre_stream.audio import BLOCK_SECONDS, iter_audio, load_audio
-from genre_stream.frontend import MelFrontend, normalize_window
-from genre_stream.tracks import iter_windows, window_starts
+from genre_stream.audio.decode import BLOCK_SECONDS, iter_audio, load_audio
+from genre_stream.audio.frontend import MelFrontend, normalize_window
+from genre_stream.tracks.analysis import iter_windows, window_starts
 
 
 def _batch_windows(audio: np.ndarray, frontend: MelFrontend, hop_seconds: float) -> list[tuple[float, float, np.ndarray]]:
@@ -53,7 +53,7 @@ def test_files_are_decoded_in_bounded_blocks(tmp_path) -> None:
     path = tmp_path / "long.wav"
     rate = 44100
     audio = np.tile(_music(5.0), 9)  # 45 s at 22050 -> written at 44.1 kHz stereo
-    from genre_stream.resample import resample
+    from genre_stream.audio.resample import resample
 
     native = resample(audio, 22050, rate)
     sf.write(path, np.stack([native, native], axis=1), rate, subtype="PCM_16")

@@ -11,7 +11,7 @@ import torch
 
 from _helpers_library import kick_drum, sawtooth, write_wav
 from conftest import run_cli
-from genre_stream.engine import Engine
+from genre_stream.model.choice import open_engine
 from genre_stream.library.db import LibraryDB
 from genre_stream.library.labels import label_track
 from trainer.checkpoint import load_checkpoint
@@ -77,7 +77,7 @@ def test_finetune_from_a_library_database(tmp_path: Path, base) -> None:
     assert report["labelled"] == [str(kick), str(saw)] and report["unlabelled_tracks"] == 0
     assert report["config"]["steps"] == 3 and report["config"]["window_frames"] == 32 and report["config"]["lr"] == CorrectionConfig.lr
     assert not out.with_name("mine.partial").exists()
-    engine, bundled = Engine(out / "model.onnx", device="cpu"), Engine(None, device="cpu")
+    engine, bundled = open_engine(out / "model.onnx", device="cpu"), open_engine(None, device="cpu")
     assert engine.labels == bundled.labels and engine.model_id == "bbnn-gtzan-augmented-fold0+corrections"
     assert engine.info.calibration == bundled.info.calibration
     window = np.random.default_rng(2).random((1, 64, 128)).astype(np.float32)

@@ -11,8 +11,8 @@ import pytest
 import soundfile as sf
 
 from conftest import run_cli
-from genre_stream.audio import load_audio
-from genre_stream.frontend import FrontendConfig, MelFrontend, loop_to_length, normalize_window
+from genre_stream.audio.decode import load_audio
+from genre_stream.audio.frontend import FrontendConfig, MelFrontend, loop_to_length, normalize_window
 from trainer.data import Cache, DataError, PrepareConfig, prepare
 from trainer.synthset import SAMPLE_RATE, make_dataset
 
@@ -74,7 +74,7 @@ def test_short_clip_is_looped_like_classify(tmp_path: Path) -> None:
     assert cache.entries[i].looped and cache.entries[i].frames == 32
     c = SMALL.frontend
     audio = load_audio(tmp_path / "d" / "a" / "short.wav")
-    # what genre_stream.tracks feeds the model for a clip shorter than the window
+    # what genre_stream.tracks.analysis feeds the model for a clip shorter than the window
     np.testing.assert_allclose(cache.window(i, 0, 32), MelFrontend(c).window(loop_to_length(audio, c.window_samples)), atol=1e-6)
 
 

@@ -123,7 +123,7 @@ def test_int8_export_shows_calibration_progress(tmp_path: Path) -> None:
     import torch
 
     from conftest import printed_above_a_bar, run_on_a_terminal
-    from genre_stream.modelinfo import ModelInfo
+    from genre_stream.model.info import ModelInfo
     from trainer.checkpoint import save_checkpoint
     from trainer.model import BBNN
 

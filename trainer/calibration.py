@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from genre_stream.audio import AudioError, find_audio_files, iter_audio, load_audio
-from genre_stream.frontend import MelFrontend
-from genre_stream.tracks import DEFAULT_HOP_SECONDS, iter_windows
+from genre_stream.audio.decode import AudioError, find_audio_files, iter_audio, load_audio
+from genre_stream.audio.frontend import MelFrontend
+from genre_stream.tracks import TRACK_HOP_SECONDS
+from genre_stream.tracks.analysis import iter_windows
 
 from .synth import synth_piece
 
@@ -108,7 +109,7 @@ def _spread_over(tracks: list[tuple[Path, np.ndarray]], frontend: MelFrontend, t
     return np.concatenate([offset_windows(a, frontend, max(1, n)) for (_, a), n in zip(tracks, per)])
 
 
-def audio_windows(paths: list[Path], frontend: MelFrontend, hop_seconds: float = DEFAULT_HOP_SECONDS) -> tuple[np.ndarray, str]:
+def audio_windows(paths: list[Path], frontend: MelFrontend, hop_seconds: float = TRACK_HOP_SECONDS) -> tuple[np.ndarray, str]:
     """Every window ``genre-stream classify`` would cut from the music under ``paths`` (files or folders).
 
     Calibrating on the windows the runtime actually sees (real music, the same

@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 
-from genre_stream.fsutil import atomic_path
+from genre_stream.common.fsutil import atomic_path
 from trainer.model import BBNN
-from genre_stream.modelinfo import ModelInfo
+from genre_stream.model.info import ModelInfo
 
 FORMAT = "genre-stream-checkpoint/1"
 

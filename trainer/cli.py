@@ -54,8 +54,8 @@ main.add_command(synth_cmd)
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Checkpoint file to write (.pt).")
 def import_keras(checkpoint: Path, out: Path) -> None:
     """Convert a seed Keras HDF5 CHECKPOINT (no TensorFlow needed) into a genre-stream checkpoint."""
-    from genre_stream.fsutil import sha256_file
-    from genre_stream.modelinfo import ModelInfo
+    from genre_stream.common.fsutil import sha256_file
+    from genre_stream.model.info import ModelInfo
 
     from .checkpoint import save_checkpoint
     from .keras_import import KerasImportError, load_keras_bbnn
@@ -111,15 +111,15 @@ def export(
     fp32 must match PyTorch within 1e-4 (probability); int8 must keep top-1 agreement >= 0.97, mean |dp| <= 0.03
     and max |dp| <= 0.15 on the test windows, or nothing is written (unless --force).
     """
-    from genre_stream.progress import Progress
+    from genre_stream.common.progress import Progress
 
-    from genre_stream.frontend import MelFrontend
+    from genre_stream.audio.frontend import MelFrontend
 
     from .calibration import WindowSets, audio_windows, folder_sets, folder_test_windows, synthetic_sets
     from .checkpoint import CheckpointError, load_checkpoint
     from .export import save_atomic
     from .frontend_torch import TorchMelFrontend
-    from .quantize import FP32_PARITY, AccuracyBar, Int8Config, build_export
+    from .quantize import FP32_PARITY, Int8Config, build_export
 
     try:
         model, info, _ = load_checkpoint(checkpoint)
@@ -162,7 +162,7 @@ def export(
         assert result.calibration is not None
         click.echo(f"int8 vs PyTorch on calibration windows: {result.calibration.summary()}")
         click.echo(f"int8 vs PyTorch on test windows:        {result.test.summary()}")
-        misses = result.test.shortfalls(AccuracyBar())
+        misses = result.test.shortfalls()
         if misses and not force:
             raise click.ClickException(f"{out}: not written: int8 model misses the accuracy bar ({'; '.join(misses)}); use --force to write it anyway")
         if misses:
@@ -172,7 +172,7 @@ def export(
     save_atomic(result.model, out)
     click.echo(f"wrote {out}")
     if quantize == "none":
-        from genre_stream.streaming import stream_pack_path
+        from genre_stream.model.streaming import stream_pack_path
 
         from .stream_export import save_stream_pack
 
@@ -184,7 +184,7 @@ def export(
 
 def _cut_int8_pack(out: Path) -> None:
     """Write the int8 export's streaming pack beside it, or say why there is none (the model works either way)."""
-    from genre_stream.streaming import stream_pack_path
+    from genre_stream.model.streaming import stream_pack_path
 
     from .stream_cut import save_int8_stream_pack
 

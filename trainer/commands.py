@@ -22,7 +22,7 @@ T = TypeVar("T")
 @contextlib.contextmanager
 def _bar(items: Iterable[T], label: str) -> Iterator[Iterable[T]]:
     """A bar on stderr (a terminal only) that log lines, such as each epoch's summary, print above."""
-    from genre_stream.progress import Progress
+    from genre_stream.common.progress import Progress
 
     items = list(items)
     bar = Progress(len(items), label)
@@ -118,7 +118,7 @@ def prepare_cmd(data: Path, out: Path, window_frames: int, dtype: str, pitch_shi
     label, or a CSV file of path,label rows. Re-running only decodes new or changed
     files; unreadable files are listed and skipped.
     """
-    from genre_stream.frontend import FrontendConfig
+    from genre_stream.audio.frontend import FrontendConfig
 
     from .augment import parse_pitch_shifts
     from .data import PrepareConfig, prepare
@@ -251,7 +251,7 @@ def finetune_cmd(ctx: click.Context, checkpoint: str, data: Path | None, out: Pa
         return
     if data is None or steps is not None:
         raise click.UsageError("give DATA, or --library DB (--steps works only with --library)")
-    from genre_stream.frontend import FrontendConfig
+    from genre_stream.audio.frontend import FrontendConfig
 
     from .checkpoint import load_checkpoint
     from .data import MANIFEST, PrepareConfig, prepare

@@ -41,10 +41,10 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from genre_stream.calibration import Calibration
-from genre_stream.fsutil import sha256_file
-from genre_stream.frontend import MelFrontend, normalize_window
-from genre_stream.modelinfo import ModelInfo
+from genre_stream.model.calibration import Calibration
+from genre_stream.common.fsutil import sha256_file
+from genre_stream.audio.frontend import MelFrontend, normalize_window
+from genre_stream.model.info import ModelInfo
 
 from .augment import SpecAugmentConfig, spec_augment
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -174,7 +174,7 @@ class LibraryData:
 
 def read_library(db_path: Path, labels: list[str], frontend: MelFrontend, max_unlabelled: int, seed: int) -> LibraryData:
     """Decode the library's labelled tracks and up to ``max_unlabelled`` of its other tracks (whole tracks)."""
-    from genre_stream.audio import AudioError
+    from genre_stream.audio.decode import AudioError
     from genre_stream.library.db import LibraryDB
     from genre_stream.library.labels import user_labels
 
@@ -214,9 +214,9 @@ def base_calibration(checkpoint: str | Path, info: ModelInfo) -> Calibration | N
     """The calibration the fine-tuned model keeps: the checkpoint's own, or for ``default`` the bundled export's."""
     if info.calibration is not None or str(checkpoint) != "default":
         return info.calibration
-    from genre_stream.engine import Engine
+    from genre_stream.model.choice import open_engine
 
-    return Engine(None, device="cpu", threads=1).info.calibration
+    return open_engine(None, device="cpu", threads=1).info.calibration
 
 
 def finetune_library(checkpoint: str | Path, db_path: str | Path, out: str | Path, config: CorrectionConfig | None = None,

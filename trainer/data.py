@@ -2,7 +2,7 @@
 
 Decoding and the mel transform cost far more than a training step on short windows,
 so ``prepare`` does them once: every clip goes through the runtime's own frontend
-(``genre_stream.frontend``) and its power frames are appended to a flat binary shard.
+(``genre_stream.audio.frontend``) and its power frames are appended to a flat binary shard.
 ``manifest.json`` maps each clip to (shard, offset, frames) and records the file's
 sha256, so running ``prepare`` again only decodes what is new or changed and drops
 what disappeared. Normalisation is per window and therefore applied when a window is
@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from genre_stream.audio import AUDIO_EXTENSIONS, AudioError, load_audio
-from genre_stream.frontend import FrontendConfig, MelFrontend, loop_to_length, normalize_window
-from genre_stream.fsutil import atomic_path, sha256_file
+from genre_stream.audio.decode import AUDIO_EXTENSIONS, AudioError, load_audio
+from genre_stream.audio.frontend import FrontendConfig, MelFrontend, loop_to_length, normalize_window
+from genre_stream.common.fsutil import atomic_path, sha256_file
 
 from .frontend_torch import TorchMelFrontend
 

@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from genre_stream.calibration import UncertaintyRule
-from genre_stream.fsutil import atomic_path
-from genre_stream.modelinfo import ModelInfo
-from genre_stream.tracks import window_starts
+from genre_stream.model.calibration import UncertaintyRule
+from genre_stream.common.fsutil import atomic_path
+from genre_stream.model.info import ModelInfo
+from genre_stream.tracks.analysis import window_starts
 
 from .data import MANIFEST, Cache, PrepareConfig, prepare
 from .metrics import classification_report, expected_calibration_error, reliability_bins
@@ -98,10 +98,11 @@ def load_model(path: str | Path, threads: int = 0) -> LoadedModel:
     if not path.is_file():
         raise EvaluateError(f"{path}: no such model file")
     if path.suffix == ".onnx":
-        from genre_stream.engine import Engine, ModelError
+        from genre_stream.model.session import ModelError
+        from genre_stream.model.choice import open_engine
 
         try:
-            engine = Engine(path, device="cpu", threads=threads)
+            engine = open_engine(path, device="cpu", threads=threads)
         except ModelError as exc:
             raise EvaluateError(str(exc)) from exc
         return LoadedModel(engine.info, lambda w: engine.predict(w).probabilities, "onnx")

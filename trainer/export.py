@@ -20,9 +20,9 @@ import onnx
 import torch
 from torch import nn
 
-from genre_stream.fsutil import atomic_path
+from genre_stream.common.fsutil import atomic_path
 from trainer.model import BBNN
-from genre_stream.modelinfo import METADATA_KEY, ModelInfo
+from genre_stream.model.info import METADATA_KEY, ModelInfo
 
 log = logging.getLogger(__name__)
 

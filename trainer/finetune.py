@@ -21,7 +21,7 @@ from typing import Any
 
 from torch import nn
 
-from genre_stream.fsutil import sha256_file
+from genre_stream.common.fsutil import sha256_file
 from trainer.model import BBNN
 
 from .checkpoint import load_checkpoint

@@ -1,6 +1,6 @@
 """The mel frontend's definition run with torch/torchaudio: what the trainer computes.
 
-``genre_stream.frontend.MelFrontend`` holds the definition (parameters, padding,
+``genre_stream.audio.frontend.MelFrontend`` holds the definition (parameters, padding,
 filterbank, blocks) and computes the STFT with numpy so the runtime needs no torch.
 This subclass swaps only that STFT for ``torchaudio.functional.spectrogram``; the
 tests keep the two equal (and equal to librosa), which is what "no train/serve
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torchaudio.functional as AF
 
-from genre_stream.frontend import FrontendConfig, MelFrontend
+from genre_stream.audio.frontend import FrontendConfig, MelFrontend
 
 
 class TorchMelFrontend(MelFrontend):

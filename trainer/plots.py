@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (backend must be chosen first)
 import numpy as np  # noqa: E402
 
-from genre_stream.fsutil import atomic_path  # noqa: E402
+from genre_stream.common.fsutil import atomic_path  # noqa: E402
 
 
 def _save(fig: Any, path: Path) -> Path:

@@ -24,7 +24,9 @@ from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, Q
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from trainer.model import BBNN
-from genre_stream.modelinfo import ModelInfo
+from genre_stream.model.info import ModelInfo
+from genre_stream.model.agreement import AGREEMENT_BAR, AgreementBar
+from genre_stream.model.session import cpu_session
 
 from .export import INPUT_NAME, set_metadata, to_onnx_model, torch_probabilities
 from .fold import equalize, fold_bbnn
@@ -33,18 +35,6 @@ log = logging.getLogger(__name__)
 
 RECIPES = ("full", "plain")
 CALIBRATION_METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy}
-
-
-@dataclass(frozen=True)
-class AccuracyBar:
-    """What a quantised model must keep of the fp32 model's answers (issue 7)."""
-
-    min_top1: float = 0.97
-    max_mean_abs: float = 0.03
-    # Largest |dp| of any one window (raw softmax, which the uncalibrated model makes steep). 0.15 since
-    # issue 22: 7-bit weights, the price of the same answers on every CPU, took the bundled int8's worst
-    # window on three real clips from 0.051 to 0.111 (full-range weights: 0.186 on AVX2-only x86).
-    max_abs: float = 0.15
 
 
 @dataclass(frozen=True)
@@ -60,17 +50,10 @@ class Agreement:
     mean_abs: float
     max_abs: float
 
-    def shortfalls(self, bar: AccuracyBar) -> list[str]:
-        out = []
-        if self.top1 < bar.min_top1:
-            out.append(f"top-1 agreement {self.top1:.3f} < {bar.min_top1}")
-        if self.mean_abs > bar.max_mean_abs:
-            out.append(f"mean |dp| {self.mean_abs:.4f} > {bar.max_mean_abs}")
-        if self.max_abs > bar.max_abs:
-            out.append(f"max |dp| {self.max_abs:.4f} > {bar.max_abs}")
-        return out
+    def shortfalls(self, bar: AgreementBar = AGREEMENT_BAR) -> list[str]:
+        return bar.window_shortfalls(self.top1, self.mean_abs, self.max_abs)
 
-    def meets(self, bar: AccuracyBar) -> bool:
+    def meets(self, bar: AgreementBar = AGREEMENT_BAR) -> bool:
         return not self.shortfalls(bar)
 
     def summary(self) -> str:
@@ -203,10 +186,7 @@ def _emulating_session(proto: onnx.ModelProto, outputs: list[str]) -> ort.Infere
     model.CopyFrom(proto)
     known = {o.name for o in model.graph.output}
     model.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in outputs if name not in known)
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
+    return cpu_session(model.SerializeToString(), optimize=False)
 
 
 def _channel_means(sess: ort.InferenceSession, outputs: list[str], windows: np.ndarray) -> list[np.ndarray]:
@@ -592,13 +572,8 @@ def graph_wiring(graph: onnx.GraphProto) -> tuple[dict[str, onnx.NodeProto], dic
 
 
 def session(model: onnx.ModelProto | bytes | str | Path, threads: int = 2) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
+    """A CPU session with the product's recipe (``genre_stream.model.session``) over a graph or a file."""
+    return cpu_session(model.SerializeToString() if isinstance(model, onnx.ModelProto) else model, threads)
 
 
 def onnx_probabilities(sess: ort.InferenceSession, windows: np.ndarray, batch: int = 1) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Cut a quantised (int8 QDQ) BBNN export into a streaming pack (``genre_stream.streaming``).
+"""Cut a quantised (int8 QDQ) BBNN export into a streaming pack (``genre_stream.model.streaming``).
 
 The fp32 pack is exported stage by stage from the PyTorch model (``trainer.stream_export``).
 An int8 pack cannot be: quantising each stage on its own would pick other scales, and the
@@ -36,9 +36,9 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from genre_stream.fsutil import atomic_path
-from genre_stream.modelinfo import METADATA_KEY, ModelInfo
-from genre_stream.streaming import STREAM_FORMAT
+from genre_stream.common.fsutil import atomic_path
+from genre_stream.model.info import METADATA_KEY, ModelInfo
+from genre_stream.model.streaming import STREAM_FORMAT
 from trainer.quantize import graph_wiring, session
 from trainer.stream_export import pack_bytes
 

@@ -1,4 +1,4 @@
-"""Export the stages of a BBNN for streaming inference (``genre_stream.streaming``).
+"""Export the stages of a BBNN for streaming inference (``genre_stream.model.streaming``).
 
 Consecutive live windows overlap by all but one hop, and the network is local in
 time up to its final global mean, so the runtime caches each stage's output per
@@ -37,9 +37,9 @@ import onnx
 import torch
 from torch import nn
 
-from genre_stream.fsutil import atomic_path
-from genre_stream.modelinfo import ModelInfo
-from genre_stream.streaming import STREAM_FORMAT
+from genre_stream.common.fsutil import atomic_path
+from genre_stream.model.info import ModelInfo
+from genre_stream.model.streaming import STREAM_FORMAT
 from trainer.export import OPSET
 from trainer.model import BBNN
 

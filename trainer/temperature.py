@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from genre_stream.calibration import DEFAULT_FLOOR, Calibration, UncertaintyRule
+from genre_stream.model.calibration import DEFAULT_FLOOR, Calibration, UncertaintyRule
 
 from .metrics import cross_entropy, expected_calibration_error
 

@@ -41,9 +41,9 @@ import torch
 from torch import nn
 
 from genre_stream import __version__ as genre_stream_version
-from genre_stream.fsutil import atomic_path
+from genre_stream.common.fsutil import atomic_path
 from .model import BBNN, torch_predictor
-from genre_stream.modelinfo import ModelInfo
+from genre_stream.model.info import ModelInfo
 
 from .augment import SpecAugmentConfig, spec_augment
 from .checkpoint import save_checkpoint

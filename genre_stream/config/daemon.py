@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from ..redact import redact_url
+from ..tracks import TRACK_HOP_SECONDS
+from ..common.redact import redact_url
 from .errors import ConfigError
 from .fields import check_ranges, flag, option, setting
 from .history import HistorySettings
@@ -45,7 +46,7 @@ class DaemonConfig:
         "--log-level", help="Log level of the daemon.", default_text="info, or what -v asks for"))
     stats_interval: float = setting(60.0, 0, 86400, note="(0 turns stats off)",  # seconds between stats messages
                                     cli=flag("--stats-interval", help="Seconds between stats messages; 0 = off."))
-    track_hop_seconds: float = setting(10.0, 0, 300, lo_open=True)  # window hop when a watched file is tagged as a whole track
+    track_hop_seconds: float = setting(TRACK_HOP_SECONDS, 0, 300, lo_open=True)  # window hop when a watched file is tagged as a whole track
     model: ModelConfig = field(default_factory=ModelConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     watch: WatchConfig = field(default_factory=WatchConfig)

@@ -53,7 +53,7 @@ class Range:
 class Flag:
     """The command-line flag of a setting, declared with the setting so it is written once.
 
-    ``genre-stream run`` builds its options from these (``cli_run.config_options``): the type
+    ``genre-stream run`` builds its options from these (``cli.run.config_options``): the type
     and choices come from the field's annotation, and the help gets the field's default
     appended unless ``default_text`` says what the default means instead.
     """

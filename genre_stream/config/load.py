@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from ..models import is_auto, resolve_model
-from ..redact import MASK, redact_url
+from ..model.bundled import is_auto, named_model
+from ..common.redact import MASK, redact_url
 from .daemon import SECTIONS, DaemonConfig
 from .errors import ConfigError
 from .fields import RangeError, topic_problem
@@ -242,7 +242,7 @@ def _validate(config: DaemonConfig, origins: dict[str, str]) -> None:
 
     # Numeric ranges are declared next to each setting (fields.setting); these are the other rules.
     m = config.mqtt
-    check(is_auto(config.model.path) or resolve_model(config.model.path).is_file(), "model.path", "file not found (give an ONNX file, or auto / fp32 / int8)")
+    check(is_auto(config.model.path) or named_model(config.model.path).is_file(), "model.path", "file not found (give an ONNX file, or auto / fp32 / int8)")
     if m.url is not None:
         parts = urlsplit(m.url)
         check(parts.scheme in ("mqtt", "mqtts"), "mqtt.url", "scheme must be mqtt:// or mqtts://")

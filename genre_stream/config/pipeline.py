@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..sanitize import SILENCE_DBFS
+from ..audio.sanitize import SILENCE_DBFS
 from .fields import check_ranges, flag, option, setting
 
 

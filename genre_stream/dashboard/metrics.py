@@ -18,7 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from ..sinks.history import HistoryStats
-from ..messages import GenreEvent, GenreState, Message
+from ..sinks.messages import GenreEvent, GenreState, Message
 
 log = logging.getLogger(__name__)
 

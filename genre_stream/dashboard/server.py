@@ -41,9 +41,9 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from ..jsonsafe import dumps
+from ..common.jsonsafe import dumps
 from ..sinks.history import HistoryError, HistoryReader, Segment, iso_utc, segments_csv
-from ..timespec import parse_time
+from ..common.timespec import parse_time
 from ..library.db import LibraryError
 from ..config import DashboardConfig
 from .corrections import Corrections

@@ -16,9 +16,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..frontend import FrontendConfig
+from ..audio.frontend import FrontendConfig
 from ..sinks.history import HistoryReader, HistoryStats
-from ..messages import GenreEvent, GenreState
+from ..sinks.messages import GenreEvent, GenreState
 from ..sinks.base import SourceAvailability, SourceInfo
 from ..config import ConfigError, DashboardConfig
 from .corrections import Corrections
@@ -27,7 +27,7 @@ from .server import DashboardError, DashboardServer
 from .state import DashboardState, MelSource
 
 if TYPE_CHECKING:  # the dashboard does not load the inference stack itself
-    from ..pipeline import ClassifiedWindow
+    from ..live.pipeline import ClassifiedWindow
 
 log = logging.getLogger(__name__)
 

@@ -35,10 +35,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..frontend import FrontendConfig
-from ..frontend import _hz_to_mel as hz_to_mel  # the frontend's own (Slaney) mel scale
+from ..audio.frontend import FrontendConfig
+from ..audio.frontend import _hz_to_mel as hz_to_mel  # the frontend's own (Slaney) mel scale
 from ..sinks.history import HistoryStats
-from ..messages import GenreEvent, GenreState, Message, parse_payload_time
+from ..sinks.messages import GenreEvent, GenreState, Message, parse_payload_time
 from ..sinks.base import SourceAvailability, SourceInfo
 from ..sources import TRACK_KINDS
 from .metrics import DashboardMetrics, SinkMetrics, SourceMetrics
@@ -59,7 +59,7 @@ RETRY_RE = re.compile(r"reconnecting in (\d+(?:\.\d+)?) s")
 
 
 class MelSource(Protocol):
-    """What ``offer_mel`` reads: genre_stream.frontend.MelRingBuffer fits."""
+    """What ``offer_mel`` reads: genre_stream.audio.frontend.MelRingBuffer fits."""
 
     @property
     def total_frames(self) -> int: ...

@@ -22,7 +22,7 @@ from sklearn.decomposition import PCA
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import silhouette_score
 
-from ..fsutil import atomic_path
+from ..common.fsutil import atomic_path
 from .db import LibraryError, LibraryMatrix
 from .features import track_features
 

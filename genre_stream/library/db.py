@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..audio import Tags, read_tags
-from ..messages import utc_now_iso
-from ..sqlite import open_db
+from ..audio.decode import Tags, read_tags
+from ..sinks.messages import utc_now_iso
+from ..common.sqlite import open_db
 
 if TYPE_CHECKING:  # the daemon and the CLI import the database without loading torch/onnxruntime
-    from ..tracks import TrackResult
+    from ..tracks.analysis import TrackResult
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..messages import utc_now_iso
+from ..sinks.messages import utc_now_iso
 from .db import LibraryDB, LibraryError
 
 _TABLE = """

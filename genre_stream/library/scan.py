@@ -26,9 +26,11 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ..audio import AudioError, find_audio_files, read_tags
-from ..engine import Engine
-from ..tracks import DEFAULT_HOP_SECONDS, TrackResult, analyse_file
+from ..audio.decode import AudioError, find_audio_files, read_tags
+from ..model.engine import Engine
+from ..model.choice import open_engine
+from ..tracks import TRACK_HOP_SECONDS
+from ..tracks.analysis import TrackResult, analyse_file
 from .db import FileStamp, LibraryDB, LibraryError, file_hash
 
 log = logging.getLogger(__name__)
@@ -41,7 +43,7 @@ class ScanConfig:
     model_path: str | Path | None = None
     device: str = "auto"
     workers: int = 2
-    hop_seconds: float = DEFAULT_HOP_SECONDS
+    hop_seconds: float = TRACK_HOP_SECONDS
     retry_errors: bool = False  # re-try unchanged files that failed before
 
 
@@ -80,14 +82,14 @@ class ScanReport:
 # -- the per-file work (runs in worker processes) -------------------------------------
 
 _engine: Engine | None = None
-_hop_seconds: float = DEFAULT_HOP_SECONDS
+_hop_seconds: float = TRACK_HOP_SECONDS
 
 
 def _init_worker(model_path: str | Path | None, device: str, threads: int, hop_seconds: float) -> None:
     """Load the model once per process; the parent handles Ctrl-C, so workers ignore it."""
     global _engine, _hop_seconds
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _engine = Engine(model_path, device=device, threads=threads)
+    _engine = open_engine(model_path, device=device, threads=threads)
     _hop_seconds = hop_seconds
 
 
@@ -263,7 +265,7 @@ def scan(
     """
     config = config or ScanConfig()
     files, roots = collect_files(paths)
-    engine = Engine(config.model_path, device=config.device)
+    engine = open_engine(config.model_path, device=config.device)
     db.ensure_labels(engine.labels)  # before any work: a mismatch would fail every file
     jobs, gone, report = plan(db, files, roots, engine.model_id, config.retry_errors)
     if on_plan:

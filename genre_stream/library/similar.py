@@ -83,12 +83,13 @@ def resolve_query(track: str | Path, index: SimilarityIndex, db: LibraryDB, mode
         return Query(path, index.vectors[row], index.genres[row], True)
     if not Path(path).is_file():
         raise LibraryError(f"{track}: not in the library ({db.path}) and not an audio file here")
-    from ..audio import AudioError  # torch/onnxruntime load only when a query needs analysing
-    from ..engine import Engine, ModelError
-    from ..tracks import analyse_file
+    from ..audio.decode import AudioError  # torch/onnxruntime load only when a query needs analysing
+    from ..model.session import ModelError
+    from ..model.choice import open_engine
+    from ..tracks.analysis import analyse_file
 
     try:
-        engine = Engine(model_path, device=device)
+        engine = open_engine(model_path, device=device)
         labels = db.labels
         if labels is not None and labels != engine.labels:
             raise LibraryError(f"{engine.path}: model labels {engine.labels} differ from the library's {labels}")

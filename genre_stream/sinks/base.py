@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..messages import GenreEvent, GenreState, SourceStats
+from .messages import GenreEvent, GenreState, SourceStats
 
 log = logging.getLogger(__name__)
 

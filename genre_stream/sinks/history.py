@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..jsonsafe import dumps
-from ..messages import GenreEvent, GenreState, Message, iso_utc, parse_payload_time
+from ..common.jsonsafe import dumps
+from .messages import GenreEvent, GenreState, Message, State, iso_utc, parse_payload_time
 from ..config import HistoryConfig
-from ..sqlite import open_db
+from ..common.sqlite import open_db
 from .base import SourceInfo
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ class Segment:
     source: str
     start: float  # unix time of the first state of the segment
     end: float  # unix time the next segment started, or of the last state
-    state: str  # messages.STATES: each non-music state is a segment of its own
+    state: str  # a messages.State word: each non-music state is a segment of its own
     genre: str | None
     confidence: float  # mean confidence over the segment's states
     windows: int
@@ -410,10 +410,10 @@ def merge_segments(rows: list[StateRow], max_gap: float = DEFAULT_MAX_GAP_SECOND
     for source_rows in by_source.values():
         cur: _Open | None = None
         for row in source_rows:
-            key = (row.state, row.genre if row.state == "music" else None)
+            key = (row.state, row.genre if row.state == State.MUSIC else None)
             if cur is not None:
                 gap = row.ts - cur.last.ts
-                same = key == (cur.first.state, cur.first.genre if cur.first.state == "music" else None)
+                same = key == (cur.first.state, cur.first.genre if cur.first.state == State.MUSIC else None)
                 if gap > max_gap:
                     close(cur, cur.last.ts)
                     cur = None

@@ -37,17 +37,17 @@ from typing import Any
 
 from .. import __version__
 from ..config import DashboardConfig, HomeAssistantConfig
-from ..fsutil import atomic_path
-from ..messages import NON_GENRE_STATES
+from ..common.fsutil import atomic_path
+from .messages import NON_GENRE_STATES
 from ..sources import TRACK_KINDS
 from .base import SourceInfo
+from .topics import OFFLINE, ONLINE, Topics
 
 log = logging.getLogger(__name__)
 
 # NON_GENRE_STATES (messages.py): states a source's genre sensor takes besides the model's labels, the
 # state payload's ``state`` whenever it is not ``music``. Home Assistant rejects enum states missing from ``options``.
 
-ONLINE, OFFLINE = "online", "offline"
 EXPIRE_HOPS = 4  # a state sensor goes unavailable after this many hops without a state...
 EXPIRE_MIN_SECONDS = 30  # ...but never sooner than this (short hops on a loaded machine)
 STATS_EXPIRE_INTERVALS = 3  # diagnostic sensors expire after this many missed stats messages
@@ -62,35 +62,6 @@ RECONNECTING_SOURCES = ("mic", "stream")  # kinds whose stats count reconnects
 class Discovery:
     topic: str
     payload: bytes  # b"" retracts the entity
-
-
-@dataclass(frozen=True)
-class Topics:
-    """The daemon's topic names, in one place for the sink that publishes and the configs that point at them."""
-
-    prefix: str
-
-    @property
-    def status(self) -> str:
-        return f"{self.prefix}/status"
-
-    def state(self, source: str) -> str:
-        return f"{self.prefix}/{source}/state"
-
-    def event(self, source: str) -> str:
-        return f"{self.prefix}/{source}/event"
-
-    def stats(self, source: str) -> str:
-        return f"{self.prefix}/{source}/stats"
-
-    def availability(self, source: str) -> str:
-        return f"{self.prefix}/{source}/availability"
-
-    def attributes(self, source: str) -> str:
-        return f"{self.prefix}/{source}/attributes"
-
-    def track(self, source: str) -> str:
-        return f"{self.prefix}/{source}/track"
 
 
 def slug(source: str) -> str:

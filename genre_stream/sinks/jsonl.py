@@ -15,8 +15,8 @@ import threading
 from pathlib import Path
 from typing import TextIO
 
-from ..jsonsafe import dumps
-from ..messages import SourceStats
+from ..common.jsonsafe import dumps
+from .messages import SourceStats
 from .base import Publishable, SourceAvailability, SourceInfo
 
 log = logging.getLogger(__name__)

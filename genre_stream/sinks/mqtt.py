@@ -1,14 +1,7 @@
 """MQTT output (paho-mqtt 2.x, MQTT 3.1.1 or 5, optional TLS).
 
-Topics (``prefix`` defaults to ``genre-stream``):
-
-* ``<prefix>/<source>/state``  retained, QoS 1, after every classification
-* ``<prefix>/<source>/event``  QoS 1, genre changes, tagged tracks, errors
-* ``<prefix>/<source>/stats``  QoS 0, periodic counters (dropped while offline: they are only news)
-* ``<prefix>/status``          retained ``online``/``offline``; ``offline`` is also the last will
-* ``<prefix>/<source>/availability``  retained ``online`` while audio flows, ``offline`` when the source is down
-* with Home Assistant discovery also, retained: ``<prefix>/<source>/attributes`` (rounded probabilities,
-  only on a real change) and ``<prefix>/<source>/track`` (the last ``track_tagged`` event)
+Topics and their QoS and retain rules: ``topics.py``. Stats are dropped while offline (they are
+only news); with Home Assistant discovery, attributes are re-published only on a real change.
 
 States and events go through the on-disk ``Outbox`` and leave it only when the broker has
 acknowledged them, so a broker restart or a daemon restart loses nothing and order is kept.
@@ -35,13 +28,14 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from ..backoff import Backoff
+from ..common.backoff import Backoff
 from ..config import ConfigError, HomeAssistantConfig, MqttConfig
-from ..jsonsafe import dumps
-from ..redact import redact_url
-from ..messages import GenreEvent, GenreState, SourceStats
+from ..common.jsonsafe import dumps
+from ..common.redact import redact_url
+from .messages import GenreEvent, GenreState, SourceStats
 from .base import Publishable, SourceAvailability, SourceInfo
-from .homeassistant import LEDGER_FILE, OFFLINE, ONLINE, AttributeGate, DiscoveryLedger, Topics, discovery_messages
+from .homeassistant import LEDGER_FILE, AttributeGate, DiscoveryLedger, discovery_messages
+from .topics import OFFLINE, ONLINE, Topics, availability_word, home_assistant_status
 from .outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -102,7 +96,7 @@ class MqttSink:
             self.client.tls_set_context(context)
         if config.username is not None:
             self.client.username_pw_set(config.username, config.password)
-        self.client.will_set(self.status_topic, "offline", qos=1, retain=True)
+        self.client.will_set(self.status_topic, OFFLINE, qos=1, retain=True)
         self.client.on_connect = _contained(self._on_connect)
         self.client.on_disconnect = _contained(self._on_disconnect)
         self.client.on_publish = _contained(self._on_publish)
@@ -134,7 +128,7 @@ class MqttSink:
     def publish(self, message: Publishable) -> None:
         topics = self.topics
         if isinstance(message, SourceAvailability):
-            self._queue(topics.availability(message.source), (ONLINE if message.online else OFFLINE).encode(), retain=True)
+            self._queue(topics.availability(message.source), availability_word(message.online).encode(), retain=True)
             if self.connected.is_set():
                 self._pump()
             return
@@ -196,7 +190,7 @@ class MqttSink:
             self._thread.join(timeout=max(1.0, deadline - time.monotonic()) + 1.0)
         # The network thread is gone: this thread owns the client now.
         if self.connected.is_set():
-            info = self.client.publish(self.status_topic, "offline", qos=1, retain=True)
+            info = self.client.publish(self.status_topic, OFFLINE, qos=1, retain=True)
             end = time.monotonic() + max(1.0, deadline - time.monotonic())
             while not info.is_published() and time.monotonic() < end:
                 if self.client.loop(timeout=LOOP_TIMEOUT) != MQTTErrorCode.MQTT_ERR_SUCCESS:
@@ -330,10 +324,10 @@ class MqttSink:
         with self._lock:
             # paho re-sends what it still holds in flight; everything else restarts from the queue.
             self._last_handed = max(self._inflight.values(), default=0)
-        client.publish(self.status_topic, "online", qos=1, retain=True)
+        client.publish(self.status_topic, ONLINE, qos=1, retain=True)
         self.connected.set()  # before discovery: a failing announcement must not hold up states and events
         if self.ha.enabled:
-            client.subscribe(f"{self.ha.discovery_prefix}/status", qos=1)
+            client.subscribe(home_assistant_status(self.ha.discovery_prefix), qos=1)
         self._announce()
 
     def _on_disconnect(self, client: mqtt.Client, userdata, flags, reason, properties) -> None:
@@ -376,7 +370,7 @@ class MqttSink:
 
     def _on_message(self, client: mqtt.Client, userdata, message: mqtt.MQTTMessage) -> None:
         # Home Assistant publishes "online" on <discovery_prefix>/status when it (re)starts.
-        if message.payload == b"online":
+        if message.payload == ONLINE.encode():
             log.info("Home Assistant came online; re-announcing discovery configs")
             self._announce()
 

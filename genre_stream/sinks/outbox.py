@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..sqlite import open_db
+from ..common.sqlite import open_db
 
 log = logging.getLogger(__name__)
 

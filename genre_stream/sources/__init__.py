@@ -132,7 +132,7 @@ def parse_source(
             reconnect_max_seconds=reconnect_max_seconds,
         )
     if kind == "watch":
-        from .watch import WatchSource
+        from ..watch.source import WatchSource
 
         directory = Path(arg).expanduser()
         if directory.exists() and not directory.is_dir():

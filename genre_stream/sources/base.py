@@ -20,14 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
+from ..audio.frontend import SAMPLE_RATE
+
 log = logging.getLogger(__name__)
 
-TARGET_RATE = 22050  # FrontendConfig.sample_rate: everything inside the pipeline runs at this rate
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: numpy arrays have no single truth value
 class AudioChunk:
-    """A piece of mono float32 audio at 22050 Hz from a live or file source."""
+    """A piece of mono float32 audio at ``SAMPLE_RATE`` from a live or file source."""
 
     source: str
     samples: np.ndarray
@@ -97,11 +98,11 @@ class StreamClock:
         self.samples = 0  # emitted since the current connection
 
     def reconnected(self) -> None:
-        self._offset = max(self._offset + self.samples / TARGET_RATE, time.monotonic() - self._start)
+        self._offset = max(self._offset + self.samples / SAMPLE_RATE, time.monotonic() - self._start)
         self.samples = 0
 
     def stamp(self, n_samples: int) -> float:
         """Stream time of the first of the next ``n_samples`` samples; counts them."""
-        t = self._offset + self.samples / TARGET_RATE
+        t = self._offset + self.samples / SAMPLE_RATE
         self.samples += n_samples
         return t

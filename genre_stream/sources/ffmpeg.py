@@ -1,4 +1,4 @@
-"""An ffmpeg subprocess that decodes anything it can read to raw mono float32 at 22050 Hz.
+"""An ffmpeg subprocess that decodes anything it can read to raw mono float32 at SAMPLE_RATE (22050 Hz).
 
 Shared by the file and stream sources: ffmpeg does demuxing, decoding, down-mixing
 and resampling in constant memory, so a one-hour recording or an endless radio
@@ -18,9 +18,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..audio import ffmpeg_executable, ffmpeg_resample_args
-from ..redact import redact_text
-from .base import TARGET_RATE, SourceError
+from ..audio.decode import ffmpeg_executable, ffmpeg_resample_args
+from ..common.redact import redact_text
+from ..audio.frontend import SAMPLE_RATE
+from .base import SourceError
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ LIVE_OUTPUT_ARGS = ("-flush_packets", "1")
 class FfmpegPcm:
     """One ffmpeg run over ``url``; ``read`` returns samples, ``close`` the exit status and last errors."""
 
-    def __init__(self, url: str, input_args: Sequence[str] = (), rate: int = TARGET_RATE, live: bool = False) -> None:
+    def __init__(self, url: str, input_args: Sequence[str] = (), rate: int = SAMPLE_RATE, live: bool = False) -> None:
         exe = ffmpeg_executable()
         if exe is None:
             raise SourceError("no ffmpeg found (apt install ffmpeg, or pip install \"genre-stream[ffmpeg]\")")

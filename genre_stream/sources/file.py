@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import TARGET_RATE, AudioChunk, Emit, Source, SourceProblem
+from ..audio.frontend import SAMPLE_RATE
+from .base import AudioChunk, Emit, Source, SourceProblem
 from .ffmpeg import FfmpegPcm
 
 log = logging.getLogger(__name__)
@@ -29,11 +30,11 @@ class FileSource(Source):
         self.id = source_id
         self.path = Path(path)
         self.realtime = realtime
-        self.chunk_samples = max(1, int(round(chunk_seconds * TARGET_RATE)))
+        self.chunk_samples = max(1, int(round(chunk_seconds * SAMPLE_RATE)))
         self._samples = 0
 
     def stats(self) -> dict[str, float | int]:
-        return {"position_seconds": self._samples / TARGET_RATE}
+        return {"position_seconds": self._samples / SAMPLE_RATE}
 
     def run(self, emit: Emit, stop: threading.Event) -> None:
         if not self.path.is_file():
@@ -59,20 +60,20 @@ class FileSource(Source):
         finally:
             status, errors = decoder.finished() if ended else decoder.close()
         if stop.is_set() and not ended:
-            log.info("%s: stopped at %.1f s of %s", self.id, self._samples / TARGET_RATE, self.path)
+            log.info("%s: stopped at %.1f s of %s", self.id, self._samples / SAMPLE_RATE, self.path)
             return
         if status != 0 or self._samples == 0:
             reason = errors or ("no audio samples" if status == 0 else f"ffmpeg exited with status {status}")
             emit(SourceProblem(self.id, f"{self.path}: not decodable audio ({reason})", str(self.path)))
             return
-        log.info("%s: finished %s (%.1f s)", self.id, self.path, self._samples / TARGET_RATE)
+        log.info("%s: finished %s (%.1f s)", self.id, self.path, self._samples / SAMPLE_RATE)
 
     def _emit(self, samples: np.ndarray, emit: Emit, stop: threading.Event, start: float) -> None:
-        t = self._samples / TARGET_RATE
+        t = self._samples / SAMPLE_RATE
         self._samples += samples.size
         if self.realtime:
             # The chunk's last sample is "captured" when the real-time clock reaches it.
-            due = start + self._samples / TARGET_RATE
+            due = start + self._samples / SAMPLE_RATE
             delay = due - time.monotonic()
             if delay > 0:
                 stop.wait(delay)

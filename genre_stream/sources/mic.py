@@ -19,10 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from ..devices import AudioDeviceError, import_sounddevice, resolve_input_device
-from ..resample import StreamResampler
-from ..backoff import Backoff
-from .base import TARGET_RATE, AudioChunk, Emit, Source, SourceError, SourceProblem, StreamClock
+from .devices import AudioDeviceError, import_sounddevice, resolve_input_device
+from ..audio.resample import StreamResampler
+from ..common.backoff import Backoff
+from ..audio.frontend import SAMPLE_RATE
+from .base import AudioChunk, Emit, Source, SourceError, SourceProblem, StreamClock
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ class MicSource(Source):
         self.device_name = dev.name
         self.native_rate = rate
         log.info("%s: capturing from %r (index %d) at %d Hz, %d channel(s)", self.id, dev.name, dev.index, rate, channels)
-        return stream, StreamResampler(rate, TARGET_RATE), channels
+        return stream, StreamResampler(rate, SAMPLE_RATE), channels
 
     def _pump(self, stream: Any, resampler: StreamResampler, channels: int, emit: Emit, stop: threading.Event) -> str | None:
         """Move blocks from the queue to ``emit``; the reason the device failed, or None when stopped."""

@@ -16,9 +16,10 @@ import time
 
 import numpy as np
 
-from ..redact import redact_text, redact_url
-from ..backoff import Backoff
-from .base import TARGET_RATE, AudioChunk, Emit, Source, SourceProblem, StreamClock
+from ..common.redact import redact_text, redact_url
+from ..common.backoff import Backoff
+from ..audio.frontend import SAMPLE_RATE
+from .base import AudioChunk, Emit, Source, SourceProblem, StreamClock
 from .ffmpeg import LIVE_INPUT_ARGS, FfmpegPcm
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ class StreamSource(Source):
     ) -> None:
         self.id = source_id
         self.url = url
-        self.chunk_samples = max(1, int(round(chunk_seconds * TARGET_RATE)))
+        self.chunk_samples = max(1, int(round(chunk_seconds * SAMPLE_RATE)))
         self.stall_seconds = stall_seconds
         self.reconnect_max_seconds = reconnect_max_seconds
         self._reconnects = 0

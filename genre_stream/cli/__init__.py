@@ -1,0 +1,1 @@
+"""The ``genre-stream`` command line: one module per command group."""
