@@ -19,7 +19,8 @@ from _helpers_dashboard import LABELS
 from genre_stream.config import DashboardConfig
 from genre_stream.dashboard.server import DashboardServer
 from genre_stream.dashboard.state import DashboardState
-from genre_stream.sinks.history import History, HistoryConfig, HistoryReader
+from genre_stream.history.reader import HistoryReader
+from genre_stream.sinks.history import History, HistoryConfig
 
 
 @dataclass

@@ -245,6 +245,9 @@ class ScriptedSource(Source):
     def mark_done(self, path: Path, ok: bool) -> None:
         self.done.append((path, ok))
 
+    def retry_later(self, path: Path) -> bool:
+        return False
+
 
 def test_composition_tracks_problems_and_crashes(engine, demo: Path, tmp_path: Path) -> None:
     corrupt = tmp_path / "corrupt.wav"

@@ -18,14 +18,8 @@ import pytest
 
 from _helpers_dashboard import changed, state
 from conftest import REPO, cli_env, run_cli
-from genre_stream.sinks.history import (
-    History,
-    HistoryConfig,
-    HistoryError,
-    HistoryReader,
-    StateRow,
-    merge_segments,
-)
+from genre_stream.history.reader import HistoryError, HistoryReader, StateRow, merge_segments
+from genre_stream.sinks.history import History, HistoryConfig
 from genre_stream.sinks.messages import SourceStats
 from genre_stream.common.timespec import parse_time
 

@@ -87,7 +87,7 @@ def test_tagger_publishes_indexes_and_only_then_marks_the_file_done(engine, tmp_
     shutil.copy(DEMO, song)
     db = tmp_path / "lib" / "library.sqlite"
     folder = Folder()
-    TrackTagger(folder, engine, library_db=db).tag(song, folder.publish)
+    TrackTagger(folder.id, folder, engine, library_db=db).tag(song, folder.publish)
     assert [entry[0] for entry in folder.log] == ["published", "done"]  # a crash in between tags it again: nothing lost
     event = folder.log[0][1]
     assert event["type"] == "track_tagged" and event["source"] == "inbox" and event["path"] == str(song)
@@ -102,10 +102,10 @@ def test_tagger_waits_for_a_file_that_may_still_be_written_then_reports_it(engin
     bad.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" * 10)
     db = tmp_path / "library.sqlite"
     waiting = Folder(retry=True)
-    TrackTagger(waiting, engine, library_db=db).tag(bad, waiting.publish)
+    TrackTagger(waiting.id, waiting, engine, library_db=db).tag(bad, waiting.publish)
     assert waiting.log == [("retry?", bad)]  # no verdict yet: nothing published, not marked done
     failed = Folder(retry=False)
-    TrackTagger(failed, engine, library_db=db).tag(bad, failed.publish)
+    TrackTagger(failed.id, failed, engine, library_db=db).tag(bad, failed.publish)
     assert [entry[0] for entry in failed.log] == ["retry?", "published", "done"]
     assert failed.log[1][1]["type"] == "error" and str(bad) in failed.log[1][1]["reason"]
     assert failed.log[2] == ("done", bad, False)
@@ -118,7 +118,7 @@ def test_a_library_that_cannot_be_written_is_an_error_event_and_the_track_still_
     not_a_db = tmp_path / "library.sqlite"
     not_a_db.mkdir()
     folder = Folder()
-    TrackTagger(folder, engine, library_db=not_a_db).tag(song, folder.publish)
+    TrackTagger(folder.id, folder, engine, library_db=not_a_db).tag(song, folder.publish)
     assert [entry[0] for entry in folder.log] == ["published", "published", "done"]
     tagged, problem = folder.log[0][1], folder.log[1][1]
     assert tagged["type"] == "track_tagged"

@@ -24,7 +24,7 @@ from ..sinks import Fanout, Sink
 from ..sinks.history import History
 from ..sinks.jsonl import JsonlSink
 from ..sources import Source
-from ..watch.tagger import TrackTagger
+from ..watch.tagger import TrackLedger, TrackTagger
 
 
 @dataclass
@@ -71,7 +71,10 @@ def make_pipeline(source_id: str, engine: Engine, config: DaemonConfig, listener
     return SourcePipeline(source_id, engine, config.pipeline, listeners=listeners)
 
 
-def make_tagger(source: Source, engine: Engine, config: DaemonConfig) -> TrackTagger:
-    """A source's whole-file path (watch folders): the same "uncertain" rule and silence level as its windows."""
-    return TrackTagger(source, engine, config.track_hop_seconds, uncertainty_rule(engine, config.pipeline),
+def make_tagger(source: Source, engine: Engine, config: DaemonConfig) -> TrackTagger | None:
+    """A source's whole-file path (watch folders): the same "uncertain" rule and silence level as its windows.
+    None for sources that hand on no files (they keep no ``TrackLedger``)."""
+    if not isinstance(source, TrackLedger):
+        return None
+    return TrackTagger(source.id, source, engine, config.track_hop_seconds, uncertainty_rule(engine, config.pipeline),
                        config.watch.library_db, config.pipeline.silence_dbfs)

@@ -66,7 +66,7 @@ class _Running:
     spec: str
     source: Source
     pipeline: SourcePipeline  # audio chunks -> messages
-    tagger: TrackTagger  # complete files -> messages (watch folders)
+    tagger: TrackTagger | None  # complete files -> messages (watch folders; None for audio sources)
     stop: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)  # pipeline swap on reload vs feed and stats
     thread: threading.Thread | None = None
@@ -259,6 +259,8 @@ class Daemon:
                 for message in messages:
                     self._publish(message)
             elif isinstance(item, TrackReady):
+                if r.tagger is None:
+                    raise TypeError(f"{type(r.source).__name__} hands on files but keeps no TrackLedger")
                 r.tagger.tag(item.path, self._publish)
             elif isinstance(item, SourceProblem):
                 if r.kind not in TRACK_KINDS:  # mic/stream drop, undecodable file: no audio now

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from ..config import HISTORY_FILENAME
-from ..sinks.history import HistoryError, HistoryReader, Segment, segments_csv
+from ..history.reader import HistoryError, HistoryReader, Segment, segments_csv
 from ..sinks.messages import State
 from ..common.timespec import parse_time
 

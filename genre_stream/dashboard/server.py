@@ -42,7 +42,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from ..common.jsonsafe import dumps
-from ..sinks.history import HistoryError, HistoryReader, Segment, iso_utc, segments_csv
+from ..history.reader import HistoryError, HistoryReader, Segment, segments_csv
+from ..sinks.messages import iso_utc
 from ..common.timespec import parse_time
 from ..library.db import LibraryError
 from ..config import DashboardConfig

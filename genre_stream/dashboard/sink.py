@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..audio.frontend import FrontendConfig
-from ..sinks.history import HistoryReader, HistoryStats
+from ..history.reader import HistoryReader
+from ..sinks.history import HistoryStats
 from ..sinks.messages import GenreEvent, GenreState
 from ..sinks.base import SourceAvailability, SourceInfo
 from ..config import ConfigError, DashboardConfig

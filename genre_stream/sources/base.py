@@ -75,13 +75,6 @@ class Source(ABC):
         """Counters for the periodic stats message (overflows, reconnects, queue depth...)."""
         return {}
 
-    def mark_done(self, path: Path, ok: bool) -> None:
-        """Called by the ``TrackTagger`` once a ``TrackReady``'s outcome is published; only the watch source keeps state."""
-
-    def retry_later(self, path: Path) -> bool:
-        """A handed-on file failed to decode: True when the source will hand it on again (no result yet)."""
-        return False
-
 
 class StreamClock:
     """Stream time for a live source's chunks, across reconnects.

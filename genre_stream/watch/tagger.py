@@ -15,19 +15,33 @@ import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from ..audio.decode import AudioError
 from ..model.calibration import UncertaintyRule
 from ..model.engine import Engine
 from ..sinks.messages import GenreEvent, Message
 from ..audio.sanitize import SILENCE_DBFS
-from ..sources.base import Source
 from ..tracks import TRACK_HOP_SECONDS
 from ..tracks.analysis import TrackResult, analyse_file
 
 log = logging.getLogger(__name__)
 
 Publish = Callable[[Message], None]
+
+
+@runtime_checkable
+class TrackLedger(Protocol):
+    """What the tagger tells the source whose files it tags: the watch source keeps this state, so
+    ``Source`` itself carries no watch-only methods."""
+
+    def retry_later(self, path: Path) -> bool:
+        """A handed-on file failed to decode: True when the source will hand it on again (no result yet)."""
+        ...
+
+    def mark_done(self, path: Path, ok: bool) -> None:
+        """The file's outcome is published (and indexed): record it, so it is not tagged again."""
+        ...
 
 
 def tag_track(source_id: str, path: Path, engine: Engine, hop_seconds: float = TRACK_HOP_SECONDS,
@@ -65,7 +79,8 @@ def tag_track(source_id: str, path: Path, engine: Engine, hop_seconds: float = T
 class TrackTagger:
     """Tags the files one source hands on; holds no state, so a reload simply builds a new one."""
 
-    source: Source
+    source_id: str
+    ledger: TrackLedger  # the source that handed the files on
     engine: Engine
     hop_seconds: float = TRACK_HOP_SECONDS
     uncertainty: UncertaintyRule | None = None
@@ -78,13 +93,13 @@ class TrackTagger:
         A file that fails to decode may still be being written: when the source says it will
         hand it on again (``retry_later``), nothing is published yet.
         """
-        event, result = tag_track(self.source.id, path, self.engine, self.hop_seconds, self.uncertainty, self.silence_dbfs)
-        if event.type == "error" and self.source.retry_later(path):
+        event, result = tag_track(self.source_id, path, self.engine, self.hop_seconds, self.uncertainty, self.silence_dbfs)
+        if event.type == "error" and self.ledger.retry_later(path):
             return
         publish(event)
         if result is not None and self.library_db is not None:
             self._index(path, result, publish)
-        self.source.mark_done(path, ok=event.type == "track_tagged")
+        self.ledger.mark_done(path, ok=event.type == "track_tagged")
 
     def _index(self, path: Path, result: TrackResult, publish: Publish) -> None:
         """Add the file to the library database, so a growing collection is indexed as files arrive.
@@ -98,5 +113,5 @@ class TrackTagger:
             with LibraryDB(self.library_db) as db:
                 db.upsert_track(path, result)
         except (LibraryError, OSError, sqlite3.Error, ValueError) as exc:  # ValueError: a name SQLite cannot store
-            log.error("%s: cannot index %s into %s: %s", self.source.id, path, self.library_db, exc)
-            publish(GenreEvent.error(self.source.id, f"library index: {exc}", str(path)))
+            log.error("%s: cannot index %s into %s: %s", self.source_id, path, self.library_db, exc)
+            publish(GenreEvent.error(self.source_id, f"library index: {exc}", str(path)))
