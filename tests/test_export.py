@@ -15,7 +15,8 @@ from genre_stream.model.bundled import bundled_model_path
 from genre_stream.audio.frontend import MelFrontend, normalize_window
 from trainer.model import BBNN
 from genre_stream.model.info import ModelInfo
-from genre_stream.model.streaming import StreamingClassifier, StreamingModel, stream_pack_path
+from genre_stream.model.streaming import StreamingClassifier, StreamingModel
+from genre_stream.model.streampack import stream_pack_path
 from tests.conftest import run_cli, shared_path
 from trainer.calibration import offset_windows
 from trainer.checkpoint import save_checkpoint

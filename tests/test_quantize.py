@@ -147,7 +147,7 @@ def test_bundled_int8_is_calibrated_without_the_clips_it_is_measured_on() -> Non
 def test_bundled_int8_pack_is_cut_from_the_bundled_int8_model() -> None:
     """The shipped pack holds the stages of the shipped int8 graph (a rebuilt int8 file needs its pack cut again)."""
     from genre_stream.model.bundled import bundled_model_path
-    from genre_stream.model.streaming import stream_pack_path
+    from genre_stream.model.streampack import stream_pack_path
     from trainer.stream_cut import int8_stream_pack
 
     model = bundled_model_path("int8")

@@ -20,7 +20,8 @@ from genre_stream.audio.frontend import MelFrontend, normalize_window
 from genre_stream.sinks.messages import GenreState
 from genre_stream.live.pipeline import PipelineConfig, SourcePipeline
 from genre_stream.sources.base import AudioChunk
-from genre_stream.model.streaming import StreamingClassifier, StreamingModel, stream_pack_path
+from genre_stream.model.streaming import StreamingClassifier, StreamingModel
+from genre_stream.model.streampack import stream_pack_path
 
 SR = 22050
 FRAMES = 647

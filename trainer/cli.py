@@ -172,7 +172,7 @@ def export(
     save_atomic(result.model, out)
     click.echo(f"wrote {out}")
     if quantize == "none":
-        from genre_stream.model.streaming import stream_pack_path
+        from genre_stream.model.streampack import stream_pack_path
 
         from .stream_export import save_stream_pack
 
@@ -184,7 +184,7 @@ def export(
 
 def _cut_int8_pack(out: Path) -> None:
     """Write the int8 export's streaming pack beside it, or say why there is none (the model works either way)."""
-    from genre_stream.model.streaming import stream_pack_path
+    from genre_stream.model.streampack import stream_pack_path
 
     from .stream_cut import save_int8_stream_pack
 

@@ -27,7 +27,6 @@ column; the chained stages and head are checked against the whole int8 graph.
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -38,9 +37,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from genre_stream.common.fsutil import atomic_path
 from genre_stream.model.info import METADATA_KEY, ModelInfo
-from genre_stream.model.streaming import STREAM_FORMAT
+from genre_stream.model.streampack import WINDOW_GRAPH, PackManifest, StageEntry, pack_bytes
 from trainer.quantize import graph_wiring, session
-from trainer.stream_export import pack_bytes
 
 __all__ = ["int8_stream_pack", "save_int8_stream_pack"]
 
@@ -186,20 +184,15 @@ def int8_stream_pack(model: onnx.ModelProto) -> bytes:
         files[f"{name}.onnx"] = data
         # the stem's halo is in frames (its conv reads that far past the frames it pools), the blocks' in columns
         halo = g.stem_halo if src == "mel" else _measured_halo(session(data), names[src], channels[src], fc.n_mels)
-        entries.append({"name": name, "file": f"{name}.onnx", "inputs": [names[src]], "output": names[dst],
-                        "channels": channels[dst], "halo": halo, "layout": "nhwc", "dtype": "uint8"})
-    files["window.onnx"] = _nhwc_stage(g, [("mel", "mel", 0)], [(d, names[d], channels[d]) for _, _, d in wiring], fc.n_mels)
+        entries.append(StageEntry(name, f"{name}.onnx", (names[src],), names[dst], channels[dst], halo, "nhwc", "uint8"))
+    files[WINDOW_GRAPH] = _nhwc_stage(g, [("mel", "mel", 0)], [(d, names[d], channels[d]) for _, _, d in wiring], fc.n_mels)
     files["head.onnx"] = _head_graph(g, channels[g.t], fc.n_mels)
     pool = [a.ints[0] for a in g.pool.attribute if a.name == "kernel_shape"][0]
     head = {"weight": g.weight, "bias": g.bias, "pool": np.array([pool, pool])}
-    buf = io.BytesIO()
-    np.savez(buf, **head)
-    files["head.npz"] = buf.getvalue()
     _check_parity(whole, files, x, head, [names[d] for _, _, d in wiring])
-    meta = {"format": STREAM_FORMAT, "model": json.loads(info.to_json()), "precision": "int8", "stride": int(stride),
-            "stages": entries, "window": {"file": "window.onnx", "outputs": [names[d] for _, _, d in wiring]},
-            "head": {"file": "head.onnx"}}
-    return pack_bytes(meta, files)
+    manifest = PackManifest(json.loads(info.to_json()), int(stride), tuple(entries), tuple(names[d] for _, _, d in wiring),
+                            precision="int8", head_graph="head.onnx")
+    return pack_bytes(manifest, head, files)
 
 
 def _check_parity(whole: ort.InferenceSession, files: dict[str, bytes], x: np.ndarray, head: dict, outputs: list[str]) -> None:
@@ -207,7 +200,7 @@ def _check_parity(whole: ort.InferenceSession, files: dict[str, bytes], x: np.nd
     feats = {"mel": x}
     for stage, (src, dst) in zip(("stem", "block1", "block2", "block3"), zip(["mel", *outputs[:-1]], outputs)):
         feats[dst] = session(files[f"{stage}.onnx"]).run(None, {src: feats[src]})[0]
-    window = session(files["window.onnx"]).run(None, {"mel": x})
+    window = session(files[WINDOW_GRAPH]).run(None, {"mel": x})
     for name, a in zip(outputs, window):
         if not np.array_equal(a, feats[name]):
             raise RuntimeError(f"the window graph's {name} differs from the chained stages'")

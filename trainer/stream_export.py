@@ -29,7 +29,6 @@ from __future__ import annotations
 import copy
 import io
 import json
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -39,11 +38,11 @@ from torch import nn
 
 from genre_stream.common.fsutil import atomic_path
 from genre_stream.model.info import ModelInfo
-from genre_stream.model.streaming import STREAM_FORMAT
+from genre_stream.model.streampack import WINDOW_GRAPH, PackManifest, StageEntry, pack_bytes
 from trainer.export import OPSET
 from trainer.model import BBNN
 
-__all__ = ["pack_bytes", "to_stream_pack", "save_stream_pack"]
+__all__ = ["to_stream_pack", "save_stream_pack"]
 
 # Each stage's parity with the whole PyTorch model is checked on a random window; fp32 slices
 # and the full graph differ only in summation order.
@@ -168,7 +167,7 @@ def to_stream_pack(model: BBNN, info: ModelInfo) -> bytes:
     stem_halo_frames = int(stem_conv.kernel_size[0]) // 2
     probe_cols = 24
     feats: dict[str, torch.Tensor] = {"mel": torch.rand(1, probe_cols * stride, fc.n_mels)}
-    entries: list[dict] = []
+    entries: list[StageEntry] = []
     files: dict[str, bytes] = {}
     stages = _stages(model)
     with torch.no_grad():
@@ -178,10 +177,9 @@ def to_stream_pack(model: BBNN, info: ModelInfo) -> bytes:
             halo = stem_halo_frames if name == "stem" else _measured_halo(module, args)
             feats[output] = module(*args)
             files[f"{name}.onnx"] = _to_onnx(module, args, inputs, [output])
-            entries.append({"name": name, "file": f"{name}.onnx", "inputs": inputs, "output": output,
-                            "channels": int(feats[output].shape[1]), "halo": halo})
+            entries.append(StageEntry(name, f"{name}.onnx", tuple(inputs), output, int(feats[output].shape[1]), halo))
         window_outputs = [output for _, _, _, output in stages]
-        files["window.onnx"] = _to_onnx(_Window(stages), [feats["mel"]], ["mel"], window_outputs)
+        files[WINDOW_GRAPH] = _to_onnx(_Window(stages), [feats["mel"]], ["mel"], window_outputs)
     bn = model.head_norm[0]
     scale = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach().double().numpy()
     shift = (bn.bias.detach().double().numpy() - bn.running_mean.detach().double().numpy() * scale)
@@ -192,23 +190,9 @@ def to_stream_pack(model: BBNN, info: ModelInfo) -> bytes:
         "bias": model.classifier.bias.detach().double().numpy(),
         "pool": np.array([int(pool.kernel_size), int(pool.kernel_size)]),
     }
-    head_buf = io.BytesIO()
-    np.savez(head_buf, **head)
-    files["head.npz"] = head_buf.getvalue()
-    meta = {"format": STREAM_FORMAT, "model": json.loads(info.to_json()), "stride": stride, "stages": entries,
-            "window": {"file": "window.onnx", "outputs": window_outputs}}
+    manifest = PackManifest(json.loads(info.to_json()), stride, tuple(entries), tuple(window_outputs))
     _check_parity(model, fc.window_frames, fc.n_mels, head)
-    return pack_bytes(meta, files)
-
-
-def pack_bytes(meta: dict, files: dict[str, bytes]) -> bytes:
-    """A pack as zip bytes: ``stream.json`` (``meta``) and the named files."""
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr("stream.json", json.dumps(meta, indent=1, sort_keys=True))
-        for name, data in files.items():
-            zf.writestr(name, data)
-    return out.getvalue()
+    return pack_bytes(manifest, head, files)
 
 
 def _check_parity(model: BBNN, frames: int, n_mels: int, head: dict[str, np.ndarray]) -> None:

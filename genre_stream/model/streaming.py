@@ -33,7 +33,6 @@ quantised average pool). A GPU engine classifies whole windows.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import math
 import time
@@ -46,12 +45,12 @@ import numpy as np
 import onnxruntime as ort
 
 from .engine import Engine, Prediction
+from .session import CPU
+from .streampack import HEAD_ARRAYS, MANIFEST, WINDOW_GRAPH, PackManifest, StageEntry, stream_pack_path
 
 log = logging.getLogger(__name__)
 
-__all__ = ["STREAM_FORMAT", "StreamError", "StreamStats", "StreamingClassifier", "StreamingModel", "stream_pack_path"]
-
-STREAM_FORMAT = 1
+__all__ = ["StreamError", "StreamStats", "StreamingClassifier", "StreamingModel"]
 # What a streamed window may differ from the batch one by: float summation order, ~1e-6 in practice.
 VERIFY_TOLERANCE = 1e-4
 VERIFY_FRAMES = 67  # 16 columns: the load-time check's input (a window is 647 frames)
@@ -59,11 +58,6 @@ VERIFY_FRAMES = 67  # 16 columns: the load-time check's input (a window is 647 f
 
 class StreamError(Exception):
     """A streaming pack that cannot be used; the message names the file and why."""
-
-
-def stream_pack_path(model_path: str | Path) -> Path:
-    """A model's streaming pack lies beside it: ``X.onnx`` -> ``X.stream.zip`` (written by ``genre-trainer export``)."""
-    return Path(model_path).with_suffix(".stream.zip")
 
 
 @dataclass(frozen=True)
@@ -131,33 +125,30 @@ class StreamingModel:
         self.n_mels = info.frontend.n_mels
         try:
             with zipfile.ZipFile(self.pack) as zf:
-                meta = json.loads(zf.read("stream.json"))
-                if meta.get("format") != STREAM_FORMAT:
-                    raise StreamError(f"{self.pack}: pack format {meta.get('format')!r}, this version reads {STREAM_FORMAT}")
-                packed = meta["model"]
+                manifest = PackManifest.from_json(zf.read(MANIFEST))
+                packed = manifest.model
                 mine = (info.model_id, info.provenance.get("sha256"), info.labels, engine.precision)
-                theirs = (packed.get("model_id"), packed.get("provenance", {}).get("sha256"), packed.get("labels"),
-                          meta.get("precision", "fp32"))
+                theirs = (packed.get("model_id"), packed.get("provenance", {}).get("sha256"), packed.get("labels"), manifest.precision)
                 if mine != theirs:
                     raise StreamError(f"{self.pack}: made from the {theirs[3]} model {theirs[0]!r} (sha256 {theirs[1]}), "
                                       f"not from {engine.path.name} ({mine[3]} {mine[0]!r}, sha256 {mine[1]})")
-                head = np.load(io.BytesIO(zf.read("head.npz")))
+                head = np.load(io.BytesIO(zf.read(HEAD_ARRAYS)))
                 self.weight = head["weight"].astype(np.float64)
                 self.bias = head["bias"].astype(np.float64)
                 self.pool = int(head["pool"][0])
                 # fp32: the head's BN with the average pool's 1 / k^2 folded in, shaped for (channels, pairs, bands);
                 # int8: a graph with the quantised pool (its rounding is onnxruntime's), returning each pair's band sum
-                self._head_session = self._session(zf.read(meta["head"]["file"])) if "head" in meta else None
+                self._head_session = self._session(zf.read(manifest.head_graph)) if manifest.head_graph else None
                 if self._head_session is None:
                     self._head_scale = (head["scale"] / self.pool**2).astype(np.float32)[:, None, None]
                     self._head_shift = head["shift"].astype(np.float32)[:, None, None]
-                self.stride = int(meta["stride"])
+                self.stride = manifest.stride
                 self.columns = self.frames // self.stride
                 self.stages: list[_Stage] = []
-                for entry in meta["stages"]:  # in order: each stage's cones build on its inputs'
-                    self.stages.append(self._stage(entry, zf.read(entry["file"])))
-                self.window_session = self._session(zf.read(meta["window"]["file"]))
-                self.window_outputs = [str(name) for name in meta["window"]["outputs"]]
+                for entry in manifest.stages:  # in order: each stage's cones build on its inputs'
+                    self.stages.append(self._stage(entry, zf.read(entry.file)))
+                self.window_session = self._session(zf.read(WINDOW_GRAPH))
+                self.window_outputs = list(manifest.window_outputs)
                 if self.window_outputs != [st.output for st in self.stages]:
                     raise ValueError(f"the window graph returns {self.window_outputs}, not the stages' outputs in order")
         except (OSError, KeyError, IndexError, TypeError, ValueError, zipfile.BadZipFile) as exc:
@@ -165,25 +156,24 @@ class StreamingModel:
 
     def _session(self, graph: bytes) -> ort.InferenceSession:
         try:
-            return ort.InferenceSession(graph, sess_options=self.engine.session_options, providers=["CPUExecutionProvider"])
+            return ort.InferenceSession(graph, sess_options=self.engine.session_options, providers=[CPU])
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ValueError(f"a graph does not load ({exc})") from exc
 
-    def _stage(self, entry: dict, graph: bytes) -> _Stage:
+    def _stage(self, entry: StageEntry, graph: bytes) -> _Stage:
         """One stage with its edge cones: how many columns at each window edge depend on that edge's padding."""
-        halo = int(entry["halo"])
-        if entry["inputs"] == ["mel"]:
+        halo = entry.halo
+        if entry.inputs == ("mel",):
             # The stem pools `stride` frames per column; its conv reads `halo` frames past them. The
             # frames the pooling drops at the end absorb that much of the right edge's padding.
             left = math.ceil(halo / self.stride)
             right = max(0, math.ceil((halo - self.frames % self.stride) / self.stride))
         else:
             cones = {st.output: (st.left, st.right) for st in self.stages}
-            left = max(cones[i][0] for i in entry["inputs"]) + halo
-            right = max(cones[i][1] for i in entry["inputs"]) + halo
-        return _Stage(str(entry["name"]), self._session(graph), tuple(entry["inputs"]), str(entry["output"]),
-                      int(entry["channels"]), halo, left, right, entry.get("layout", "nchw") == "nhwc",
-                      np.dtype(entry.get("dtype", "float32")))
+            left = max(cones[i][0] for i in entry.inputs) + halo
+            right = max(cones[i][1] for i in entry.inputs) + halo
+        return _Stage(entry.name, self._session(graph), entry.inputs, entry.output, entry.channels, halo, left, right,
+                      entry.layout == "nhwc", np.dtype(entry.dtype))
 
     @classmethod
     def for_engine(cls, engine: Engine) -> StreamingModel | None:
@@ -196,7 +186,7 @@ class StreamingModel:
             return _MODELS[engine]
         model: StreamingModel | None = None
         pack = stream_pack_path(engine.path)
-        if engine.providers[0] != "CPUExecutionProvider":
+        if engine.providers[0] != CPU:
             log.info("streaming inference off: the model runs on %s (streaming packs are for the CPU)", engine.providers[0])
         elif not pack.is_file():
             log.info("streaming inference off: %s has no streaming pack (%s)", engine.path.name, pack.name)
