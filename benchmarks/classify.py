@@ -32,7 +32,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from peak_rss import run_measured  # noqa: E402
 
-from genre_stream.model.engine import Engine  # noqa: E402
 from genre_stream.model.choice import open_engine
 from genre_stream.tracks.analysis import analyse_file  # noqa: E402
 from machine import machine_info  # noqa: E402

@@ -37,7 +37,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from genre_stream.audio.resample import resample  # noqa: E402
-from genre_stream.model.engine import Engine  # noqa: E402
 from genre_stream.model.choice import open_engine
 from genre_stream.library.db import FileStamp, LibraryDB  # noqa: E402
 from genre_stream.library.features import track_features  # noqa: E402

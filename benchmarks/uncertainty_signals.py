@@ -47,7 +47,6 @@ from machine import machine_info  # noqa: E402
 from trust import softmax  # noqa: E402
 
 from genre_stream.audio.decode import load_audio  # noqa: E402
-from genre_stream.model.engine import Engine  # noqa: E402
 from genre_stream.model.choice import open_engine
 from genre_stream.audio.frontend import MelFrontend, loop_to_length  # noqa: E402
 from trainer.keras_import import load_keras_bbnn  # noqa: E402

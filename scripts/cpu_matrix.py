@@ -383,7 +383,6 @@ def run_probe(threads: int) -> dict[str, Any]:
     import onnxruntime as ort
 
     from genre_stream.model.session import session_options
-    from genre_stream.model.choice import open_engine
 
     results: dict[str, Any] = {}
     for b in (127, 64):
@@ -458,7 +457,7 @@ def worker_main(argv: list[str]) -> int:
     arrays: dict[str, Any] = {}
     info["models"] = {}
     if not args.probe_only:
-        from genre_stream.model.engine import Engine
+        from genre_stream.model.choice import open_engine
 
         windows = np.load(args.windows)["windows"]
         for spec in args.models:
@@ -561,7 +560,7 @@ def cut_windows(labels_csv: Path, rows: list[dict[str, str]], picked: list[int],
     import numpy as np
 
     from genre_stream.audio.decode import iter_audio
-    from genre_stream.model.engine import Engine
+    from genre_stream.model.choice import open_engine
     from genre_stream.audio.frontend import MelFrontend
     from genre_stream.tracks import TRACK_HOP_SECONDS
     from genre_stream.tracks.analysis import analyse_file, iter_windows
@@ -659,7 +658,7 @@ def analyse(results: dict[str, dict[str, Any]], windows_npz: Path, rows: list[di
     """Add per-target agreement (each model vs the same target's fp32) and cross-target comparisons vs native."""
     import numpy as np
 
-    from genre_stream.model.engine import Engine
+    from genre_stream.model.choice import open_engine
 
     data = np.load(windows_npz)
     clip_of = data["clip"]

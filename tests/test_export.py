@@ -21,7 +21,8 @@ from tests.conftest import run_cli, shared_path
 from trainer.calibration import offset_windows
 from trainer.checkpoint import save_checkpoint
 from trainer.fold import equalize, fold_bbnn
-from trainer.quantize import FLOAT_HEAD, agreement, graph_wiring
+from trainer.int8_rewrite import graph_wiring
+from trainer.quantize import FLOAT_HEAD, agreement
 
 pytestmark = pytest.mark.train  # needs the [train] extra
 

@@ -22,8 +22,8 @@ from trainer.calibration import audio_windows
 from trainer.export import to_onnx_model
 from trainer.fold import PreActFolded, equalize, fold_bbnn
 from trainer.model import BBNN
-from trainer.quantize import (Int8Config, conv_output_errors, correct_biases, graph_wiring, onnx_probabilities, plan_thresholds, quantize_int8,
-                              session, threshold_relus)
+from trainer.int8_rewrite import conv_output_errors, correct_biases, graph_wiring, plan_thresholds, threshold_relus
+from trainer.quantize import Int8Config, onnx_probabilities, quantize_int8, session
 from trainer.synth import synth_piece
 
 pytestmark = pytest.mark.train  # needs the [train] extra

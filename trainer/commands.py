@@ -41,7 +41,7 @@ def _errors():
     from .checkpoint import CheckpointError
     from .data import DataError
     from .evaluate import EvaluateError
-    from .train import TrainError
+    from .distributed import TrainError
 
     return (DataError, CheckpointError, EvaluateError, TrainError, ValueError)
 
@@ -149,7 +149,7 @@ def train_cmd(cache: Path, out: Path, **options) -> None:
     with the same options was interrupted, rerunning the command resumes it. Works
     under torchrun for several processes, GPUs or machines.
     """
-    from .train import train_run
+    from .run import train_run
 
     with _interruptible(out):
         summary = train_run(cache, out, _config(**options), progress=_bar if _is_rank0() else _no_bar)

@@ -26,7 +26,8 @@ from trainer.model import BBNN
 
 from .checkpoint import load_checkpoint
 from .data import Cache, DataError
-from .train import Progress, TrainConfig, no_progress, train_run
+from .run import train_run
+from .train import Progress, TrainConfig, no_progress
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,8 @@ from onnx import TensorProto, helper, numpy_helper
 from genre_stream.common.fsutil import atomic_path
 from genre_stream.model.info import METADATA_KEY, ModelInfo
 from genre_stream.model.streampack import WINDOW_GRAPH, PackManifest, StageEntry, pack_bytes
-from trainer.quantize import graph_wiring, session
+from trainer.int8_rewrite import graph_wiring
+from trainer.quantize import session
 
 __all__ = ["int8_stream_pack", "save_int8_stream_pack"]
 

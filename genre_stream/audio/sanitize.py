@@ -6,7 +6,7 @@ later window "silence" forever; an Inf or a huge value overflowed the float32 me
 NaN probabilities. Everything is fixed here, at the entry, and counted so it is visible:
 
 * non-finite samples become 0 (silence);
-* a float file whose peak exceeds ``LOUD`` is scaled down to peak 1 (``audio.py``), which
+* a float file whose peak exceeds ``LOUD`` is scaled down to peak 1 (``decode.py``), which
   changes nothing else: each window is normalised relative to its own maximum;
 * a live stream cannot know its future peak, so its samples are clipped to +-``LOUD``.
 """

@@ -10,7 +10,7 @@ choice now depends only on the provider and on what the int8 export records abou
 * on a GPU: fp32 (the int8 graph is built and checked for CPUs);
 * on a CPU: int8 when its weights are 7-bit (``quantization.weight_bits`` = 7: every CPU's
   int8 kernels then compute the same exact integers, so its answers do not depend on the CPU;
-  ``trainer/quantize.py`` ``WEIGHT_LIMITS``) *and* its recorded real-music agreement with fp32
+  ``trainer/int8_rewrite.py`` ``WEIGHT_LIMITS``) *and* its recorded real-music agreement with fp32
   (``provenance.agreement``, written by ``benchmarks/int8_agreement.py --write``) meets
   ``AGREEMENT_BAR``; otherwise fp32, and the reason says which fact is missing.
 

@@ -1,7 +1,7 @@
 """The execution providers a user can ask for, and which onnxruntime providers each one tries.
 
 Kept free of heavy imports: the command line and configuration checks list the choices
-without loading onnxruntime. (``devices.py`` is about sound cards, not this.)
+without loading onnxruntime. (``sources/devices.py`` is about sound cards, not this.)
 """
 
 from __future__ import annotations

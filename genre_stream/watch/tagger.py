@@ -1,7 +1,7 @@
 """The watch flow: a complete file from a watched folder becomes one ``track_tagged`` (or error) event.
 
 A folder's files do not go through the streaming ``SourcePipeline``: the daemon hands each
-``TrackReady`` to the source's ``TrackTagger``, which analyses the whole file (``tracks.py``),
+``TrackReady`` to the source's ``TrackTagger``, which analyses the whole file (``tracks/analysis.py``),
 publishes the event through the callable the daemon gives it, indexes the file into the
 library database when ``watch.library_db`` is set, and only then tells the source the file
 is done (recorded, perhaps moved). That order is the delivery guarantee: a daemon killed
