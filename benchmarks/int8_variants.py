@@ -44,7 +44,7 @@ from genre_stream.model.bundled import bundled_model_path  # noqa: E402
 from genre_stream.tracks import TRACK_HOP_SECONDS  # noqa: E402
 from genre_stream.tracks.analysis import iter_windows  # noqa: E402
 from scripts.build_default_models import calibration_and_check_audio  # noqa: E402
-from trainer.calibration import audio_windows, synthetic_sets  # noqa: E402
+from trainer.int8_windows import audio_windows, synthetic_sets  # noqa: E402
 from trainer.keras_import import load_keras_bbnn  # noqa: E402
 from trainer.quantize import Int8Config, quantize_int8  # noqa: E402
 

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-
 from conftest import free_port
 from paho.mqtt.enums import CallbackAPIVersion
 

@@ -14,8 +14,8 @@ import urllib.request
 from dataclasses import dataclass, field
 
 import pytest
-
 from _helpers_dashboard import LABELS
+
 from genre_stream.config import DashboardConfig
 from genre_stream.dashboard.server import DashboardServer
 from genre_stream.dashboard.state import DashboardState

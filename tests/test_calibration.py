@@ -12,9 +12,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from genre_stream.audio.frontend import FrontendConfig
 from genre_stream.model.calibration import Calibration, UncertaintyRule
 from genre_stream.model.choice import open_engine
-from genre_stream.audio.frontend import FrontendConfig
 from genre_stream.model.info import METADATA_KEY, ModelInfo
 from trainer import temperature
 from trainer.metrics import expected_calibration_error, reliability_bins
@@ -208,6 +208,7 @@ def test_evaluate_reports_ece_reliability_and_the_uncertain_rule(tmp_path: Path)
 @pytest.mark.train
 def test_evaluate_cli_prints_the_rule_curves(tmp_path: Path) -> None:
     from conftest import run_cli
+
     from trainer.synthset import make_dataset
 
     make_dataset(tmp_path / "data", classes=3, clips=2, seconds=2.0, seed=3)
@@ -232,6 +233,7 @@ def test_fit_calibration_script_writes_only_the_metadata(tmp_path: Path) -> None
     import csv
 
     from conftest import REPO, cli_env
+
     from trainer.synthset import make_dataset
 
     files = make_dataset(tmp_path / "data", classes=3, clips=4, seconds=2.0, seed=1)

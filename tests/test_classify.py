@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import shutil
 from pathlib import Path
@@ -11,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
 from conftest import REPO, printed_above_a_bar, run_cli, run_on_a_terminal, shared_path
+
 from genre_stream.model.engine import Engine
 from genre_stream.tracks.analysis import analyse_audio, window_starts
 

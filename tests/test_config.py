@@ -8,8 +8,8 @@ import tomllib
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, run_cli
+
 from genre_stream.config import ConfigError, load_config
 
 EXAMPLES = REPO / "examples"

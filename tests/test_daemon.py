@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
 from brokers import Broker, Subscriber, free_port
 from conftest import REPO, cli_env, run_cli
-from genre_stream.config import DaemonConfig, load_config
+
 from genre_stream.app.daemon import EXIT_OK, Daemon
+from genre_stream.config import DaemonConfig, load_config
 from genre_stream.sinks import Fanout
 from genre_stream.sinks.jsonl import JsonlSink
 from genre_stream.sources import AudioChunk, Source, SourceProblem, TrackReady

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 import soundfile as sf
-
 from conftest import REPO, cli_env, music_like, wait_until
+
 from genre_stream.model.bundled import bundled_model_path
 
 

@@ -17,16 +17,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-
 from _helpers_dashboard import ARTIFACTS, LABELS, changed, state
 from conftest import REPO, cli_env, free_port, run_cli, shared_path
 from dashboards import LiveClient, publish, serve
+from prometheus_client.parser import text_string_to_metric_families
+
+from genre_stream.audio.frontend import MelRingBuffer
 from genre_stream.config.http import DashboardConfig, HttpSettings, parse_address
 from genre_stream.dashboard.metrics import SinkMetrics, SourceMetrics
 from genre_stream.dashboard.server import DashboardError, DashboardServer
 from genre_stream.dashboard.state import MEL_DB_MIN, MEL_DB_STEP, DashboardState, encode_mel
-from genre_stream.audio.frontend import MelRingBuffer
 from genre_stream.live.pipeline import ClassifiedWindow
 from genre_stream.sinks.messages import GenreEvent, SourceStats
 

@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
 from _helpers_dashboard import LABELS
 from conftest import REPO, cli_env, free_port, wait_until
 from dashboards import LiveClient
 from test_dashboard import chromium_driver, wait_healthy
 from test_dashboard_operator import info, tagged
+
 from genre_stream.config import DashboardConfig
 from genre_stream.dashboard.corrections import Corrections
 from genre_stream.dashboard.server import DashboardServer

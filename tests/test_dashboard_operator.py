@@ -12,19 +12,18 @@ import time
 
 import numpy as np
 import pytest
-
 from _helpers_dashboard import ARTIFACTS, LABELS, changed, state
 from dashboards import LiveClient, publish, serve
 from test_dashboard import chromium_driver
+
+from genre_stream.audio.frontend import FrontendConfig, MelRingBuffer
+from genre_stream.config import DashboardConfig
 from genre_stream.dashboard import server as server_module
 from genre_stream.dashboard.metrics import SinkMetrics
 from genre_stream.dashboard.sink import DashboardSink
-from genre_stream.config import DashboardConfig
 from genre_stream.dashboard.state import RECENT_CHANGES, STALE_HOPS, spectrogram_axes
-from genre_stream.audio.frontend import FrontendConfig, MelRingBuffer
-from genre_stream.sinks.messages import parse_payload_time
-from genre_stream.sinks.messages import GenreEvent
 from genre_stream.sinks import SourceAvailability, SourceInfo
+from genre_stream.sinks.messages import GenreEvent, parse_payload_time
 
 RAW_FFMPEG = ("stream http://radio.example/live dropped: connection refused (ffmpeg exit status 1: "
               "[tcp @ 0x55d0c0a8e0c0] Connection to tcp://radio.example:80 failed: Connection refused; "

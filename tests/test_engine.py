@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from genre_stream.model.engine import Engine
-from genre_stream.model.session import ModelError
-from genre_stream.model.choice import open_engine
 from genre_stream.model.bundled import BUNDLED_MODELS, bundled_model_path, named_model
+from genre_stream.model.choice import open_engine
+from genre_stream.model.engine import Engine
 from genre_stream.model.info import METADATA_KEY, ModelInfo
+from genre_stream.model.session import ModelError
 
 
 def test_bundled_model_carries_its_labels_and_frontend(engine: Engine) -> None:

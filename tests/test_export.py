@@ -10,18 +10,18 @@ import onnx
 import pytest
 import torch
 
-from genre_stream.model.choice import open_engine
-from genre_stream.model.bundled import bundled_model_path
 from genre_stream.audio.frontend import MelFrontend, normalize_window
-from trainer.model import BBNN
+from genre_stream.model.bundled import bundled_model_path
+from genre_stream.model.choice import open_engine
 from genre_stream.model.info import ModelInfo
 from genre_stream.model.streaming import StreamingClassifier, StreamingModel
 from genre_stream.model.streampack import stream_pack_path
 from tests.conftest import run_cli, shared_path
-from trainer.calibration import offset_windows
+from trainer.int8_windows import offset_windows
 from trainer.checkpoint import save_checkpoint
 from trainer.fold import equalize, fold_bbnn
 from trainer.int8_rewrite import graph_wiring
+from trainer.model import BBNN
 from trainer.quantize import FLOAT_HEAD, agreement
 
 pytestmark = pytest.mark.train  # needs the [train] extra

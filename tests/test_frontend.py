@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import music_like
+
 from genre_stream.audio.frontend import FrontendConfig, MelFrontend, MelRingBuffer, StreamingMel, loop_to_length, normalize_window
-
-
 
 
 @pytest.fixture(scope="module")

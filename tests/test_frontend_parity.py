@@ -21,8 +21,8 @@ pytestmark = pytest.mark.train
 import librosa  # noqa: E402
 import torch  # noqa: E402
 import torchaudio.functional as AF  # noqa: E402
-
 from conftest import REPO, SHARED_AUDIO, music_like, shared_path  # noqa: E402
+
 from genre_stream.audio.decode import load_audio  # noqa: E402
 from genre_stream.audio.frontend import FrontendConfig, MelFrontend, mel_filterbank, normalize_window  # noqa: E402
 from genre_stream.audio.resample import resample  # noqa: E402

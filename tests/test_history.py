@@ -15,13 +15,13 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-
 from _helpers_dashboard import changed, state
 from conftest import REPO, cli_env, run_cli
+
+from genre_stream.common.timespec import parse_time
 from genre_stream.history.reader import HistoryError, HistoryReader, StateRow, merge_segments
 from genre_stream.sinks.history import History, HistoryConfig
 from genre_stream.sinks.messages import SourceStats
-from genre_stream.common.timespec import parse_time
 
 T0 = 1_790_000_000.0  # a fixed instant, so expected segment times are exact
 

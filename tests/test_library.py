@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from _helpers_library import noise_hits, real_library, synthetic_library, write_wav
 from click.testing import CliRunner
+from conftest import REPO, SHARED_AUDIO, cli_env, printed_above_a_bar, run_cli, run_on_a_terminal
 from sklearn.metrics import adjusted_rand_score
 
-from _helpers_library import noise_hits, real_library, synthetic_library, write_wav
-from conftest import REPO, SHARED_AUDIO, cli_env, printed_above_a_bar, run_cli, run_on_a_terminal
 from genre_stream.cli.main import main
 from genre_stream.library.db import LibraryDB, LibraryError
 from genre_stream.library.scan import ScanConfig, scan

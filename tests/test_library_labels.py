@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from _helpers_library import write_wav
 from conftest import run_cli
+
 from genre_stream.library.db import LibraryDB, LibraryError
 from genre_stream.library.labels import label_track, remove_label, user_labels
 

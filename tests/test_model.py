@@ -10,13 +10,13 @@ import h5py
 import numpy as np
 import pytest
 import torch
-
 from conftest import run_cli, shared_path
-from genre_stream.audio.frontend import MelFrontend
+
 from genre_stream.audio.decode import load_audio
-from trainer.model import BBNN, count_parameters
+from genre_stream.audio.frontend import MelFrontend
 from trainer.checkpoint import load_checkpoint
 from trainer.keras_import import GTZAN_LABELS, KerasImportError, load_keras_bbnn
+from trainer.model import BBNN, count_parameters
 
 pytestmark = pytest.mark.train  # needs the [train] extra
 

@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, run_cli
+
 from genre_stream.model import choice
 from genre_stream.model.agreement import AGREEMENT_BAR
-from genre_stream.model.choice import choose, int8_shortfalls, open_engine
 from genre_stream.model.bundled import is_auto
+from genre_stream.model.choice import choose, int8_shortfalls, open_engine
 
 DEMO = REPO / "examples" / "demo.wav"
 

@@ -11,14 +11,13 @@ import time
 from pathlib import Path
 
 import pytest
-
-from conftest import wait_until
 from brokers import Broker, Gate, Subscriber, free_port, require, wait_port
+from conftest import wait_until
+
 from genre_stream.config import ConfigError, HomeAssistantConfig, MqttConfig
-from genre_stream.sinks.messages import GenreEvent, GenreState, SourceStats
-from genre_stream.sinks import Fanout
-from genre_stream.sinks import SourceInfo
+from genre_stream.sinks import Fanout, SourceInfo
 from genre_stream.sinks.jsonl import JsonlSink
+from genre_stream.sinks.messages import GenreEvent, GenreState, SourceStats
 from genre_stream.sinks.mqtt import MqttSink
 from genre_stream.sinks.outbox import Outbox
 

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import REPO, run_cli, shared_path
+
+from genre_stream.live.smoother import Smoother
 from genre_stream.model.choice import open_engine
-from genre_stream.sinks.messages import NON_GENRE_STATES, GenreEvent, GenreState
 from genre_stream.model.info import ModelInfo
 from genre_stream.model.musicgate import MusicGate
-from genre_stream.live.smoother import Smoother
+from genre_stream.sinks.messages import NON_GENRE_STATES, GenreEvent, GenreState
 
 DEMO = REPO / "examples" / "demo.wav"
 LABELS = ["blues", "rock", "hiphop", "jazz"]
@@ -59,8 +59,8 @@ def _with_gate(tmp_path: Path, bias: float) -> Path:
     """The bundled fp32 export with a gate that always (bias > 0) or never (bias < 0) fires."""
     import onnx
 
-    from genre_stream.model.info import METADATA_KEY
     from genre_stream.model.bundled import bundled_model_path
+    from genre_stream.model.info import METADATA_KEY
 
     proto = onnx.load(str(bundled_model_path("fp32")))
     entry = next(p for p in proto.metadata_props if p.key == METADATA_KEY)

@@ -6,12 +6,12 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import music_like, shared_path
+
 from genre_stream.audio.decode import load_audio
+from genre_stream.live.pipeline import ClassifiedWindow, PipelineConfig, SourcePipeline
 from genre_stream.model.calibration import UncertaintyRule
 from genre_stream.sinks.messages import GenreEvent, GenreState
-from genre_stream.live.pipeline import ClassifiedWindow, PipelineConfig, SourcePipeline
 from genre_stream.sources.base import AudioChunk
 from genre_stream.tracks.analysis import analyse_file
 

@@ -18,11 +18,11 @@ from genre_stream.audio.decode import load_audio
 from genre_stream.audio.frontend import MelFrontend
 from genre_stream.model.info import ModelInfo
 from genre_stream.tracks.analysis import iter_windows
-from trainer.calibration import audio_windows
+from trainer.int8_windows import audio_windows
 from trainer.export import to_onnx_model
 from trainer.fold import PreActFolded, equalize, fold_bbnn
-from trainer.model import BBNN
 from trainer.int8_rewrite import conv_output_errors, correct_biases, graph_wiring, plan_thresholds, threshold_relus
+from trainer.model import BBNN
 from trainer.quantize import Int8Config, onnx_probabilities, quantize_int8, session
 from trainer.synth import synth_piece
 
@@ -337,8 +337,8 @@ def test_int8_weights_fit_seven_bits_so_no_cpu_overflows_a_pair_sum(random_model
 
 
 def test_bundled_int8_weights_fit_seven_bits_and_say_so() -> None:
-    from genre_stream.model.choice import bundled_metadata
     from genre_stream.model.bundled import bundled_model_path
+    from genre_stream.model.choice import bundled_metadata
 
     codes = _conv_weight_codes(onnx.load(str(bundled_model_path("int8"))))
     assert len(codes) == 21 and all(int(np.abs(w.astype(np.int32)).max()) <= 64 for w in codes.values())

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-
 from conftest import run_cli
+
 from genre_stream.common.jsonsafe import dumps
-from genre_stream.sinks.messages import GenreState
 from genre_stream.live.pipeline import PipelineConfig, SourcePipeline
+from genre_stream.sinks.messages import GenreState
 from genre_stream.sources.base import AudioChunk
 
 SR = 22050

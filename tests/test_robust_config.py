@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, cli_env, free_port, run_cli
-from genre_stream.config import ConfigError, load_config
+
 from genre_stream.common.redact import redact_url
+from genre_stream.config import ConfigError, load_config
 
 TOP = 'sources = ["mic"]\n'
 

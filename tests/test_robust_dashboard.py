@@ -10,11 +10,11 @@ import socket
 import time
 
 import pytest
-
-from genre_stream.config import HttpSettings
 from _helpers_dashboard import state
 from dashboards import LiveClient, publish, serve
 from test_dashboard import TOKEN
+
+from genre_stream.config import HttpSettings
 
 
 def request(port: int, path: str, host: str | None = "127.0.0.1", headers: dict | None = None) -> tuple[int, dict, bytes]:

@@ -8,13 +8,13 @@ import time
 from pathlib import Path
 
 import pytest
-
 from _helpers_fs import fill, small_filesystem
-from conftest import wait_until
 from brokers import Broker, Gate, Subscriber
+from conftest import wait_until
+
 from genre_stream.config import HomeAssistantConfig, MqttConfig
-from genre_stream.sinks.messages import GenreEvent
 from genre_stream.sinks.base import SourceInfo
+from genre_stream.sinks.messages import GenreEvent
 from genre_stream.sinks.mqtt import MqttSink
 from genre_stream.sinks.outbox import Outbox
 

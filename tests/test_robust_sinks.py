@@ -7,8 +7,8 @@ import json
 import logging
 from pathlib import Path
 
-from genre_stream.sinks.messages import GenreEvent
 from genre_stream.sinks.jsonl import JsonlSink
+from genre_stream.sinks.messages import GenreEvent
 
 
 def event(i: int) -> GenreEvent:

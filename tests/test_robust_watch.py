@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from _helpers_fs import fill, small_filesystem
 from _helpers_sources import running, write_tone
 from conftest import REPO, cli_env, run_cli

@@ -9,14 +9,13 @@ where they are installed.
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
-import ast
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, cli_env
 
 FORBIDDEN = ("torch", "torchaudio", "librosa", "numba", "onnx", "trainer")

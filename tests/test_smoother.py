@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from genre_stream.model.calibration import UncertaintyRule
 from genre_stream.live.smoother import Smoother
+from genre_stream.model.calibration import UncertaintyRule
 
 LABELS = ["blues", "rock", "hiphop", "jazz"]
 

@@ -7,9 +7,9 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
-
 from _helpers_sources import Collector, dominant_frequency, running, write_tone
 from conftest import shared_path
+
 from genre_stream.audio.decode import ffmpeg_executable, ffmpeg_resample_args, load_audio
 from genre_stream.sources import parse_source
 

@@ -18,17 +18,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from _helpers_sources import Collector, running
 from conftest import REPO, cli_env, run_cli, shared_path
+
 from genre_stream.audio.decode import load_audio
 from genre_stream.audio.resample import StreamResampler, resample
-from genre_stream.sources.devices import InputDevice
-from genre_stream.sinks.messages import GenreState
 from genre_stream.live.pipeline import PipelineConfig, SourcePipeline
+from genre_stream.sinks.messages import GenreState
 from genre_stream.sources import SourceProblem
 from genre_stream.sources import mic as mic_module
 from genre_stream.sources.base import AudioChunk
+from genre_stream.sources.devices import InputDevice
 
 ALSA_CONF = Path("/usr/share/alsa/alsa.conf")
 NATIVE_RATE = 44100

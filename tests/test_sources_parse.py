@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from genre_stream.common.redact import redact_url as redact
 from genre_stream.sources import parse_source
 from genre_stream.sources.file import FileSource
 from genre_stream.sources.mic import MicSource
-from genre_stream.common.redact import redact_url as redact
 from genre_stream.sources.stream import StreamSource
 from genre_stream.watch.source import WatchSource
 

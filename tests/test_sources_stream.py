@@ -7,8 +7,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
-
 from _helpers_sources import Collector, dominant_frequency, running, write_tone
+
 from genre_stream.audio.decode import ffmpeg_executable
 from genre_stream.sources import AudioChunk, SourceProblem, parse_source
 

@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
-
 from _helpers_sources import Collector, running, write_tone
-from genre_stream.watch.tagger import tag_track
+
 from genre_stream.sources import SourceProblem, TrackReady, parse_source
+from genre_stream.watch.tagger import tag_track
 
 SETTLE = 0.5
 

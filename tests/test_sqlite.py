@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from genre_stream.watch.state import WatchState
 from genre_stream.common.sqlite import migrate, open_db
+from genre_stream.watch.state import WatchState
 
 
 def test_every_file_is_opened_in_wal_mode(tmp_path: Path) -> None:

@@ -12,16 +12,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
 from conftest import SHARED_AUDIO
-from genre_stream.model.engine import Engine
-from genre_stream.model.choice import open_engine
+
 from genre_stream.audio.frontend import MelFrontend, normalize_window
-from genre_stream.sinks.messages import GenreState
 from genre_stream.live.pipeline import PipelineConfig, SourcePipeline
-from genre_stream.sources.base import AudioChunk
+from genre_stream.model.choice import open_engine
+from genre_stream.model.engine import Engine
 from genre_stream.model.streaming import StreamingClassifier, StreamingModel
 from genre_stream.model.streampack import stream_pack_path
+from genre_stream.sinks.messages import GenreState
+from genre_stream.sources.base import AudioChunk
 
 SR = 22050
 FRAMES = 647

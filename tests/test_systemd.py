@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, cli_env
+
 from genre_stream.app.systemd import Notifier
 
 UNITS = REPO / "systemd"

@@ -7,10 +7,10 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, shared_path
-from genre_stream.model.calibration import UncertaintyRule
+
 from genre_stream.library.db import LibraryDB
+from genre_stream.model.calibration import UncertaintyRule
 from genre_stream.sinks.messages import GenreEvent
 from genre_stream.sources import Source
 from genre_stream.watch.tagger import TrackTagger, tag_track

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from _helpers_library import kick_drum, sawtooth, write_wav
 from conftest import run_cli
-from genre_stream.model.choice import open_engine
+
 from genre_stream.library.db import LibraryDB
 from genre_stream.library.labels import label_track
+from genre_stream.model.choice import open_engine
 from trainer.checkpoint import load_checkpoint
 from trainer.corrections import CorrectionConfig, LabelledTrack, learn_corrections
 from trainer.export import torch_probabilities

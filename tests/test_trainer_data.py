@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
 from conftest import run_cli
+
 from genre_stream.audio.decode import load_audio
 from genre_stream.audio.frontend import FrontendConfig, MelFrontend, loop_to_length, normalize_window
 from trainer.data import Cache, DataError, PrepareConfig, prepare

@@ -8,8 +8,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-
 from conftest import REPO, run_cli
+
 from trainer.evaluate import EvaluateError, evaluate
 from trainer.metrics import classification_report
 from trainer.synthset import make_dataset

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from trainer.model import BBNN
-from trainer.finetune import adapt, resolve_checkpoint
 from trainer.checkpoint import load_checkpoint
+from trainer.finetune import adapt, resolve_checkpoint
+from trainer.model import BBNN
 from trainer.train import recalibrate_batch_norm, set_train_mode
 
 pytestmark = pytest.mark.train  # needs the [train] extra

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import REPO, cli_env, free_port, run_cli
+
 from trainer.checkpoint import load_checkpoint
 from trainer.synthset import make_dataset
 

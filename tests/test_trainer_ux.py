@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, cli_env, run_cli
+
 from trainer.checkpoint import load_checkpoint
 from trainer.plots import confusion_figure
 from trainer.split import Split, thin_split_warnings
@@ -121,8 +121,8 @@ def test_confusion_plot_shows_counts() -> None:
 def test_int8_export_shows_calibration_progress(tmp_path: Path) -> None:
     """int8 calibration runs for minutes at the default 96 windows; the user sees a bar, results print after it."""
     import torch
-
     from conftest import printed_above_a_bar, run_on_a_terminal
+
     from genre_stream.model.info import ModelInfo
     from trainer.checkpoint import save_checkpoint
     from trainer.model import BBNN

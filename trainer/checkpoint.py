@@ -8,8 +8,8 @@ from typing import Any
 import torch
 
 from genre_stream.common.fsutil import atomic_path
-from trainer.model import BBNN
 from genre_stream.model.info import ModelInfo
+from trainer.model import BBNN
 
 FORMAT = "genre-stream-checkpoint/1"
 

@@ -111,11 +111,10 @@ def export(
     fp32 must match PyTorch within 1e-4 (probability); int8 must keep top-1 agreement >= 0.97, mean |dp| <= 0.03
     and max |dp| <= 0.15 on the test windows, or nothing is written (unless --force).
     """
+    from genre_stream.audio.frontend import MelFrontend
     from genre_stream.common.progress import Progress
 
-    from genre_stream.audio.frontend import MelFrontend
-
-    from .calibration import WindowSets, audio_windows, folder_sets, folder_test_windows, synthetic_sets
+    from .int8_windows import WindowSets, audio_windows, folder_sets, folder_test_windows, synthetic_sets
     from .checkpoint import CheckpointError, load_checkpoint
     from .export import save_atomic
     from .frontend_torch import TorchMelFrontend

@@ -40,8 +40,8 @@ def _errors():
     """Turn the trainer's own error types into ClickException (exit 1, no traceback)."""
     from .checkpoint import CheckpointError
     from .data import DataError
-    from .evaluate import EvaluateError
     from .distributed import TrainError
+    from .evaluate import EvaluateError
 
     return (DataError, CheckpointError, EvaluateError, TrainError, ValueError)
 

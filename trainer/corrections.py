@@ -41,9 +41,9 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from genre_stream.model.calibration import Calibration
-from genre_stream.common.fsutil import sha256_file
 from genre_stream.audio.frontend import MelFrontend, normalize_window
+from genre_stream.common.fsutil import sha256_file
+from genre_stream.model.calibration import Calibration
 from genre_stream.model.info import ModelInfo
 
 from .augment import SpecAugmentConfig, spec_augment

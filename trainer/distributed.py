@@ -15,9 +15,6 @@ from typing import TypeVar
 
 import torch
 
-
-
-
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")

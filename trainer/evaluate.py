@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from genre_stream.model.calibration import UncertaintyRule
 from genre_stream.common.fsutil import atomic_path
+from genre_stream.model.calibration import UncertaintyRule
 from genre_stream.model.info import ModelInfo
 from genre_stream.tracks.analysis import window_starts
 
@@ -98,8 +98,8 @@ def load_model(path: str | Path, threads: int = 0) -> LoadedModel:
     if not path.is_file():
         raise EvaluateError(f"{path}: no such model file")
     if path.suffix == ".onnx":
-        from genre_stream.model.session import ModelError
         from genre_stream.model.choice import open_engine
+        from genre_stream.model.session import ModelError
 
         try:
             engine = open_engine(path, device="cpu", threads=threads)

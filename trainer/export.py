@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from genre_stream.common.fsutil import atomic_path
-from trainer.model import BBNN
 from genre_stream.model.info import METADATA_KEY, ModelInfo
+from trainer.model import BBNN
 
 log = logging.getLogger(__name__)
 

@@ -23,10 +23,10 @@ import torch
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from trainer.model import BBNN
-from genre_stream.model.info import ModelInfo
 from genre_stream.model.agreement import AGREEMENT_BAR, AgreementBar
+from genre_stream.model.info import ModelInfo
 from genre_stream.model.session import cpu_session
+from trainer.model import BBNN
 
 from .export import INPUT_NAME, set_metadata, to_onnx_model, torch_probabilities
 from .fold import equalize, fold_bbnn

@@ -24,16 +24,15 @@ import torch
 
 from genre_stream import __version__ as genre_stream_version
 from genre_stream.common.fsutil import atomic_path
-from .model import BBNN
 from genre_stream.model.info import ModelInfo
 
-from .distributed import Dist, TrainError, distributed
-from .train import BEST_SO_FAR, LOG_FILE, FoldState, FoldTrainer, ModelFactory, Progress, TrainConfig, no_progress
 from .checkpoint import save_checkpoint
 from .data import Cache, DataError, check_labels
+from .distributed import Dist, TrainError, distributed
+from .model import BBNN
 from .plots import plot_confusion, plot_curves
 from .split import PARTS, Split, fold_split, thin_split_warnings
-
+from .train import BEST_SO_FAR, LOG_FILE, FoldState, FoldTrainer, ModelFactory, Progress, TrainConfig, no_progress
 
 log = logging.getLogger(__name__)
 

@@ -36,15 +36,15 @@ import torch
 from torch import nn
 
 from genre_stream.common.fsutil import atomic_path
-from .model import torch_predictor
 from genre_stream.model.info import ModelInfo
 
 from .augment import SpecAugmentConfig, spec_augment
-from .distributed import Dist, TrainError
 from .checkpoint import save_checkpoint
 from .data import Cache
+from .distributed import Dist, TrainError
 from .evaluate import track_probabilities
 from .metrics import classification_report
+from .model import torch_predictor
 from .split import Split
 
 log = logging.getLogger(__name__)

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..config import DaemonConfig
-from ..model.engine import Engine
 from ..live.pipeline import PipelineListener, SourcePipeline, uncertainty_rule
+from ..model.engine import Engine
 from ..sinks import Fanout, Sink
 from ..sinks.history import History
 from ..sinks.jsonl import JsonlSink

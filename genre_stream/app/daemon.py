@@ -29,19 +29,30 @@ from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..common.backoff import Backoff
-from .compose import build_outputs, make_pipeline, make_tagger
 from ..config import ConfigError, DaemonConfig, ModelConfig, describe_outputs, require_sources
-from ..model.session import ModelError
-from ..sinks.messages import GenreEvent, SourceStats
 from ..model.choice import model_file_stamp, open_engine, resolve
+from ..model.session import ModelError
 from ..sinks import Fanout, SourceAvailability, SourceInfo
-from ..sources import AudioChunk, Source, SourceError, SourceFactory, SourceItem, SourceProblem, TrackReady
-from ..sources import TRACK_KINDS, make_sources, source_from_config, source_kind
+from ..sinks.messages import GenreEvent, SourceStats
+from ..sources import (
+    TRACK_KINDS,
+    AudioChunk,
+    Source,
+    SourceError,
+    SourceFactory,
+    SourceItem,
+    SourceProblem,
+    TrackReady,
+    make_sources,
+    source_from_config,
+    source_kind,
+)
+from .compose import build_outputs, make_pipeline, make_tagger
 from .systemd import Notifier
 
 if TYPE_CHECKING:
-    from ..model.engine import Engine
     from ..live.pipeline import PipelineListener, SourcePipeline
+    from ..model.engine import Engine
     from ..watch.tagger import TrackTagger
 
 log = logging.getLogger(__name__)

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import click
 
+from ..common.timespec import parse_time
 from ..config import HISTORY_FILENAME
 from ..history.reader import HistoryError, HistoryReader, Segment, segments_csv
 from ..sinks.messages import State
-from ..common.timespec import parse_time
 
 
 def daemon_state_dir(config_path: Path | None) -> Path:

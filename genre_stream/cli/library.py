@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from .options import hop_option, load_engine, model_options
-from ..library.db import LibraryDB, LibraryError, default_db_path
 from ..common.progress import Progress
+from ..library.db import LibraryDB, LibraryError, default_db_path
+from .options import hop_option, load_engine, model_options
 
 if TYPE_CHECKING:
     from ..library.cluster import Clustering
@@ -72,8 +72,9 @@ def scan(paths: tuple[Path, ...], db_path: Path | None, model_path: Path | None,
     and the next scan resumes with the files not yet indexed. Files that cannot be
     decoded are recorded (see `genre-stream library errors`) and make the exit status 1.
     """
+    from ..library.scan import Outcome, ScanConfig
+    from ..library.scan import scan as run_scan
     from ..model.session import ModelError
-    from ..library.scan import Outcome, ScanConfig, scan as run_scan
 
     config = ScanConfig(model_path, device, workers, hop_seconds, retry_errors)
     with _open_db(db_path) as db, contextlib.ExitStack() as stack, _sigterm_as_interrupt():

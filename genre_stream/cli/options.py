@@ -12,10 +12,10 @@ if TYPE_CHECKING:
     from ..model.engine import Engine
 
 from ..config import ModelConfig, PipelineConfig
-from ..config.model import BATCH_THREADS
-from ..tracks import TRACK_HOP_SECONDS
-from ..model.providers import PROVIDERS
 from ..config.fields import declared
+from ..config.model import BATCH_THREADS
+from ..model.providers import PROVIDERS
+from ..tracks import TRACK_HOP_SECONDS
 
 
 def _declared_option(cls: type, name: str, param: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

@@ -8,7 +8,8 @@ signed duration is relative to now.
 from __future__ import annotations
 
 import re
-from datetime import datetime, time as dtime
+from datetime import datetime
+from datetime import time as dtime
 
 _RELATIVE = re.compile(r"^-\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)$", re.IGNORECASE)
 _UNIT_SECONDS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}

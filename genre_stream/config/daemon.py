@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from ..tracks import TRACK_HOP_SECONDS
 from ..common.redact import redact_url
+from ..tracks import TRACK_HOP_SECONDS
 from .errors import ConfigError
 from .fields import check_ranges, flag, option, setting
 from .history import HistorySettings

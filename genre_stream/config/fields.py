@@ -9,8 +9,8 @@ is refused up front, naming the setting.
 
 from __future__ import annotations
 
-import math
 import dataclasses
+import math
 import typing
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from ..model.bundled import is_auto, named_model
 from ..common.redact import MASK, redact_url
+from ..model.bundled import is_auto, named_model
 from .daemon import SECTIONS, DaemonConfig
 from .errors import ConfigError
 from .fields import RangeError, topic_problem

@@ -42,11 +42,11 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from ..common.jsonsafe import dumps
-from ..history.reader import HistoryError, HistoryReader, Segment, segments_csv
-from ..sinks.messages import iso_utc
 from ..common.timespec import parse_time
-from ..library.db import LibraryError
 from ..config import DashboardConfig
+from ..history.reader import HistoryError, HistoryReader, Segment, segments_csv
+from ..library.db import LibraryError
+from ..sinks.messages import iso_utc
 from .corrections import Corrections
 from .state import DashboardState
 

@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..audio.frontend import FrontendConfig
+from ..config import ConfigError, DashboardConfig
 from ..history.reader import HistoryReader
+from ..sinks.base import SourceAvailability, SourceInfo
 from ..sinks.history import HistoryStats
 from ..sinks.messages import GenreEvent, GenreState
-from ..sinks.base import SourceAvailability, SourceInfo
-from ..config import ConfigError, DashboardConfig
 from .corrections import Corrections
 from .metrics import SinkMetrics, SourceMetrics
 from .server import DashboardError, DashboardServer

@@ -37,9 +37,9 @@ import numpy as np
 
 from ..audio.frontend import FrontendConfig
 from ..audio.frontend import _hz_to_mel as hz_to_mel  # the frontend's own (Slaney) mel scale
+from ..sinks.base import SourceAvailability, SourceInfo
 from ..sinks.history import HistoryStats
 from ..sinks.messages import GenreEvent, GenreState, Message, parse_payload_time
-from ..sinks.base import SourceAvailability, SourceInfo
 from ..sources import TRACK_KINDS
 from .metrics import DashboardMetrics, SinkMetrics, SourceMetrics
 

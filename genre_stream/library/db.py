@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..audio.decode import Tags, read_tags
-from ..sinks.messages import utc_now_iso
 from ..common.sqlite import open_db
+from ..sinks.messages import utc_now_iso
 
 if TYPE_CHECKING:  # the daemon and the CLI import the database without loading torch/onnxruntime
     from ..tracks.analysis import TrackResult

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..audio.decode import AudioError, find_audio_files, read_tags
-from ..model.engine import Engine
 from ..model.choice import open_engine
+from ..model.engine import Engine
 from ..tracks import TRACK_HOP_SECONDS
 from ..tracks.analysis import TrackResult, analyse_file
 from .db import FileStamp, LibraryDB, LibraryError, file_hash

@@ -84,8 +84,8 @@ def resolve_query(track: str | Path, index: SimilarityIndex, db: LibraryDB, mode
     if not Path(path).is_file():
         raise LibraryError(f"{track}: not in the library ({db.path}) and not an audio file here")
     from ..audio.decode import AudioError  # torch/onnxruntime load only when a query needs analysing
-    from ..model.session import ModelError
     from ..model.choice import open_engine
+    from ..model.session import ModelError
     from ..tracks.analysis import analyse_file
 
     try:

@@ -28,15 +28,15 @@ from typing import Protocol
 
 import numpy as np
 
-from ..model.calibration import UncertaintyRule
-from ..config import PipelineConfig
-from ..model.engine import Engine
 from ..audio.frontend import MelFrontend, MelRingBuffer, StreamingMel, normalize_window
-from ..sinks.messages import GenreEvent, GenreState, Message, State
 from ..audio.sanitize import LOUD, dbfs, repair
-from .smoother import Smoother
+from ..config import PipelineConfig
+from ..model.calibration import UncertaintyRule
+from ..model.engine import Engine
 from ..model.streaming import StreamingClassifier
+from ..sinks.messages import GenreEvent, GenreState, Message, State
 from ..sources.base import AudioChunk
+from .smoother import Smoother
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..model.calibration import UncertaintyRule
-from ..sinks.messages import State, verdict
 from ..model.musicgate import MusicGate
+from ..sinks.messages import State, verdict
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .calibration import Calibration
 from ..audio.frontend import FrontendConfig
+from .calibration import Calibration
 from .musicgate import MusicGate
 
 METADATA_KEY = "genre_stream"

@@ -36,11 +36,11 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..config import DashboardConfig, HomeAssistantConfig
 from ..common.fsutil import atomic_path
-from .messages import NON_GENRE_STATES
+from ..config import DashboardConfig, HomeAssistantConfig
 from ..sources import TRACK_KINDS
 from .base import SourceInfo
+from .messages import NON_GENRE_STATES
 from .topics import OFFLINE, ONLINE, Topics
 
 log = logging.getLogger(__name__)
@@ -136,6 +136,7 @@ def discovery_messages(
 
 
 def _source_configs(ha: HomeAssistantConfig, topics: Topics, info: SourceInfo) -> list[Discovery]:
+    """One source's device: its audio sensor, its genre entities (live or whole tracks) and its diagnostics."""
     s = slug(info.id)
     device = {
         "identifiers": [f"{ha.node_id}_{s}"],
@@ -146,95 +147,112 @@ def _source_configs(ha: HomeAssistantConfig, topics: Topics, info: SourceInfo) -
     }
     daemon_up = [{"topic": topics.status}]
     alive = {"availability": [*daemon_up, {"topic": topics.availability(info.id)}], "availability_mode": "all"}
-    configs = [
-        _config(ha, "binary_sensor", f"{s}_audio", device, {
-            "name": "Audio",
-            "state_topic": topics.availability(info.id),
-            "payload_on": ONLINE,
-            "payload_off": OFFLINE,
-            "device_class": "connectivity",
-            "availability": daemon_up,
-        })
+    audio = {
+        "name": "Audio",
+        "state_topic": topics.availability(info.id),
+        "payload_on": ONLINE,
+        "payload_off": OFFLINE,
+        "device_class": "connectivity",
+        "availability": daemon_up,
+    }
+    entities: list[Entity] = [("binary_sensor", "audio", audio)]
+    entities += _track_entities(topics, info, alive) if info.kind in TRACK_KINDS else _live_entities(topics, info, alive)
+    entities += _diagnostic_entities(topics, info, daemon_up)
+    return [_config(ha, component, f"{s}_{key}", device, fields) for component, key, fields in entities]
+
+
+Entity = tuple[str, str, dict[str, Any]]  # (component, key under the source's slug, config fields)
+
+
+def _track_entities(topics: Topics, info: SourceInfo, alive: dict[str, Any]) -> list[Entity]:
+    """A watch folder: the last tagged track's genre, and an event per tagged track."""
+    return [
+        ("sensor", "last_track", {
+            **alive,
+            "name": "Last track genre",
+            "icon": "mdi:music-box",
+            "state_topic": topics.track(info.id),
+            "device_class": "enum",
+            "options": list(info.labels),
+            "value_template": "{{ value_json.genre }}",
+            "json_attributes_topic": topics.track(info.id),
+            "json_attributes_template": TRACK_ATTRIBUTES_TEMPLATE,
+        }),
+        ("event", "track_tagged", {
+            **alive,
+            "name": "Track tagged",
+            "icon": "mdi:music-box-outline",
+            "state_topic": topics.event(info.id),
+            "event_types": ["track_tagged"],
+            "value_template": TRACK_TAGGED_TEMPLATE,
+        }),
     ]
-    if info.kind in TRACK_KINDS:
-        configs += [
-            _config(ha, "sensor", f"{s}_last_track", device, {
-                **alive,
-                "name": "Last track genre",
-                "icon": "mdi:music-box",
-                "state_topic": topics.track(info.id),
-                "device_class": "enum",
-                "options": list(info.labels),
-                "value_template": "{{ value_json.genre }}",
-                "json_attributes_topic": topics.track(info.id),
-                "json_attributes_template": TRACK_ATTRIBUTES_TEMPLATE,
-            }),
-            _config(ha, "event", f"{s}_track_tagged", device, {
-                **alive,
-                "name": "Track tagged",
-                "icon": "mdi:music-box-outline",
-                "state_topic": topics.event(info.id),
-                "event_types": ["track_tagged"],
-                "value_template": TRACK_TAGGED_TEMPLATE,
-            }),
-        ]
-    else:
-        expire = expire_after(info.hop_seconds)
-        configs += [
-            _config(ha, "sensor", f"{s}_genre", device, {
-                **alive,
-                "name": "Genre",
-                "icon": "mdi:music",
-                "state_topic": topics.state(info.id),
-                "device_class": "enum",
-                "options": [*info.labels, *NON_GENRE_STATES],
-                "value_template": GENRE_TEMPLATE,
-                "json_attributes_topic": topics.attributes(info.id),
-                "expire_after": expire,
-            }),
-            _config(ha, "sensor", f"{s}_confidence", device, {
-                **alive,
-                "name": "Genre confidence",
-                "icon": "mdi:percent",
-                "state_topic": topics.state(info.id),
-                "unit_of_measurement": "%",
-                "state_class": "measurement",
-                "suggested_display_precision": 1,
-                "value_template": CONFIDENCE_TEMPLATE,
-                "expire_after": expire,
-            }),
-            _config(ha, "event", f"{s}_genre_change", device, {
-                **alive,
-                "name": "Genre change",
-                "icon": "mdi:swap-horizontal",
-                "state_topic": topics.event(info.id),
-                "event_types": ["genre_changed"],
-                "value_template": GENRE_CHANGE_TEMPLATE,
-            }),
-        ]
-    if info.stats_interval > 0:
-        diagnostic = {
-            "availability": daemon_up,  # a down source's counters are exactly what one wants to see
-            "state_topic": topics.stats(info.id),
-            "entity_category": "diagnostic",
-            "expire_after": math.ceil(STATS_EXPIRE_INTERVALS * info.stats_interval),
-        }
-        configs.append(_config(ha, "sensor", f"{s}_errors", device, {
-            **diagnostic, "name": "Errors", "icon": "mdi:alert-circle-outline",
-            "state_class": "total_increasing", "value_template": "{{ value_json.errors }}",
+
+
+def _live_entities(topics: Topics, info: SourceInfo, alive: dict[str, Any]) -> list[Entity]:
+    """A running stream: the genre (or a non-genre state), its confidence, and genre-change events."""
+    expire = expire_after(info.hop_seconds)
+    return [
+        ("sensor", "genre", {
+            **alive,
+            "name": "Genre",
+            "icon": "mdi:music",
+            "state_topic": topics.state(info.id),
+            "device_class": "enum",
+            "options": [*info.labels, *NON_GENRE_STATES],
+            "value_template": GENRE_TEMPLATE,
+            "json_attributes_topic": topics.attributes(info.id),
+            "expire_after": expire,
+        }),
+        ("sensor", "confidence", {
+            **alive,
+            "name": "Genre confidence",
+            "icon": "mdi:percent",
+            "state_topic": topics.state(info.id),
+            "unit_of_measurement": "%",
+            "state_class": "measurement",
+            "suggested_display_precision": 1,
+            "value_template": CONFIDENCE_TEMPLATE,
+            "expire_after": expire,
+        }),
+        ("event", "genre_change", {
+            **alive,
+            "name": "Genre change",
+            "icon": "mdi:swap-horizontal",
+            "state_topic": topics.event(info.id),
+            "event_types": ["genre_changed"],
+            "value_template": GENRE_CHANGE_TEMPLATE,
+        }),
+    ]
+
+
+def _diagnostic_entities(topics: Topics, info: SourceInfo, daemon_up: list[dict[str, str]]) -> list[Entity]:
+    """The source's counters, where stats are published: available while the daemon is (a down source's
+    counters are exactly what one wants to see)."""
+    if info.stats_interval <= 0:
+        return []
+    diagnostic = {
+        "availability": daemon_up,
+        "state_topic": topics.stats(info.id),
+        "entity_category": "diagnostic",
+        "expire_after": math.ceil(STATS_EXPIRE_INTERVALS * info.stats_interval),
+    }
+    out: list[Entity] = [("sensor", "errors", {
+        **diagnostic, "name": "Errors", "icon": "mdi:alert-circle-outline",
+        "state_class": "total_increasing", "value_template": "{{ value_json.errors }}",
+    })]
+    if info.kind not in TRACK_KINDS:
+        out.append(("sensor", "real_time_factor", {
+            **diagnostic, "name": "Real-time factor", "icon": "mdi:speedometer",
+            "state_class": "measurement", "suggested_display_precision": 3,
+            "value_template": "{{ value_json.real_time_factor | round(3) }}",
         }))
-        if info.kind not in TRACK_KINDS:
-            configs.append(_config(ha, "sensor", f"{s}_real_time_factor", device, {
-                **diagnostic, "name": "Real-time factor", "icon": "mdi:speedometer",
-                "state_class": "measurement", "suggested_display_precision": 3,
-                "value_template": "{{ value_json.real_time_factor | round(3) }}",
-            }))
-        if info.kind in RECONNECTING_SOURCES:
-            configs.append(_config(ha, "sensor", f"{s}_reconnects", device, {
-                **diagnostic, "name": "Reconnects", "icon": "mdi:connection",
-                "state_class": "total_increasing", "value_template": "{{ value_json.reconnects }}",
-            }))
-    return configs
+    if info.kind in RECONNECTING_SOURCES:
+        out.append(("sensor", "reconnects", {
+            **diagnostic, "name": "Reconnects", "icon": "mdi:connection",
+            "state_class": "total_increasing", "value_template": "{{ value_json.reconnects }}",
+        }))
+    return out
 
 
 def _config(ha: HomeAssistantConfig, component: str, key: str, device: dict[str, Any], fields: dict[str, Any]) -> Discovery:

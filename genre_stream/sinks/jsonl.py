@@ -8,16 +8,16 @@ daemon (logrotate without copytruncate), the next line goes to a fresh file at t
 
 from __future__ import annotations
 
-import os
 import logging
+import os
 import sys
 import threading
 from pathlib import Path
 from typing import TextIO
 
 from ..common.jsonsafe import dumps
-from .messages import SourceStats
 from .base import Publishable, SourceAvailability, SourceInfo
+from .messages import SourceStats
 
 log = logging.getLogger(__name__)
 

@@ -29,14 +29,14 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from ..common.backoff import Backoff
-from ..config import ConfigError, HomeAssistantConfig, MqttConfig
 from ..common.jsonsafe import dumps
 from ..common.redact import redact_url
-from .messages import GenreEvent, GenreState, SourceStats
+from ..config import ConfigError, HomeAssistantConfig, MqttConfig
 from .base import Publishable, SourceAvailability, SourceInfo
 from .homeassistant import LEDGER_FILE, AttributeGate, DiscoveryLedger, discovery_messages
-from .topics import OFFLINE, ONLINE, Topics, availability_word, home_assistant_status
+from .messages import GenreEvent, GenreState, SourceStats
 from .outbox import Outbox
+from .topics import OFFLINE, ONLINE, Topics, availability_word, home_assistant_status
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..audio.decode import ffmpeg_executable, ffmpeg_resample_args
-from ..common.redact import redact_text
 from ..audio.frontend import SAMPLE_RATE
+from ..common.redact import redact_text
 from .base import SourceError
 
 log = logging.getLogger(__name__)

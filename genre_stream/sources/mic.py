@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from .devices import AudioDeviceError, import_sounddevice, resolve_input_device
+from ..audio.frontend import SAMPLE_RATE
 from ..audio.resample import StreamResampler
 from ..common.backoff import Backoff
-from ..audio.frontend import SAMPLE_RATE
 from .base import AudioChunk, Emit, Source, SourceError, SourceProblem, StreamClock
+from .devices import AudioDeviceError, import_sounddevice, resolve_input_device
 
 log = logging.getLogger(__name__)
 

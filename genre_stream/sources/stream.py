@@ -16,9 +16,9 @@ import time
 
 import numpy as np
 
-from ..common.redact import redact_text, redact_url
-from ..common.backoff import Backoff
 from ..audio.frontend import SAMPLE_RATE
+from ..common.backoff import Backoff
+from ..common.redact import redact_text, redact_url
 from .base import AudioChunk, Emit, Source, SourceProblem, StreamClock
 from .ffmpeg import LIVE_INPUT_ARGS, FfmpegPcm
 

@@ -19,22 +19,20 @@ track's length. The window grid is in frames (1024 samples), not exact seconds.
 from __future__ import annotations
 
 import math
-
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from . import TRACK_HOP_SECONDS
 from ..audio.decode import iter_audio
-from ..model.calibration import UncertaintyRule
-from ..sinks.messages import State, verdict
-from ..model.musicgate import MusicGate
-from ..model.engine import Engine
-from ..audio.sanitize import SILENCE_DBFS, dbfs
 from ..audio.frontend import MelFrontend, StreamingMel, loop_to_length, normalize_window
-
+from ..audio.sanitize import SILENCE_DBFS, dbfs
+from ..model.calibration import UncertaintyRule
+from ..model.engine import Engine
+from ..model.musicgate import MusicGate
+from ..sinks.messages import State, verdict
+from . import TRACK_HOP_SECONDS
 
 
 @dataclass

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..audio.decode import AudioError, find_audio_files
-from ..model.calibration import UncertaintyRule
-from ..model.engine import Engine
 from ..common.jsonsafe import display_path, dumps
 from ..common.progress import Progress
+from ..model.calibration import UncertaintyRule
+from ..model.engine import Engine
 from ..sinks.messages import State
 from . import TRACK_HOP_SECONDS
 from .analysis import TrackResult, WindowResult, analyse_file
@@ -70,7 +70,7 @@ def result_to_dict(path: Path, result: TrackResult, options: ClassifyOptions) ->
 def format_human(path: Path, result: TrackResult, options: ClassifyOptions) -> str:
     state = result.state(options.uncertainty)  # the daemon's rules (TrackResult.state)
     if state is State.SILENCE:
-        tops = "silence"
+        tops = State.SILENCE.value
     elif state is State.NOT_MUSIC:  # speech, talk or noise by the model's gate
         tops = f"not music ({result.not_music * 100:.0f}% by the model's music gate)"
     else:

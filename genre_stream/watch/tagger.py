@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from ..audio.decode import AudioError
+from ..audio.sanitize import SILENCE_DBFS
 from ..model.calibration import UncertaintyRule
 from ..model.engine import Engine
 from ..sinks.messages import GenreEvent, Message
-from ..audio.sanitize import SILENCE_DBFS
 from ..tracks import TRACK_HOP_SECONDS
 from ..tracks.analysis import TrackResult, analyse_file
 
