@@ -64,11 +64,13 @@ def open_model(model: ModelConfig) -> Engine:
 
 EXIT_OK = 0
 EXIT_MODEL = 1
+EXIT_NOINPUT = 66  # EX_NOINPUT: a files-only run in which an input could not be read (missing, unreadable, undecodable)
 EXIT_UNDELIVERED = 75  # EX_TEMPFAIL
 EXIT_CONFIG = 78  # EX_CONFIG
 
 TICK = 0.2  # main-loop period: bounds signal, watchdog and end-of-sources reaction time
 JOIN_TIMEOUT = 3.0  # how long a stop waits for source threads before giving up on them
+SOURCE_THREAD_PREFIX = "source-"  # the name of each source's thread (cli.run knows them by it at exit)
 RESTART_MAX = 60.0  # ceiling of the backoff when a source crashes unexpectedly
 
 
@@ -83,6 +85,7 @@ class _Running:
     thread: threading.Thread | None = None
     errors: int = 0
     ended: bool = False  # finished on its own (not stopped)
+    input_failed: bool = False  # a finite source reported a problem with its input (a missing or undecodable file)
     online: bool | None = None  # last availability published: audio flows / folder watched
 
     @property
@@ -195,9 +198,13 @@ class Daemon:
         delivered = self.sinks.close(self.config.mqtt.flush_timeout)
         self.notifier.close()
         log.info("stopped")
-        if by_signal or delivered:
+        if by_signal:
             return EXIT_OK
-        return EXIT_UNDELIVERED
+        failed = sorted(sid for sid, r in self.running.items() if r.input_failed)
+        if failed:
+            log.error("input not read: %s (exit %d)", ", ".join(failed), EXIT_NOINPUT)
+            return EXIT_NOINPUT
+        return EXIT_OK if delivered else EXIT_UNDELIVERED
 
     # ---------------------------------------------------------------- sources
 
@@ -205,7 +212,7 @@ class Daemon:
         assert self.engine is not None
         r = _Running(spec, source, make_pipeline(source.id, self.engine, self.config, self.listeners),
                      make_tagger(source, self.engine, self.config))
-        r.thread = threading.Thread(target=self._source_thread, args=(r,), name=f"source-{source.id}", daemon=True)
+        r.thread = threading.Thread(target=self._source_thread, args=(r,), name=f"{SOURCE_THREAD_PREFIX}{source.id}", daemon=True)
         self.running[source.id] = r
         r.thread.start()
 
@@ -272,8 +279,10 @@ class Daemon:
             elif isinstance(item, TrackReady):
                 if r.tagger is None:
                     raise TypeError(f"{type(r.source).__name__} hands on files but keeps no TrackLedger")
-                r.tagger.tag(item.path, self._publish)
+                r.tagger.tag(item.path, self._publish, r.stop)
             elif isinstance(item, SourceProblem):
+                if r.source.finite and r.tagger is None:
+                    r.input_failed = True
                 if r.kind not in TRACK_KINDS:  # mic/stream drop, undecodable file: no audio now
                     self._set_online(r, False)
                 log.warning("%s: %s", item.source, item.reason)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import sys
+import threading
 import types
 import typing
 from collections.abc import Callable
@@ -83,7 +85,7 @@ def run(config_path: Path | None, **options: Any) -> None:
 
     Runs until SIGTERM/SIGINT, or until all sources are files that have ended.
     SIGHUP reloads the configuration (sources, pipeline, stats) without dropping
-    the MQTT connection. Exit status: 0 ok, 1 model error, 75 finished with
+    the MQTT connection. Exit status: 0 ok, 1 model error, 66 a file: input could not be read, 75 finished with
     messages still queued for the broker (kept for the next start), 78 bad configuration.
     """
     from ..app.daemon import EXIT_MODEL, Daemon
@@ -112,6 +114,20 @@ def run(config_path: Path | None, **options: Any) -> None:
     except OSError as exc:  # an output file or the state dir that cannot be created
         click.echo(f"genre-stream: {exc}", err=True)
         sys.exit(EXIT_MODEL)
+    _exit(code)
+
+
+def _exit(code: int) -> None:
+    """Exit with ``code``. A source thread the daemon had to leave behind (stuck in a C call past the
+    stop timeout) would make the interpreter's shutdown abort (SIGABRT, exit 134) and systemd count a
+    failure; its work is already given up and the outputs are flushed, so leave without waiting for it."""
+    from ..app.daemon import SOURCE_THREAD_PREFIX
+
+    if any(t.is_alive() and t.name.startswith(SOURCE_THREAD_PREFIX) for t in threading.enumerate()):
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     sys.exit(code)
 
 

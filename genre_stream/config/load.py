@@ -12,19 +12,20 @@ import dataclasses
 import logging
 import math
 import os
+import stat
 import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 from ..common.redact import MASK, redact_url
 from ..model.bundled import is_auto, named_model
 from .daemon import SECTIONS, DaemonConfig
 from .errors import ConfigError
 from .fields import RangeError, topic_problem
+from .mqtt import MqttConfig, url_credentials, url_problem
 
 log = logging.getLogger("genre_stream.config")  # the name its warnings had before config/ was a package
 
@@ -49,11 +50,26 @@ class Layer:
         self.origins[key] = origin
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a few KB; more is a mistake (a log or a device named by accident)
+
+
+def _read_config_bytes(path: Path) -> bytes:
+    """The file's bytes, refusing what is not a regular file *before* reading: opening a FIFO for
+    reading blocks until a writer comes (on SIGHUP that froze the main loop), and a device never ends."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"{path}: not a regular file (a FIFO, device or socket); give the path of a TOML file")
+        if st.st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: {st.st_size} bytes is too large for a config file (at most {MAX_CONFIG_BYTES})")
+        return fh.read(MAX_CONFIG_BYTES + 1)
+
+
 def file_layer(path: Path) -> Layer:
     """Read a TOML file; unreadable or malformed files are ConfigErrors naming the file."""
     try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
+        data = tomllib.loads(_read_config_bytes(path).decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except tomllib.TOMLDecodeError as exc:
@@ -244,17 +260,13 @@ def _validate(config: DaemonConfig, origins: dict[str, str]) -> None:
     m = config.mqtt
     check(is_auto(config.model.path) or named_model(config.model.path).is_file(), "model.path", "file not found (give an ONNX file, or auto / fp32 / int8)")
     if m.url is not None:
-        parts = urlsplit(m.url)
-        check(parts.scheme in ("mqtt", "mqtts"), "mqtt.url", "scheme must be mqtt:// or mqtts://")
-        check(bool(parts.hostname), "mqtt.url", "has no host name")
-        try:
-            parts.port
-        except ValueError:
-            check(False, "mqtt.url", "port must be a number between 0 and 65535")
-        check(parts.path in ("", "/"), "mqtt.url", "must not have a path (set the topic prefix with mqtt.prefix)")
+        problem = url_problem(m.url)
+        check(problem is None, "mqtt.url", problem or "")
+        _check_url_credentials(m, origins)
     check(m.reconnect_min <= m.reconnect_max, "mqtt.reconnect_min", "must be <= mqtt.reconnect_max")
     check(topic_problem(m.prefix) is None, "mqtt.prefix", f"{topic_problem(m.prefix)} (an MQTT topic prefix)")
-    check(m.password is None or m.username is not None, "mqtt.password", "given without mqtt.username")
+    check(m.password is None or m.credentials[0] is not None, "mqtt.password", "given without mqtt.username")
+    check(url_credentials(m.url)[1] is None or m.credentials[0] is not None, "mqtt.url", "has a password but no user name")
     check(m.key_file is None or m.cert_file is not None, "mqtt.key_file", "given without mqtt.cert_file")
     for key in ("ca_file", "cert_file", "key_file"):
         path = getattr(m, key)
@@ -266,6 +278,24 @@ def _validate(config: DaemonConfig, origins: dict[str, str]) -> None:
     check(topic_problem(ha.discovery_prefix) is None, "homeassistant.discovery_prefix",
           f"{topic_problem(ha.discovery_prefix)} (an MQTT topic prefix)")
     check(config.jsonl.path != "", "jsonl.path", "must be a file path or - for stdout")
+
+
+def _check_url_credentials(m: MqttConfig, origins: dict[str, str]) -> None:
+    """User info in ``mqtt.url`` and the ``mqtt.username``/``mqtt.password`` keys must not disagree.
+
+    Either place may be used (the URL is what broker docs show; the password key can come from
+    the environment, out of ``ps`` and the file), but two different answers leave the user
+    guessing which one the broker got, so both keys are named (the password in neither).
+    """
+    url_user, url_password = url_credentials(m.url)
+    where = f"from {origins.get('mqtt.url', 'default')}"
+    if url_user is not None and m.username is not None and url_user != m.username:
+        raise ConfigError(f"mqtt.url ({where}) and mqtt.username (from {origins.get('mqtt.username', 'default')}) disagree: "
+                          f"the URL names user {url_user!r}, mqtt.username = {m.username!r}; give the user name in one place")
+    if url_password is not None and m.password is not None and url_password != m.password:
+        raise ConfigError(f"mqtt.url ({where}) and mqtt.password (from {origins.get('mqtt.password', 'default')}) disagree: "
+                          f"the URL's password is not mqtt.password = {MASK!r}; give the password in one place "
+                          "(preferably GENRE_STREAM_MQTT_PASSWORD)")
 
 
 def _lookup(config: DaemonConfig, key: str) -> Any:

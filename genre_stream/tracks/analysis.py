@@ -19,6 +19,7 @@ track's length. The window grid is in frames (1024 samples), not exact seconds.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -228,7 +229,23 @@ def analyse_audio(
     return analyse_blocks([np.asarray(audio, dtype=np.float32)], engine, frontend, hop_seconds)
 
 
-def analyse_file(path: str | Path, engine: Engine, hop_seconds: float = TRACK_HOP_SECONDS) -> TrackResult:
-    """Decode (block by block) and classify one file; raises ``audio.AudioError`` for unusable files."""
+class Cancelled(Exception):
+    """``stop`` was set while a file was analysed: no result (the daemon is stopping)."""
+
+
+def _until(stop: threading.Event | None, blocks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    for block in blocks:
+        if stop is not None and stop.is_set():
+            raise Cancelled
+        yield block
+
+
+def analyse_file(path: str | Path, engine: Engine, hop_seconds: float = TRACK_HOP_SECONDS,
+                 stop: threading.Event | None = None) -> TrackResult:
+    """Decode (block by block) and classify one file; raises ``audio.AudioError`` for unusable files.
+
+    ``stop`` is checked between blocks (about a second of work each), so a daemon told to stop in the
+    middle of a long file ends within its stop timeout instead of being killed inside onnxruntime;
+    it raises ``Cancelled``."""
     frontend = MelFrontend(engine.info.frontend)
-    return analyse_blocks(iter_audio(path, frontend.config.sample_rate), engine, frontend, hop_seconds)
+    return analyse_blocks(_until(stop, iter_audio(path, frontend.config.sample_rate)), engine, frontend, hop_seconds)

@@ -64,6 +64,8 @@ def result_to_dict(path: Path, result: TrackResult, options: ClassifyOptions) ->
             }
             for w in result.windows
         ]
+        data["segments"] = [{"start": round(g.start, 3), "end": round(g.end, 3), "genre": g.genre,
+                             "confidence": round(g.confidence, 6), "windows": g.windows} for g in segments(result)]
     return data
 
 
@@ -104,8 +106,11 @@ class Segment:
 def segments(result: TrackResult) -> list[Segment]:
     """Consecutive windows with the same top genre merged into one segment.
 
-    Windows overlap (30 s every hop), so a segment runs from its first window's start
-    to the next segment's first start; the last one runs to the end of the track.
+    Windows overlap (30 s every hop) and a window is labelled by its whole 30 s, so a change of music
+    shows in the windows whose *centres* pass it: a boundary is placed halfway between the centres of
+    the last window of one run and the first of the next (within half a hop of where the music
+    changes, where the window starts put it up to 20 s early). The first segment starts at the
+    track's start, the last runs to its end.
     """
     runs: list[tuple[int, list[WindowResult]]] = []
     for w in result.windows:
@@ -114,10 +119,16 @@ def segments(result: TrackResult) -> list[Segment]:
             runs[-1][1].append(w)
         else:
             runs.append((best, [w]))
-    ends = [ws[0].start for _, ws in runs[1:]] + [result.windows[-1].end]
+
+    def centre(w: WindowResult) -> float:
+        return (w.start + w.end) / 2
+
+    cuts = [(centre(prev[-1]) + centre(ws[0])) / 2 for (_, prev), (_, ws) in zip(runs, runs[1:])]
+    starts = [result.windows[0].start, *cuts]
+    ends = [*cuts, result.windows[-1].end]
     return [
-        Segment(ws[0].start, end, result.labels[best], float(sum(w.probabilities[best] for w in ws) / len(ws)), len(ws))
-        for (best, ws), end in zip(runs, ends)
+        Segment(start, end, result.labels[best], float(sum(w.probabilities[best] for w in ws) / len(ws)), len(ws))
+        for (best, ws), start, end in zip(runs, starts, ends)
     ]
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from ..model.calibration import UncertaintyRule
 from ..model.engine import Engine
 from ..sinks.messages import GenreEvent, Message
 from ..tracks import TRACK_HOP_SECONDS
-from ..tracks.analysis import TrackResult, analyse_file
+from ..tracks.analysis import Cancelled, TrackResult, analyse_file
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +47,15 @@ class TrackLedger(Protocol):
 
 def tag_track(source_id: str, path: Path, engine: Engine, hop_seconds: float = TRACK_HOP_SECONDS,
               uncertainty: UncertaintyRule | None = None,
-              silence_dbfs: float = SILENCE_DBFS) -> tuple[GenreEvent, TrackResult | None]:
+              silence_dbfs: float = SILENCE_DBFS, stop: threading.Event | None = None) -> tuple[GenreEvent, TrackResult | None]:
     """Classify a whole file: a ``track_tagged`` event and the analysis, or an ``error`` event naming the file and None.
 
     The event's ``state`` is "uncertain" when ``uncertainty`` (default: the model's own rule) says so,
     and "silence" when the track's level is below ``silence_dbfs`` (the daemon's ``pipeline.silence_dbfs``).
+    Raises ``Cancelled`` when ``stop`` is set before the file is done.
     """
     try:
-        result = analyse_file(path, engine, hop_seconds)
+        result = analyse_file(path, engine, hop_seconds, stop)
     except AudioError as exc:
         log.warning("%s: %s", source_id, exc)
         return GenreEvent.error(source_id, str(exc), path=str(path)), None
@@ -87,13 +89,18 @@ class TrackTagger:
     library_db: Path | None = None  # watch.library_db: index every tagged file into this `genre-stream library` database
     silence_dbfs: float = SILENCE_DBFS  # pipeline.silence_dbfs: the same silence level as the live windows
 
-    def tag(self, path: Path, publish: Publish) -> None:
+    def tag(self, path: Path, publish: Publish, stop: threading.Event | None = None) -> None:
         """Tag ``path`` and publish the outcome; call in the source's thread.
 
         A file that fails to decode may still be being written: when the source says it will
-        hand it on again (``retry_later``), nothing is published yet.
+        hand it on again (``retry_later``), nothing is published yet. When ``stop`` is set meanwhile (the
+        daemon is stopping), nothing is published or recorded: the next start tags the file.
         """
-        event, result = tag_track(self.source_id, path, self.engine, self.hop_seconds, self.uncertainty, self.silence_dbfs)
+        try:
+            event, result = tag_track(self.source_id, path, self.engine, self.hop_seconds, self.uncertainty, self.silence_dbfs, stop)
+        except Cancelled:
+            log.info("%s: stopping: %s left for the next start", self.source_id, path)
+            return
         if event.type == "error" and self.ledger.retry_later(path):
             return
         publish(event)
