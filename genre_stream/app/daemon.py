@@ -42,6 +42,7 @@ from ..sources import (
     SourceFactory,
     SourceItem,
     SourceProblem,
+    TitleChanged,
     TrackReady,
     make_sources,
     source_from_config,
@@ -274,6 +275,11 @@ class Daemon:
                 self._set_online(r, True)
                 with r.lock:
                     messages = r.pipeline.feed(item)
+                for message in messages:
+                    self._publish(message)
+            elif isinstance(item, TitleChanged):
+                with r.lock:
+                    messages = r.pipeline.title_changed(item.title)
                 for message in messages:
                     self._publish(message)
             elif isinstance(item, TrackReady):

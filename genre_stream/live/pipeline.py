@@ -88,6 +88,7 @@ class SourcePipeline:
     def __init__(self, source_id: str, engine: Engine, config: PipelineConfig | None = None, *,
                  listeners: Sequence[PipelineListener] = ()) -> None:
         self.source_id = source_id
+        self.title: str | None = None  # what the stream says it plays (ICY StreamTitle), carried by every state
         self.engine = engine
         self.config = config or PipelineConfig()
         self.listeners = tuple(listeners)
@@ -130,6 +131,11 @@ class SourcePipeline:
         self._inference_total_ms = 0.0
 
     # -- input -------------------------------------------------------------------------------
+
+    def title_changed(self, title: str) -> list[Message]:
+        """The stream named a new track: later states carry it, and a ``track_changed`` event says so."""
+        previous, self.title = self.title, title
+        return [GenreEvent.track_changed(self.source_id, previous, title)] if title != previous else []
 
     def feed(self, chunk: AudioChunk) -> list[Message]:
         """Add one chunk; the messages of every classification it completes (usually none or one)."""
@@ -232,7 +238,7 @@ class SourcePipeline:
         if level < self.config.silence_dbfs:
             self.silent_windows += 1
             self.smoother.restart_average()
-            silent: list[Message] = [GenreState(self.source_id, None, 0.0, {}, State.SILENCE, start, end, self.engine.model_id)]
+            silent: list[Message] = [GenreState(self.source_id, None, 0.0, {}, State.SILENCE, start, end, self.engine.model_id, title=self.title)]
             quiet = ClassifiedWindow(self.source_id, tuple(silent), None)
             self._announce(lambda listener: listener.window_classified(quiet))
             return silent
@@ -259,6 +265,7 @@ class SourcePipeline:
                 window_end=end,
                 model=self.engine.model_id,
                 not_music=result.not_music,
+                title=self.title,
             )
         ]
         if result.changed:

@@ -79,6 +79,7 @@ class GenreState:
     window_end: float
     model: str
     not_music: float | None = None  # smoothed P(not music) where the model carries a gate
+    title: str | None = None  # what the stream says it plays (Icecast/Shoutcast StreamTitle, "Artist - Title")
     timestamp: str = field(default_factory=utc_now_iso)
 
     def to_dict(self) -> dict[str, Any]:
@@ -90,12 +91,13 @@ class GenreEvent:
     """Published (QoS 1, not retained) on ``<prefix>/<source>/event``.
 
     ``type`` is ``genre_changed`` (with ``from``/``to``/``confidence``),
+    ``track_changed`` (a stream's title changed: ``from``/``to`` titles),
     ``track_tagged`` (with ``path``/``genre``/``state``/``confidence``/``probabilities``/``duration``)
     or ``error`` (with ``reason`` and optionally ``path``); the type-specific fields
     live in ``data`` and are flattened into the payload.
     """
 
-    type: Literal["genre_changed", "track_tagged", "error"]
+    type: Literal["genre_changed", "track_changed", "track_tagged", "error"]
     source: str
     data: dict[str, Any] = field(default_factory=dict)
     timestamp: str = field(default_factory=utc_now_iso)
@@ -106,6 +108,10 @@ class GenreEvent:
     @classmethod
     def genre_changed(cls, source: str, old: str | None, new: str, confidence: float) -> "GenreEvent":
         return cls("genre_changed", source, {"from": old, "to": new, "confidence": confidence})
+
+    @classmethod
+    def track_changed(cls, source: str, old: str | None, new: str) -> "GenreEvent":
+        return cls("track_changed", source, {"from": old, "to": new})
 
     @classmethod
     def error(cls, source: str, reason: str, path: str | None = None) -> "GenreEvent":

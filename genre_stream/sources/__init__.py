@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from ..config import ConfigError
-from .base import AudioChunk, Source, SourceError, SourceItem, SourceProblem, TrackReady
+from .base import AudioChunk, Source, SourceError, SourceItem, SourceProblem, TitleChanged, TrackReady
 
 if TYPE_CHECKING:
     from ..config import DaemonConfig
@@ -23,6 +23,7 @@ __all__ = [
     "AudioChunk",
     "TrackReady",
     "SourceProblem",
+    "TitleChanged",
     "SourceItem",
     "Source",
     "SourceError",

@@ -45,6 +45,14 @@ class TrackReady:
 
 
 @dataclass(frozen=True)
+class TitleChanged:
+    """A stream named what it plays now (Icecast/Shoutcast ``StreamTitle``, usually "Artist - Title")."""
+
+    source: str
+    title: str
+
+
+@dataclass(frozen=True)
 class SourceProblem:
     """Something went wrong but the source goes on (or, for finite sources, has ended)."""
 
@@ -53,7 +61,7 @@ class SourceProblem:
     path: str | None = None
 
 
-SourceItem = AudioChunk | TrackReady | SourceProblem
+SourceItem = AudioChunk | TrackReady | TitleChanged | SourceProblem
 Emit = Callable[[SourceItem], None]
 
 

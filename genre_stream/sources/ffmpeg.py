@@ -35,7 +35,8 @@ LIVE_OUTPUT_ARGS = ("-flush_packets", "1")
 class FfmpegPcm:
     """One ffmpeg run over ``url``; ``read`` returns samples, ``close`` the exit status and last errors."""
 
-    def __init__(self, url: str, input_args: Sequence[str] = (), rate: int = SAMPLE_RATE, live: bool = False) -> None:
+    def __init__(self, url: str, input_args: Sequence[str] = (), rate: int = SAMPLE_RATE, live: bool = False, fed: bool = False) -> None:
+        """``fed``: the input comes through ``write`` (ffmpeg reads its stdin; ``url`` is then ``pipe:0``)."""
         exe = ffmpeg_executable()
         if exe is None:
             raise SourceError("no ffmpeg found (apt install ffmpeg, or pip install \"genre-stream[ffmpeg]\")")
@@ -46,7 +47,7 @@ class FfmpegPcm:
                *(LIVE_OUTPUT_ARGS if live else ()), "pipe:1"]
         self._url = url
         log.debug("starting %s", redact_text(" ".join(cmd), url))
-        self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE if fed else subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self._pending = b""
         self._errors: collections.deque[str] = collections.deque(maxlen=5)
         self._stderr_thread = threading.Thread(target=self._drain_stderr, name="ffmpeg-stderr", daemon=True)
@@ -78,6 +79,25 @@ class FfmpegPcm:
             return self.read(max_samples, timeout)
         return np.frombuffer(data[:usable], dtype="<f4").astype(np.float32)
 
+    def write(self, data: bytes) -> bool:
+        """Hand ffmpeg input bytes (``fed`` only); blocks while its pipe is full (a paced input reads slowly).
+        False once ffmpeg no longer reads (it ended or was closed)."""
+        assert self._proc.stdin is not None
+        try:
+            self._proc.stdin.write(data)
+            self._proc.stdin.flush()
+            return True
+        except (BrokenPipeError, ValueError, OSError):
+            return False
+
+    def end_input(self) -> None:
+        """No more input (``fed`` only): ffmpeg decodes what it has and ends."""
+        if self._proc.stdin is not None:
+            try:
+                self._proc.stdin.close()
+            except OSError:
+                pass
+
     def close(self, timeout: float = 3.0) -> tuple[int | None, str]:
         """Stop ffmpeg (if still running); its exit status and the last error lines it printed."""
         if self._proc.poll() is None:
@@ -93,6 +113,7 @@ class FfmpegPcm:
                 self._proc.wait()
         if self._proc.stdout is not None:
             self._proc.stdout.close()
+        self.end_input()  # after ffmpeg ended: a thread writing into it has had EPIPE and let go of the pipe
         self._stderr_thread.join(timeout)
         return self._proc.returncode, " | ".join(self._errors)
 
