@@ -179,3 +179,24 @@ def test_listeners_hear_every_window_with_its_inference_time_and_new_mel_frames(
     totals = [total for source, total in recorder.mel]
     assert {source for source, _ in recorder.mel} == {"radio"} and totals == sorted(set(totals))  # only when frames came
     assert len(chunks) - 2 <= len(totals) <= len(chunks) and totals[-1] == pipeline.ring.total_frames
+
+
+def test_every_state_reports_one_coherent_genre_confidence_pair(engine, country):
+    """Issue 25 #1: ``genre`` is the announced genre and ``confidence`` its own smoothed probability, as the
+    ``probabilities`` (the bars) show it; ``leading`` names the smoothed arg-max exactly when it differs."""
+    rng = np.random.default_rng(3)
+    noise = (0.2 * rng.standard_normal(country.size)).astype(np.float32)  # country, then noise, then country
+    audio = np.concatenate([country, noise, country])
+    pipeline = SourcePipeline("radio", engine, PipelineConfig(hop_seconds=2.0, min_fill_seconds=10.0))
+    states = [m for m in feed_all(pipeline, audio, 4410) if isinstance(m, GenreState)]
+    assert len(states) > 20
+    for s in states:
+        if s.genre is None:
+            assert s.leading is None and s.confidence == 0.0
+            continue
+        assert s.confidence == pytest.approx(s.probabilities[s.genre], abs=1e-6)
+        best = max(s.probabilities, key=s.probabilities.get)
+        if s.leading is None:
+            assert best == s.genre, s
+        else:
+            assert s.leading == best != s.genre and s.leading_confidence == pytest.approx(s.probabilities[best], abs=1e-6)

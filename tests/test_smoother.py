@@ -113,3 +113,16 @@ def test_uncertain_first_window_carries_its_guess_and_the_first_confident_one_is
     assert r.uncertain and r.genre == "jazz" and not r.changed and s.genre is None
     r = s.update(probs(jazz=0.9))
     assert not r.uncertain and r.changed and r.previous is None and r.genre == "jazz"
+
+
+def test_the_announced_genre_keeps_its_own_probability_and_the_leader_is_named():
+    """Issue 25 #1: "metal 3 %" while the bars showed jazz 71.7 %. The announced genre is reported with its own
+    current probability, and the genre that leads meanwhile is named with its probability."""
+    s = Smoother(LABELS, alpha=1.0, hold_windows=3, margin=0.1, uncertainty=UncertaintyRule(threshold=0.5))
+    s.update(probs(rock=0.9))
+    r = s.update(probs(jazz=0.72, rock=0.03))  # jazz leads, held back by the hysteresis
+    assert (r.genre, r.leader) == ("rock", "jazz") and not r.changed
+    assert r.confidence == pytest.approx(r.probabilities[LABELS.index("rock")])
+    assert r.leader_confidence == pytest.approx(r.probabilities[LABELS.index("jazz")]) == pytest.approx(0.72)
+    r = s.update(probs(rock=0.9))
+    assert r.leader == r.genre == "rock"

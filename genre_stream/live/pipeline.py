@@ -254,6 +254,7 @@ class SourcePipeline:
         self._inference_total_ms += self._inference_last_ms
         result = self.smoother.update(probabilities, None if prediction.not_music is None else float(prediction.not_music[0]))
         labels = self.engine.labels
+        challenged = result.state.names_genre and result.leader != result.genre  # announced and leading differ
         messages: list[Message] = [
             GenreState(
                 source=self.source_id,
@@ -265,6 +266,8 @@ class SourcePipeline:
                 window_end=end,
                 model=self.engine.model_id,
                 not_music=result.not_music,
+                leading=result.leader if challenged else None,
+                leading_confidence=result.leader_confidence if challenged else None,
                 title=self.title,
             )
         ]

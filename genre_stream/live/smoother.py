@@ -28,12 +28,14 @@ from ..sinks.messages import State, verdict
 class SmoothedResult:
     probabilities: np.ndarray  # smoothed, same order as the labels
     genre: str  # the confirmed genre (may differ from the arg-max while a challenger is held back)
-    confidence: float  # smoothed probability of the confirmed genre
+    confidence: float  # smoothed probability of the confirmed genre (its own, now: low while another leads)
     changed: bool  # the confirmed genre changed with this window
     previous: str | None  # the confirmed genre before this window
     uncertain: bool = False  # the smoothed probabilities are too flat to name a genre (genre is then a guess)
     not_music: float | None = None  # smoothed P(not music), where the model has a gate
     talk: bool = False  # the gate says not music (speech, talk, noise)
+    leader: str = ""  # the smoothed arg-max, which ``genre`` follows only after the hysteresis
+    leader_confidence: float = 0.0
 
     @property
     def state(self) -> State:
@@ -110,4 +112,6 @@ class Smoother:
             uncertain=uncertain,
             not_music=None if self._gate_ema is None else round(self._gate_ema, 6),
             talk=talk,
+            leader=self.labels[leader],
+            leader_confidence=float(self._ema[leader]),
         )

@@ -79,6 +79,10 @@ class GenreState:
     window_end: float
     model: str
     not_music: float | None = None  # smoothed P(not music) where the model carries a gate
+    # The smoothed arg-max when it is not ``genre`` (a challenger held back by the hysteresis, or music too unsure
+    # to announce a change): ``genre``/``confidence`` is what was announced, with its own current probability.
+    leading: str | None = None
+    leading_confidence: float | None = None
     title: str | None = None  # what the stream says it plays (Icecast/Shoutcast StreamTitle, "Artist - Title")
     timestamp: str = field(default_factory=utc_now_iso)
 
