@@ -315,6 +315,8 @@ def _shown(key: str, value: Any) -> str:
         return repr(MASK)
     if key in URL_KEYS and isinstance(value, str):
         return repr(redact_url(value))
+    if isinstance(value, Path):
+        return repr(str(value))  # the path as written, not PosixPath('...')
     return repr(value)
 
 
