@@ -63,7 +63,8 @@ def test_contract_topics_payloads_qos_retain_and_discovery(broker: Broker, tmp_p
     [st] = live.on("genre-stream/radio/state")
     assert st.json() == s.to_dict() and (st.qos == 1 or not exact_qos)
     assert set(st.json()) == {"source", "genre", "confidence", "probabilities", "state", "timestamp", "window_start", "window_end", "model",
-                                "not_music"}  # the music gate's P(not music) (issue 23)
+                                "not_music",  # the music gate's P(not music) (issue 23)
+                                "leading", "leading_confidence", "title"}  # the smoothed leader when it is not the genre; ICY title (issue 25)
     [ev] = live.on("genre-stream/radio/event")
     assert ev.json() == {"type": "genre_changed", "source": "radio", "from": "g1", "to": "g2", "confidence": 0.5, "timestamp": e.timestamp}
     assert (ev.qos == 1 or not exact_qos) and not ev.retain

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from .fields import check_ranges, flag, option, setting
 
 
 @dataclass
 class MqttConfig:
-    url: str | None = option(None, cli=flag("--mqtt", help="Broker URL, mqtt://host[:port] or mqtts://host[:port].", default_text="no MQTT"))
+    url: str | None = option(None, cli=flag(
+        "--mqtt", help="Broker URL, mqtt://[user[:password]@]host[:port] or mqtts://...; a password is better kept in "
+        "GENRE_STREAM_MQTT_PASSWORD.", default_text="no MQTT"))
     protocol: Literal["3.1.1", "5"] = option("3.1.1", cli=flag("--mqtt-protocol", help="MQTT protocol version."))
     client_id: str = option("", cli=flag("--client-id", help="MQTT client id.", default_text="genre-stream-<hostname>"))
     username: str | None = option(None, cli=flag("--username", help="MQTT user name."))
@@ -28,6 +31,7 @@ class MqttConfig:
     reconnect_min: float = setting(1.0, 0, 3600, lo_open=True, note="seconds")
     reconnect_max: float = setting(60.0, 0, 86400, lo_open=True, note="seconds")
     flush_timeout: float = setting(5.0, 0, 3600, note="seconds")  # how long a stop waits for queued messages
+    connect_timeout: float = setting(10.0, 0, 3600, lo_open=True, note="seconds")  # TCP/TLS connect, then CONNACK
 
     def __post_init__(self) -> None:
         check_ranges(self)
@@ -49,6 +53,66 @@ class MqttConfig:
     def port(self) -> int:
         parts = urlsplit(self.url or "")
         return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+
+    @property
+    def credentials(self) -> tuple[str | None, str | None]:
+        """(user name, password) the broker gets: the ``username``/``password`` keys, else the URL's user info.
+
+        ``mqtt://bob:pw@host`` is the form users copy from broker docs; ignoring it meant "Not
+        authorized" while ``config check`` said ok. The loader refuses a URL and keys that disagree.
+        """
+        user, password = url_credentials(self.url)
+        return (self.username if self.username is not None else user,
+                self.password if self.password is not None else password)
+
+
+def url_credentials(url: str | None) -> tuple[str | None, str | None]:
+    """The percent-decoded user name and password in ``url`` (None each when absent or empty)."""
+    try:
+        parts = urlsplit(url or "")
+    except ValueError:
+        return None, None
+    user = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password else None
+    return user or None, password or None
+
+
+def url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a broker address, or None.
+
+    Checked up front because each of these otherwise surfaces later and worse: an unparsable
+    IPv6 literal was a traceback (exit 1, restarted by systemd for ever), port 0 silently meant
+    1883, and a host with a space only failed name resolution, retried every minute.
+    """
+    if any(c.isspace() or not c.isprintable() for c in url):
+        return "must not contain spaces or control characters"
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # "Invalid IPv6 URL" for mqtt://[::1
+        return f"is not a valid URL ({exc})"
+    if parts.scheme not in ("mqtt", "mqtts"):
+        return "scheme must be mqtt:// or mqtts://"
+    if not parts.hostname:
+        return "has no host name"
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        return "port must be a number between 1 and 65535"
+    host = parts.hostname
+    if "[" in parts.netloc:
+        try:
+            ipaddress.ip_address(host.partition("%")[0])
+        except ValueError:
+            return f"{host!r} is not an IPv6 address"
+    elif not all(c.isalnum() or c in "-._" for c in host):
+        return f"host {host!r} has characters a host name cannot have"
+    if parts.path not in ("", "/"):
+        return "must not have a path (set the topic prefix with mqtt.prefix)"
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        return "must not have a query (?...) or fragment (#...)"
+    return None
 
 
 @dataclass

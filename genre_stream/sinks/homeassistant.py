@@ -30,7 +30,7 @@ import math
 import re
 import socket
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 # NON_GENRE_STATES (messages.py): states a source's genre sensor takes besides the model's labels, the
 # state payload's ``state`` whenever it is not ``music``. Home Assistant rejects enum states missing from ``options``.
 
+BIRTH_WINDOW = 1.0  # seconds: Home Assistant births heard within this window make one re-announcement
 EXPIRE_HOPS = 4  # a state sensor goes unavailable after this many hops without a state...
 EXPIRE_MIN_SECONDS = 30  # ...but never sooner than this (short hops on a loaded machine)
 STATS_EXPIRE_INTERVALS = 3  # diagnostic sensors expire after this many missed stats messages
@@ -325,9 +326,81 @@ class DiscoveryLedger:
         return [Discovery(t, b"") for t in sorted(self._topics - current)] + messages
 
     def record(self, messages: list[Discovery]) -> None:
-        self._topics = {m.topic for m in messages}
+        topics = {m.topic for m in messages}
+        if topics == self._topics and self.path.exists():
+            return  # a re-announcement of the same entities (Home Assistant restarted): nothing to rewrite
+        self._topics = topics
         try:
             with atomic_path(self.path) as tmp:
                 tmp.write_text(json.dumps({"topics": sorted(self._topics)}, indent=1) + "\n")
         except OSError as exc:
             log.warning("cannot write %s (%s); a renamed source may leave stale entities after a restart", self.path, exc)
+
+
+class BirthWatch:
+    """Home Assistant's birth messages -> at most one re-announcement at a time, one per ``window`` at most.
+
+    Home Assistant publishes ``online`` on ``<discovery_prefix>/status`` when it (re)starts, and
+    the discovery configs are then sent again. But anyone allowed to publish there can send it
+    20,000 times: announcing for each one inside paho's callback (a ledger write and a dozen
+    QoS 1 publishes each) stalled state delivery for 20 s, grew paho's queue to ~500 MB, and
+    made a stop take 47 s. Here a message costs one comparison in the callback (``heard``);
+    this watcher's own thread waits out the window so a burst becomes one announcement, and
+    ``reannounce(births)`` runs to its end (the sink waits for the broker's acks) before the
+    next one can start. Anything but ``online``/``offline`` is counted and ignored.
+    """
+
+    def __init__(self, topic: str, reannounce: Callable[[int], None], window: float = BIRTH_WINDOW) -> None:
+        self.topic = topic
+        self.window = window
+        self._reannounce = reannounce
+        self._lock = threading.Lock()
+        self._pending = 0  # births since the last re-announcement
+        self.heard = 0  # "online" births since start
+        self.ignored = 0  # other payloads on the topic since start (garbage: never acted on)
+        self.announcements = 0  # re-announcements made
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="mqtt-ha-birth", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 1.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def heard_message(self, payload: bytes) -> None:
+        """paho's on_message for the birth topic: constant work whatever arrives."""
+        if payload == _BIRTH:
+            with self._lock:
+                self._pending += 1
+                self.heard += 1
+            self._wake.set()
+        elif payload != _LAST_WILL:
+            with self._lock:
+                self.ignored += 1
+                n = self.ignored
+            if n & (n - 1) == 0:  # the 1st, 2nd, 4th, 8th...: a garbage flood is not a log flood
+                log.warning("ignoring a %d-byte message on %s: Home Assistant's status topic carries only %r or %r "
+                            "(%d ignored so far)", len(payload), self.topic, ONLINE, OFFLINE, n)
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            if self._stop.wait(self.window):  # let a burst finish: one announcement for all of it
+                return
+            with self._lock:
+                births, self._pending = self._pending, 0
+                self._wake.clear()
+            if births:
+                self.announcements += 1
+                try:
+                    self._reannounce(births)
+                except Exception:  # a failing announcement must not end the watcher
+                    log.exception("re-announcing discovery configs failed")
+
+
+_BIRTH, _LAST_WILL = ONLINE.encode(), OFFLINE.encode()

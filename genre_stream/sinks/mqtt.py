@@ -5,36 +5,34 @@ only news); with Home Assistant discovery, attributes are re-published only on a
 
 States and events go through the on-disk ``Outbox`` and leave it only when the broker has
 acknowledged them, so a broker restart or a daemon restart loses nothing and order is kept.
-One network thread owns the paho client's connect/loop cycle; it logs why a connection failed
-(refused, TLS, DNS, credentials) and retries with exponential backoff while classification
-carries on.
+``publish`` never waits for that file (``mqtt_intake``: a locked file leaves messages in a
+bounded memory queue). One network thread owns the paho client's connect/loop cycle
+(``mqtt_connection``); it logs why a connection failed (refused, TLS, DNS, credentials, no
+answer to CONNECT) and retries with exponential backoff while classification carries on.
+Home Assistant's birth messages are coalesced off paho's thread (``homeassistant.BirthWatch``).
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-import socket
 import sqlite3
-import ssl
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from ..common.backoff import Backoff
 from ..common.jsonsafe import dumps
 from ..common.redact import redact_url
-from ..config import ConfigError, HomeAssistantConfig, MqttConfig
+from ..config import HomeAssistantConfig, MqttConfig
 from .base import Publishable, SourceAvailability, SourceInfo
-from .homeassistant import LEDGER_FILE, AttributeGate, DiscoveryLedger, discovery_messages
+from .homeassistant import LEDGER_FILE, AttributeGate, BirthWatch, DiscoveryLedger, discovery_messages
 from .messages import GenreEvent, GenreState, SourceStats
+from .mqtt_connection import LOOP_TIMEOUT, Connection, contained, tls_context
+from .mqtt_intake import Intake, Pending
 from .outbox import Outbox
 from .topics import OFFLINE, ONLINE, Topics, availability_word, home_assistant_status
 
@@ -42,28 +40,7 @@ log = logging.getLogger(__name__)
 
 QUEUE_FILE = "mqtt-queue.sqlite3"
 INFLIGHT_WINDOW = 64  # unacknowledged QoS 1 messages handed to paho at once
-LOOP_TIMEOUT = 0.5  # network loop tick; publishing threads wake the loop themselves (paho socketpair)
-SHORT_CONNECTION = 10.0  # a connection closed sooner than this after CONNACK counts as "kicked right away"
-FLAP_LIMIT = 3  # that many in a row: say that another client probably uses our client id
-
-
-def tls_context(config: MqttConfig) -> ssl.SSLContext:
-    """Build the TLS context up front so a bad CA/cert/key file is a config error naming the file."""
-    try:
-        ctx = ssl.create_default_context(cafile=str(config.ca_file) if config.ca_file else None)
-    except (ssl.SSLError, OSError) as exc:
-        raise ConfigError(f"mqtt.ca_file = {str(config.ca_file)!r}: not a usable PEM CA certificate file ({exc})") from None
-    if config.cert_file:
-        try:
-            ctx.load_cert_chain(str(config.cert_file), str(config.key_file) if config.key_file else None)
-        except (ssl.SSLError, OSError) as exc:
-            files = f"{config.cert_file}" + (f" / {config.key_file}" if config.key_file else "")
-            raise ConfigError(
-                f"mqtt.cert_file/mqtt.key_file = {files!r}: client certificate and key do not load ({exc})"
-            ) from None
-    if config.tls_insecure:
-        ctx.check_hostname = False
-    return ctx
+ANNOUNCE_ACK_TIMEOUT = 30.0  # seconds a re-announcement waits for the broker's acks before the next may start
 
 
 class MqttSink:
@@ -94,85 +71,87 @@ class MqttSink:
             self._props.ContentType = "application/json"
         if context is not None:
             self.client.tls_set_context(context)
-        if config.username is not None:
-            self.client.username_pw_set(config.username, config.password)
+        username, password = config.credentials  # the keys, else the URL's user info
+        if username is not None:
+            self.client.username_pw_set(username, password)
         self.client.will_set(self.status_topic, OFFLINE, qos=1, retain=True)
-        self.client.on_connect = _contained(self._on_connect)
-        self.client.on_disconnect = _contained(self._on_disconnect)
-        self.client.on_publish = _contained(self._on_publish)
-        self.client.on_message = _contained(self._on_message)
+        self.client.on_connect = contained(self._on_connect)
+        self.client.on_disconnect = contained(self._on_disconnect)
+        self.client.on_publish = contained(self._on_publish)
+        self.client.on_message = contained(self._on_message)
         self.connected = threading.Event()
         self._stop = threading.Event()
+        self._intake = Intake(self.outbox, self._written)
+        self._queued_on_disk = 0  # the outbox's length when last read (shown while the file cannot be read)
         self._inflight: dict[int, int] = {}  # paho mid -> outbox row id
         self._last_handed = 0  # highest outbox id handed to paho
         self._lock = threading.Lock()  # guards _inflight, _acked_early, _last_handed, _sources
         self._pump_lock = threading.Lock()  # one pump at a time, so rows go out in queue order
         self._acked_early: set[int] = set()  # acks that overtook the recording of their mid
-        self._unremoved: set[int] = set()  # acknowledged rows the queue could not delete yet (disk full)
-        self.lost = 0  # messages that could not be queued in the current outage of the queue file
+        self._unremoved: set[int] = set()  # acknowledged rows the queue could not delete yet (disk full, file locked)
         self._publishing = False  # a queued row is inside client.publish right now
         self._sources: list[SourceInfo] = []
         self._model = ""
         self._announce_lock = threading.Lock()  # network thread (connect, HA restart) vs. reloads
         self._ledger = DiscoveryLedger(state_dir / LEDGER_FILE)
         self._attributes = AttributeGate()
-        self._thread = threading.Thread(target=self._network, name="mqtt", daemon=True)
+        self.births = BirthWatch(home_assistant_status(homeassistant.discovery_prefix), self._reannounce)
+        self._connection = Connection(self.client, config, self.url, self._stop, self.connected, self._pump, self._queued)
+        self._thread = threading.Thread(target=self._connection.run, name="mqtt", daemon=True)
         self.connects = 0
         self.delivered = 0  # messages the broker acknowledged since start (dashboard metrics)
 
     # ----------------------------------------------------------- sink interface
 
     def start(self) -> None:
+        self._intake.start()
+        if self.ha.enabled:
+            self.births.start()
         self._thread.start()
 
     def publish(self, message: Publishable) -> None:
+        """Queue ``message`` (QoS 1 via the outbox; stats QoS 0, only while connected); never waits for the queue file."""
         topics = self.topics
         if isinstance(message, SourceAvailability):
-            self._queue(topics.availability(message.source), availability_word(message.online).encode(), retain=True)
-            if self.connected.is_set():
-                self._pump()
-            return
-        payload = dumps(message.to_dict()).encode()
-        if isinstance(message, GenreState):
-            self._queue(topics.state(message.source), payload, retain=True)
-            attributes = self._attributes.update(message.source, message.probabilities) if self.ha.enabled else None
-            if attributes is not None:
-                self._queue(topics.attributes(message.source), attributes, retain=True)
-        elif isinstance(message, GenreEvent):
-            self._queue(topics.event(message.source), payload, retain=False)
-            if message.type == "track_tagged" and self.ha.enabled:
-                self._queue(topics.track(message.source), payload, retain=True)
+            queued = [Pending(topics.availability(message.source), availability_word(message.online).encode(), True)]
         elif isinstance(message, SourceStats):
             if self.connected.is_set():
-                self.client.publish(topics.stats(message.source), payload, qos=0, properties=self._props)
+                self.client.publish(topics.stats(message.source), dumps(message.to_dict()).encode(), qos=0,
+                                    properties=self._props)
             return
+        elif isinstance(message, GenreState):
+            payload = dumps(message.to_dict()).encode()
+            queued = [Pending(topics.state(message.source), payload, True)]
+            attributes = self._attributes.update(message.source, message.probabilities) if self.ha.enabled else None
+            if attributes is not None:
+                queued.append(Pending(topics.attributes(message.source), attributes, True))
+        elif isinstance(message, GenreEvent):
+            payload = dumps(message.to_dict()).encode()
+            queued = [Pending(topics.event(message.source), payload, False)]
+            if message.type == "track_tagged" and self.ha.enabled:
+                queued.append(Pending(topics.track(message.source), payload, True))
         else:  # pragma: no cover - the Publishable union is closed
             raise TypeError(f"cannot publish {type(message).__name__}")
-        if self.connected.is_set():
-            # Send right away from this thread (paho wakes its loop) instead of waiting for the
-            # network thread's next tick: that tick was most of the delivery latency.
-            self._pump()
+        if self._intake.put(queued):
+            self._written()
 
-    def _queue(self, topic: str, payload: bytes, retain: bool) -> None:
-        """Put one QoS 1 message into the outbox; while it cannot be written (disk full) messages are counted as lost."""
-        try:
-            self.outbox.put(topic, payload, qos=1, retain=retain)
-        except sqlite3.Error as exc:
-            if not self.lost:
-                log.error("MQTT queue %s cannot be written (%s); states and events are lost until it can",
-                          self.outbox.path, exc)
-            self.lost += 1
-            return
-        if self.lost:
-            log.warning("MQTT queue %s is writable again; %d message(s) were lost meanwhile", self.outbox.path, self.lost)
-            self.lost = 0
+    @property
+    def lost(self) -> int:
+        """Messages that could not be queued in the current outage of the queue file (disk full)."""
+        return self._intake.lost
+
+    def _written(self) -> None:
+        """Messages reached the outbox: send them right away from this thread (paho wakes its loop) instead of
+        waiting for the network thread's next tick, which was most of the delivery latency."""
+        if self.connected.is_set():
+            self._pump()
 
     def sources_changed(self, sources: list[SourceInfo], model: str) -> None:
         with self._lock:
             self._sources = list(sources)
             self._model = model
         if self.connected.is_set():
-            _contained(self._announce)()  # called from the daemon's thread: a discovery fault must not end a reload
+            contained(self._announce)()  # called from the daemon's thread: a discovery fault must not end a reload
 
     def stats(self) -> dict[str, int | float]:
         return {"mqtt_queue": self.queue_depth}
@@ -180,106 +159,57 @@ class MqttSink:
     def close(self, timeout: float) -> bool:
         """Wait up to ``timeout`` s for the queue to drain, publish ``offline``, disconnect.
 
-        Whatever is still queued stays on disk and is delivered first on the next start.
+        Whatever is still queued stays on disk and is delivered first on the next start; what
+        never got into the queue file (locked the whole time) is counted and logged as lost.
         """
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self._pending():
             time.sleep(0.02)
+        unwritten = self._intake.close(max(0.0, deadline - time.monotonic()))
         self._stop.set()
+        self.births.stop()
         if self._thread.is_alive():
             self._thread.join(timeout=max(1.0, deadline - time.monotonic()) + 1.0)
         # The network thread is gone: this thread owns the client now.
         if self.connected.is_set():
             info = self.client.publish(self.status_topic, OFFLINE, qos=1, retain=True)
             end = time.monotonic() + max(1.0, deadline - time.monotonic())
-            while not info.is_published() and time.monotonic() < end:
+            while not _settled(info) and time.monotonic() < end:
                 if self.client.loop(timeout=LOOP_TIMEOUT) != MQTTErrorCode.MQTT_ERR_SUCCESS:
                     break
             self.client.disconnect()
             self.client.loop(timeout=LOOP_TIMEOUT)
-        left = len(self.outbox)
+        left = self._queued()
+        if unwritten:
+            log.error("%d MQTT message(s) could not be written to %s (locked by another process until the stop) and are lost",
+                      unwritten, self.outbox.path)
         if left:
             log.warning(
                 "%d MQTT message(s) not delivered to %s; kept in %s and sent first on the next start",
                 left, self.url, self.outbox.path,
             )
         self.outbox.close()
-        return left == 0
+        return left == 0 and unwritten == 0
 
     @property
     def queue_depth(self) -> int:
-        return len(self.outbox)
+        """Messages not delivered yet: on disk and, while the file is locked, in memory (never waits for the file)."""
+        return self._queued() + len(self._intake)
 
     # ----------------------------------------------------------- network thread
 
+    def _queued(self) -> int:
+        """The outbox's length; the last one read while the file cannot be read (another process holds it)."""
+        try:
+            self._queued_on_disk = len(self.outbox)
+        except sqlite3.Error:
+            pass
+        return self._queued_on_disk
+
     def _pending(self) -> bool:
         with self._lock:
-            return bool(self._inflight) or len(self.outbox) > 0
-
-    def _network(self) -> None:
-        """The connect/loop cycle; an unexpected error is logged and the cycle goes on (it is the only sender)."""
-        while not self._stop.is_set():
-            try:
-                self._connect_and_loop()
-            except Exception:
-                log.exception("MQTT network thread: unexpected error; reconnecting in %.1f s", self.config.reconnect_max)
-                self.connected.clear()
-                try:
-                    self.client.disconnect()
-                except Exception:  # already down; the next cycle connects afresh
-                    pass
-                self._stop.wait(self.config.reconnect_max)
-
-    def _connect_and_loop(self) -> None:
-        backoff = Backoff(self.config.reconnect_min, self.config.reconnect_max)
-        need_connect = True
-        first = True
-        connected_since: float | None = None  # when this loop first saw the current connection up
-        short_lived = 0  # connections in a row that the broker closed right after accepting them
-        while not self._stop.is_set():
-            if need_connect:
-                try:
-                    if first:
-                        self.client.connect(self.config.host, self.config.port, keepalive=self.config.keepalive)
-                        first = False
-                    else:
-                        self.client.reconnect()
-                    need_connect = False
-                except (OSError, ValueError) as exc:
-                    first = first and not self.client.host  # connect() stored host/port before failing
-                    log.warning(
-                        "MQTT broker %s unreachable (%s); retrying in %.1f s, %d message(s) queued on disk",
-                        self.url, _describe(exc), backoff.next_delay, len(self.outbox),
-                    )
-                    backoff.wait(self._stop)
-                    continue
-            rc = self.client.loop(timeout=LOOP_TIMEOUT)
-            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                was_connected = self.connected.is_set()
-                self.connected.clear()
-                need_connect = True
-                if connected_since is not None and time.monotonic() - connected_since < SHORT_CONNECTION:
-                    short_lived += 1
-                    if short_lived == FLAP_LIMIT:
-                        log.error(
-                            "MQTT broker %s closed the connection %d times in a row right after accepting it; another "
-                            "client (a second daemon?) probably uses the client id %r: give each one its own "
-                            "mqtt.client_id", self.url, short_lived, self.config.effective_client_id,
-                        )
-                elif was_connected:
-                    backoff.reset()
-                connected_since = None
-                log.warning("MQTT connection to %s lost (%s); reconnecting in %.1f s", self.url, mqtt.error_string(rc), backoff.next_delay)
-                backoff.wait(self._stop)
-                continue
-            if self.connected.is_set():
-                now = time.monotonic()
-                if connected_since is None:
-                    connected_since = now
-                elif now - connected_since >= SHORT_CONNECTION:
-                    backoff.reset()  # a stable connection: the next outage starts fast again
-                    short_lived = 0
-                self._pump()
+            inflight = bool(self._inflight)
+        return inflight or len(self._intake) > 0 or self._queued() > 0
 
     def _pump(self) -> None:
         """Hand the next queued messages to paho, oldest first, keeping at most INFLIGHT_WINDOW unacknowledged.
@@ -296,7 +226,11 @@ class MqttSink:
                 after = self._last_handed
             if free <= 0:
                 return
-            for row in self.outbox.peek(after, free):
+            try:
+                rows = self.outbox.peek(after, free)
+            except sqlite3.Error:
+                return  # the file is held by another process even for reading: the next tick tries again
+            for row in rows:
                 with self._lock:
                     self._publishing = True
                 info = self.client.publish(row.topic, row.payload, qos=row.qos, retain=row.retain, properties=self._props)
@@ -315,8 +249,10 @@ class MqttSink:
     # ----------------------------------------------------------- paho callbacks (network thread)
 
     def _on_connect(self, client: mqtt.Client, userdata, flags, reason, properties) -> None:
+        self._connection.answered(not reason.is_failure)
         if reason.is_failure:
-            hint = " (check mqtt.username / mqtt.password)" if reason.value in (0x04, 0x05, 0x86, 0x87) else ""
+            hint = (" (check the user name and password: mqtt.username / mqtt.password, or user:password@ in mqtt.url)"
+                    if reason.value in (0x04, 0x05, 0x86, 0x87) else "")
             log.error("MQTT broker %s refused the connection: %s%s", self.url, reason, hint)
             return
         self.connects += 1
@@ -327,7 +263,8 @@ class MqttSink:
         client.publish(self.status_topic, ONLINE, qos=1, retain=True)
         self.connected.set()  # before discovery: a failing announcement must not hold up states and events
         if self.ha.enabled:
-            client.subscribe(home_assistant_status(self.ha.discovery_prefix), qos=1)
+            # QoS 0: Home Assistant sends its birth at QoS 0, and a flood then costs no PUBACK per message.
+            client.subscribe(self.births.topic, qos=0)
         self._announce()
 
     def _on_disconnect(self, client: mqtt.Client, userdata, flags, reason, properties) -> None:
@@ -369,46 +306,41 @@ class MqttSink:
         log.warning("MQTT queue %s: delivered messages deleted again (%d)", self.outbox.path, len(pending))
 
     def _on_message(self, client: mqtt.Client, userdata, message: mqtt.MQTTMessage) -> None:
-        # Home Assistant publishes "online" on <discovery_prefix>/status when it (re)starts.
-        if message.payload == ONLINE.encode():
-            log.info("Home Assistant came online; re-announcing discovery configs")
-            self._announce()
+        # Home Assistant publishes "online" on <discovery_prefix>/status when it (re)starts; the watcher
+        # coalesces them (a flood is one re-announcement) and announces from its own thread.
+        if message.topic == self.births.topic:
+            self.births.heard_message(message.payload)
 
-    def _announce(self) -> None:
+    def _reannounce(self, births: int) -> None:
+        """The birth watcher's thread: announce once for ``births`` messages, and return only when the broker has it all."""
+        if not self.connected.is_set():
+            return  # the next connection announces anyway
+        log.info("Home Assistant came online (%d birth message%s coalesced); re-announcing discovery configs",
+                 births, "" if births == 1 else "s")
+        infos = self._announce()
+        end = time.monotonic() + ANNOUNCE_ACK_TIMEOUT
+        while not all(_settled(i) for i in infos) and self.connected.is_set() and time.monotonic() < end:
+            if self._stop.wait(0.05):
+                return
+
+    def _announce(self) -> list[mqtt.MQTTMessageInfo]:
         """Publish the discovery configs, retracting what the ledger says was announced before and is gone now."""
         if not self.ha.enabled:
-            return
+            return []
         with self._lock:
             sources, model = list(self._sources), self._model
         if not sources:
-            return  # not told yet (connected before the daemon started its sources): nothing to compare with
+            return []  # not told yet (connected before the daemon started its sources): nothing to compare with
         with self._announce_lock:
             messages = discovery_messages(self.ha, self.topics, sources, model, self.configuration_url)
-            for m in self._ledger.plan(messages):
-                self.client.publish(m.topic, m.payload, qos=1, retain=True)
+            infos = [self.client.publish(m.topic, m.payload, qos=1, retain=True) for m in self._ledger.plan(messages)]
             self._ledger.record(messages)
+        return infos
 
 
-def _contained(callback: Callable[..., None]) -> Callable[..., None]:
-    """Log a paho callback's exception instead of letting it end the network loop (and with it every delivery)."""
-
-    @functools.wraps(callback)
-    def wrapper(*args: Any) -> None:
-        try:
-            callback(*args)
-        except Exception:
-            log.exception("MQTT %s failed; the connection carries on", callback.__name__)
-
-    return wrapper
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"TLS certificate verification failed: {exc.verify_message}"
-    if isinstance(exc, ssl.SSLError):
-        return f"TLS error: {exc.reason or exc}"
-    if isinstance(exc, socket.gaierror):
-        return f"host name does not resolve: {exc.strerror}"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
+def _settled(info: mqtt.MQTTMessageInfo) -> bool:
+    """Acknowledged, or never going to be (paho refused to queue it): nothing left to wait for."""
+    try:
+        return info.is_published()
+    except (ValueError, RuntimeError):  # ERR_QUEUE_SIZE / not connected: paho raises instead of answering
+        return True

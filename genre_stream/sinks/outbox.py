@@ -7,7 +7,10 @@ same topic replaces the queued older one, which keeps the queue small during lon
 without losing any event. When the bound is reached the oldest rows are dropped, counted and
 logged: a bounded queue has to give somewhere, and the oldest news is the least useful.
 
-A write that fails (disk full, I/O error) is rolled back, so the next one starts clean. A queue
+A write that fails (disk full, I/O error) is rolled back, so the next one starts clean. Writes
+wait at most ``write_wait`` for another process holding the file (a backup, ``sqlite3`` by hand)
+and then fail with SQLITE_BUSY (``is_locked``), so no thread of the daemon sits out SQLite's
+usual 5 s busy timeout; the sink keeps such messages in memory and retries. A queue
 file that SQLite cannot read is never deleted: it is moved aside under a timestamped name
 (``mqtt-queue.sqlite3.damaged-20260101T120000Z``), logged, and a fresh queue is started.
 """
@@ -18,12 +21,15 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..common.sqlite import open_db
 
 log = logging.getLogger(__name__)
+
+WRITE_WAIT = 0.01  # seconds a statement waits for another process's lock before failing with SQLITE_BUSY
 
 
 @dataclass(frozen=True)
@@ -36,7 +42,7 @@ class QueuedMessage:
 
 
 class Outbox:
-    def __init__(self, path: Path, max_messages: int) -> None:
+    def __init__(self, path: Path, max_messages: int, write_wait: float = WRITE_WAIT) -> None:
         self.path = path
         self.max_messages = max_messages
         self.dropped = 0
@@ -51,20 +57,27 @@ class Outbox:
                 "(the messages in it were not delivered; inspect or delete that file)", path, exc, aside,
             )
             self._db = _open(path)
+        # Opening waited the usual busy timeout (a file held at start); from now on only briefly.
+        self._db.execute(f"PRAGMA busy_timeout = {int(write_wait * 1000)}")
         pending = len(self)
         if pending:
             log.info("%d queued MQTT message(s) from an earlier run will be delivered first", pending)
 
     def put(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
         """Queue one message; on failure (sqlite3.Error, e.g. disk full) nothing is queued and the error propagates."""
+        self.put_many([(topic, payload, qos, retain)])
+
+    def put_many(self, messages: Sequence[tuple[str, bytes, int, bool]]) -> None:
+        """Queue (topic, payload, qos, retain) messages in order, in one transaction: all of them or, on error, none."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                if retain:
-                    self._db.execute("DELETE FROM outbox WHERE topic = ? AND retain = 1", (topic,))
-                self._db.execute(
-                    "INSERT INTO outbox (topic, payload, qos, retain) VALUES (?, ?, ?, ?)", (topic, payload, qos, int(retain))
-                )
+                for topic, payload, qos, retain in messages:
+                    if retain:
+                        self._db.execute("DELETE FROM outbox WHERE topic = ? AND retain = 1", (topic,))
+                    self._db.execute(
+                        "INSERT INTO outbox (topic, payload, qos, retain) VALUES (?, ?, ?, ?)", (topic, payload, qos, int(retain))
+                    )
                 excess = self._count() - self.max_messages
                 if excess > 0:
                     self._db.execute("DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT ?)", (excess,))
@@ -99,6 +112,12 @@ class Outbox:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def is_locked(exc: sqlite3.Error) -> bool:
+    """SQLITE_BUSY / SQLITE_LOCKED: another connection holds the file, worth retrying (unlike a full disk)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
 class _Damaged(Exception):
