@@ -8,8 +8,10 @@ intake's own thread moves it into the outbox as soon as the file is free, oldest
 lets the sink send it. While anything waits in memory, new messages queue behind it, so the
 order is kept. A retained topic (a source's state, its availability) keeps only its newest
 message in memory, as in the outbox; when the memory bound is reached the oldest messages are
-dropped, counted and logged. A failure that is not a lock (a full disk) loses the message,
-counted and logged once per outage, as before.
+dropped, counted and logged. A full disk is waited out the same way (issue 24: two
+``track_tagged`` events were lost while the broker was up, and their files marked done): the
+messages wait in memory and are queued once space returns. Any other failure loses the message,
+counted and logged once per outage.
 """
 
 from __future__ import annotations
@@ -23,12 +25,13 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 
-from .outbox import Outbox, is_locked
+from .outbox import Outbox, is_full, is_locked
 
 log = logging.getLogger("genre_stream.sinks.mqtt")  # one logger for the MQTT path, the name it had before the split
 
 MEMORY_MAX = 10_000  # messages held in memory while the queue file is locked (a few MB)
 RETRY_DELAY = 0.1  # seconds between attempts to write to a locked queue file
+FULL_RETRY_DELAY = 1.0  # ... to a queue file on a full disk
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,7 @@ class Intake:
         self.dropped = 0  # messages dropped from memory because it was full, since start
         self._dropped_now = 0  # ... in the current lock
         self._locked_since: float | None = None
+        self._full_since: float | None = None
         self._thread = threading.Thread(target=self._run, name="mqtt-intake", daemon=True)
 
     def start(self) -> None:
@@ -117,7 +121,7 @@ class Intake:
             if outcome == "written":
                 self._written()
             elif outcome == "locked":
-                self._closed.wait(RETRY_DELAY)
+                self._closed.wait(FULL_RETRY_DELAY if self._full_since is not None else RETRY_DELAY)
 
     # ----------------------------------------------------------- helpers
 
@@ -137,7 +141,7 @@ class Intake:
         self.dropped += excess
         self._dropped_now += excess
         if self._dropped_now == excess:
-            log.error("MQTT queue %s is still locked and %d messages wait in memory: dropping the oldest from now on "
+            log.error("MQTT queue %s is still not writable (locked or disk full) and %d messages wait in memory: dropping the oldest from now on "
                       "(counted; the total is logged when the file is free again)", self.outbox.path, self.limit)
 
     def _write(self, messages: list[Pending]) -> str:
@@ -145,6 +149,13 @@ class Intake:
         try:
             self.outbox.put_many([(m.topic, m.payload, 1, m.retain) for m in messages])
         except sqlite3.Error as exc:
+            if is_full(exc):
+                with self._cond:
+                    if self._full_since is None:
+                        self._full_since = time.monotonic()
+                        log.error("MQTT queue %s cannot be written: the disk is full (%s); states and events wait in memory "
+                                  "(up to %d) and are queued, in order, once space returns", self.outbox.path, exc, self.limit)
+                return "locked"
             if is_locked(exc):
                 with self._cond:
                     if self._locked_since is None:
@@ -159,6 +170,11 @@ class Intake:
                 self.lost += len(messages)
             return "lost"
         with self._cond:
+            if self._full_since is not None:
+                log.warning("MQTT queue %s is writable again after %.1f s of full disk; %d message(s) dropped from memory "
+                            "meanwhile", self.outbox.path, time.monotonic() - self._full_since, self._dropped_now)
+                self._full_since = None
+                self._dropped_now = 0
             if self._locked_since is not None:
                 log.warning("MQTT queue %s is free again after %.1f s; %d message(s) dropped from memory meanwhile",
                             self.outbox.path, time.monotonic() - self._locked_since, self._dropped_now)

@@ -114,6 +114,12 @@ class Outbox:
             self._db.close()
 
 
+def is_full(exc: sqlite3.Error) -> bool:
+    """SQLITE_FULL: the disk (or the file system's quota) is full; worth retrying once space returns."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return (code is not None and code & 0xFF == sqlite3.SQLITE_FULL) or "disk is full" in str(exc)
+
+
 def is_locked(exc: sqlite3.Error) -> bool:
     """SQLITE_BUSY / SQLITE_LOCKED: another connection holds the file, worth retrying (unlike a full disk)."""
     code = getattr(exc, "sqlite_errorcode", None)
