@@ -17,10 +17,10 @@ from genre_stream.model.info import ModelInfo
 from genre_stream.model.streaming import StreamingClassifier, StreamingModel
 from genre_stream.model.streampack import stream_pack_path
 from tests.conftest import run_cli, shared_path
-from trainer.int8_windows import offset_windows
 from trainer.checkpoint import save_checkpoint
 from trainer.fold import equalize, fold_bbnn
 from trainer.int8_rewrite import graph_wiring
+from trainer.int8_windows import offset_windows
 from trainer.model import BBNN
 from trainer.quantize import FLOAT_HEAD, agreement
 

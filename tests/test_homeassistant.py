@@ -21,9 +21,9 @@ from genre_stream.app.daemon import Daemon
 from genre_stream.config import DaemonConfig, DashboardConfig, HomeAssistantConfig, MqttConfig
 from genre_stream.sinks import Fanout, SourceInfo
 from genre_stream.sinks.homeassistant import ATTRIBUTE_STEP, NON_GENRE_STATES, AttributeGate, dashboard_url, discovery_messages
-from genre_stream.sinks.topics import Topics
 from genre_stream.sinks.messages import GenreEvent, GenreState, State
 from genre_stream.sinks.mqtt import MqttSink
+from genre_stream.sinks.topics import Topics
 from genre_stream.sources import AudioChunk, Source, SourceProblem
 
 LABELS = ("blues", "jazz", "rock")

@@ -18,10 +18,10 @@ from genre_stream.audio.decode import load_audio
 from genre_stream.audio.frontend import MelFrontend
 from genre_stream.model.info import ModelInfo
 from genre_stream.tracks.analysis import iter_windows
-from trainer.int8_windows import audio_windows
 from trainer.export import to_onnx_model
 from trainer.fold import PreActFolded, equalize, fold_bbnn
 from trainer.int8_rewrite import conv_output_errors, correct_biases, graph_wiring, plan_thresholds, threshold_relus
+from trainer.int8_windows import audio_windows
 from trainer.model import BBNN
 from trainer.quantize import Int8Config, onnx_probabilities, quantize_int8, session
 from trainer.synth import synth_piece

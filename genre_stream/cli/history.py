@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -68,6 +69,22 @@ class TimeParam(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
+class GapParam(click.ParamType):
+    """Seconds >= 0, finite: click's FloatRange lets ``nan`` through (no comparison is true for it),
+    and a NaN gap would silently merge everything into one segment."""
+
+    name = "SECONDS"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            seconds = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not math.isfinite(seconds) or seconds < 0:
+            self.fail(f"{value!r}: must be a finite number of seconds, 0 or more", param, ctx)
+        return seconds
+
+
 @click.command("history")
 @click.option("--source", "-s", help="Only this source id (default: all sources).")
 @click.option("--since", type=TimeParam(), default="-24h", show_default=True,
@@ -80,7 +97,7 @@ class TimeParam(click.ParamType):
 @click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="The daemon's TOML config, to find its state directory "
                    "(default: $GENRE_STREAM_CONFIG, else /etc/genre-stream/config.toml when present).")
-@click.option("--max-gap", type=click.FloatRange(min=0), default=60.0, show_default=True,
+@click.option("--max-gap", type=GapParam(), default=60.0, show_default=True,
               help="Seconds without a state after which a segment is closed (daemon or source was down).")
 def history(source: str | None, since: float, until: float, fmt: str, state_dir: Path | None,
             config_path: Path | None, max_gap: float) -> None:

@@ -107,6 +107,9 @@ class _ProviderCollector(Collector):
                                   value=float(h.write_errors))
         yield GaugeMetricFamily("genre_stream_history_queued", "Messages waiting for the history writer",
                                 value=float(h.queued))
+        yield CounterMetricFamily("genre_stream_history_prunes_withheld",
+                                  "Retention passes that deleted nothing because the clock looked wrong",
+                                  value=float(h.prunes_withheld))
 
 
 class DashboardMetrics:
@@ -123,6 +126,10 @@ class DashboardMetrics:
         self.states = Counter("genre_stream_states", "Genre states produced", ["source", "state"],
                               registry=self.registry)
         self.events = Counter("genre_stream_events", "Events produced", ["source", "type"], registry=self.registry)
+        # what the dashboard refused (the log says it once a minute): connections beyond the cap, live
+        # streams beyond http.max_clients, requests with a Host header it does not answer
+        self.refused = Counter("genre_stream_http_refused", "Dashboard connections and requests refused",
+                               ["reason"], registry=self.registry)
         self.registry.register(_ProviderCollector(self))
 
     def add_source(self, source: str, provider: Callable[[], SourceMetrics]) -> None:

@@ -22,8 +22,13 @@ A correction must be a JSON request, which a cross-site form cannot send.
 
 Every request must name an accepted host (``DashboardConfig.accepts_host``: IP addresses,
 localhost, ``allowed_hosts``), which defeats DNS rebinding; every response carries a
-strict Content-Security-Policy and no-sniff/no-framing headers. Live streams are capped at
-``max_clients`` (503 beyond), so pages left open cannot exhaust the daemon's file descriptors.
+strict Content-Security-Policy and no-sniff/no-framing headers.
+
+Pages left open, or a script holding a thousand sockets, must not exhaust the daemon's file
+descriptors: connections of every kind are capped from ``max_clients`` and the descriptor limit
+(``limits.py``), accepted by ``listener.py`` (503 beyond the cap, no EMFILE loop), and live streams
+within them at ``max_clients`` (503 beyond). Repeated refusals are logged once, then counted in one
+line a minute (``common.ratelimit``), so a flood of requests is not also a flood of log lines.
 """
 
 from __future__ import annotations
@@ -34,7 +39,6 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -42,12 +46,18 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from ..common.jsonsafe import dumps
-from ..common.timespec import parse_time
+from ..common.ratelimit import DEFAULT_INTERVAL_SECONDS, RateLimitedLog
+from ..common.timespec import shown
 from ..config import DashboardConfig
-from ..history.reader import HistoryError, HistoryReader, Segment, segments_csv
+from ..history.reader import HistoryReader
 from ..library.db import LibraryError
-from ..sinks.messages import iso_utc
 from .corrections import Corrections
+from .history_api import HistoryRoutes
+from .limits import ConnectionLimits
+from .listener import GuardedListener
+from .protocol_log import ProtocolLog
+from .responses import error_response as _error
+from .responses import json_response as _json
 from .state import DashboardState
 
 log = logging.getLogger(__name__)
@@ -62,8 +72,7 @@ STATIC_FILES = {
     "app.js": "text/javascript",
     "style.css": "text/css",
 }
-HISTORY_KINDS = ("segments", "states", "events")
-MAX_HISTORY_ROWS = 5000
+MAX_HISTORY_ROWS = 5000  # the newest rows a history request returns (the page's 7-day timeline included)
 LIVE_QUEUE = 512  # items a slow page may lag behind before it is disconnected (it reconnects fresh)
 HEALTH_SECONDS = 5.0  # how often an open page hears the MQTT connection state (and that the stream is alive)
 IDLE_CONNECTION_SECONDS = 15.0  # an idle keep-alive connection is closed after this
@@ -75,30 +84,6 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
 }
-
-
-@dataclass(frozen=True)
-class HistoryQuery:
-    """The validated parameters of a history request (JSON or CSV)."""
-
-    reader: HistoryReader
-    kind: str
-    source: str | None
-    since: float
-    until: float
-    limit: int
-
-    def segments(self) -> list[Segment]:
-        """The newest ``limit`` segments: the cap keeps a 7-day page from loading an unbounded list."""
-        return self.reader.segments(self.source, self.since, self.until)[-self.limit:]
-
-
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(text=dumps(data), status=status, content_type="application/json")
-
-
-def _error(status: int, message: str) -> web.Response:
-    return _json({"error": message}, status)
 
 
 class DashboardServer:
@@ -116,8 +101,26 @@ class DashboardServer:
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
         self._closing: asyncio.Event | None = None
+        self._listener: GuardedListener | None = None
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self.limits = ConnectionLimits.plan(config.max_clients)  # planned again at start (the limit may rise)
         self.live_clients = 0  # open /api/live streams (event-loop thread only)
         self.port: int | None = None
+        self._bad_host = self._limiter("refused {count:,} more requests with a bad Host header in the last {seconds:.0f} s")
+        self._live_full = self._limiter("refused {count:,} more live streams (http.max_clients) in the last {seconds:.0f} s")
+        self._unreadable = self._limiter("{count:,} more history requests failed in the last {seconds:.0f} s")
+        self._refused_labels = self._limiter("refused {count:,} more corrections in the last {seconds:.0f} s")
+        self._protocol_log = ProtocolLog()
+        self._loop_errors = self._limiter("{count:,} more event loop errors in the last {seconds:.0f} s", logging.ERROR)
+
+    @staticmethod
+    def _limiter(summary: str, level: int = logging.WARNING) -> RateLimitedLog:
+        return RateLimitedLog(log, "dashboard: " + summary, level=level)
+
+    def _limiters(self) -> list[RateLimitedLog]:
+        own = [self._bad_host, self._live_full, self._unreadable, self._refused_labels, self._loop_errors,
+               *self._protocol_log.limiters]
+        return own + list(self._listener.limiters if self._listener is not None else ())
 
     @property
     def url(self) -> str:
@@ -139,36 +142,64 @@ class DashboardServer:
                 f"dashboard: cannot listen on {self.config.host}:{self.config.port}: {exc.strerror or exc}"
             ) from exc
         log.info("dashboard on %s%s", self.url, " (bearer token required)" if self.config.token else "")
+        limits = self.limits
+        if limits.fd_bound:
+            log.info("dashboard: at most %d connections (%d live pages): the file descriptor limit is %d and %d of "
+                     "them are kept for the daemon", limits.connections, limits.live, limits.fd_limit, limits.reserve)
         if not self.config.is_loopback and not self.config.token:
             log.warning("dashboard on %s is reachable from the network WITHOUT a token: anyone who can reach it "
                         "sees what every source hears; set http.token (GENRE_STREAM_HTTP_TOKEN)", self.url)
 
     async def _start(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(self._loop_error)
         self._closing = asyncio.Event()
+        self.limits = ConnectionLimits.plan(self.config.max_clients)
         app = web.Application(middlewares=[self._check_host, self._auth])
         app.on_response_prepare.append(self._security_headers)
         app.router.add_get("/", self._index)
         app.router.add_get("/static/{name}", self._static_file)
         app.router.add_get("/api/sources", self._sources)
-        app.router.add_get("/api/history", self._history)
-        app.router.add_get("/api/history.csv", self._history_csv)
+        history = HistoryRoutes(self.history, self._unreadable, lambda: MAX_HISTORY_ROWS)
+        app.router.add_get("/api/history", history.history)
+        app.router.add_get("/api/history.csv", history.history_csv)
         app.router.add_get("/api/live", self._live)
         app.router.add_post("/api/label", self._label)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         # handler_cancellation: a closed page ends its live stream at once (unsubscribes), not at the next write.
+        # logger: aiohttp's reports of malformed requests (and handler errors), rate-limited (protocol_log.py).
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0, handler_cancellation=True,
-                               keepalive_timeout=IDLE_CONNECTION_SECONDS)
+                               keepalive_timeout=IDLE_CONNECTION_SECONDS, logger=self._protocol_log)
         await runner.setup()
-        site = web.TCPSite(runner, self.config.host, self.config.port, reuse_address=True)
+        server = runner.server
+        assert server is not None
+        listener = GuardedListener(self.config.host, self.config.port, server, lambda: len(server.connections),
+                                   self.limits.connections, on_refused=lambda: self._count_refusal("connections"))
         try:
-            await site.start()
+            await listener.start()
         except OSError:
             await runner.cleanup()
             raise
-        self._runner = runner
-        sockets = getattr(site._server, "sockets", None) or []  # the real port when port 0 was asked
-        self.port = sockets[0].getsockname()[1] if sockets else self.config.port
+        self._runner, self._listener = runner, listener
+        self.port = listener.bound_port  # the real port when port 0 was asked
+        self._flush_timer = loop.call_later(DEFAULT_INTERVAL_SECONDS, self._flush_logs)
+
+    def _flush_logs(self, force: bool = False) -> None:
+        """Write the summaries of floods that ended (each limiter writes at most one line a minute)."""
+        for limiter in self._limiters():
+            limiter.flush(force)
+        if not force:
+            self._flush_timer = asyncio.get_running_loop().call_later(DEFAULT_INTERVAL_SECONDS, self._flush_logs)
+
+    def _count_refusal(self, reason: str) -> None:
+        self.state.metrics.refused.labels(reason).inc()
+
+    def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """asyncio's unhandled errors, logged like the rest: the first with its traceback, then a count a minute."""
+        exc = context.get("exception")
+        self._loop_errors.hit("dashboard: %s", context.get("message", "event loop error"),
+                              exc_info=exc if isinstance(exc, BaseException) else None)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Close live streams and the listening socket."""
@@ -183,6 +214,11 @@ class DashboardServer:
     async def _shutdown(self) -> None:
         if self._closing is not None:
             self._closing.set()
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+        if self._listener is not None:
+            self._listener.close()
+        self._flush_logs(force=True)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -208,8 +244,9 @@ class DashboardServer:
         else:
             name = host.rpartition(":")[0] if ":" in host else host
         if not self.config.accepts_host(name):
-            log.warning("dashboard: refused a request for host %r (accepted: IP addresses, localhost and "
-                        "http.allowed_hosts %s)", host, list(self.config.allowed_hosts))
+            self._count_refusal("host")
+            self._bad_host.hit("dashboard: refused a request for host %s (accepted: IP addresses, localhost and "
+                               "http.allowed_hosts %s)", shown(host), list(self.config.allowed_hosts))
             return web.Response(status=403, text=f"host {host!r} not accepted by this dashboard\n")
         return await handler(request)
 
@@ -264,64 +301,6 @@ class DashboardServer:
         body = await asyncio.get_running_loop().run_in_executor(None, self.state.metrics.render)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    def _history_query(self, request: web.Request) -> HistoryQuery | web.Response:
-        """The history parameters of a request, or the error response that says which one is wrong."""
-        if self.history is None:
-            return _error(404, "tag history is not enabled in this daemon")
-        q = request.query
-        kind = q.get("kind", "segments")
-        if kind not in HISTORY_KINDS:
-            return _error(400, f"kind={kind!r}: use one of {', '.join(HISTORY_KINDS)}")
-        try:
-            since = parse_time(q.get("since", "-1h"))
-            until = parse_time(q.get("until", "now"))
-        except ValueError as exc:
-            return _error(400, f"since/until: {exc}")
-        try:
-            limit = min(int(q.get("limit", MAX_HISTORY_ROWS)), MAX_HISTORY_ROWS)
-        except ValueError:
-            return _error(400, f"limit={q.get('limit')!r}: not a whole number")
-        if limit < 1:  # SQLite reads LIMIT -1 as "no limit"
-            return _error(400, f"limit={limit}: must be at least 1 (at most {MAX_HISTORY_ROWS} rows are returned)")
-        return HistoryQuery(self.history, kind, q.get("source") or None, since, until, limit)
-
-    async def _history(self, request: web.Request) -> web.Response:
-        query = self._history_query(request)
-        if isinstance(query, web.Response):
-            return query
-
-        def read() -> list[dict[str, Any]]:
-            if query.kind == "segments":
-                return [s.to_dict() for s in query.segments()]
-            return getattr(query.reader, query.kind)(query.source, query.since, query.until, limit=query.limit)
-
-        try:
-            items = await asyncio.get_running_loop().run_in_executor(None, read) if query.reader.exists() else []
-        except HistoryError as exc:
-            log.warning("dashboard: %s", exc)
-            return _error(503, str(exc))
-        return _json({"kind": query.kind, "source": query.source, "since": iso_utc(query.since),
-                      "until": iso_utc(query.until), "items": items})
-
-    async def _history_csv(self, request: web.Request) -> web.Response:
-        """The segments as a file to save (the page's "CSV" link), same parameters and cap as /api/history."""
-        query = self._history_query(request)
-        if isinstance(query, web.Response):
-            return query
-        if query.kind != "segments":
-            return _error(400, "history.csv exports segments only; use /api/history for states and events")
-        try:
-            segments = (await asyncio.get_running_loop().run_in_executor(None, query.segments)
-                        if query.reader.exists() else [])
-        except HistoryError as exc:
-            log.warning("dashboard: %s", exc)
-            return _error(503, str(exc))
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(query.until))
-        name = f"genre-history-{query.source or 'all'}-{stamp}.csv"
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)  # a source id goes into a header
-        return web.Response(text=segments_csv(segments), content_type="text/csv", charset="utf-8",
-                            headers={"Content-Disposition": f'attachment; filename="{safe}"'})
-
     async def _label(self, request: web.Request) -> web.Response:
         """Record the user's genre for a file a watch source tagged (see ``corrections.py``)."""
         if self.corrections is None:
@@ -330,8 +309,8 @@ class DashboardServer:
             return _error(415, "send the correction as application/json")
         try:
             body = await request.json()
-        except ValueError:
-            return _error(400, "the request body is not JSON")
+        except (ValueError, RecursionError):  # RecursionError: arrays nested 100,000 deep (was a 500)
+            return _error(400, "the request body is not JSON (or nested too deeply)")
         if not isinstance(body, dict):
             return _error(400, 'expected an object {"source", "path", "genre"}')
         fields = {key: body.get(key) for key in ("source", "path", "genre")}
@@ -340,21 +319,23 @@ class DashboardServer:
             return _error(400, f"missing or not a string: {', '.join(missing)}")
         source, path, genre = fields["source"], fields["path"], fields["genre"]
         if genre not in self.state.labels:
-            return _error(400, f"unknown genre {genre!r}; the model's genres are: {', '.join(self.state.labels)}")
+            return _error(400, f"unknown genre {shown(genre)}; the model's genres are: {', '.join(self.state.labels)}")
         if not self.state.lists_tagged_file(source, path):
-            return _error(404, f"{path!r} is not a file that source {source!r} tagged and this page lists")
+            return _error(404, f"{shown(path, 300)} is not a file that source {shown(source)} tagged and this page lists")
         corrections = self.corrections
         try:
             label = await asyncio.get_running_loop().run_in_executor(None, corrections.label, path, genre)
         except (LibraryError, OSError) as exc:
-            log.warning("dashboard: correction of %s refused: %s", path, exc)
+            self._refused_labels.hit("dashboard: correction of %s refused: %s", path, exc)
             return _error(422, str(exc))
         self.state.corrected(source, path, genre)
         return _json(label.to_dict())
 
     async def _live(self, request: web.Request) -> web.StreamResponse:
-        if self.live_clients >= self.config.max_clients:
-            log.warning("dashboard: %d live streams open (http.max_clients); refusing another", self.live_clients)
+        if self.live_clients >= self.limits.live:
+            self._count_refusal("live")
+            self._live_full.hit("dashboard: %d live streams open (http.max_clients, or the file descriptor limit); "
+                                "answering 503 to more", self.live_clients)
             return web.Response(status=503, text="too many open dashboard pages; close one or raise http.max_clients\n",
                                 headers={"Retry-After": "10"})
         self.live_clients += 1

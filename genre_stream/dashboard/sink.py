@@ -23,6 +23,7 @@ from ..sinks.base import SourceAvailability, SourceInfo
 from ..sinks.history import HistoryStats
 from ..sinks.messages import GenreEvent, GenreState
 from .corrections import Corrections
+from .limits import raise_fd_limit
 from .metrics import SinkMetrics, SourceMetrics
 from .server import DashboardError, DashboardServer
 from .state import DashboardState, MelSource
@@ -68,7 +69,14 @@ class DashboardSink:
     # -- Sink protocol -------------------------------------------------------------------
     def start(self) -> None:
         """Listen; an address that cannot be used (in use, not permitted) is an error of ``http.listen``,
-        so the daemon refuses to start (exit status 78) rather than run without the dashboard asked for."""
+        so the daemon refuses to start (exit status 78) rather than run without the dashboard asked for.
+
+        First the soft file descriptor limit is raised towards the hard one (systemd's soft default,
+        1024, is what open pages ran out of); the server's connection cap is planned from the result.
+        """
+        before, after = raise_fd_limit()
+        if after != before:
+            log.info("file descriptor limit raised from %d to %d", before, after)
         try:
             self.server.start()
         except DashboardError as exc:

@@ -9,6 +9,12 @@ daemon goes on.
 
 Reading is ``genre_stream.history.reader`` (the ``history`` command and the dashboard): it opens
 its own read-only connection, so queries run while the daemon writes (WAL mode).
+
+Retention is applied relative to the newest stored entry as well as the clock (``plan_prune``):
+a daemon started with its clock 400 days ahead deleted the whole history at its first prune. A
+clock that is ahead cannot be told from a long pause by looking at the clock, so the rule bounds
+what any pass may do instead: never rows within the retention of the newest entry, and never most
+of the history while what would stay covers only a fraction of the retention period.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +33,7 @@ from ..common.jsonsafe import dumps
 from ..common.sqlite import open_db
 from ..config import HistoryConfig
 from .base import SourceInfo
-from .messages import GenreEvent, GenreState, Message, parse_payload_time
+from .messages import GenreEvent, GenreState, Message, iso_utc, parse_payload_time
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +69,7 @@ class HistoryStats:
     dropped: int = 0
     write_errors: int = 0
     pruned: int = 0
+    prunes_withheld: int = 0  # prune passes that kept rows because the clock looked wrong (see plan_prune)
     queued: int = 0
     last_error: str | None = None
 
@@ -70,11 +77,13 @@ class HistoryStats:
 class History:
     """Appends messages to ``history.sqlite`` from a writer thread; prunes old rows there too.
 
-    Usable as a daemon sink: ``publish(message)`` never blocks and never raises.
+    Usable as a daemon sink: ``publish(message)`` never blocks and never raises. ``clock`` is the
+    wall clock that retention is measured against (injectable: tests give it a clock that is wrong).
     """
 
-    def __init__(self, config: HistoryConfig) -> None:
+    def __init__(self, config: HistoryConfig, clock: Callable[[], float] = time.time) -> None:
         self.config = config
+        self._clock = clock
         self._queue: queue.Queue[Message | None] = queue.Queue(maxsize=max(1, config.queue_size))
         self._stats = HistoryStats()
         self._lock = threading.Lock()
@@ -201,7 +210,7 @@ class History:
         states, events = [], []
         for msg in batch:
             payload = msg.to_dict()
-            ts = _message_time(msg)
+            ts = self._message_time(msg)
             if isinstance(msg, GenreState):
                 states.append((msg.source, ts, msg.state, msg.genre, float(msg.confidence), dumps(payload)))
             elif isinstance(msg, GenreEvent):
@@ -219,18 +228,25 @@ class History:
 
     def _prune(self, conn: sqlite3.Connection) -> None:
         self._last_prune = time.monotonic()
-        removed = prune(conn, time.time() - self.config.retention_days * 86400.0)
+        plan = plan_prune(conn, self._clock(), self.config.retention_days * 86400.0)
+        if plan.withheld:
+            with self._lock:
+                self._stats.prunes_withheld += 1
+            self._report("suspect-clock", "history: %s", plan.withheld)
+        if plan.cutoff is None:
+            return
+        removed = prune(conn, plan.cutoff)
         if removed:
-            log.info("history: pruned %d entries older than %g days", removed, self.config.retention_days)
+            log.info("history: pruned %d entries older than %g days (before %s)", removed,
+                     self.config.retention_days, iso_utc(plan.cutoff))
             with self._lock:
                 self._stats.pruned += removed
 
-
-def _message_time(msg: Message) -> float:
-    try:
-        return parse_payload_time(msg.timestamp)
-    except ValueError:
-        return time.time()
+    def _message_time(self, msg: Message) -> float:
+        try:
+            return parse_payload_time(msg.timestamp)
+        except ValueError:
+            return self._clock()
 
 
 @contextmanager
@@ -242,6 +258,58 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+@dataclass(frozen=True)
+class PrunePlan:
+    """What one retention pass may delete: entries older than ``cutoff`` (None: nothing), and, when the
+    clock asked for more than the rule allows, ``withheld`` saying what was kept and why."""
+
+    cutoff: float | None
+    withheld: str | None = None
+
+
+def _one(conn: sqlite3.Connection, sql: str, *args: float) -> list[Any]:
+    """One value over both tables: ``sql`` is run on states and events (``{t}``), and combined by the caller."""
+    return [conn.execute(sql.format(t=table), args).fetchone()[0] for table in ("states", "events")]
+
+
+def plan_prune(conn: sqlite3.Connection, now: float, retention_seconds: float) -> PrunePlan:
+    """The bounded retention rule; ``now`` is the wall clock, which may be wrong.
+
+    1. Entries within ``retention_seconds`` of the newest stored entry are never deleted: a clock set
+       ahead (400 days: everything "expired") finds the newest entry old and deletes only what had
+       expired by then. The cutoff is ``min(now, newest) - retention``.
+    2. Once the wrong clock has stamped new entries, the newest entry is wrong too. Its trace is a
+       gap longer than the retention between the entries to delete and those to keep: the clock
+       looks wrong. Such a pass may not delete more entries than it keeps, so the real history stays
+       until the entries after the gap outnumber it. A daemon that was off for longer than the
+       retention leaves the same trace: its old entries then go late, not never.
+
+    A clock ahead by less than the retention loses at most the entries that would have expired
+    within that much time anyway.
+    """
+    if retention_seconds <= 0:
+        return PrunePlan(None)
+    newest = max((v for v in _one(conn, "SELECT max(ts) FROM {t}") if v is not None), default=None)
+    if newest is None:
+        return PrunePlan(None)
+    cutoff = min(now, newest) - retention_seconds
+    old = sum(_one(conn, "SELECT count(*) FROM {t} WHERE ts < ?", cutoff))
+    if not old:
+        return PrunePlan(None)
+    kept = sum(_one(conn, "SELECT count(*) FROM {t} WHERE ts >= ?", cutoff))
+    last_old = max(v for v in _one(conn, "SELECT max(ts) FROM {t} WHERE ts < ?", cutoff) if v is not None)
+    first_kept = min((v for v in _one(conn, "SELECT min(ts) FROM {t} WHERE ts >= ?", cutoff) if v is not None),
+                     default=newest)
+    gap = first_kept - last_old
+    if gap > retention_seconds and old > kept:
+        return PrunePlan(None, (
+            f"retention by the clock ({iso_utc(now)}) would delete {old} of {old + kept} entries: all up to "
+            f"{iso_utc(last_old)}, after which nothing was recorded for {gap / 86400:.0f} days until {iso_utc(first_kept)}. "
+            "The clock looks wrong (set ahead), so none are deleted while they outnumber the entries kept; if it is "
+            "right (the daemon was off that long), they go once the new history outnumbers them"))
+    return PrunePlan(cutoff)
 
 
 def prune(conn: sqlite3.Connection, before: float) -> int:
