@@ -5,6 +5,14 @@ refuses is handed to ffmpeg when it is installed. Files are decoded in blocks of
 ``BLOCK_SECONDS`` and resampled as a stream, so a three-hour recording costs the
 memory of a ten-minute one. Every failure becomes an ``AudioError`` naming the
 file and the reason, so one bad file never takes a batch down with a traceback.
+
+A watch folder tags its files one after another, so a hostile file must not hold up the
+others: what one file may cost is bounded here. Sample rates outside ``MIN_RATE``-``MAX_RATE``
+are refused (a 20 KB WAV at 1 Hz, resampled up to ``SAMPLE_RATE``, took 76 s and 846 MB), a block never holds
+more than ``BLOCK_VALUES`` samples whatever the channel count, a file may not decode to more audio
+than its bytes can honestly hold (``max_seconds``), and ffmpeg is given up on when it stalls.
+MP3 lengths come from the frames, not from a header that may lie (``mpeg.py``), and broken
+samples in float files are repaired where they are (``sanitize.FileRepair``).
 """
 
 from __future__ import annotations
@@ -14,6 +22,8 @@ import ctypes
 import functools
 import logging
 import os
+import re
+import select
 import shutil
 import subprocess
 import sys
@@ -26,14 +36,25 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from . import mpeg
 from .frontend import SAMPLE_RATE
 from .resample import StreamResampler
-from .sanitize import LOUD
+from .sanitize import FileRepair, second_peaks
 
 log = logging.getLogger(__name__)
 
 AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".oga", ".mp3", ".au", ".snd", ".aif", ".aiff", ".aifc"})
 BLOCK_SECONDS = 10.0  # decoding unit: what one block of a file may cost in memory, whatever its length
+BLOCK_VALUES = 1 << 20  # ...and at most this many samples over all its channels (a WAV may claim 1024 channels)
+# Rates of audio that can be music for the model: telephone speech is 8 kHz, the highest studio rate 384 kHz.
+# Below, resampling up to SAMPLE_RATE multiplies the data (by SAMPLE_RATE at 1 Hz); above, no audio format is in use.
+MIN_RATE, MAX_RATE = 4000, 384000
+# Below 1 kbit/s no codec carries music (Opus starts at 6, MP3 at 8): a file that decodes to more
+# audio than that is a forged header, a decompression bomb or hours of digital silence. The floor
+# lets tiny files through, and bounds what any one file can cost (150x real time: 4 s of analysis).
+MIN_BYTES_PER_SECOND = 125
+MIN_BUDGET_SECONDS = 600.0
+FFMPEG_STALL_SECONDS = 60.0  # ffmpeg silent this long (no header, no samples) is given up on
 
 
 class AudioError(Exception):
@@ -96,22 +117,79 @@ def ffmpeg_resample_args(exe: str, rate: int) -> tuple[str, ...]:
     return ("-ar", str(rate))
 
 
+def max_seconds(size: int) -> float:
+    """The most audio (seconds) a file of ``size`` bytes is allowed to decode to (see ``MIN_BYTES_PER_SECOND``)."""
+    return max(MIN_BUDGET_SECONDS, size / MIN_BYTES_PER_SECOND)
+
+
+def too_long(path: str | Path, size: int, claim: str) -> AudioError:
+    """The error for a file that would decode to more than ``max_seconds(size)``; ``claim`` says how it was found."""
+    return AudioError(path, f"{claim} from {size} bytes, more than a file of that size can honestly hold (under "
+                            f"{MIN_BYTES_PER_SECOND * 8 / 1000:g} kbit/s): a forged header, a decompression bomb or hours "
+                            "of digital silence; refused so that it cannot hold up other files")
+
+
+def check_rate(path: str | Path, rate: int) -> None:
+    """Refuse a sample rate no music file has, before any sample is decoded (``AudioError`` saying why)."""
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise AudioError(path, f"sample rate {rate} Hz is outside {MIN_RATE}-{MAX_RATE} Hz: not music audio that can be "
+                               "classified (a damaged or forged header?)")
+
+
+_FFMPEG_AUDIO_RATE = re.compile(r"Stream #[^\n]*?: Audio: [^\n]*?, (\d+) Hz")
+
+
+def _ffmpeg_input_rate(ffmpeg: str, path: Path) -> int | None:
+    """The rate of the first audio stream as ffmpeg reads the header (``ffmpeg -i``: no decoding), None if unknown."""
+    try:
+        probe = subprocess.run([ffmpeg, "-hide_banner", "-nostdin", "-i", str(path)], stdin=subprocess.DEVNULL,
+                               capture_output=True, timeout=FFMPEG_STALL_SECONDS)
+    except subprocess.TimeoutExpired as exc:
+        raise AudioError(path, f"ffmpeg could not read its header in {FFMPEG_STALL_SECONDS:g} s") from exc
+    except OSError as exc:
+        log.debug("ffmpeg probe of %s failed: %s", path, exc)
+        return None
+    found = _FFMPEG_AUDIO_RATE.search(probe.stderr.decode(errors="replace"))
+    return int(found.group(1)) if found else None
+
+
+def _read_block(path: Path, fd: int, size: int) -> bytes:
+    """Up to ``size`` bytes from ffmpeg's stdout (less only at its end), giving up if ffmpeg stalls."""
+    chunks: list[bytes] = []
+    got = 0
+    while got < size:
+        ready, _, _ = select.select([fd], [], [], FFMPEG_STALL_SECONDS)
+        if not ready:
+            raise AudioError(path, f"ffmpeg produced no audio for {FFMPEG_STALL_SECONDS:g} s; given up")
+        chunk = os.read(fd, size - got)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
 def _ffmpeg_blocks(path: Path, sr: int, block_samples: int) -> Iterator[np.ndarray]:
+    """Blocks ffmpeg decodes (down-mixed and resampled by ffmpeg), repaired like libsndfile's."""
     ffmpeg = ffmpeg_executable()
     if ffmpeg is None:
         raise AudioError(path, "format not readable by libsndfile and no ffmpeg was found")
+    rate = _ffmpeg_input_rate(ffmpeg, path)
+    if rate is not None:
+        check_rate(path, rate)
     cmd = [ffmpeg, "-nostdin", "-v", "error", "-i", str(path), "-vn", "-f", "f32le", "-rematrix_maxval", "1.0", "-ac", "1",
            *ffmpeg_resample_args(ffmpeg, sr), "-"]
+    fix = FileRepair(sr)  # the level is learnt as the blocks come: ffmpeg's output cannot be read twice
     with tempfile.TemporaryFile() as errors:  # a file, not a pipe: ffmpeg can never block on it
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors)
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors, bufsize=0)
         assert proc.stdout is not None
         try:
             while True:
-                data = proc.stdout.read(block_samples * 4)
+                data = _read_block(path, proc.stdout.fileno(), block_samples * 4)
                 if not data:
                     break
                 usable = len(data) - len(data) % 4
-                yield np.frombuffer(data[:usable], dtype="<f4").astype(np.float32)
+                yield fix.repair(fix.scale(np.frombuffer(data[:usable], dtype="<f4").astype(np.float32)))
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -121,6 +199,13 @@ def _ffmpeg_blocks(path: Path, sr: int, block_samples: int) -> Iterator[np.ndarr
             errors.seek(0)
             msg = errors.read().decode(errors="replace").strip().splitlines()
             raise AudioError(path, f"not decodable audio ({msg[-1] if msg else 'ffmpeg failed'})")
+    if summary := fix.summary():
+        log.warning("%s: %s", path, summary)
+
+
+def _header_frames(handle: sf.SoundFile) -> int:
+    """The frames libsndfile says the file holds, 0 when unknown (a FLAC streamed without its total: 2**63 - 1)."""
+    return int(handle.frames) if 0 < handle.frames < sys.maxsize else 0
 
 
 def _declared_frames(path: Path, handle: sf.SoundFile) -> int:
@@ -144,7 +229,7 @@ def _declared_frames(path: Path, handle: sf.SoundFile) -> int:
                 return size // frame_bytes if _SUBTYPE_BYTES.get(handle.subtype) and size < 0xFFFFFFF0 else 0
             pos += 8 + size + (size & 1)
         return 0
-    return int(handle.frames)
+    return _header_frames(handle)
 
 
 _NATIVE_STDERR_LOCK = threading.Lock()
@@ -200,59 +285,99 @@ def _truncation_slack(handle: sf.SoundFile, declared: int) -> float:
 _SUBTYPE_BYTES = {"PCM_U8": 1, "PCM_S8": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4, "DOUBLE": 8}
 
 
-def _float_file_scale(path: Path, handle: sf.SoundFile, block: int) -> float:
-    """1, or 1/peak for a float file whose samples reach absurd magnitudes (1e18 was seen).
+def _float_file_peaks(handle: sf.SoundFile, block: int) -> list[float] | None:
+    """The peak of every second of a float file (a first pass, ``sanitize.second_peaks``); None for other files.
 
-    Such values overflow the mel power to Inf and the probabilities to NaN. Scaling the
-    whole file changes nothing else (every window is normalised to its own maximum), but
-    a stream cannot know its peak ahead, so float files are scanned once first (integer
-    PCM cannot exceed full scale). Non-finite samples are left for ``iter_audio`` to refuse.
+    Only float samples can be NaN, Inf or absurd (1e18, 1e300 were seen); integer PCM and the lossy
+    decoders stay near full scale. Knowing the whole file's level before its first sample is used
+    lets ``FileRepair`` tell a file that is too loud as a whole (scaled down) from one broken
+    sample in normal music (brought down where it is, the rest untouched).
     """
     if handle.subtype not in ("FLOAT", "DOUBLE"):
-        return 1.0
-    peak = 0.0
-    while (data := handle.read(block, dtype="float64")).size:
-        finite = data[np.isfinite(data)]
-        peak = max(peak, float(np.max(np.abs(finite), initial=0.0)))
+        return None
+    peaks: list[float] = []
+    while (data := handle.read(block, dtype="float64", always_2d=True)).size:
+        peaks += second_peaks(data, int(handle.samplerate))
     handle.seek(0)
-    if peak <= LOUD:
-        return 1.0
-    log.warning("%s: peak %g is far beyond full scale; scaled down to 1 before analysis", path, peak)
-    return 1.0 / peak
+    return peaks
 
 
 def _soundfile_blocks(path: Path, handle: sf.SoundFile, sr: int) -> Iterator[np.ndarray]:
-    """Blocks of a file libsndfile opened, down-mixed and resampled as one stream."""
+    """Blocks of a file libsndfile opened: repaired, down-mixed and resampled as one stream."""
     with handle:
         declared = _declared_frames(path, handle)
         native = int(handle.samplerate)
         resampler = StreamResampler(native, sr)
-        block = max(1, int(BLOCK_SECONDS * native))
-        scale = _float_file_scale(path, handle, block)
+        block = max(1, min(int(BLOCK_SECONDS * native), BLOCK_VALUES // max(1, handle.channels)))
+        peaks = _float_file_peaks(handle, block)
+        fix = FileRepair(native, peaks)
+        dtype = "float32" if peaks is None else "float64"  # 1e300 must be scaled before it is narrowed
         read = 0
         while True:
             try:
                 with _mpg123_notes_silenced() if handle.format == "MP3" else contextlib.nullcontext():
-                    data = handle.read(block, dtype="float32", always_2d=True)
+                    data = handle.read(block, dtype=dtype, always_2d=True)
             except (sf.LibsndfileError, RuntimeError) as exc:
                 raise AudioError(path, f"corrupt or truncated audio data ({exc})") from exc
             if data.shape[0] == 0:
                 break
             read += data.shape[0]
-            mono = to_mono(data)
-            yield resampler.push(mono * np.float32(scale) if scale != 1.0 else mono)
+            yield resampler.push(fix.repair(to_mono(fix.scale(data))))
         if declared and declared - read > _truncation_slack(handle, declared):
             raise AudioError(
                 path,
                 f"truncated: the header promises {declared / native:.1f} s, only {read / native:.1f} s are present",
             )
+        if summary := fix.summary():
+            log.warning("%s: %s", path, summary)
         yield resampler.flush()
+
+
+def _mp3_header_short(path: Path, handle: sf.SoundFile) -> str | None:
+    """Why libsndfile would stop before an MP3's real end (its Xing/VBRI header or estimate says less than
+    the frames hold), or None. A shortfall is the truncation check's business, not this one's."""
+    real = mpeg.audio_seconds(path)
+    said = _header_frames(handle) / handle.samplerate
+    if real is None or real - said <= max(0.05 * real, 1.0):
+        return None
+    return f"its header says {said:.1f} s, its frames hold {real:.1f} s"
+
+
+def _open_blocks(path: Path, sr: int, size: int) -> Iterator[np.ndarray]:
+    """The blocks of ``path`` from the decoder that can read all of it, with the header checked first."""
+    try:
+        with _mpg123_notes_silenced():  # libsndfile probes MP3 frames when it opens a file
+            handle = sf.SoundFile(bytes(path))  # bytes: names that are not UTF-8 open too
+    except sf.LibsndfileError as exc:
+        log.debug("libsndfile cannot open %s (%s); trying ffmpeg", path, exc)
+        return _ffmpeg_blocks(path, sr, max(1, int(BLOCK_SECONDS * sr)))
+    except PermissionError as exc:
+        raise AudioError(path, "permission denied") from exc
+    except (RuntimeError, OSError) as exc:
+        raise AudioError(path, f"read failed ({exc})") from exc
+    try:
+        check_rate(path, int(handle.samplerate))
+        said = _header_frames(handle) / handle.samplerate
+        if said > max_seconds(size):
+            raise too_long(path, size, f"its header promises {said:.0f} s of audio")
+        short = _mp3_header_short(path, handle) if handle.format == "MP3" else None
+    except AudioError:
+        handle.close()
+        raise
+    if short is None:
+        return _soundfile_blocks(path, handle, sr)
+    handle.close()
+    if ffmpeg_executable() is None:
+        raise AudioError(path, f"inconsistent MP3: {short}; install ffmpeg to decode all of it")
+    log.warning("%s: inconsistent MP3: %s; decoded with ffmpeg to the end of its frames", path, short)
+    return _ffmpeg_blocks(path, sr, max(1, int(BLOCK_SECONDS * sr)))
 
 
 def iter_audio(path: str | Path, sr: int = SAMPLE_RATE) -> Iterator[np.ndarray]:
     """Decode a file to blocks of mono float32 at ``sr``; raises ``AudioError`` with the reason.
 
-    Memory is one block, whatever the file's length. The error can come after some
+    Memory is one block, whatever the file's length, and the work is bounded by the file's size
+    (``max_seconds``): a forged header cannot make a small file decode for hours. The error can come after some
     blocks were yielded (a file found truncated or corrupt part way through), so a
     caller must treat everything it made of the earlier blocks as unfinished.
     """
@@ -262,30 +387,22 @@ def iter_audio(path: str | Path, sr: int = SAMPLE_RATE) -> Iterator[np.ndarray]:
     if path.is_dir():
         raise AudioError(path, "is a directory")
     try:
-        if path.stat().st_size == 0:
-            raise AudioError(path, "empty file")
+        size = path.stat().st_size
     except OSError as exc:
         raise AudioError(path, f"cannot stat ({exc.strerror})") from exc
-    try:
-        with _mpg123_notes_silenced():  # libsndfile probes MP3 frames when it opens a file
-            handle = sf.SoundFile(bytes(path))  # bytes: names that are not UTF-8 open too
-    except sf.LibsndfileError as exc:
-        log.debug("libsndfile cannot open %s (%s); trying ffmpeg", path, exc)
-        blocks = _ffmpeg_blocks(path, sr, max(1, int(BLOCK_SECONDS * sr)))
-    except PermissionError as exc:
-        raise AudioError(path, "permission denied") from exc
-    except (RuntimeError, OSError) as exc:
-        raise AudioError(path, f"read failed ({exc})") from exc
-    else:
-        blocks = _soundfile_blocks(path, handle, sr)
+    if size == 0:
+        raise AudioError(path, "empty file")
+    blocks = _open_blocks(path, sr, size)
+    limit = max_seconds(size)
     total = 0
-    for block in blocks:
-        if block.size == 0:
-            continue
-        if not np.all(np.isfinite(block)):
-            raise AudioError(path, "contains NaN or infinite samples")
-        total += block.size
-        yield block
+    with contextlib.closing(blocks):  # an early exit (the limit, the caller) stops ffmpeg and closes the file now
+        for block in blocks:
+            if block.size == 0:
+                continue
+            total += block.size
+            if total > limit * sr:
+                raise too_long(path, size, f"it decodes to more than {limit:.0f} s of audio")
+            yield block
     if total == 0:
         raise AudioError(path, "no audio samples (empty or truncated file)")
 
