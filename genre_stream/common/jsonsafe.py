@@ -19,7 +19,11 @@ import math
 import os
 from typing import Any
 
+from .ratelimit import RateLimitedLog
+
 log = logging.getLogger(__name__)
+# A non-UTF-8 file name is serialised again for every output and every dashboard page: one line, then counts.
+_REPLACED = RateLimitedLog(log, "JSON output: replaced values that JSON/UTF-8 cannot carry {count:,} more times in the last {seconds:.0f} s")
 
 
 def display_path(path: str | os.PathLike[str]) -> str:
@@ -37,7 +41,7 @@ def dumps(data: Any, *, indent: int | None = None, compact: bool = True) -> str:
     except (ValueError, UnicodeEncodeError):
         fixed: list[str] = []
         clean = _clean(data, "", fixed)
-        log.warning("JSON output: replaced values that JSON/UTF-8 cannot carry (%s)", ", ".join(fixed[:10]) or "?")
+        _REPLACED.hit("JSON output: replaced values that JSON/UTF-8 cannot carry (%s)", ", ".join(fixed[:10]) or "?")
         return json.dumps(clean, ensure_ascii=False, allow_nan=False, indent=indent, separators=separators)
 
 
