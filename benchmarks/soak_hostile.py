@@ -22,8 +22,8 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
-import re
 import os
+import re
 import shutil
 import socket
 import sqlite3
@@ -41,26 +41,10 @@ import paho.mqtt.client as mqtt
 import soundfile as sf
 from machine import machine_info, process_cpu_seconds, process_rss_mb  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion
+from soak import free_port, wait_port  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SR = 22050
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 60.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise TimeoutError(f"nothing listens on port {port}")
 
 
 def plain(name: str) -> str:
