@@ -440,7 +440,7 @@ def test_dashboard_in_a_real_browser_follows_the_daemon(tmp_path):
         wait.until(lambda d: int(card.find_element(By.CSS_SELECTOR, "canvas").get_attribute("data-total") or 0) > 0)
         assert len(card.find_elements(By.CSS_SELECTOR, ".bar")) == 10
         assert driver.find_element(By.ID, "mqtt").text == "MQTT connected"  # the daemon's real MQTT sink
-        wait.until(lambda d: card.find_element(By.CSS_SELECTOR, ".level-db").text.endswith(" dB"))  # real audio
+        wait.until(lambda d: card.find_element(By.CSS_SELECTOR, ".level-db").text.endswith(" dBFS"))  # real audio
         ARTIFACTS.mkdir(exist_ok=True)
         driver.save_screenshot(str(ARTIFACTS / "dashboard.png"))  # live, mid-recording
         assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000

@@ -227,8 +227,9 @@ def test_operator_page_in_a_real_browser(tmp_path):
         wait.until(lambda d: "on air since" in text(studio, ".onair"))
         assert float(studio.find_element(By.CSS_SELECTOR, ".onair").get_attribute("data-since")) == pytest.approx(now - 6, abs=1)
         assert "jazz → rock" in text(studio, ".changes .recent li")
-        wait.until(lambda d: studio.find_element(By.CSS_SELECTOR, ".level").get_attribute("value") not in ("", "0"))
-        assert text(studio, ".level-db").endswith(" dB")
+        s.state.observe_level("studio", -23.4, -60.0)  # the window's RMS level, with the silence threshold
+        wait.until(lambda d: studio.find_element(By.CSS_SELECTOR, ".level").get_attribute("data-dbfs") == "-23.4")
+        assert text(studio, ".level-db") == "−23 dBFS" and text(studio, ".level-threshold") == "silence < −60"
         assert [e.get_attribute("textContent") for e in studio.find_elements(By.CSS_SELECTOR, ".yaxis span")] == [
             "500 Hz", "1 kHz", "2 kHz", "4 kHz", "8 kHz"]
         xaxis = [e.get_attribute("textContent") for e in studio.find_elements(By.CSS_SELECTOR, ".xaxis span")]

@@ -57,7 +57,7 @@ def build_outputs(config: DaemonConfig, engine: Engine) -> Outputs:
     from ..dashboard.sink import DashboardSink  # the HTTP stack is loaded only when asked for
 
     dashboard = DashboardSink(dash_config, engine.labels, engine.model_id, history.config.path if history is not None else None,
-                              engine.info.frontend, engine.precision, config.watch.library_db)
+                              engine.info.frontend, engine.precision, config.watch.library_db, engine.chosen)
     if history is not None:
         dashboard.watch_history(history.counters)
     if mqtt is not None:

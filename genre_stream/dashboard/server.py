@@ -7,9 +7,11 @@ Routes (all but ``/healthz`` behind the bearer token when one is configured):
 * ``GET /api/history?source=&since=&until=&kind=segments|states|events&limit=`` --
   from the tag history; states and events are the MQTT payloads as published;
 * ``GET /api/history.csv?source=&since=&until=&limit=`` -- the segments as a CSV download;
+* ``GET /api/history/daily?source=&days=7`` -- minutes of music per genre per local day (``summary_api.py``);
+* ``GET /api/sources/{source}/recent.wav`` -- the source's last 30 s of audio (``recent_audio.py``);
 * ``GET /api/live`` -- server-sent events: ``hello`` (the /api/sources document),
   then ``state``, ``event``, ``source`` (one source's item after an event or an
-  availability change) and ``mel`` as they happen, and ``health`` (MQTT connection)
+  availability change), ``level`` and ``mel`` as they happen, and ``health`` (MQTT connection)
   every ``HEALTH_SECONDS``, which doubles as the keep-alive;
 * ``POST /api/label`` -- ``{"source", "path", "genre"}``: the user's correction of a file a
   watch source tagged (``corrections.py``); 409 when no library database is configured;
@@ -56,9 +58,11 @@ from .history_api import HistoryRoutes
 from .limits import ConnectionLimits
 from .listener import GuardedListener
 from .protocol_log import ProtocolLog
+from .recent_audio import RecentAudioRoute
 from .responses import error_response as _error
 from .responses import json_response as _json
 from .state import DashboardState
+from .summary_api import DailySummaryRoute
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +167,8 @@ class DashboardServer:
         history = HistoryRoutes(self.history, self._unreadable, lambda: MAX_HISTORY_ROWS)
         app.router.add_get("/api/history", history.history)
         app.router.add_get("/api/history.csv", history.history_csv)
+        app.router.add_get("/api/history/daily", DailySummaryRoute(self.history, self._unreadable).daily)
+        app.router.add_get("/api/sources/{source}/recent.wav", RecentAudioRoute(self.state.recent_audio).recent_wav)
         app.router.add_get("/api/live", self._live)
         app.router.add_post("/api/label", self._label)
         app.router.add_get("/metrics", self._metrics)

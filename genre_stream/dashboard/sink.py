@@ -3,7 +3,8 @@
 As a sink (``sinks.base.Sink``) it gets every state, event and availability change, and
 the running sources with their counters (``SourceInfo.stats``, read when /metrics is
 scraped). As a ``pipeline.PipelineListener`` it hears what only the pipeline sees: new mel
-frames (copied only while a page is open) and each window's inference time. The daemon
+frames (copied only while a page is open), each window's inference time and RMS level, and
+the audio itself (the last 30 s kept per source for the page's play button). The daemon
 calls nothing else; ``watch_mqtt`` and ``watch_history`` are wired once where the outputs
 are composed (``compose.py``), since only there are the MQTT sink and the history known.
 """
@@ -15,6 +16,8 @@ import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
 
 from ..audio.frontend import FrontendConfig
 from ..config import ConfigError, DashboardConfig
@@ -59,9 +62,9 @@ class DashboardSink:
 
     def __init__(self, config: DashboardConfig, labels: list[str], model: str,
                  history_path: Path | None = None, frontend: FrontendConfig | None = None, precision: str = "",
-                 library_db: Path | None = None) -> None:
+                 library_db: Path | None = None, chosen: str = "") -> None:
         self.config = config
-        self.state = DashboardState(labels, model, config.mel_interval_seconds, frontend, precision)
+        self.state = DashboardState(labels, model, config.mel_interval_seconds, frontend, precision, chosen)
         reader = HistoryReader(history_path) if history_path is not None else None
         corrections = Corrections(library_db, labels) if library_db is not None else None
         self.server = DashboardServer(config, self.state, reader, corrections)
@@ -108,6 +111,12 @@ class DashboardSink:
     def window_classified(self, window: ClassifiedWindow) -> None:
         if window.inference_seconds is not None:  # the model ran (not a silent window)
             self.state.observe_inference(window.source, window.inference_seconds)
+        if window.level_dbfs is not None:
+            self.state.observe_level(window.source, window.level_dbfs, window.silence_dbfs)
+
+    def audio_received(self, source: str, samples: np.ndarray) -> None:
+        """Keep the newest 30 s (``recent_audio.py``): a conversion and a copy per chunk, page open or not."""
+        self.state.recent_audio.add(source, samples)
 
     # -- wired by the composition ----------------------------------------------------------
     def watch_mqtt(self, sink: MqttLike) -> None:

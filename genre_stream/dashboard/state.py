@@ -7,7 +7,9 @@ every method is safe to call from any thread:
   ``/metrics`` is scraped;
 * ``set_sources(infos)`` when the running sources change (their kind and hop);
 * ``publish(message)`` for every GenreState/GenreEvent/SourceAvailability (the same call as a sink);
-* ``observe_inference(id, seconds)`` after each classified window;
+* ``observe_inference(id, seconds)`` after each classified window, ``observe_level(id, dbfs, threshold)``
+  with the window's RMS level and the silence threshold it was judged against (the page's level meter);
+* ``recent_audio.add(id, samples)`` for every chunk of audio (the last 30 s, for the play button);
 * ``offer_mel(id, ring)`` from the pipeline thread after new mel frames: it copies the
   rolling mel buffer only while a page is open and at most every
   ``mel_interval_seconds``, so a closed dashboard costs one comparison per chunk;
@@ -18,7 +20,7 @@ Listeners (the server's live streams) are called in the publishing thread and mu
 only hand the item over to their own loop. Per classified window a listener gets one
 ``state`` item, as before; everything an operator needs besides (availability, recent
 changes and tracks, the folded error, the reconnect time) changes only on events and
-travels as a whole ``source`` item then.
+travels as a whole ``source`` item then; the level travels as a small ``level`` item per window.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from ..sinks.history import HistoryStats
 from ..sinks.messages import GenreEvent, GenreState, Message, parse_payload_time
 from ..sources import TRACK_KINDS
 from .metrics import DashboardMetrics, SinkMetrics, SourceMetrics
+from .recent_audio import RecentAudio
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,7 @@ STALE_HOPS = 3  # a live source with no window for this many hops is shown as st
 RECENT_CHANGES = 8  # genre changes kept per source for the "recent changes" list
 RECENT_TRACKS = 12  # tagged (or failed) files kept per watched folder
 FREQ_TICKS_HZ = (500, 1000, 2000, 4000, 8000)
+LEVEL_FLOOR_DBFS = -120.0  # digital silence (-inf dBFS) is shown as this: below anything 16 or 24 bits can carry
 # The stream source states its backoff only in its message ("...; reconnecting in 4 s").
 RETRY_RE = re.compile(r"reconnecting in (\d+(?:\.\d+)?) s")
 
@@ -81,10 +85,9 @@ def encode_mel(power: np.ndarray) -> np.ndarray:
 
 
 def level_db(frames: np.ndarray, count: int) -> float | None:
-    """Input level for the meter: the loudest mel bin of the newest ``count`` encoded frames, in dB.
-
-    Read from the snapshot the page gets anyway, so the meter costs the daemon no
-    per-chunk work; None when there are no frames.
+    """The loudest mel band of the newest ``count`` encoded frames, in the spectrogram's dB (``level_db`` of the
+    ``mel`` message, kept for its readers); None when there are no frames. Not the page's level meter, which
+    shows the window's RMS level in dBFS (``observe_level``): this number has no full-scale reference.
     """
     if frames.size == 0 or count <= 0:
         return None
@@ -131,14 +134,16 @@ class DashboardState:
     """Latest state per source, live listeners, the mel snapshots and the metrics."""
 
     def __init__(self, labels: list[str], model: str, mel_interval_seconds: float = 1.0,
-                 frontend: FrontendConfig | None = None, precision: str = "") -> None:
+                 frontend: FrontendConfig | None = None, precision: str = "", chosen: str = "") -> None:
         self.labels = list(labels)
         self.model = model
         self.precision = precision  # of the export in use (fp32 / int8), e.g. what --model auto chose
+        self.chosen = chosen  # how the model file was chosen (Engine.chosen): "auto -> int8 (why)", "named: FILE"
         self.accepts_corrections = False  # the server can record "this file was X" (a library database is set)
         self.mel_interval_seconds = mel_interval_seconds
         frontend = frontend or FrontendConfig()
         self.axes = spectrogram_axes(frontend, frontend.window_frames)
+        self.recent_audio = RecentAudio(frontend.sample_rate)  # the last 30 s per source (the play button)
         self.metrics = DashboardMetrics()
         self.started = time.time()
         self._lock = threading.Lock()
@@ -148,6 +153,7 @@ class DashboardState:
         self._errors: dict[str, dict[str, Any]] = {}
         self._info: dict[str, _Source] = {}
         self._mel: dict[str, _MelSnapshot] = {}
+        self._levels: dict[str, dict[str, Any]] = {}  # the latest ``level`` item per source
         self._listeners: list[Listener] = []
 
     # -- daemon side -------------------------------------------------------------------
@@ -165,13 +171,14 @@ class DashboardState:
             gone = [s for s in self._order if s not in ids]
             self._order = ids
             for source in gone:
-                for table in (self._states, self._events, self._errors, self._info, self._mel):
+                for table in (self._states, self._events, self._errors, self._info, self._mel, self._levels):
                     table.pop(source, None)
             for s in sources:
                 info = self._info.setdefault(s.id, _Source())
                 info.kind = s.kind
                 info.stale_after = None if s.kind in TRACK_KINDS else STALE_HOPS * s.hop_seconds
             items, listeners = [self._source_item(source) for source in ids], list(self._listeners)
+        self.recent_audio.keep_only(ids)
         for source in gone:
             self.metrics.remove_source(source)
         for item in items:  # open pages learn a reloaded source's kind and hop (rare: start and SIGHUP)
@@ -185,6 +192,15 @@ class DashboardState:
 
     def observe_inference(self, source: str, seconds: float) -> None:
         self.metrics.observe_inference(source, seconds)
+
+    def observe_level(self, source: str, level_dbfs: float, silence_dbfs: float | None) -> None:
+        """A window's RMS level in dBFS and the silence threshold it was compared with: one ``level`` item."""
+        item = {"source": source, "level_dbfs": round(max(level_dbfs, LEVEL_FLOOR_DBFS), 1),
+                "silence_dbfs": silence_dbfs, "floor_dbfs": LEVEL_FLOOR_DBFS}
+        with self._lock:
+            self._levels[source] = item
+            listeners = list(self._listeners)
+        self._notify(listeners, "level", item)
 
     def publish(self, message: Message | SourceAvailability) -> None:
         """Record a message and pass it to open pages; never raises into the daemon.
@@ -286,9 +302,10 @@ class DashboardState:
         """The ``/api/sources`` document (also the live ``hello``): per source its ``source`` item."""
         with self._lock:
             items = [self._source_item(source) for source in self._order]
-        return {"model": self.model, "precision": self.precision, "labels": self.labels,
+            levels = {source: item for source, item in self._levels.items() if source in self._order}
+        return {"model": self.model, "precision": self.precision, "chosen": self.chosen, "labels": self.labels,
                 "corrections": self.accepts_corrections, "mqtt_connected": self.mqtt_connected(),
-                "spectrogram": self.axes, "sources": items}
+                "spectrogram": self.axes, "levels": levels, "sources": items}
 
     def _source_item(self, source: str) -> dict[str, Any]:
         """One source as the page shows it; call with the lock held.

@@ -10,8 +10,10 @@ import csv
 import io
 import json
 import sqlite3
+from collections.abc import Iterable
 from contextlib import closing
 from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,7 @@ class Segment:
     start: float  # unix time of the first state of the segment
     end: float  # unix time the next segment started, or of the last state
     state: str  # a messages.State word: each non-music state is a segment of its own
-    genre: str | None
+    genre: str | None  # of its first state: for an uncertain segment only the first best guess (see ``to_dict``)
     confidence: float  # mean confidence over the segment's states
     windows: int
 
@@ -41,15 +43,21 @@ class Segment:
     def duration(self) -> float:
         return self.end - self.start
 
+    @property
+    def is_music(self) -> bool:
+        return self.state == State.MUSIC
+
     def to_dict(self) -> dict[str, Any]:
+        """One report row. ``genre`` and ``confidence`` only for music: an uncertain segment merges windows whose
+        best guesses differ, and silence or not-music has no genre, so a genre or a 0.00 there would be made up."""
         return {
             "source": self.source,
             "start": iso_utc(self.start),
             "end": iso_utc(self.end),
             "duration": round(self.duration, 3),
             "state": self.state,
-            "genre": self.genre,
-            "confidence": round(self.confidence, 4),
+            "genre": self.genre if self.is_music else None,
+            "confidence": round(self.confidence, 4) if self.is_music else None,
             "windows": self.windows,
         }
 
@@ -90,7 +98,7 @@ class HistoryReader:
             return sorted(r[0] for r in rows)
 
     def _select(self, table: str, source: str | None, since: float | None, until: float | None,
-                limit: int | None) -> list[tuple[Any, ...]]:
+                limit: int | None, payload: bool = True) -> list[tuple[Any, ...]]:
         where, args = ["1=1"], []
         if source:
             where.append("source = ?")
@@ -101,7 +109,9 @@ class HistoryReader:
         if until is not None:
             where.append("ts <= ?")
             args.append(until)
-        cols = "source, ts, state, genre, confidence, payload" if table == "states" else "source, ts, type, payload"
+        cols = "source, ts, state, genre, confidence" if table == "states" else "source, ts, type"
+        if payload:  # segments need no payload: a week of states is megabytes of JSON
+            cols += ", payload"
         # Newest first so that ``limit`` keeps the latest rows; reversed below to oldest first.
         sql = f"SELECT {cols} FROM {table} WHERE {' AND '.join(where)} ORDER BY ts DESC, id DESC"
         if limit is not None:
@@ -128,7 +138,7 @@ class HistoryReader:
     def segments(self, source: str | None = None, since: float | None = None, until: float | None = None,
                  max_gap: float = DEFAULT_MAX_GAP_SECONDS) -> list[Segment]:
         """Airplay-style segments, per source in time order (see :func:`merge_segments`)."""
-        rows = self._select("states", source, since, until, None)
+        rows = self._select("states", source, since, until, None, payload=False)
         return merge_segments(
             [StateRow(r[0], r[1], r[2], r[3], r[4]) for r in rows], max_gap=max_gap
         )
@@ -187,4 +197,32 @@ def merge_segments(rows: list[StateRow], max_gap: float = DEFAULT_MAX_GAP_SECOND
             cur.confidences.append(row.confidence)
         if cur is not None:
             close(cur, cur.last.ts)
+    return out
+
+
+def local_midnight(day: date) -> float:
+    """Unix time of the start of ``day`` in local time (the daemon's zone; across a DST change too)."""
+    return datetime.combine(day, datetime.min.time()).timestamp()
+
+
+def daily_minutes(segments: Iterable[Segment], first_day: date, days: int) -> list[dict[str, Any]]:
+    """Minutes of music per genre on each local day from ``first_day`` (``days`` days, oldest first, empty days
+    included): each music segment's duration, split at local midnight; other states are not counted.
+
+    ``[{"date": "2026-03-02", "minutes": {"jazz": 20.0, ...}, "total": 20.0}, ...]``, genres by minutes, most first.
+    """
+    bounds = [local_midnight(first_day + timedelta(days=i)) for i in range(days + 1)]
+    seconds: list[dict[str, float]] = [{} for _ in range(days)]
+    for seg in segments:
+        if not seg.is_music or seg.genre is None:
+            continue
+        for i in range(days):
+            overlap = min(seg.end, bounds[i + 1]) - max(seg.start, bounds[i])
+            if overlap > 0:
+                seconds[i][seg.genre] = seconds[i].get(seg.genre, 0.0) + overlap
+    out = []
+    for i, per_genre in enumerate(seconds):
+        minutes = {g: round(s / 60.0, 2) for g, s in sorted(per_genre.items(), key=lambda kv: (-kv[1], kv[0]))}
+        out.append({"date": (first_day + timedelta(days=i)).isoformat(), "minutes": minutes,
+                    "total": round(sum(per_genre.values()) / 60.0, 2)})
     return out

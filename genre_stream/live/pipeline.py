@@ -68,6 +68,8 @@ class ClassifiedWindow:
     source: str
     messages: tuple[Message, ...]  # what ``feed``/``flush`` returns for it: the GenreState, a genre_changed event
     inference_seconds: float | None  # the model's time for this window; None when it was silent (the model did not run)
+    level_dbfs: float | None = None  # RMS level of the window's audio (``level_dbfs()``), as compared with...
+    silence_dbfs: float | None = None  # ...the silence threshold it was judged against (``pipeline.silence_dbfs``)
 
 
 class PipelineListener(Protocol):
@@ -83,6 +85,10 @@ class PipelineListener(Protocol):
     def window_classified(self, window: ClassifiedWindow) -> None:
         """A window was classified (or found silent)."""
 
+    def audio_received(self, source: str, samples: np.ndarray) -> None:
+        """A chunk entered the pipeline: mono float32 at the frontend's rate, already repaired. Optional: a
+        listener without this method hears no audio. ``samples`` must not be kept (copy what is needed)."""
+
 
 class SourcePipeline:
     def __init__(self, source_id: str, engine: Engine, config: PipelineConfig | None = None, *,
@@ -92,6 +98,7 @@ class SourcePipeline:
         self.engine = engine
         self.config = config or PipelineConfig()
         self.listeners = tuple(listeners)
+        self._hearing = tuple(listener for listener in self.listeners if hasattr(listener, "audio_received"))
         self.frontend = MelFrontend(engine.info.frontend)
         fc = self.frontend.config
         self._fc = fc
@@ -153,6 +160,8 @@ class SourcePipeline:
         self._expected = chunk.time + samples.size / sr
         self._audio_seconds += samples.size / sr
         self._add_energy(samples)
+        if self._hearing and samples.size:
+            self._announce(lambda listener: listener.audio_received(self.source_id, samples), self._hearing)
         messages: list[Message] = []
         frames = self.mel.push(samples)
         added = frames.shape[0] > 0
@@ -181,8 +190,8 @@ class SourcePipeline:
         self._busy_seconds += time.perf_counter() - started
         return messages
 
-    def _announce(self, tell: Callable[[PipelineListener], None]) -> None:
-        for listener in self.listeners:
+    def _announce(self, tell: Callable[[PipelineListener], None], listeners: Sequence[PipelineListener] | None = None) -> None:
+        for listener in self.listeners if listeners is None else listeners:
             try:
                 tell(listener)
             except Exception:  # a dashboard bug must not cost the sinks a window
@@ -239,7 +248,7 @@ class SourcePipeline:
             self.silent_windows += 1
             self.smoother.restart_average()
             silent: list[Message] = [GenreState(self.source_id, None, 0.0, {}, State.SILENCE, start, end, self.engine.model_id, title=self.title)]
-            quiet = ClassifiedWindow(self.source_id, tuple(silent), None)
+            quiet = ClassifiedWindow(self.source_id, tuple(silent), None, level, self.config.silence_dbfs)
             self._announce(lambda listener: listener.window_classified(quiet))
             return silent
         window = normalize_window(_loop_frames(self.ring.latest(), self._fc.window_frames), self._fc.top_db)
@@ -274,7 +283,8 @@ class SourcePipeline:
         if result.changed:
             log.info("%s: genre %s%s (%.2f)", self.source_id, f"{result.previous} -> " if result.previous else "", result.genre, result.confidence)
             messages.append(GenreEvent.genre_changed(self.source_id, result.previous, result.genre, result.confidence))
-        classified = ClassifiedWindow(self.source_id, tuple(messages), self._inference_last_ms / 1000.0)
+        classified = ClassifiedWindow(self.source_id, tuple(messages), self._inference_last_ms / 1000.0, level,
+                                      self.config.silence_dbfs)
         self._announce(lambda listener: listener.window_classified(classified))
         return messages
 

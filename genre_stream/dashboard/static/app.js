@@ -1,15 +1,20 @@
-// genre-stream dashboard: one EventSource for live states, source items and the mel spectrogram;
-// the timeline starts from /api/history (1 h / 24 h / 7 d) and grows with the live states.
+// genre-stream dashboard: one EventSource for live states, source items, levels and the mel spectrogram;
+// the timeline starts from /api/history (10 min / 1 h / 24 h / 7 d) and grows with the live states;
+// "music per day" comes from /api/history/daily; "hear last 30 s" plays /api/sources/<id>/recent.wav.
 // What the big label may claim (offline, error, a state) is decided by the daemon ("status");
 // the page adds only what depends on the clock: a live source silent for "stale_after" seconds looks stale.
 "use strict";
 
 const RANGES = { // the history selector: seconds shown, and the timeline's axis labels
+  "10m": {seconds: 600, axis: ["−10 min", "−7½", "−5", "−2½", "now"]},
   "1h": {seconds: 3600, axis: ["−60 min", "−45", "−30", "−15", "now"]},
   "24h": {seconds: 86400, axis: ["−24 h", "−18", "−12", "−6", "now"]},
   "7d": {seconds: 604800, axis: ["−7 d", "−5¼", "−3½", "−1¾", "now"]},
 };
 const MAX_GAP_SECONDS = 60; // same rule as the history's segments
+const LEVEL_MIN_DBFS = -90, LEVEL_MAX_DBFS = 0; // the level meter's scale
+const DAILY_DAYS = 7, DAILY_REFRESH_MS = 60000;
+const STATE_WORDS = {not_music: "not music"}; // how a state reads on the page (others as they are)
 const SUMMARY_CHARS = 90; // the visible part of an error; the rest is behind "details"
 const PALETTE = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", // Tableau 10,
                  "#b07aa1", "#ff9da7", "#9c755f", "#a0cbe8", "#8cd17d", "#d37295"];  // grey left to silence
@@ -18,6 +23,7 @@ let labels = [];
 let corrections = false; // the daemon records "this file was X" (watch.library_db is set)
 let axes = null; // the spectrogram's axes, from the hello document
 let range = "1h";
+let dailySource = ""; // the "music per day" table's source ("" = all)
 const cards = new Map(); // source -> {el, segments, canvas, ctx, melTotal, item, lastState}
 
 function colour(genre) {
@@ -40,6 +46,8 @@ function card(source) {
   document.getElementById("sources").appendChild(el);
   c = {el, segments: [], canvas, ctx, melTotal: 0, item: null, lastState: null};
   cards.set(source, c);
+  wirePlayer(source, el);
+  addDailySource(source);
   buildBars(c);
   drawAxes(c);
   loadHistory(source, c);
@@ -69,6 +77,43 @@ function basename(path) {
   return path.split(/[\\/]/).pop();
 }
 
+function pct(p) {
+  return Math.round(p * 100) + " %";
+}
+
+function stateWord(state) {
+  return STATE_WORDS[state] ?? state;
+}
+
+// "hear last 30 s": the source's recent audio as a WAV the daemon builds on request (a fresh URL each time).
+function wirePlayer(source, el) {
+  const button = el.querySelector(".play"), audio = el.querySelector(".recent-audio");
+  const note = el.querySelector(".play-note");
+  const idle = button.textContent;
+  button.addEventListener("click", () => {
+    if (!audio.paused) {
+      audio.pause();
+      return;
+    }
+    note.textContent = "";
+    audio.src = "api/sources/" + encodeURIComponent(source) + "/recent.wav?at=" + Date.now();
+    audio.hidden = false;
+    audio.controls = true;
+    audio.play().catch(e => { if (!audio.error) note.textContent = "cannot play: " + e.message; });
+  });
+  audio.addEventListener("loadedmetadata", () => {
+    el.dataset.audioSeconds = audio.duration.toFixed(2);
+    note.textContent = "the last " + Math.round(audio.duration) + " s";
+  });
+  audio.addEventListener("play", () => { button.textContent = "■ stop"; });
+  for (const ev of ["pause", "ended"]) audio.addEventListener(ev, () => { button.textContent = idle; });
+  audio.addEventListener("error", () => {
+    button.textContent = idle;
+    audio.hidden = true;
+    note.textContent = "no audio from this source yet";
+  });
+}
+
 function buildBars(c) {
   const bars = c.el.querySelector(".bars");
   bars.replaceChildren();
@@ -96,6 +141,9 @@ function setStatus(c, status) {
 function showSource(c, item) {
   c.item = item;
   c.el.dataset.kind = item.kind ?? "";
+  if (item.kind === "watch") { // a folder publishes files, not states: it has no minutes per day
+    [...document.getElementById("daily-source").options].find(o => o.value === item.source)?.remove();
+  }
   if (item.state) showState(c, item.state);
   setStatus(c, item.status);
   const problem = c.el.querySelector(".problem");
@@ -220,25 +268,33 @@ function tick(c) {
   }
 }
 
+// The announced genre with its own probability (what its bar shows); when the smoothed favourite is another
+// genre (held back by the hysteresis, or too unsure to announce), "leading: jazz 72 %" says why the bars differ.
 function showState(c, state) {
   const genreEl = c.el.querySelector(".genre");
+  const named = (state.state === "music" || state.state === "uncertain") && state.genre;
   if (state.state === "music" && state.genre) {
     genreEl.textContent = state.genre;
-    c.el.querySelector(".confidence").textContent = Math.round(state.confidence * 100) + " %";
-  } else if (state.state === "uncertain" && state.genre) {
+  } else if (named) {
     genreEl.textContent = "uncertain (" + state.genre + "?)";  // the best guess, marked as such
-    c.el.querySelector(".confidence").textContent = Math.round(state.confidence * 100) + " %";
   } else {
-    genreEl.textContent = state.state === "not_music" ? "not music" : state.state;  // speech, talk or noise
-    c.el.querySelector(".confidence").textContent = "";
+    genreEl.textContent = stateWord(state.state);  // silence, or speech, talk or noise: no genre, no percentage
   }
+  c.el.querySelector(".confidence").textContent = named ? pct(state.confidence) : "";
   genreEl.dataset.genre = state.genre ?? "";
+  const leading = c.el.querySelector(".leading");
+  const leader = named && state.leading && state.leading !== state.genre ? state.leading : null;
+  leading.hidden = !leader;
+  leading.textContent = leader ? "leading: " + leader + " " + pct(state.leading_confidence ?? 0) : "";
+  leading.dataset.genre = leader ?? "";
   let top = null;
   for (const row of c.el.querySelectorAll(".bar")) {
     const p = state.probabilities?.[row.dataset.label] ?? 0;
     row.querySelector(".fill").style.width = (p * 100).toFixed(1) + "%";
     row.querySelector(".pct").textContent = (p * 100).toFixed(1) + "%";
     row.querySelector(".fill").style.background = "";
+    row.classList.toggle("announced", Boolean(named) && row.dataset.label === state.genre);
+    row.classList.toggle("leading", row.dataset.label === leader);
     if (state.state === "music" && row.dataset.label === state.genre) top = row;
   }
   if (top) top.querySelector(".fill").style.background = colour(state.genre); // same colour as the timeline
@@ -260,8 +316,11 @@ async function loadHistory(source, c) {
     const r = await fetch("api/history?kind=segments&" + query);
     if (!r.ok || asked !== range) return;
     const body = await r.json();
-    const earlier = body.items.map(s => ({state: s.state, genre: s.genre, start: Date.parse(s.start) / 1000,
-                                          end: Date.parse(s.end) / 1000, windows: s.windows}));
+    const earlier = body.items.map(s => {
+      const music = s.state === "music";  // only music has a genre and a confidence (the history says so too)
+      return {state: s.state, genre: music ? s.genre : null, start: Date.parse(s.start) / 1000,
+              end: Date.parse(s.end) / 1000, windows: s.windows, sum: music ? (s.confidence ?? 0) * s.windows : 0};
+    });
     // Live states that arrived while the request was in flight are newer than the history.
     const live = c.segments.filter(s => s.live);
     const firstLive = live.length ? live[0].start : Infinity;
@@ -278,12 +337,14 @@ function addToTimeline(c, state) {
   const t = Date.parse(state.timestamp) / 1000;
   const genre = state.state === "music" ? state.genre : null;
   const last = c.segments[c.segments.length - 1];
+  const conf = genre ? state.confidence : 0;
   if (last && t - last.end <= MAX_GAP_SECONDS && last.state === state.state && last.genre === genre) {
     last.end = t;
     last.windows += 1;
+    last.sum += conf;
   } else {
     if (last && t - last.end <= MAX_GAP_SECONDS) last.end = t; // segments meet, as in the history report
-    c.segments.push({state: state.state, genre, start: t, end: t, windows: 1, live: true});
+    c.segments.push({state: state.state, genre, start: t, end: t, windows: 1, sum: conf, live: true});
   }
   renderTimeline(c);
 }
@@ -304,8 +365,9 @@ function renderTimeline(c) {
     div.style.left = (Math.max(0, s.start - t0) / span * 100) + "%";
     div.style.width = ((s.end - Math.max(s.start, t0)) / span * 100) + "%";
     div.style.background = colour(s.genre);
-    div.title = (s.genre ?? s.state) + ", " + new Date(s.start * 1000).toLocaleTimeString() + "–" +
-                new Date(s.end * 1000).toLocaleTimeString();
+    // "jazz 78 %" for music; a state without a genre is named by its state, with no made-up confidence
+    div.title = (s.genre ? s.genre + " " + pct(s.sum / s.windows) : stateWord(s.state)) + ", " +
+                new Date(s.start * 1000).toLocaleTimeString() + "–" + new Date(s.end * 1000).toLocaleTimeString();
     box.appendChild(div);
     windows += s.windows;
   }
@@ -315,8 +377,9 @@ function renderTimeline(c) {
   for (const g of [...new Set(c.segments.map(s => s.genre ?? s.state))]) {
     const item = document.createElement("span");
     item.innerHTML = '<i></i>';
+    item.firstChild.className = "seg-key " + (labels.includes(g) ? "" : g);
     item.firstChild.style.background = colour(g);
-    item.append(g);
+    item.append(labels.includes(g) ? g : stateWord(g));
     legend.appendChild(item);
   }
 }
@@ -384,11 +447,36 @@ function drawMel(c, msg) {
   ctx.putImageData(img, canvas.width - frames, 0);
   c.melTotal = msg.total;
   canvas.dataset.total = msg.total;
-  if (msg.level_db != null) {
-    c.el.querySelector(".level-box").hidden = false;
-    c.el.querySelector(".level").value = msg.level_db;
-    c.el.querySelector(".level-db").textContent = Math.round(msg.level_db) + " dB";
+}
+
+// -- level: the window's RMS level in dBFS, the measure pipeline.silence_dbfs is compared with -------------
+function showLevel(c, msg) {
+  const at = db => Math.min(100, Math.max(0, (db - LEVEL_MIN_DBFS) / (LEVEL_MAX_DBFS - LEVEL_MIN_DBFS) * 100));
+  const box = c.el.querySelector(".level-box");
+  const level = c.el.querySelector(".level");
+  box.hidden = false;
+  level.dataset.dbfs = msg.level_dbfs;
+  level.setAttribute("aria-valuenow", msg.level_dbfs);
+  const floor = msg.level_dbfs <= msg.floor_dbfs;
+  c.el.querySelector(".level-db").textContent = (floor ? "≤ " : "") + minus(Math.round(msg.level_dbfs)) + " dBFS";
+  const fill = c.el.querySelector(".level-fill");
+  fill.style.width = at(msg.level_dbfs) + "%";
+  const silent = msg.silence_dbfs != null && msg.level_dbfs < msg.silence_dbfs;
+  fill.classList.toggle("below", silent);
+  const mark = c.el.querySelector(".level-mark"), threshold = c.el.querySelector(".level-threshold");
+  mark.hidden = msg.silence_dbfs == null;
+  if (msg.silence_dbfs != null) {
+    mark.style.left = at(msg.silence_dbfs) + "%";
+    mark.dataset.dbfs = msg.silence_dbfs;
+    mark.title = "silence below " + minus(msg.silence_dbfs) + " dBFS (pipeline.silence_dbfs)";
+    threshold.textContent = "silence < " + minus(msg.silence_dbfs);
   }
+  box.title = "RMS level of the last window: " + minus(msg.level_dbfs.toFixed(1)) + " dBFS" +
+              (msg.silence_dbfs != null ? "; a window below " + minus(msg.silence_dbfs) + " dBFS is silence" : "");
+}
+
+function minus(value) { // a typographic minus, as on the axes
+  return String(value).replace("-", "−");
 }
 
 // -- live stream --------------------------------------------------------------------------
@@ -400,7 +488,7 @@ function connect() {
     labels = doc.labels;
     corrections = doc.corrections === true;
     axes = doc.spectrogram;
-    document.getElementById("model").textContent = "model " + doc.model;
+    showModel(doc);
     conn.textContent = "live"; conn.className = "badge online";
     showMqtt(doc.mqtt_connected);
     for (const s of doc.sources) {
@@ -408,7 +496,13 @@ function connect() {
       buildBars(c);
       drawAxes(c);
       showSource(c, s);
+      if (doc.levels?.[s.source]) showLevel(c, doc.levels[s.source]);
     }
+    loadDaily();
+  });
+  es.addEventListener("level", e => {
+    const msg = JSON.parse(e.data);
+    showLevel(card(msg.source), msg);
   });
   es.addEventListener("state", e => {
     const state = JSON.parse(e.data);
@@ -432,6 +526,86 @@ function connect() {
   es.onerror = () => { conn.textContent = "reconnecting…"; conn.className = "badge offline"; };
 }
 
+// The model in use: its id, precision (fp32 / int8) and how it was chosen ("auto -> int8 (why)", "named: FILE").
+function showModel(doc) {
+  document.getElementById("model").textContent = doc.model;
+  const precision = document.getElementById("precision");
+  precision.hidden = !doc.precision;
+  precision.textContent = doc.precision ?? "";
+  const chosen = document.getElementById("chosen");
+  chosen.textContent = doc.chosen ?? "";
+  chosen.title = doc.chosen ?? "";
+}
+
+// -- music per day ---------------------------------------------------------------------------
+function addDailySource(source) {
+  const select = document.getElementById("daily-source");
+  if (![...select.options].some(o => o.value === source)) select.append(new Option(source, source));
+}
+
+async function loadDaily() {
+  const box = document.getElementById("daily");
+  const asked = dailySource;
+  try {
+    const r = await fetch("api/history/daily?days=" + DAILY_DAYS + "&source=" + encodeURIComponent(asked));
+    if (asked !== dailySource) return;
+    if (!r.ok) { // no history in this daemon (404), or it cannot be read
+      box.hidden = true;
+      return;
+    }
+    showDaily(await r.json());
+    box.hidden = false;
+  } catch (e) {
+    console.warn("daily summary unavailable", e);
+  }
+}
+
+function minutesText(minutes) {
+  return minutes > 0 && minutes < 1 ? "<1" : String(Math.round(minutes));
+}
+
+function showDaily(doc) {
+  document.getElementById("daily-zone").textContent = doc.timezone || "local time";
+  const most = Math.max(1, ...doc.days.map(d => d.total));
+  const rows = doc.days.slice().reverse().map(day => { // today first
+    const tr = document.createElement("tr");
+    tr.dataset.date = day.date;
+    tr.dataset.total = day.total;
+    const when = document.createElement("th");
+    const [y, m, d] = day.date.split("-").map(Number);
+    when.textContent = new Date(y, m - 1, d).toLocaleDateString([], {weekday: "short", day: "numeric", month: "short"});
+    const bar = document.createElement("td");
+    bar.className = "daybar";
+    for (const [genre, minutes] of Object.entries(day.minutes)) {
+      const part = document.createElement("span");
+      part.className = "part";
+      part.dataset.genre = genre;
+      part.dataset.minutes = minutes;
+      part.style.width = (minutes / most * 100) + "%";
+      part.style.background = colour(genre);
+      part.title = genre + " " + minutesText(minutes) + " min";
+      bar.append(part);
+    }
+    const total = document.createElement("td");
+    total.className = "total";
+    total.textContent = day.total ? minutesText(day.total) + " min" : "–";
+    const top = document.createElement("td");
+    top.className = "top muted";
+    top.textContent = Object.entries(day.minutes).slice(0, 3).map(([g, m]) => g + " " + minutesText(m)).join(" · ");
+    tr.append(when, bar, total, top);
+    return tr;
+  });
+  document.querySelector("#daily-table tbody").replaceChildren(...rows);
+  const genres = [...new Set(doc.days.flatMap(d => Object.keys(d.minutes)))];
+  document.getElementById("daily-legend").replaceChildren(...genres.map(g => {
+    const item = document.createElement("span");
+    item.innerHTML = "<i></i>";
+    item.firstChild.style.background = colour(g);
+    item.append(g);
+    return item;
+  }));
+}
+
 function showMqtt(connected) {
   const badge = document.getElementById("mqtt");
   badge.hidden = connected == null; // no MQTT sink configured
@@ -443,6 +617,11 @@ document.getElementById("range").addEventListener("change", e => {
   range = e.target.value;
   cards.forEach((c, source) => loadHistory(source, c));
 });
+document.getElementById("daily-source").addEventListener("change", e => {
+  dailySource = e.target.value;
+  loadDaily();
+});
 setInterval(() => cards.forEach(renderTimeline), 10000);
+setInterval(loadDaily, DAILY_REFRESH_MS);
 setInterval(() => cards.forEach(tick), 1000);
 connect();
