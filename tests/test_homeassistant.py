@@ -19,6 +19,7 @@ from conftest import wait_until
 
 from genre_stream.app.daemon import Daemon
 from genre_stream.config import DaemonConfig, DashboardConfig, HomeAssistantConfig, MqttConfig
+from genre_stream.config.mqtt import Instance
 from genre_stream.sinks import Fanout, SourceInfo
 from genre_stream.sinks.homeassistant import ATTRIBUTE_STEP, NON_GENRE_STATES, AttributeGate, dashboard_url, discovery_messages
 from genre_stream.sinks.messages import GenreEvent, GenreState, State
@@ -28,7 +29,8 @@ from genre_stream.sources import AudioChunk, Source, SourceProblem
 
 LABELS = ("blues", "jazz", "rock")
 HA = HomeAssistantConfig()
-TOPICS = Topics("genre-stream")
+INSTANCE = Instance()  # the default instance: today's names
+TOPICS = Topics(INSTANCE.prefix)
 
 # ------------------------------------------------------------------ HA's documented schema
 # From home-assistant.io source/_integrations/{sensor,binary_sensor,event}.mqtt.markdown and
@@ -90,6 +92,12 @@ COMPONENTS: dict[str, tuple[dict[str, type | tuple[type, ...]], set[str]]] = {
     }, {"state_topic", "event_types"}),
 }
 DEPRECATED = {"object_id"}
+# binary_sensor.markdown / BinarySensorDeviceClass: what each class shows for on / off (the Input sensor's choice).
+BINARY_SENSOR_DEVICE_CLASSES = {
+    "battery", "battery_charging", "carbon_monoxide", "cold", "connectivity", "door", "garage_door", "gas", "heat",
+    "light", "lock", "moisture", "motion", "moving", "occupancy", "opening", "plug", "power", "presence", "problem",
+    "running", "safety", "smoke", "sound", "tamper", "update", "vibration", "window",
+}
 DEVICE_KEYS = {
     "configuration_url", "connections", "hw_version", "identifiers", "manufacturer", "model", "model_id", "name",
     "serial_number", "suggested_area", "sw_version", "via_device",
@@ -136,6 +144,8 @@ def schema_errors(component: str, cfg: dict[str, Any]) -> list[str]:
                 errors.append("options need device_class enum and must not be empty")
             if {"state_class", "unit_of_measurement"} & cfg.keys():
                 errors.append("options cannot go with state_class or unit_of_measurement")
+    if component == "binary_sensor" and cfg.get("device_class") not in (None, *BINARY_SENSOR_DEVICE_CLASSES):
+        errors.append(f"device_class {cfg['device_class']} is not a binary sensor class")
     if component == "event" and not cfg.get("event_types"):
         errors.append("event_types empty")
     return errors
@@ -143,7 +153,7 @@ def schema_errors(component: str, cfg: dict[str, Any]) -> list[str]:
 
 def configs(sources: list[SourceInfo], url: str | None = "http://host:8080/") -> dict[str, dict[str, Any]]:
     """topic -> parsed config of everything announced for ``sources``."""
-    return {m.topic: json.loads(m.payload) for m in discovery_messages(HA, TOPICS, sources, "test-model", url)}
+    return {m.topic: json.loads(m.payload) for m in discovery_messages(HA, INSTANCE, TOPICS, sources, "test-model", url)}
 
 
 def info(source: str, kind: str | None, stats_interval: float = 60.0) -> SourceInfo:
@@ -168,6 +178,8 @@ def test_every_discovery_payload_matches_the_documented_schema() -> None:
     assert schema_errors("sensor", {**genre, "state_class": "measurement"}) == ["options cannot go with state_class or unit_of_measurement"]
     assert schema_errors("event", {k: v for k, v in announced["homeassistant/event/genre_stream/radio_genre_change/config"].items() if k != "event_types"})
     assert schema_errors("sensor", {**genre, "availability_topic": "x"}) == ["availability and availability_topic together"]
+    audio = announced["homeassistant/binary_sensor/genre_stream/radio_audio/config"]
+    assert schema_errors("binary_sensor", {**audio, "device_class": "audio"}) == ["device_class audio is not a binary sensor class"]
 
 
 def test_devices_entities_and_availability_per_source() -> None:
@@ -175,13 +187,15 @@ def test_devices_entities_and_availability_per_source() -> None:
     by_key = {t.split("/")[3]: c for t, c in announced.items()}
 
     bridge = by_key["bridge_status"]
-    assert bridge["device"]["identifiers"] == ["genre_stream"]
+    assert bridge["device"]["identifiers"] == ["genre_stream"] and bridge["device"]["name"] == "genre-stream"
     assert bridge["device"]["configuration_url"] == "http://host:8080/"
     assert bridge["state_topic"] == "genre-stream/status" and "availability" not in bridge
     for key, cfg in by_key.items():
         if key != "bridge_status":
             assert cfg["device"]["via_device"] == "genre_stream"
             assert cfg["device"]["identifiers"] == [f"genre_stream_{key.split('_')[0]}"]
+            # "genre-stream radio", not a bare "radio" among the user's other devices
+            assert cfg["device"]["name"] == f"genre-stream {key.split('_')[0]}"
 
     # Audio sources: genre (enum), confidence, genre-change event; a folder: last track + track event.
     assert {k for k in by_key if k.startswith("radio_")} == {
@@ -197,8 +211,10 @@ def test_devices_entities_and_availability_per_source() -> None:
     assert genre["expire_after"] == 30 and by_key["radio_confidence"]["expire_after"] == 30
     assert genre["default_entity_id"] == "sensor.genre_stream_radio_genre"  # the entity id of earlier versions
     assert genre["json_attributes_topic"] == "genre-stream/radio/attributes"
-    audio = by_key["radio_audio"]
-    assert (audio["device_class"], audio["state_topic"]) == ("connectivity", "genre-stream/radio/availability")
+    audio = by_key["radio_audio"]  # Running / Not running: a microphone or a file is not "Connected"
+    assert (audio["name"], audio["device_class"], audio["state_topic"]) == ("Input", "running", "genre-stream/radio/availability")
+    assert (audio["payload_on"], audio["payload_off"]) == ("online", "offline")
+    assert by_key["inbox_audio"]["device_class"] == "running" and bridge["device_class"] == "connectivity"
     assert audio["availability"] == [{"topic": "genre-stream/status"}]
     assert by_key["radio_genre_change"]["event_types"] == ["genre_changed"]
     assert by_key["inbox_track_tagged"]["event_types"] == ["track_tagged"]

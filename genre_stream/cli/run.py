@@ -97,6 +97,7 @@ def run(config_path: Path | None, **options: Any) -> None:
     except ConfigError as exc:
         _fail_config(exc)
         return
+    config.mqtt.one_off = one_off(config.sources)
     # A service should say what it does: start, genre changes and sources going up or down are INFO,
     # shown unless the config asks for less (-v/-vv still ask for more).
     root = logging.getLogger()
@@ -115,6 +116,15 @@ def run(config_path: Path | None, **options: Any) -> None:
         click.echo(f"genre-stream: {exc}", err=True)
         sys.exit(EXIT_MODEL)
     _exit(code)
+
+
+def one_off(sources: list[str]) -> bool:
+    """Only ``file:`` sources: the run ends by itself. Its MQTT client id gets the process id (it must not take over
+    the service's connection), it retains nothing of its sources and retracts their entities at its end
+    (``sinks.mqtt``, docs/DAEMON.md "Instances and one-off runs")."""
+    from ..sources import source_kind
+
+    return bool(sources) and all(source_kind(spec) == "file" for spec in sources)
 
 
 def _exit(code: int) -> None:

@@ -25,7 +25,7 @@ from ..model.bundled import is_auto, named_model
 from .daemon import SECTIONS, DaemonConfig
 from .errors import ConfigError
 from .fields import RangeError, topic_problem
-from .mqtt import MqttConfig, url_credentials, url_problem
+from .mqtt import MqttConfig, instance_problem, url_credentials, url_problem
 
 log = logging.getLogger("genre_stream.config")  # the name its warnings had before config/ was a package
 
@@ -167,6 +167,8 @@ def build_config(layers: list[Layer]) -> DaemonConfig:
         config = DaemonConfig(**kwargs)
     except RangeError as exc:
         raise ConfigError(f"{exc.name} = {exc.value!r} (from {merged.origins.get(exc.name, 'default')}): {exc.why}") from None
+    if config.homeassistant.node_id is None:  # derived from mqtt.instance, like the prefix: shown and checked as such
+        config.homeassistant.node_id = config.homeassistant.node(config.mqtt.identity)
     _validate(config, merged.origins)
     return config
 
@@ -258,6 +260,7 @@ def _validate(config: DaemonConfig, origins: dict[str, str]) -> None:
 
     # Numeric ranges are declared next to each setting (fields.setting); these are the other rules.
     m = config.mqtt
+    check(instance_problem(m.instance) is None, "mqtt.instance", instance_problem(m.instance) or "")
     check(is_auto(config.model.path) or named_model(config.model.path).is_file(), "model.path", "file not found (give an ONNX file, or auto / fp32 / int8)")
     if m.url is not None:
         problem = url_problem(m.url)

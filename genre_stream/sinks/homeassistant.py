@@ -2,24 +2,30 @@
 
 What Home Assistant shows (configs are retained, so it picks them up whenever it (re)starts):
 
-* the bridge device ``genre-stream`` (identifier ``node_id``; ``configuration_url`` is the
-  dashboard when it runs): a *Status* connectivity sensor on ``<prefix>/status``.
-* one device per source, linked to the bridge with ``via_device``:
+* the bridge device named after the instance (``genre-stream``; identifier ``node_id``;
+  ``configuration_url`` is the dashboard when it runs): a *Status* connectivity sensor on ``<prefix>/status``.
+* one device per source, ``<instance> <source>`` (``genre-stream radio``), linked to the bridge with ``via_device``:
 
   - audio sources (mic, stream, file): *Genre* (an enum sensor: the model's labels plus
     ``NON_GENRE_STATES``), *Genre confidence* (%), a *Genre change* event entity;
   - watch sources, which publish whole tracks rather than a running state: *Last track genre*
     (with path, confidence and duration as attributes) and a *Track tagged* event entity;
-  - every source: an *Audio* connectivity sensor on the source's availability topic and,
-    when periodic stats are on, diagnostic sensors (*Errors*; *Real-time factor* for audio
-    sources; *Reconnects* for mic and stream sources).
+  - every source: an *Input* sensor of class ``running`` (Running / Not running: audio flows, the
+    folder is watched) on the source's availability topic and, when periodic stats are on,
+    diagnostic sensors (*Errors*; *Real-time factor* for audio sources; *Reconnects* for mic and
+    stream sources).
 
 A dead source must not look alive: the source entities are available only while the daemon's
 status topic AND the source's own availability topic say ``online`` (``availability_mode:
 all``), and the state sensors also expire when no state arrives for a few hops.
 
 ``DiscoveryLedger`` remembers in the state dir what was announced, so entities of a source
-that was renamed or removed (also across a restart) are retracted instead of lingering.
+that was renamed or removed (also across a restart) are retracted instead of lingering; a
+one-off run keeps it in memory and retracts its sources' entities at its end (``sinks.mqtt``).
+
+Entity ids come from ``default_entity_id`` (Home Assistant 2025.10 and later); older versions
+drop that key, as MQTT discovery drops every key it does not know, and derive the ids from the
+device and entity names (docs/DAEMON.md lists both).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from typing import Any
 from .. import __version__
 from ..common.fsutil import atomic_path
 from ..config import DashboardConfig, HomeAssistantConfig
+from ..config.mqtt import Instance
 from ..sources import TRACK_KINDS
 from .base import SourceInfo
 from .messages import NON_GENRE_STATES
@@ -57,12 +64,14 @@ ATTRIBUTE_STEP = 0.05  # re-publish the probabilities attribute once one of them
 LEDGER_FILE = "homeassistant-discovery.json"
 ORIGIN = {"name": "genre-stream", "sw_version": __version__}
 RECONNECTING_SOURCES = ("mic", "stream")  # kinds whose stats count reconnects
+BRIDGE_KEY = "bridge_status"  # the daemon's own entity (its Status), under the node id like every key
 
 
 @dataclass(frozen=True)
 class Discovery:
     topic: str
     payload: bytes  # b"" retracts the entity
+    source: str | None = None  # the source whose entity this is; None: the daemon's own (shared by its instance)
 
 
 def slug(source: str) -> str:
@@ -109,12 +118,14 @@ TRACK_ATTRIBUTES_TEMPLATE = (
 
 
 def discovery_messages(
-    ha: HomeAssistantConfig, topics: Topics, sources: Iterable[SourceInfo], model: str, configuration_url: str | None
+    ha: HomeAssistantConfig, instance: Instance, topics: Topics, sources: Iterable[SourceInfo], model: str,
+    configuration_url: str | None,
 ) -> list[Discovery]:
     """Every config the daemon announces: the bridge's, then each source's."""
+    node = ha.node(instance)
     bridge: dict[str, Any] = {
-        "identifiers": [ha.node_id],
-        "name": "genre-stream",
+        "identifiers": [node],
+        "name": instance.device_name,
         "manufacturer": "genre-stream",
         "model": model,
         "sw_version": __version__,
@@ -122,7 +133,7 @@ def discovery_messages(
     if configuration_url:
         bridge["configuration_url"] = configuration_url
     messages = [
-        _config(ha, "binary_sensor", "bridge_status", bridge, {
+        _config(ha, node, "binary_sensor", BRIDGE_KEY, bridge, {
             "name": "Status",
             "state_topic": topics.status,
             "payload_on": ONLINE,
@@ -132,34 +143,39 @@ def discovery_messages(
         })
     ]
     for info in sources:
-        messages += _source_configs(ha, topics, info)
+        messages += _source_configs(ha, node, instance, topics, info)
     return messages
 
 
-def _source_configs(ha: HomeAssistantConfig, topics: Topics, info: SourceInfo) -> list[Discovery]:
-    """One source's device: its audio sensor, its genre entities (live or whole tracks) and its diagnostics."""
+def _source_configs(ha: HomeAssistantConfig, node: str, instance: Instance, topics: Topics, info: SourceInfo) -> list[Discovery]:
+    """One source's device: its input sensor, its genre entities (live or whole tracks) and its diagnostics."""
     s = slug(info.id)
     device = {
-        "identifiers": [f"{ha.node_id}_{s}"],
-        "name": info.id,
+        "identifiers": [f"{node}_{s}"],
+        "name": instance.source_device_name(info.id),
         "manufacturer": "genre-stream",
         "model": f"{info.kind or 'audio'} source",
-        "via_device": ha.node_id,
+        "via_device": node,
     }
     daemon_up = [{"topic": topics.status}]
     alive = {"availability": [*daemon_up, {"topic": topics.availability(info.id)}], "availability_mode": "all"}
+    if instance.one_off:  # its availability is not retained (sinks.mqtt): Home Assistant could miss its "online"
+        alive = {"availability": daemon_up}
+    # "running" reads Running / Not running: audio flows (a folder: it is watched) or not. "connectivity" read
+    # Connected / Disconnected, wrong for a microphone or a file; "sound" (Detected / Clear) would say "Detected"
+    # for a stream that flows but is silent, which is the genre sensor's "silence", not this one's business.
     audio = {
-        "name": "Audio",
+        "name": "Input",
         "state_topic": topics.availability(info.id),
         "payload_on": ONLINE,
         "payload_off": OFFLINE,
-        "device_class": "connectivity",
+        "device_class": "running",
         "availability": daemon_up,
     }
-    entities: list[Entity] = [("binary_sensor", "audio", audio)]
+    entities: list[Entity] = [("binary_sensor", "audio", audio)]  # key "audio" kept: unique ids (and history) stay
     entities += _track_entities(topics, info, alive) if info.kind in TRACK_KINDS else _live_entities(topics, info, alive)
     entities += _diagnostic_entities(topics, info, daemon_up)
-    return [_config(ha, component, f"{s}_{key}", device, fields) for component, key, fields in entities]
+    return [_config(ha, node, component, f"{s}_{key}", device, fields, info.id) for component, key, fields in entities]
 
 
 Entity = tuple[str, str, dict[str, Any]]  # (component, key under the source's slug, config fields)
@@ -256,16 +272,28 @@ def _diagnostic_entities(topics: Topics, info: SourceInfo, daemon_up: list[dict[
     return out
 
 
-def _config(ha: HomeAssistantConfig, component: str, key: str, device: dict[str, Any], fields: dict[str, Any]) -> Discovery:
-    unique_id = f"{ha.node_id}_{key}"
+def bridge_config_topic(ha: HomeAssistantConfig, instance: Instance) -> str:
+    """The daemon's own (the instance's) discovery config: its device and *Status*."""
+    return _config_topic(ha, ha.node(instance), "binary_sensor", BRIDGE_KEY)
+
+
+def _config_topic(ha: HomeAssistantConfig, node: str, component: str, key: str) -> str:
+    return f"{ha.discovery_prefix}/{component}/{node}/{key}/config"
+
+
+def _config(ha: HomeAssistantConfig, node: str, component: str, key: str, device: dict[str, Any], fields: dict[str, Any],
+            source: str | None = None) -> Discovery:
+    unique_id = f"{node}_{key}"
     payload = {
         **fields,
         "unique_id": unique_id,
-        "default_entity_id": f"{component}.{unique_id}",  # replaces object_id (deprecated in HA 2025.10)
+        # HA 2025.10+ (it replaces object_id, deprecated there); older versions drop the key and name the entity
+        # after the device and entity names, which the "<instance> <source>" device names keep close to this id.
+        "default_entity_id": f"{component}.{unique_id}",
         "device": device,
         "origin": ORIGIN,
     }
-    return Discovery(f"{ha.discovery_prefix}/{component}/{ha.node_id}/{key}/config", _dumps(payload))
+    return Discovery(_config_topic(ha, node, component, key), _dumps(payload), source)
 
 
 def _dumps(payload: Any) -> bytes:
@@ -303,14 +331,19 @@ class DiscoveryLedger:
 
     Without it a source renamed across a restart leaves its old entities in Home Assistant
     for ever ("unavailable" ghosts): the new run never heard of the old name. The file is
-    small and rewritten atomically after each announcement.
+    small and rewritten atomically after each announcement. Each instance has its own file
+    (``Instance.state_file``): a shared one made two daemons retract each other's entities.
+    ``path=None`` keeps it in memory (a one-off run: it retracts its sources' entities at its end,
+    and must not retract, nor forget, what a service of its instance beside it announced).
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path | None) -> None:
         self.path = path
         self._topics = self._load()
 
     def _load(self) -> set[str]:
+        if self.path is None:
+            return set()
         try:
             data = json.loads(self.path.read_text())
             return {str(t) for t in data["topics"]}
@@ -327,8 +360,9 @@ class DiscoveryLedger:
 
     def record(self, messages: list[Discovery]) -> None:
         topics = {m.topic for m in messages}
-        if topics == self._topics and self.path.exists():
-            return  # a re-announcement of the same entities (Home Assistant restarted): nothing to rewrite
+        if self.path is None or topics == self._topics and self.path.exists():
+            self._topics = topics
+            return  # in memory, or a re-announcement of the same entities (Home Assistant restarted): nothing to write
         self._topics = topics
         try:
             with atomic_path(self.path) as tmp:

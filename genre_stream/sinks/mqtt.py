@@ -10,6 +10,13 @@ bounded memory queue). One network thread owns the paho client's connect/loop cy
 (``mqtt_connection``); it logs why a connection failed (refused, TLS, DNS, credentials, no
 answer to CONNECT) and retries with exponential backoff while classification carries on.
 Home Assistant's birth messages are coalesced off paho's thread (``homeassistant.BirthWatch``).
+
+Every name this sink uses on the broker (topic prefix, client id, node id, device names, its
+files in the state dir) comes from the instance (``config.Instance``), so daemons of different
+instances share a broker without touching each other. A one-off run (files only) leaves nothing
+of its sources behind: their topics are not retained, and their discovery configs are retracted
+at its clean end; what it found on its instance's own topics (a service of the same instance
+online, that one's device config) it leaves or puts back as it was (``_take_back``).
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from ..common.jsonsafe import dumps
 from ..common.redact import redact_url
 from ..config import HomeAssistantConfig, MqttConfig
 from .base import Publishable, SourceAvailability, SourceInfo
-from .homeassistant import LEDGER_FILE, AttributeGate, BirthWatch, DiscoveryLedger, discovery_messages
+from .homeassistant import LEDGER_FILE, AttributeGate, BirthWatch, Discovery, DiscoveryLedger, bridge_config_topic, discovery_messages
 from .messages import GenreEvent, GenreState, SourceStats
 from .mqtt_connection import LOOP_TIMEOUT, Connection, contained, tls_context
 from .mqtt_intake import Intake, Pending
@@ -52,11 +59,13 @@ class MqttSink:
         self.config = config
         self.ha = homeassistant
         self.url = redact_url(config.url)  # for log lines: never the password
+        self.instance = config.identity  # every name below derives from it (config.Instance)
+        self.one_off = self.instance.one_off
         self.topics = Topics(config.prefix)
         self.status_topic = self.topics.status
         self.configuration_url = configuration_url  # the dashboard, shown on the Home Assistant device page
         context = tls_context(config) if config.tls else None  # fail on bad files before creating anything
-        self.outbox = Outbox(state_dir / QUEUE_FILE, config.queue_max)
+        self.outbox = Outbox(state_dir / self.instance.state_file(QUEUE_FILE), config.queue_max)
         v5 = config.protocol == "5"
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
@@ -93,7 +102,16 @@ class MqttSink:
         self._sources: list[SourceInfo] = []
         self._model = ""
         self._announce_lock = threading.Lock()  # network thread (connect, HA restart) vs. reloads
-        self._ledger = DiscoveryLedger(state_dir / LEDGER_FILE)
+        # A one-off run keeps its ledger in memory: it retracts its entities itself at its end, and must neither
+        # retract nor overwrite the record of a service of the same instance that shares the state dir.
+        self._ledger = DiscoveryLedger(None if self.one_off else state_dir / self.instance.state_file(LEDGER_FILE))
+        self._announced: list[Discovery] = []  # the configs of the last announcement
+        # A one-off run: the instance's own topics (status, the daemon's device config), and what they held when it
+        # first connected (None: nothing); learned from a subscription made before it publishes anything.
+        self._instance_topics = {self.status_topic}
+        if homeassistant.enabled:
+            self._instance_topics.add(bridge_config_topic(homeassistant, self.instance))
+        self._found: dict[str, bytes | None] = {}
         self._attributes = AttributeGate()
         self.births = BirthWatch(home_assistant_status(homeassistant.discovery_prefix), self._reannounce)
         self._connection = Connection(self.client, config, self.url, self._stop, self.connected, self._pump, self._queued)
@@ -110,10 +128,15 @@ class MqttSink:
         self._thread.start()
 
     def publish(self, message: Publishable) -> None:
-        """Queue ``message`` (QoS 1 via the outbox; stats QoS 0, only while connected); never waits for the queue file."""
+        """Queue ``message`` (QoS 1 via the outbox; stats QoS 0, only while connected); never waits for the queue file.
+
+        A one-off run retains none of its sources' topics: a file that has ended has no current state, and
+        emptying them at its end would hand every subscriber an empty "state" (no JSON) after the run's last word.
+        """
         topics = self.topics
+        keep = not self.one_off  # the retain flag of a source's state, availability, attributes and track
         if isinstance(message, SourceAvailability):
-            queued = [Pending(topics.availability(message.source), availability_word(message.online).encode(), True)]
+            queued = [Pending(topics.availability(message.source), availability_word(message.online).encode(), keep)]
         elif isinstance(message, SourceStats):
             if self.connected.is_set():
                 self.client.publish(topics.stats(message.source), dumps(message.to_dict()).encode(), qos=0,
@@ -121,15 +144,15 @@ class MqttSink:
             return
         elif isinstance(message, GenreState):
             payload = dumps(message.to_dict()).encode()
-            queued = [Pending(topics.state(message.source), payload, True)]
+            queued = [Pending(topics.state(message.source), payload, keep)]
             attributes = self._attributes.update(message.source, message.probabilities) if self.ha.enabled else None
             if attributes is not None:
-                queued.append(Pending(topics.attributes(message.source), attributes, True))
+                queued.append(Pending(topics.attributes(message.source), attributes, keep))
         elif isinstance(message, GenreEvent):
             payload = dumps(message.to_dict()).encode()
             queued = [Pending(topics.event(message.source), payload, False)]
             if message.type == "track_tagged" and self.ha.enabled:
-                queued.append(Pending(topics.track(message.source), payload, True))
+                queued.append(Pending(topics.track(message.source), payload, keep))
         else:  # pragma: no cover - the Publishable union is closed
             raise TypeError(f"cannot publish {type(message).__name__}")
         if self._intake.put(queued):
@@ -172,11 +195,13 @@ class MqttSink:
             self._thread.join(timeout=max(1.0, deadline - time.monotonic()) + 1.0)
         # The network thread is gone: this thread owns the client now.
         if self.connected.is_set():
-            info = self.client.publish(self.status_topic, OFFLINE, qos=1, retain=True)
-            end = time.monotonic() + max(1.0, deadline - time.monotonic())
-            while not _settled(info) and time.monotonic() < end:
-                if self.client.loop(timeout=LOOP_TIMEOUT) != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                    break
+            if self.one_off:
+                self._take_back(deadline)  # before "offline": the last word of a run stays its status
+            if self._guest:
+                log.info("%s was %s when this one-off run connected (a daemon of instance %r runs): left as it is",
+                         self.status_topic, ONLINE, self.instance.name)
+            else:
+                self._settle([self.client.publish(self.status_topic, OFFLINE, qos=1, retain=True)], deadline)
             self.client.disconnect()
             self.client.loop(timeout=LOOP_TIMEOUT)
         left = self._queued()
@@ -260,6 +285,10 @@ class MqttSink:
         with self._lock:
             # paho re-sends what it still holds in flight; everything else restarts from the queue.
             self._last_handed = max(self._inflight.values(), default=0)
+        if self.one_off and self.connects == 1:
+            # Before publishing anything: what arrives retained on these was there before this run (a service of the
+            # same instance); what arrives live is this run's own message (the broker keeps the order of a connection).
+            client.subscribe([(topic, 0) for topic in sorted(self._instance_topics)])
         client.publish(self.status_topic, ONLINE, qos=1, retain=True)
         self.connected.set()  # before discovery: a failing announcement must not hold up states and events
         if self.ha.enabled:
@@ -310,6 +339,13 @@ class MqttSink:
         # coalesces them (a flood is one re-announcement) and announces from its own thread.
         if message.topic == self.births.topic:
             self.births.heard_message(message.payload)
+        elif message.topic in self._instance_topics and self.one_off and message.topic not in self._found:
+            self._found[message.topic] = bytes(message.payload) if message.retain else None  # the first answer counts
+
+    @property
+    def _guest(self) -> bool:
+        """A one-off run that found its instance's status ``online``: a daemon of the same instance runs, and owns it."""
+        return self.one_off and self._found.get(self.status_topic) == ONLINE.encode()
 
     def _reannounce(self, births: int) -> None:
         """The birth watcher's thread: announce once for ``births`` messages, and return only when the broker has it all."""
@@ -323,6 +359,29 @@ class MqttSink:
             if self._stop.wait(0.05):
                 return
 
+    # ----------------------------------------------------------- a one-off run's end (the closing thread owns the client)
+
+    def _take_back(self, deadline: float) -> None:
+        """Retract the discovery configs of the run's sources: their entities leave Home Assistant (their topics were
+        never retained). The instance's own device config is not the run's to retract: the one it found (a service's)
+        is put back as it was, else it stays like the status, as after a service's stop."""
+        configs = [m.topic for m in self._announced if m.source is not None]
+        messages = [(topic, b"") for topic in configs]
+        messages += [(topic, found) for topic, found in sorted(self._found.items()) if found and topic != self.status_topic]
+        left = self._settle([self.client.publish(topic, payload, qos=1, retain=True) for topic, payload in messages], deadline)
+        log.info("one-off run: took back %d discovery config(s)%s%s", len(configs),
+                 ", put back the daemon's device config it found" if len(messages) > len(configs) else "",
+                 f" ({left} not acknowledged)" if left else "")
+
+    def _settle(self, infos: list[mqtt.MQTTMessageInfo], deadline: float) -> int:
+        """Run the client's loop until the broker has acknowledged ``infos`` or ``deadline`` (at least 1 s from now)
+        passed; how many were not acknowledged."""
+        end = time.monotonic() + max(1.0, deadline - time.monotonic())
+        while not all(_settled(i) for i in infos) and time.monotonic() < end:
+            if self.client.loop(timeout=LOOP_TIMEOUT) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                break
+        return sum(not _settled(i) for i in infos)
+
     def _announce(self) -> list[mqtt.MQTTMessageInfo]:
         """Publish the discovery configs, retracting what the ledger says was announced before and is gone now."""
         if not self.ha.enabled:
@@ -332,9 +391,10 @@ class MqttSink:
         if not sources:
             return []  # not told yet (connected before the daemon started its sources): nothing to compare with
         with self._announce_lock:
-            messages = discovery_messages(self.ha, self.topics, sources, model, self.configuration_url)
+            messages = discovery_messages(self.ha, self.instance, self.topics, sources, model, self.configuration_url)
             infos = [self.client.publish(m.topic, m.payload, qos=1, retain=True) for m in self._ledger.plan(messages)]
             self._ledger.record(messages)
+            self._announced = messages
         return infos
 
 

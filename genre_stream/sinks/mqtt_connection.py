@@ -129,7 +129,8 @@ class Connection:
         if self.flaps.accepted():
             log.error(
                 "MQTT broker %s closed the connection %d times in a row right after accepting it, while it stayed up; "
-                "another client (a second daemon?) probably uses the client id %r: give each one its own mqtt.client_id",
+                "another client (a second daemon?) probably uses the client id %r: give each daemon its own mqtt.instance "
+                "(or mqtt.client_id)",
                 self.url, self.flaps.kicks, self.config.effective_client_id,
             )
 

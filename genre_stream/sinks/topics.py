@@ -4,7 +4,7 @@ The MQTT sink publishes on these topics, the Home Assistant discovery configs po
 and the sink listens on Home Assistant's birth topic; keeping the names here means a topic is
 spelled once (Frigate keeps its topics in one module for the same reason).
 
-Topics under ``prefix`` (``mqtt.prefix``, default ``genre-stream``):
+Topics under ``prefix`` (``mqtt.prefix``, by default the instance name, ``genre-stream``: ``config.Instance``):
 
 * ``<prefix>/status``                retained ``online``/``offline``; ``offline`` is also the last will
 * ``<prefix>/<source>/state``        retained, QoS 1, the latest ``GenreState``
@@ -13,6 +13,8 @@ Topics under ``prefix`` (``mqtt.prefix``, default ``genre-stream``):
 * ``<prefix>/<source>/availability`` retained ``online`` while audio flows
 * ``<prefix>/<source>/attributes``   retained, the probabilities Home Assistant shows as attributes
 * ``<prefix>/<source>/track``        retained, the last tagged track (watch folders)
+
+A one-off run (only ``file:`` sources) retains none of the ``<prefix>/<source>/...`` topics (``sinks.mqtt``).
 """
 
 from __future__ import annotations
