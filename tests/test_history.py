@@ -19,7 +19,7 @@ from _helpers_dashboard import changed, state
 from conftest import REPO, cli_env, run_cli
 
 from genre_stream.common.timespec import parse_time
-from genre_stream.history.reader import HistoryError, HistoryReader, StateRow, merge_segments
+from genre_stream.history.reader import HistoryError, HistoryReader, StateRow, merge_segments, segments_csv
 from genre_stream.sinks.history import History, HistoryConfig
 from genre_stream.sinks.messages import SourceStats
 
@@ -365,3 +365,24 @@ def test_uncertain_states_form_their_own_segments():
     segs = merge_segments(rows)
     assert [(s.state, s.genre, s.start, s.end) for s in segs] == [
         ("music", "rock", 0, 5), ("uncertain", "rock", 5, 15), ("music", "rock", 15, 15)]
+
+
+def test_a_station_log_reads_title_then_genre(tmp_path):
+    """Issue 25 #4: segments carry the stream's title, a new title starts a new segment (same genre or not),
+    and the CLI table and CSV show it."""
+    import dataclasses
+
+    history = History(HistoryConfig.in_state_dir(tmp_path))
+    history.start()
+    titles = ["Artist A - One", "Artist A - One", "Artist B - Two", "Artist B - Two", "Artist B - Two"]
+    for i, title in enumerate(titles):
+        history.publish(dataclasses.replace(state("fm", "rock", 0.8, T0 + 5 * i), title=title))
+    history.close()
+    segs = HistoryReader(tmp_path / "history.sqlite").segments("fm")
+    assert [(s.title, s.genre, s.windows) for s in segs] == [("Artist A - One", "rock", 2), ("Artist B - Two", "rock", 3)]
+    assert segs[0].end == segs[1].start == T0 + 10
+    assert segs[1].to_dict()["title"] == "Artist B - Two" and "Artist B - Two" in segments_csv(segs)
+    proc = run_cli("history", "--state-dir", str(tmp_path), "--since", str(T0 - 1), "--until", str(T0 + 100))
+    assert proc.returncode == 0, proc.stderr
+    header, *rows = proc.stdout.splitlines()
+    assert "title" in header.split() and "Artist A - One" in rows[0] and "Artist B - Two" in rows[1]

@@ -39,9 +39,10 @@ def _duration(seconds: float) -> str:
 
 def render_table(segments: list[Segment]) -> str:
     """Aligned columns in local time, the way a person reads an airplay log."""
-    header = ["source", "start", "end", "duration", "genre", "confidence"]
+    titled = any(s.title for s in segments)  # radio streams that name their tracks: "artist - title: genre"
+    header = ["source", "start", "end", "duration", *(["title"] if titled else []), "genre", "confidence"]
     rows = [
-        [s.source, _local(s.start), _local(s.end), _duration(s.duration),
+        [s.source, _local(s.start), _local(s.end), _duration(s.duration), *([s.title or "-"] if titled else []),
          s.genre if s.state == State.MUSIC else f"({s.state})", f"{s.confidence:.2f}" if s.state == State.MUSIC else "-"]
         for s in segments
     ]

@@ -38,6 +38,7 @@ class Segment:
     genre: str | None  # of its first state: for an uncertain segment only the first best guess (see ``to_dict``)
     confidence: float  # mean confidence over the segment's states
     windows: int
+    title: str | None = None  # what a radio stream said it played (a new title starts a new segment)
 
     @property
     def duration(self) -> float:
@@ -59,13 +60,14 @@ class Segment:
             "genre": self.genre if self.is_music else None,
             "confidence": round(self.confidence, 4) if self.is_music else None,
             "windows": self.windows,
+            "title": self.title,
         }
 
 
 def segments_csv(segments: list[Segment]) -> str:
     """Segments as CSV (one row per ``Segment.to_dict``), the export of the CLI and the dashboard alike."""
     buf = io.StringIO()
-    fields = ["source", "start", "end", "duration", "state", "genre", "confidence", "windows"]
+    fields = ["source", "start", "end", "duration", "state", "genre", "confidence", "windows", "title"]
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for s in segments:
@@ -110,8 +112,10 @@ class HistoryReader:
             where.append("ts <= ?")
             args.append(until)
         cols = "source, ts, state, genre, confidence" if table == "states" else "source, ts, type"
-        if payload:  # segments need no payload: a week of states is megabytes of JSON
+        if payload:
             cols += ", payload"
+        elif table == "states":  # segments need only the title of the payload: a week of states is megabytes of JSON
+            cols += ", json_extract(payload, '$.title')"
         # Newest first so that ``limit`` keeps the latest rows; reversed below to oldest first.
         sql = f"SELECT {cols} FROM {table} WHERE {' AND '.join(where)} ORDER BY ts DESC, id DESC"
         if limit is not None:
@@ -140,7 +144,7 @@ class HistoryReader:
         """Airplay-style segments, per source in time order (see :func:`merge_segments`)."""
         rows = self._select("states", source, since, until, None, payload=False)
         return merge_segments(
-            [StateRow(r[0], r[1], r[2], r[3], r[4]) for r in rows], max_gap=max_gap
+            [StateRow(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows], max_gap=max_gap
         )
 
 
@@ -151,6 +155,7 @@ class StateRow:
     state: str
     genre: str | None
     confidence: float
+    title: str | None = None  # what the stream said it played (ICY StreamTitle)
 
 
 @dataclass
@@ -161,7 +166,7 @@ class _Open:
 
 
 def merge_segments(rows: list[StateRow], max_gap: float = DEFAULT_MAX_GAP_SECONDS) -> list[Segment]:
-    """Merge consecutive states of the same genre (silence counts as its own genre) into segments.
+    """Merge consecutive states of the same genre and title (silence counts as its own genre) into segments.
 
     A segment ends where the next one starts, so a report has no holes while the
     daemon ran; when two states are more than ``max_gap`` seconds apart (the daemon
@@ -176,15 +181,15 @@ def merge_segments(rows: list[StateRow], max_gap: float = DEFAULT_MAX_GAP_SECOND
     def close(seg: _Open, end: float) -> None:
         conf = sum(seg.confidences) / len(seg.confidences)
         out.append(Segment(seg.first.source, seg.first.ts, end, seg.first.state, seg.first.genre, conf,
-                           len(seg.confidences)))
+                           len(seg.confidences), seg.first.title))
 
     for source_rows in by_source.values():
         cur: _Open | None = None
         for row in source_rows:
-            key = (row.state, row.genre if row.state == State.MUSIC else None)
+            key = (row.state, row.genre if row.state == State.MUSIC else None, row.title)
             if cur is not None:
                 gap = row.ts - cur.last.ts
-                same = key == (cur.first.state, cur.first.genre if cur.first.state == State.MUSIC else None)
+                same = key == (cur.first.state, cur.first.genre if cur.first.state == State.MUSIC else None, cur.first.title)
                 if gap > max_gap:
                     close(cur, cur.last.ts)
                     cur = None
