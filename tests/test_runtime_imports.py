@@ -82,6 +82,18 @@ def test_config_check_loads_no_inference_stack(tmp_path: Path) -> None:
     assert _loaded(proc) == []
 
 
+def test_ray_is_only_the_cluster_extra(tmp_path: Path) -> None:
+    """Without Ray every other command works and `batch` says how to get it (a clean error, not a traceback)."""
+    without_ray = (*FORBIDDEN, "ray")
+    proc = _run(["classify", "--json", str(DEMO)], tmp_path, without_ray)
+    assert proc.returncode == 0 and "runtime imported" not in proc.stderr, proc.stderr[-2000:]
+    proc = _run(["batch", "--help"], tmp_path, without_ray)
+    assert proc.returncode == 0 and "--address" in proc.stdout, proc.stderr[-2000:]
+    proc = _run(["batch", str(DEMO), "--out", "tags.jsonl"], tmp_path, without_ray)
+    assert proc.returncode == 1 and "pip install 'genre-stream[cluster]'" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and _loaded(proc) == []
+
+
 # What the daemon may import at run time, and why: it supervises; compose.py names the parts.
 DAEMON_IMPORTS = {
     "genre_stream": "the version in the start banner",

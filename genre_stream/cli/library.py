@@ -77,7 +77,7 @@ def scan(paths: tuple[Path, ...], db_path: Path | None, model_path: Path | None,
     from ..model.session import ModelError
 
     config = ScanConfig(model_path, device, workers, hop_seconds, retry_errors)
-    with _open_db(db_path) as db, contextlib.ExitStack() as stack, _sigterm_as_interrupt():
+    with _open_db(db_path) as db, contextlib.ExitStack() as stack, sigterm_as_interrupt():
         bar: list[Progress] = []
 
         def on_plan(n: int) -> None:
@@ -123,7 +123,7 @@ def scan(paths: tuple[Path, ...], db_path: Path | None, model_path: Path | None,
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
+def sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM (systemd stop, kill) ends a scan the same orderly way as Ctrl-C."""
 
     def handler(signum: int, frame: FrameType | None) -> None:

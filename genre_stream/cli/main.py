@@ -31,6 +31,7 @@ def main(verbose: int) -> None:
     \b
     genre-stream classify FILE_OR_DIR...   one-off classification
     genre-stream run --source SPEC...       the long-running tagger (MQTT / JSON lines)
+    genre-stream batch DIR --out tags.jsonl an archive on a Ray cluster (resumable)
     """
     setup_logging(verbose)
 
@@ -67,6 +68,7 @@ def classify(paths: tuple[Path, ...], model_path: Path | None, device: str, thre
 
 
 # Commands that live in their own modules register once the group exists.
+from .batch import batch  # noqa: E402
 from .devices import devices  # noqa: E402
 from .history import history  # noqa: E402
 from .library import library  # noqa: E402
@@ -77,3 +79,4 @@ main.add_command(config_group)
 main.add_command(devices)
 main.add_command(library)
 main.add_command(history)
+main.add_command(batch)

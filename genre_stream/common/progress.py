@@ -52,6 +52,10 @@ class Progress:
     tty: TextIO = field(default_factory=lambda: sys.stderr)
     done: int = field(default=0, init=False)
     item: str = field(default="", init=False)
+    # A caller that knows better than "files left x mean time per file" (a cluster job: bytes left
+    # at the byte rate) sets ``eta_s``; ``detail`` (rates, error count) is shown after the count.
+    eta_s: float | None = field(default=None, init=False)
+    detail: str = field(default="", init=False)
     _start: float = field(default_factory=time.monotonic, init=False)
     _shown: bool = field(default=False, init=False)
 
@@ -78,9 +82,13 @@ class Progress:
             return
         filled = WIDTH * self.done // max(1, self.total)
         line = f"{self.label} [{'#' * filled}{'-' * (WIDTH - filled)}] {self.done}/{self.total}"
+        if self.detail:
+            line += f"  {self.detail}"
         elapsed = time.monotonic() - self._start
-        if 0 < self.done < self.total:
-            line += f"  eta {_duration(elapsed / self.done * (self.total - self.done))}"
+        if self.eta_s is not None and self.done < self.total:
+            line += f"  eta {duration_text(self.eta_s)}"
+        elif 0 < self.done < self.total:
+            line += f"  eta {duration_text(elapsed / self.done * (self.total - self.done))}"
         if self.item:
             line += f"  {self.item}"
         self.tty.write(CLEAR + line)
@@ -103,6 +111,7 @@ class Progress:
             self.clear()
 
 
-def _duration(seconds: float) -> str:
+def duration_text(seconds: float) -> str:
+    """h:mm:ss, or m:ss under an hour."""
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"

@@ -12,6 +12,10 @@ a time: every outcome is committed as soon as it arrives, an interrupt loses at
 most the files being analysed, and when a worker process dies (a decoder crash,
 the OOM killer) the files it may have held are retried one by one in a fresh
 process, so only the file that kills it again is recorded as an error.
+
+``scan(..., runner=...)`` hands the same jobs to another executor (``genre-stream batch --db``
+runs them on a Ray cluster, ``genre_stream.cluster``): planning, committing and removal stay here,
+so a cluster-built index is the one a local scan would have written.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ..audio.decode import AudioError, find_audio_files, read_tags
+from ..audio.decode import AudioError, Tags, find_audio_files, read_tags
 from ..model.choice import open_engine
 from ..model.engine import Engine
 from ..tracks import TRACK_HOP_SECONDS
@@ -53,6 +57,7 @@ class Job:
 
     path: str
     candidates: dict[str, str] = field(default_factory=dict)  # content hash -> stored path
+    size: int = 0  # bytes when planned: a cluster run's progress estimates its remaining time from them
 
 
 @dataclass
@@ -65,6 +70,10 @@ class Outcome:
     result: TrackResult | None = None
     reused_from: str | None = None
     error: str | None = None
+    # The executor, not the file, failed (a cluster node died, retries ran out): reported but not
+    # recorded, so the next scan tries the file again. Local scans never set it.
+    transient: bool = False
+    tags: Tags | None = None  # read where the file was analysed (a cluster worker); None: read when stored
 
 
 @dataclass
@@ -93,9 +102,17 @@ def _init_worker(model_path: str | Path | None, device: str, threads: int, hop_s
     _hop_seconds = hop_seconds
 
 
-def _process(job: Job, engine: Engine | None = None, hop_seconds: float | None = None) -> Outcome:
-    engine = engine or _engine
-    assert engine is not None, "worker used before _init_worker"
+def _process(job: Job) -> Outcome:
+    """A pool process's job, with the model ``_init_worker`` loaded."""
+    assert _engine is not None, "worker used before _init_worker"
+    return process_job(job, _engine, _hop_seconds)
+
+
+def process_job(job: Job, engine: Engine, hop_seconds: float = TRACK_HOP_SECONDS, keep_windows: bool = False) -> Outcome:
+    """Stamp, hash and analyse one file (or reuse a stored analysis of the same bytes); never raises for a bad file.
+
+    Windows are dropped unless ``keep_windows`` (the index stores only the means; a caller that reports
+    P(not music) or the timeline needs them)."""
     try:
         stamp = FileStamp.of(job.path)
         content_hash = file_hash(job.path)
@@ -104,13 +121,13 @@ def _process(job: Job, engine: Engine | None = None, hop_seconds: float | None =
     if content_hash in job.candidates:
         return Outcome(job.path, stamp, content_hash, reused_from=job.candidates[content_hash])
     try:
-        result = analyse_file(job.path, engine, _hop_seconds if hop_seconds is None else hop_seconds)
+        result = analyse_file(job.path, engine, hop_seconds)
     except AudioError as exc:
         return Outcome(job.path, stamp, content_hash, error=exc.reason)
     except Exception as exc:  # a model/runtime failure on one file must not end the scan
         log.exception("analysis of %s failed", job.path)
         return Outcome(job.path, stamp, content_hash, error=f"analysis failed ({type(exc).__name__}: {exc})")
-    return Outcome(job.path, stamp, content_hash, result=replace(result, windows=[]))
+    return Outcome(job.path, stamp, content_hash, result=result if keep_windows else replace(result, windows=[]))
 
 
 # -- planning ---------------------------------------------------------------------------
@@ -155,7 +172,7 @@ def plan(db: LibraryDB, files: list[str], roots: list[str], model_id: str, retry
         if f in errors and errors[f] == stamp and not retry_errors:
             report.skipped_errors += 1
             continue
-        jobs.append(Job(f, by_size.get(stamp.size, {})))
+        jobs.append(Job(f, by_size.get(stamp.size, {}), stamp.size))
     return jobs, gone, report
 
 
@@ -233,12 +250,12 @@ class _Pool:
 
 def _run_inline(engine: Engine, config: ScanConfig, jobs: list[Job]) -> Generator[Outcome, None, None]:
     for job in jobs:
-        yield _process(job, engine, config.hop_seconds)
+        yield process_job(job, engine, config.hop_seconds)
 
 
 def _commit(db: LibraryDB, outcome: Outcome, report: ScanReport) -> None:
     if outcome.result is not None:
-        db.upsert_track(outcome.path, outcome.result, outcome.stamp, outcome.content_hash)
+        db.upsert_track(outcome.path, outcome.result, outcome.stamp, outcome.content_hash, outcome.tags)
         report.analysed.append(outcome.path)
     elif outcome.reused_from is not None:
         assert outcome.stamp is not None and outcome.content_hash is not None
@@ -246,7 +263,8 @@ def _commit(db: LibraryDB, outcome: Outcome, report: ScanReport) -> None:
         report.reused.append(outcome.path)
     else:
         reason = outcome.error or "unknown error"
-        db.record_error(outcome.path, reason, outcome.stamp)
+        if not outcome.transient:  # a transient failure leaves no error row: the next scan retries the file
+            db.record_error(outcome.path, reason, outcome.stamp)
         report.failed.append((outcome.path, reason))
         log.warning("%s: %s", outcome.path, reason)
 
@@ -257,8 +275,11 @@ def scan(
     config: ScanConfig | None = None,
     on_plan: Callable[[int], None] | None = None,
     on_outcome: Callable[[Outcome], None] | None = None,
+    runner: Callable[[list[Job]], Generator[Outcome, None, None]] | None = None,
 ) -> ScanReport:
     """Bring the index up to date with ``paths``; ``on_plan(n_jobs)``/``on_outcome`` drive progress.
+
+    ``runner`` analyses the jobs elsewhere (a Ray cluster) instead of ``config.workers`` local processes.
 
     ``KeyboardInterrupt`` stops the scan after committing what finished and returns
     the report with ``interrupted`` set.
@@ -271,7 +292,10 @@ def scan(
     if on_plan:
         on_plan(len(jobs))
     workers = max(1, min(config.workers, len(jobs)))
-    outcomes = _run_inline(engine, config, jobs) if workers == 1 else _Pool(config, workers).run(jobs)
+    if runner is not None:
+        outcomes = runner(jobs)
+    else:
+        outcomes = _run_inline(engine, config, jobs) if workers == 1 else _Pool(config, workers).run(jobs)
     try:
         for outcome in outcomes:
             _commit(db, outcome, report)
