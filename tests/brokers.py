@@ -254,3 +254,12 @@ def any_broker(tmp_path: Path) -> Iterator[Broker]:
     b = Broker(kind, tmp_path).start()
     yield b
     b.stop()
+
+
+def retained(port: int, pattern: str = "#", settle: float = 0.5) -> dict[str, bytes]:
+    """What a newly subscribing client gets: the retained messages, topic -> payload."""
+    sub = Subscriber(port, [pattern])
+    time.sleep(settle)
+    got = {m.topic: m.payload for m in sub.messages if m.retain}
+    sub.close()
+    return got

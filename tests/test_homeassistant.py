@@ -14,7 +14,7 @@ from typing import Any
 
 import jinja2
 import numpy as np
-from brokers import Broker, Subscriber
+from brokers import Broker, Subscriber, retained
 from conftest import wait_until
 
 from genre_stream.app.daemon import Daemon
@@ -315,15 +315,6 @@ def test_dashboard_url() -> None:
 def sink_for(url: str, state_dir: Path) -> MqttSink:
     cfg = MqttConfig(url=url, client_id=f"gs-ha-{time.monotonic_ns()}", reconnect_min=0.2, reconnect_max=0.5)
     return MqttSink(cfg, HomeAssistantConfig(), state_dir)
-
-
-def retained(port: int, pattern: str = "#", settle: float = 0.5) -> dict[str, bytes]:
-    """What a newly subscribing client gets: the retained messages, topic -> payload."""
-    sub = Subscriber(port, [pattern])
-    time.sleep(settle)
-    got = {m.topic: m.payload for m in sub.messages if m.retain}
-    sub.close()
-    return got
 
 
 

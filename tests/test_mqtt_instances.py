@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from brokers import Broker, Subscriber
+from brokers import Broker, Subscriber, retained
 from conftest import REPO, run_cli, wait_until
 
 from genre_stream.cli.run import one_off
@@ -37,15 +37,6 @@ DEMO = REPO / "examples" / "demo.wav"
 
 def info(source: str, kind: str = "mic") -> SourceInfo:
     return SourceInfo(source, kind, LABELS, 5.0, 60.0)
-
-
-def retained(port: int, pattern: str = "#", settle: float = 0.5) -> dict[str, bytes]:
-    """What a newly subscribing client gets: the retained messages, topic -> payload."""
-    sub = Subscriber(port, [pattern])
-    time.sleep(settle)
-    got = {m.topic: m.payload for m in sub.messages if m.retain}
-    sub.close()
-    return got
 
 
 def service(url: str, state_dir: Path, instance: str = "genre-stream", **kw) -> MqttSink:
