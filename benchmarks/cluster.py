@@ -1,6 +1,6 @@
 """`genre-stream batch` on Ray: audio hours per hour on 1 vs 2 single-CPU nodes, and what Ray adds per file.
 
-    python benchmarks/cluster.py [--tracks 12] [--minutes 3] [--small 16,112] [--out benchmarks/results/cluster.json]
+    python benchmarks/cluster.py [--tracks 36] [--minutes 3] [--small 16,112] [--out benchmarks/results/cluster.json]
 
 * scaling: the real CLI (`genre-stream batch --out`) over ``--tracks`` CD-quality tracks (WAV 44.1 kHz
   stereo 16-bit, the demo varied in speed and gain, as benchmarks/library.py makes them) on a cluster
@@ -106,7 +106,7 @@ def local_walls(files: list[Path], counts: list[int]) -> tuple[dict[int, float],
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--tracks", type=int, default=12)
+    parser.add_argument("--tracks", type=int, default=36)
     parser.add_argument("--minutes", type=float, default=3.0)
     parser.add_argument("--small", default="16,112", help="two counts of 3 s clips for the per-file overhead")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "cluster.json")
