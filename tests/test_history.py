@@ -386,3 +386,17 @@ def test_a_station_log_reads_title_then_genre(tmp_path):
     assert proc.returncode == 0, proc.stderr
     header, *rows = proc.stdout.splitlines()
     assert "title" in header.split() and "Artist A - One" in rows[0] and "Artist B - Two" in rows[1]
+
+
+def test_a_history_file_without_its_tables_yet_reads_as_empty(tmp_path):
+    """A moment after the first start the file exists but has no tables yet: that is an empty history, not an error
+    (the dashboard answered 503 "no such table" then)."""
+    import sqlite3
+
+    path = tmp_path / "history.sqlite"
+    sqlite3.connect(path).close()  # created, no schema yet
+    reader = HistoryReader(path)
+    assert reader.sources() == [] and reader.segments() == [] and reader.states() == []
+    path.write_bytes(b"not a database at all" * 100)
+    with pytest.raises(HistoryError, match="not a readable genre-stream history"):
+        reader.sources()

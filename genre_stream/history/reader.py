@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..common.sqlite import open_db
+from ..sinks.history import SCHEMA
 from ..sinks.messages import State, iso_utc
 
 DEFAULT_MAX_GAP_SECONDS = 60.0
@@ -88,6 +89,8 @@ class HistoryReader:
             conn = open_db(self.path, read_only=True)
             conn.execute("SELECT 1 FROM states LIMIT 1")
         except sqlite3.Error as exc:
+            if _not_created_yet(self.path):
+                return _empty()
             raise HistoryError(f"{self.path}: not a readable genre-stream history ({exc})") from exc
         return conn
 
@@ -146,6 +149,22 @@ class HistoryReader:
         return merge_segments(
             [StateRow(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows], max_gap=max_gap
         )
+
+
+def _not_created_yet(path: Path) -> bool:
+    """A history file the writer has just created and not yet given its tables (a moment after the first start)."""
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+            return conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
+    except sqlite3.Error:
+        return False
+
+
+def _empty() -> sqlite3.Connection:
+    """An in-memory database with the history's tables and no rows: what a history not created yet holds."""
+    conn = sqlite3.connect(":memory:")
+    conn.executescript(SCHEMA)
+    return conn
 
 
 @dataclass(frozen=True)

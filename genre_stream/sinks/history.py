@@ -37,7 +37,7 @@ from .messages import GenreEvent, GenreState, Message, iso_utc, parse_payload_ti
 
 log = logging.getLogger(__name__)
 
-_SCHEMA = """
+SCHEMA = """
 CREATE TABLE IF NOT EXISTS states (
     id INTEGER PRIMARY KEY,
     source TEXT NOT NULL,
@@ -162,7 +162,7 @@ class History:
     def _connect(self) -> sqlite3.Connection:
         self.config.path.parent.mkdir(parents=True, exist_ok=True)
         conn = open_db(self.config.path)
-        conn.executescript(_SCHEMA)
+        conn.executescript(SCHEMA)
         return conn
 
     def _next_batch(self) -> tuple[list[Message], bool]:
