@@ -28,6 +28,7 @@ from genre_stream.dashboard.metrics import SinkMetrics, SourceMetrics
 from genre_stream.dashboard.server import DashboardError, DashboardServer
 from genre_stream.dashboard.state import MEL_DB_MIN, MEL_DB_STEP, DashboardState, encode_mel
 from genre_stream.live.pipeline import ClassifiedWindow
+from genre_stream.sinks import Fanout, ModelSummary
 from genre_stream.sinks.messages import GenreEvent, SourceStats
 
 TOKEN = "s3cret-token"
@@ -346,9 +347,13 @@ def test_dashboard_sink_hooks(tmp_path):
             doc = json.loads(r.read())
         assert doc["model"] == "model-2"
         assert [(s["source"], s["status"]) for s in doc["sources"]] == [("radio", "music"), ("tv", "waiting")]
-        sink.sources_changed([infos["tv"]], "model-2")  # radio removed on reload
+        # a reload that loads another export: the header follows (it kept the old precision and choice before)
+        Fanout([sink]).model_changed(ModelSummary("model-3", "fp32", "named: model-3.onnx"))
+        sink.sources_changed([infos["tv"]], "model-3")  # radio removed on reload
         with urllib.request.urlopen(base + "/api/sources") as r:
-            assert [s["source"] for s in json.loads(r.read())["sources"]] == ["tv"]
+            doc = json.loads(r.read())
+        assert [s["source"] for s in doc["sources"]] == ["tv"]
+        assert (doc["model"], doc["precision"], doc["chosen"]) == ("model-3", "fp32", "named: model-3.onnx")
         with urllib.request.urlopen(base + "/metrics") as r:
             assert 'genre_stream_overflows_total{source="radio"}' not in r.read().decode()
     finally:

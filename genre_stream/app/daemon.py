@@ -32,7 +32,7 @@ from ..common.backoff import Backoff
 from ..config import ConfigError, DaemonConfig, ModelConfig, describe_outputs, require_sources
 from ..model.choice import model_file_stamp, open_engine, resolve
 from ..model.session import ModelError
-from ..sinks import Fanout, SourceAvailability, SourceInfo
+from ..sinks import Fanout, ModelSummary, SourceAvailability, SourceInfo
 from ..sinks.messages import GenreEvent, SourceStats
 from ..sources import (
     TRACK_KINDS,
@@ -154,7 +154,7 @@ class Daemon:
         self.sinks.start()  # ConfigError when the dashboard cannot listen
         for spec, source in sources:
             self._start(spec, source)
-        self.sinks.sources_changed(self._source_infos(), self.engine.model_id)
+        self._announce_sources()
         self.notifier.ready(self._status_line())
         log.info("genre-stream %s: sources %s; model %s %s on %s [%s]; outputs %s", __version__,
                  ", ".join(f"{sid} ({r.kind})" for sid, r in self.running.items()), self.engine.model_id, self.engine.precision,
@@ -216,6 +216,12 @@ class Daemon:
         r.thread = threading.Thread(target=self._source_thread, args=(r,), name=f"{SOURCE_THREAD_PREFIX}{source.id}", daemon=True)
         self.running[source.id] = r
         r.thread.start()
+
+    def _announce_sources(self) -> None:
+        """Tell the sinks the model in use and the running sources (at start and after a reload)."""
+        assert self.sinks is not None and self.engine is not None
+        self.sinks.model_changed(ModelSummary(self.engine.model_id, self.engine.precision, self.engine.chosen))
+        self.sinks.sources_changed(self._source_infos(), self.engine.model_id)
 
     def _source_infos(self) -> list[SourceInfo]:
         assert self.engine is not None
@@ -384,7 +390,7 @@ class Daemon:
             self._start(spec, source)
             log.info("reload: source %s added (%s)", source.id, spec)
         assert self.sinks is not None and self.engine is not None
-        self.sinks.sources_changed(self._source_infos(), self.engine.model_id)
+        self._announce_sources()
         log.info("configuration reloaded")
         self.notifier.ready(self._status_line())
 

@@ -22,7 +22,7 @@ import numpy as np
 from ..audio.frontend import FrontendConfig
 from ..config import ConfigError, DashboardConfig
 from ..history.reader import HistoryReader
-from ..sinks.base import SourceAvailability, SourceInfo
+from ..sinks.base import ModelSummary, SourceAvailability, SourceInfo
 from ..sinks.history import HistoryStats
 from ..sinks.messages import GenreEvent, GenreState
 from .corrections import Corrections
@@ -88,6 +88,10 @@ class DashboardSink:
     def publish(self, message: object) -> None:
         if isinstance(message, GenreState | GenreEvent | SourceAvailability):  # stats are served by /metrics
             self.state.publish(message)
+
+    def model_changed(self, model: ModelSummary) -> None:
+        """The export in use (a SIGHUP may load another): the header's id, precision and choice follow it."""
+        self.state.model, self.state.precision, self.state.chosen = model.id, model.precision, model.chosen
 
     def sources_changed(self, sources: list[SourceInfo], model: str) -> None:
         """Show the running sources, and serve each one's counters on /metrics (read only when scraped)."""

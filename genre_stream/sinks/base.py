@@ -39,6 +39,15 @@ class SourceAvailability:
 Publishable = GenreState | GenreEvent | SourceStats | SourceAvailability
 
 
+@dataclass(frozen=True)
+class ModelSummary:
+    """The model in use as outputs show it: its id, precision and how it was chosen (``Engine.chosen``)."""
+
+    id: str
+    precision: str
+    chosen: str
+
+
 class Sink(Protocol):
     """A destination for messages. ``publish`` must be cheap and never block on the network.
 
@@ -81,6 +90,14 @@ class Fanout:
     def sources_changed(self, sources: list[SourceInfo], model: str) -> None:
         for sink in self.sinks:
             sink.sources_changed(sources, model)
+
+    def model_changed(self, model: ModelSummary) -> None:
+        """Tell the sinks that show more of the model than its id (an optional ``model_changed``: the dashboard)
+        which export runs now: at start and after a reload loaded another one."""
+        for sink in self.sinks:
+            hook = getattr(sink, "model_changed", None)
+            if hook is not None:
+                hook(model)
 
     def close(self, timeout: float) -> bool:
         ok = True
