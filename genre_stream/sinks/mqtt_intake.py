@@ -74,7 +74,7 @@ class Intake:
         with self._cond:
             if not self._waiting and not self._writing:
                 outcome = self._write(messages)
-                if outcome != "locked":
+                if outcome != "wait":
                     return outcome == "written"
             self._remember((self._key(m), m) for m in messages)
             self._cond.notify()
@@ -113,14 +113,14 @@ class Intake:
             outcome = self._write([m for _, m in batch])
             with self._cond:
                 self._writing = 0
-                if outcome == "locked":  # older than anything that came meanwhile: back in front
+                if outcome == "wait":  # older than anything that came meanwhile: back in front
                     newer = self._waiting
                     self._waiting = OrderedDict(batch)
                     self._remember(newer.items())
                 self._cond.notify_all()
             if outcome == "written":
                 self._written()
-            elif outcome == "locked":
+            elif outcome == "wait":
                 self._closed.wait(FULL_RETRY_DELAY if self._full_since is not None else RETRY_DELAY)
 
     # ----------------------------------------------------------- helpers
@@ -145,7 +145,7 @@ class Intake:
                       "(counted; the total is logged when the file is free again)", self.outbox.path, self.limit)
 
     def _write(self, messages: list[Pending]) -> str:
-        """Into the outbox: "written", "locked" (try again) or "lost" (counted and logged)."""
+        """Into the outbox: "written", "wait" (the file is locked or the disk full: try again) or "lost" (counted and logged)."""
         try:
             self.outbox.put_many([(m.topic, m.payload, 1, m.retain) for m in messages])
         except sqlite3.Error as exc:
@@ -155,14 +155,14 @@ class Intake:
                         self._full_since = time.monotonic()
                         log.error("MQTT queue %s cannot be written: the disk is full (%s); states and events wait in memory "
                                   "(up to %d) and are queued, in order, once space returns", self.outbox.path, exc, self.limit)
-                return "locked"
+                return "wait"
             if is_locked(exc):
                 with self._cond:
                     if self._locked_since is None:
                         self._locked_since = time.monotonic()
                         log.warning("MQTT queue %s is locked by another process (%s); messages wait in memory (up to %d) "
                                     "and are written, in order, once it is free", self.outbox.path, exc, self.limit)
-                return "locked"
+                return "wait"
             with self._cond:
                 if not self.lost:
                     log.error("MQTT queue %s cannot be written (%s); states and events are lost until it can",
