@@ -16,7 +16,13 @@ off. It also counts, over all of genre-dev, how many hops need a full recompute 
 seed normalisation of the window changed (its loudest bin or its floor moved): that is
 what bounds the gain, and it needs no inference to count.
 
+``--running`` adds two runs per hop, {fp32, int8} streaming with the ``RUNNING`` normalisation
+(audio/normalization.py): copies of the bundled exports and their packs whose metadata says so
+(same weights, so the answers are not a trained model's; the costs are what is measured), and
+the same recompute count with it (none by construction after the first window).
+
     PYTHONPATH=. python benchmarks/streaming.py --clips 20 --out benchmarks/results/streaming.json
+    PYTHONPATH=. python benchmarks/streaming.py --clips 20 --running --out benchmarks/results/streaming_running.json
 """
 
 from __future__ import annotations
@@ -32,14 +38,15 @@ import numpy as np
 import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import machine_info  # noqa: E402
-from peak_rss import run_measured  # noqa: E402
+from machine import machine_info
+from peak_rss import run_measured
 
-from genre_stream.model.engine import Engine  # noqa: E402
+from genre_stream.audio.frontend import MelFrontend
+from genre_stream.audio.normalization import RUNNING, SEED, StreamNormalizer
+from genre_stream.live.pipeline import PipelineConfig, SourcePipeline
 from genre_stream.model.choice import open_engine
-from genre_stream.audio.frontend import MelFrontend, normalize_window  # noqa: E402
-from genre_stream.live.pipeline import PipelineConfig, SourcePipeline  # noqa: E402
-from genre_stream.sources.base import AudioChunk  # noqa: E402
+from genre_stream.model.engine import Engine
+from genre_stream.sources.base import AudioChunk
 
 SR = 22050
 GENRE_DEV = Path(__file__).resolve().parents[1].parent / "shared" / "audio" / "genre-dev"
@@ -96,12 +103,14 @@ def run_pipeline(audio: np.ndarray, engine: Engine, hop: float, streaming: bool)
     return out
 
 
-def recompute_rate(power: np.ndarray, hop_frames: int, frames: int, top_db: float) -> dict:
+def recompute_rate(power: np.ndarray, hop_frames: int, frames: int, top_db: float, normalization: str) -> dict:
     """Hops whose normalised window differs from the previous one where they overlap (the streaming rule)."""
+    norm = StreamNormalizer(normalization, frames, top_db)
+    stored = norm.push(power)  # the stream's frames as windows are cut from them (more than a window: none held)
     prev = None
     hops = changed = 0
     for start in range(0, power.shape[0] - frames + 1, hop_frames):
-        window = normalize_window(power[start : start + frames], top_db)
+        window = norm.window(stored[start : start + frames])
         if prev is not None:
             hops += 1
             changed += not np.array_equal(prev[hop_frames:], window[: frames - hop_frames])
@@ -126,22 +135,43 @@ def daemon_peak_rss(audio: np.ndarray, hop: float) -> dict:
 
 
 MODES = ("fp32_streaming", "fp32_whole_windows", "int8_streaming", "int8_whole_windows")
+RUNNING_MODES = ("fp32_running_streaming", "int8_running_streaming")  # --running: the engines of running_engines()
+
+
+def running_engines(engines: dict[str, Engine], tmp: Path) -> dict[str, Engine]:
+    """Copies of the bundled exports (with their packs) whose metadata names RUNNING, as "fp32_running", "int8_running"."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from _helpers_models import with_normalization  # needs onnx (the test extra), so only with --running
+
+    return {f"{p}_running": open_engine(with_normalization(engines[p].path, RUNNING, tmp / p), threads=1, device="cpu")
+            for p in ("fp32", "int8")}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clips", type=int, default=20, help="genre-dev clips (30 s each) for the CPU runs")
+    ap.add_argument("--running", action="store_true", help="also stream with the RUNNING normalisation (copies of the bundled models)")
+    ap.add_argument("--note", help="a word on the machine for the JSON (e.g. other work sharing its cores)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/streaming.json"))
     args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        measure(args, Path(tmp))
+
+
+def measure(args: argparse.Namespace, tmp: Path) -> None:
     engines = {p: open_engine(p, threads=1, device="cpu") for p in ("fp32", "int8")}
+    modes = MODES + RUNNING_MODES if args.running else MODES
+    if args.running:
+        engines.update(running_engines(engines, tmp))
     for e in engines.values():
         e.predict(np.zeros((1, 647, 128), np.float32))  # warm-up outside the measurements
     audio, source = music(args.clips)
     runs: dict[str, dict] = {}
     for hop in HOPS:  # the modes back to back per hop, so load drifts hit them alike
-        for mode in MODES:
-            precision, how = mode.split("_", 1)
-            runs[f"{mode}_hop_{hop:g}s"] = run_pipeline(audio, engines[precision], hop, how == "streaming")
+        for mode in modes:
+            engine, how = mode.rsplit("_", 1) if mode.endswith("_streaming") else mode.split("_", 1)
+            runs[f"{mode}_hop_{hop:g}s"] = run_pipeline(audio, engines[engine], hop, how == "streaming")
+            runs[f"{mode}_hop_{hop:g}s"]["normalization"] = engines[engine].info.normalization
             print(f"{mode} hop {hop:g} s: {runs[f'{mode}_hop_{hop:g}s']}", file=sys.stderr)
 
     def per_hour(mode: str, hop: float) -> float:
@@ -153,24 +183,32 @@ def main() -> None:
     fc = engines["fp32"].info.frontend
     everything, everything_source = music(None)
     power = MelFrontend(fc).power(everything)
-    rates = {f"hop_{hop:g}s": recompute_rate(power, max(4, fc.seconds_to_frames(hop)) // 4 * 4, fc.window_frames, fc.top_db) for hop in HOPS}
+
+    def rates(normalization: str) -> dict:
+        return {f"hop_{hop:g}s": recompute_rate(power, max(4, fc.seconds_to_frames(hop)) // 4 * 4, fc.window_frames, fc.top_db, normalization)
+                for hop in HOPS}
+
     report = {
         "benchmark": "streaming",
         "audio": source,
         "audio_minutes": round(audio.size / SR / 60, 2),
         "model": engines["fp32"].model_id,
         "onnx_threads": 1,
-        "machine": machine_info(),
+        "machine": machine_info(**({"note": args.note} if args.note else {})),
         "runs": runs,
-        "ratio_hop_1s_to_5s": {mode: round(per_hour(mode, 1.0) / per_hour(mode, 5.0), 2) for mode in MODES},
-        "ratio_hop_1s_to_5s_after_first_30s": {mode: round(steady(mode, 1.0) / steady(mode, 5.0), 2) for mode in MODES},
-        "speedup_streaming_over_whole_windows": {f"{p}_hop_{hop:g}s": round(per_hour(f"{p}_whole_windows", hop) / per_hour(f"{p}_streaming", hop), 2)
-                                                 for p in engines for hop in HOPS},
+        "ratio_hop_1s_to_5s": {mode: round(per_hour(mode, 1.0) / per_hour(mode, 5.0), 2) for mode in modes},
+        "ratio_hop_1s_to_5s_after_first_30s": {mode: round(steady(mode, 1.0) / steady(mode, 5.0), 2) for mode in modes},
+        "full_windows_by_reason": {name: run["full_windows_by_reason"] for name, run in runs.items() if "full_windows_by_reason" in run},
+        "speedup_streaming_over_whole_windows": {  # whole windows cost the same whatever the normalisation
+            f"{mode.removesuffix('_streaming')}_hop_{hop:g}s": round(per_hour(f"{mode.split('_')[0]}_whole_windows", hop) / per_hour(mode, hop), 2)
+            for mode in modes if mode.endswith("_streaming") for hop in HOPS},
         "int8_streaming_1s_to_int8_whole_windows_5s": round(per_hour("int8_streaming", 1.0) / per_hour("int8_whole_windows", 5.0), 2),
         "daemon_run_fast_peak_rss_mb": {"audio": "the first 5 minutes of the CPU runs' audio", "hop_seconds": 1.0, "model": "int8",
                                         **daemon_peak_rss(audio[: 5 * 60 * SR], 1.0)},
-        "renormalised_hops": {"audio": everything_source, "audio_minutes": round(everything.size / SR / 60, 2), **rates},
+        "renormalised_hops": {"audio": everything_source, "audio_minutes": round(everything.size / SR / 60, 2), **rates(SEED)},
     }
+    if args.running:
+        report["renormalised_hops_running"] = {"audio": everything_source, **rates(RUNNING)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))

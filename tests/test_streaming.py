@@ -12,9 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from _helpers_models import with_normalization
 from conftest import SHARED_AUDIO
 
-from genre_stream.audio.frontend import MelFrontend, normalize_window
+from genre_stream.audio.frontend import MelFrontend, StreamingMel, normalize_window
+from genre_stream.audio.normalization import RUNNING, running_normalize
 from genre_stream.live.pipeline import PipelineConfig, SourcePipeline
 from genre_stream.model.choice import open_engine
 from genre_stream.model.engine import Engine
@@ -135,6 +137,57 @@ def test_live_pipeline_streams_through_silence_and_discontinuities(engine: Engin
     stats = streaming.streaming.stats
     assert stats.streamed > stats.windows / 2  # most full windows reused columns
     assert stats.full.get("gap", 0) + stats.full.get("renormalised", 0) >= 1  # the silence broke the chain
+
+
+class _WindowEnds:
+    """A listener that notes the frame each classified window ends at (the ring's count then)."""
+
+    def __init__(self) -> None:
+        self.pipeline: SourcePipeline | None = None
+        self.ends: list[int] = []
+
+    def mel_updated(self, source: str, ring: object) -> None:
+        pass
+
+    def window_classified(self, window: object) -> None:
+        assert self.pipeline is not None
+        self.ends.append(self.pipeline.ring.total_frames)
+
+
+def test_running_normalisation_streams_without_renormalising(engine: Engine, tmp_path: Path) -> None:
+    """With a RUNNING model every full window is a slice of the stream's frames, each normalised once: consecutive
+    windows share their overlap bit for bit, so none is recomputed for its normalisation (SEED recomputes many on the
+    same audio), and each answer is the whole-window model's on ``running_normalize`` of the frames, within 1e-4."""
+    running = open_engine(with_normalization(engine.path, RUNNING, tmp_path), device="cpu", threads=1)
+    music = synthetic_piece(110, seed=5)
+    pieces = [(0.0, music[: SR * 45]), (80.0, music[SR * 45 :])]  # a jump in stream time: the frontend restarts
+    cfg = PipelineConfig(hop_seconds=1.0, min_fill_seconds=10.0, ema_alpha=1.0, silence_dbfs=-90.0)
+    ends = _WindowEnds()
+    pipeline = SourcePipeline("r", running, cfg, listeners=[ends])
+    ends.pipeline = pipeline
+    seed = SourcePipeline("s", engine, cfg)
+    got, seeded, mel, frames = [], [], StreamingMel(pipeline.frontend), []
+    for start_time, audio in pieces:
+        mel.reset()  # as the pipeline does at the jump: the frames go on, the STFT starts over
+        for i in range(0, audio.size, 4410):
+            chunk = AudioChunk("t", audio[i : i + 4410], start_time + i / SR, time.monotonic())
+            got += [m for m in pipeline.feed(chunk) if isinstance(m, GenreState)]
+            seeded += [m for m in seed.feed(chunk) if isinstance(m, GenreState)]
+            frames.append(mel.push(chunk.samples))
+    assert pipeline.discontinuities == 1 and len(got) == len(ends.ends) > 90 and all(s.state != "silence" for s in got)
+    stats = pipeline.streaming.stats
+    assert "renormalised" not in stats.full and set(stats.full) == {"looped", "first"} and stats.full["first"] == 1
+    assert stats.streamed == sum(n >= FRAMES for n in ends.ends) - 1
+    assert seed.streaming.stats.full.get("renormalised", 0) > 10  # the same audio under SEED
+    power = np.concatenate(frames)
+    whole = running_normalize(power, FRAMES)  # frames normalised once; a prefix normalises the same
+    windows = [whole[n - FRAMES : n] if n >= FRAMES else running_normalize(power[:n], FRAMES)[np.arange(FRAMES) % n] for n in ends.ends]
+    for state, window, n in zip(got, windows, ends.ends):
+        expected = running.predict(window[None]).probabilities[0]
+        probabilities = np.array([state.probabilities[label] for label in running.labels])
+        np.testing.assert_allclose(probabilities, expected, atol=TOLERANCE, rtol=0, err_msg=f"window ending at frame {n}")
+    seed_probabilities = np.array([[s.probabilities[label] for label in engine.labels] for s in seeded])
+    assert np.abs(seed_probabilities - np.array([[s.probabilities[label] for label in running.labels] for s in got])).max() > 1e-3
 
 
 def test_a_pack_of_other_weights_is_refused_at_load(engine: Engine, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -12,8 +12,9 @@ arithmetic with numpy's float64 FFT so that tagging needs no torch. The tests ho
 both to each other and to librosa within 1e-3 dB. An ONNX STFT was measured too
 (~170 ms per 30 s against ~35 ms here), which is why the runtime does not use one.
 
-Normalisation is per 30 s window and therefore applied only when a window is
-classified, never to the stored frames.
+The seed normalisation (``normalize_window``) is per 30 s window and therefore applied
+only when a window is classified, never to the stored frames; which normalisation a
+model takes, and the per-frame one, are in ``normalization.py``.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ __all__ = [
     "FRONTEND_VERSION",
     "FrontendConfig",
     "MelFrontend",
-    "StreamingMel",
     "MelRingBuffer",
+    "StreamingMel",
     "mel_filterbank",
     "normalize_window",
 ]
@@ -68,13 +69,13 @@ class FrontendConfig:
         return frames * self.hop_length / self.sample_rate
 
     def seconds_to_frames(self, seconds: float) -> int:
-        return int(round(seconds * self.sample_rate / self.hop_length))
+        return round(seconds * self.sample_rate / self.hop_length)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "FrontendConfig":
+    def from_dict(cls, data: dict[str, Any]) -> FrontendConfig:
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
         known.setdefault("version", 1)
         return cls(**known)

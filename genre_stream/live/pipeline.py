@@ -2,8 +2,8 @@
 
 StreamingMel turns chunks into mel power frames as they complete; the latest
 30 s (647 frames) sit in a MelRingBuffer. Every ``hop_seconds`` of audio, once
-``min_fill_seconds`` are buffered, the window is normalised exactly like
-``classify`` does (a short buffer is looped to 30 s first) and classified,
+``min_fill_seconds`` are buffered, the window is normalised as the model names,
+exactly like ``classify`` does (a short buffer is looped to 30 s first), and classified,
 unless the buffered audio is quieter than ``silence_dbfs``, which yields a
 ``silence`` state without running the model. The Smoother decides which genre
 is announced. Classification happens on a fixed grid of frames, independent
@@ -28,7 +28,8 @@ from typing import Protocol
 
 import numpy as np
 
-from ..audio.frontend import MelFrontend, MelRingBuffer, StreamingMel, normalize_window
+from ..audio.frontend import MelFrontend, MelRingBuffer, StreamingMel
+from ..audio.normalization import StreamNormalizer
 from ..audio.sanitize import LOUD, dbfs, repair
 from ..config import PipelineConfig
 from ..model.calibration import UncertaintyRule
@@ -103,7 +104,13 @@ class SourcePipeline:
         fc = self.frontend.config
         self._fc = fc
         self.mel = StreamingMel(self.frontend)
-        self.ring = MelRingBuffer(fc.window_frames, fc.n_mels)
+        self.ring = MelRingBuffer(fc.window_frames, fc.n_mels)  # power frames, as listeners draw them
+        # What windows are made of: the ring's frames through the model's normaliser (SEED: the same power
+        # frames; RUNNING: each normalised once, so consecutive windows share their overlap bit for bit).
+        # Fed the ring's frames in the ring's order and, like the ring, kept through a discontinuity (the
+        # buffered frames stay) and made anew with the pipeline (a reload).
+        self.normalizer = StreamNormalizer(engine.info.normalization, fc.window_frames, fc.top_db)
+        self._inputs = MelRingBuffer(fc.window_frames, fc.n_mels)
         self.smoother = Smoother(engine.labels, self.config.ema_alpha, self.config.hold_windows, self.config.margin,
                                  uncertainty_rule(engine, self.config), engine.info.gate)
         self._hop_frames = max(1, fc.seconds_to_frames(self.config.hop_seconds))
@@ -171,6 +178,7 @@ class SourcePipeline:
             due_in = max(self._hop_frames - self._frames_since, self._min_frames - len(self.ring), 1)
             take = min(frames.shape[0], due_in)
             self.ring.extend(frames[:take])
+            self._inputs.extend(self.normalizer.push(frames[:take]))
             self._frames_since += take
             self._frames_from_origin += take
             frames = frames[take:]
@@ -251,7 +259,8 @@ class SourcePipeline:
             quiet = ClassifiedWindow(self.source_id, tuple(silent), None, level, self.config.silence_dbfs)
             self._announce(lambda listener: listener.window_classified(quiet))
             return silent
-        window = normalize_window(_loop_frames(self.ring.latest(), self._fc.window_frames), self._fc.top_db)
+        held = self.normalizer.held()  # RUNNING's first window, until it is complete
+        window = self.normalizer.window(_loop_frames(held if held.size else self._inputs.latest(), self._fc.window_frames))
         t0 = time.perf_counter()
         if self.streaming is not None:  # a short buffer looped to 30 s is no slice of the stream: no start
             full = len(self.ring) == self._fc.window_frames

@@ -11,11 +11,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..audio.frontend import FrontendConfig
+from ..audio.normalization import NORMALIZATIONS, SEED
 from .calibration import Calibration
 from .musicgate import MusicGate
 
 METADATA_KEY = "genre_stream"
-NORMALIZATION = "db_ref_max_top80_div_min"  # the seed normalisation, see frontend.normalize_window
+NORMALIZATION = SEED  # what a model that names none was trained with (audio/normalization.py)
 
 
 @dataclass
@@ -47,8 +48,8 @@ class ModelInfo:
         if not isinstance(data.get("labels"), list) or not data["labels"]:
             raise ValueError("model metadata has no 'labels' list")
         norm = data.get("normalization", NORMALIZATION)
-        if norm != NORMALIZATION:
-            raise ValueError(f"model metadata names normalization {norm!r}; this version only knows {NORMALIZATION!r}")
+        if norm not in NORMALIZATIONS:
+            raise ValueError(f"model metadata names normalization {norm!r}; this version knows {', '.join(NORMALIZATIONS)}")
         return cls(
             labels=[str(x) for x in data["labels"]],
             frontend=FrontendConfig.from_dict(data.get("frontend", {})),

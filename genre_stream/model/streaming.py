@@ -12,11 +12,13 @@ a few neighbouring columns. A window therefore needs, per stage:
 
 The result is the batch result up to float summation order (< 1e-4), because a
 column is reused only when its whole input is bit-identical: the overlap of the two
-windows' *normalised* frames is compared, and the seed normalisation
-(``frontend.normalize_window``) rescales the whole window whenever its loudest bin
-or its floor changes, so such a window is computed in full (as is the first one, a
-hop that is not a whole number of columns, or a gap). Reuse needs the hop to be a
-multiple of the stem's pooling stride (4 frames), hence ``snap_hop``.
+windows' *normalised* frames is compared. A model with the seed normalisation
+(``frontend.normalize_window``) has the whole window rescaled whenever its loudest bin
+or its floor changes, so such a window is computed in full ("renormalised"); with the
+``RUNNING`` normalisation (``audio.normalization``) a frame is normalised once, the
+overlap is always identical and no window is. The first window, a hop that is not a
+whole number of columns, or a gap are computed in full either way. Reuse needs the hop
+to be a multiple of the stem's pooling stride (4 frames), hence ``snap_hop``.
 
 The trunk comes from the model's streaming pack (``trainer.stream_export``): one ONNX
 graph per stage with a free time axis, run by onnxruntime on column slices, one graph

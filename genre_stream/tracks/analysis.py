@@ -9,11 +9,17 @@ same answer whichever feature looks at it.
   not reach the end, one more window aligned to the end is added so the ending is
   heard too. The track result is the mean of the window probabilities.
 
+Windows are normalised as the model names (``audio.normalization.StreamNormalizer``):
+``SEED`` normalises each window on its own; ``RUNNING`` normalises the track's frames
+once, as a stream, and the windows are slices of those, so every window equals
+``running_normalize(all frames)[start : start + 647]``.
+
 The file is decoded block by block (``audio.iter_audio``) and its mel frames are
 computed as a stream that ends exactly like the batch computation would
 (``StreamingMel.finish``); windows are cut as soon as their frames exist and only
-the last window's worth of frames is kept, so memory does not grow with the
-track's length. The window grid is in frames (1024 samples), not exact seconds.
+the last window's worth of frames is kept (``RUNNING`` holds the first window's
+frames until it is complete), so memory does not grow with the track's length.
+The window grid is in frames (1024 samples), not exact seconds.
 """
 
 from __future__ import annotations
@@ -27,10 +33,12 @@ from pathlib import Path
 import numpy as np
 
 from ..audio.decode import iter_audio
-from ..audio.frontend import MelFrontend, StreamingMel, loop_to_length, normalize_window
+from ..audio.frontend import MelFrontend, StreamingMel, loop_to_length
+from ..audio.normalization import StreamNormalizer, window_of
 from ..audio.sanitize import SILENCE_DBFS, dbfs
 from ..model.calibration import UncertaintyRule
 from ..model.engine import Engine
+from ..model.info import NORMALIZATION
 from ..model.musicgate import MusicGate
 from ..sinks.messages import State, verdict
 from . import TRACK_HOP_SECONDS
@@ -99,16 +107,19 @@ def window_starts(n_frames: int, window_frames: int, hop_frames: int) -> list[in
 
 
 class _WindowCutter:
-    """Cut normalised windows out of a stream of mel frames, on the ``window_starts`` grid.
+    """Cut normalised windows out of a stream of mel power frames, on the ``window_starts`` grid.
 
-    Holds only the frames a window still to come can need: at most one window plus
-    the frames of the latest push.
+    The frames go through the model's normaliser first and windows are cut from what it
+    returns. Holds only the frames a window still to come can need: at most one window plus
+    the frames of the latest push (and the normaliser's own: ``RUNNING``'s first window).
+    Frames the normaliser still holds at the end belong to a stream shorter than a window,
+    from which no window is cut.
     """
 
-    def __init__(self, window_frames: int, hop_frames: int, top_db: float) -> None:
+    def __init__(self, window_frames: int, hop_frames: int, normalizer: StreamNormalizer) -> None:
         self.window = window_frames
         self.hop = max(1, hop_frames)
-        self.top_db = top_db
+        self.normalizer = normalizer
         self._frames = np.zeros((0, 0), dtype=np.float32)
         self._base = 0  # absolute index of self._frames[0]
         self._next = 0  # next start on the hop grid
@@ -118,7 +129,8 @@ class _WindowCutter:
     def total(self) -> int:
         return self._base + self._frames.shape[0]
 
-    def push(self, frames: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    def push(self, power: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+        frames = self.normalizer.push(power)
         if frames.shape[0] == 0:
             return
         self._frames = np.concatenate([self._frames, frames]) if self._frames.size else frames
@@ -139,20 +151,23 @@ class _WindowCutter:
     def _cut(self, start: int) -> tuple[int, np.ndarray]:
         self._last_cut = start
         i = start - self._base
-        return start, normalize_window(self._frames[i : i + self.window], self.top_db)
+        return start, self.normalizer.window(self._frames[i : i + self.window])
 
 
 def iter_windows(
-    blocks: Iterable[np.ndarray], frontend: MelFrontend, hop_seconds: float = TRACK_HOP_SECONDS
+    blocks: Iterable[np.ndarray], frontend: MelFrontend, hop_seconds: float = TRACK_HOP_SECONDS,
+    normalization: str = NORMALIZATION,
 ) -> Iterator[tuple[float, float, np.ndarray]]:
     """Yield (start_s, end_s, normalised window) for a track given as blocks of samples.
 
+    ``normalization`` is the model's (``engine.info.normalization``); its default is the one a
+    model that names none has (``model.info``), for callers that cut windows without a model.
     The end of the last window is capped at the track's duration, which is only known
     once the blocks run out, so ends are nominal (start + 30 s) until then.
     """
     c = frontend.config
     mel = StreamingMel(frontend)
-    cutter = _WindowCutter(c.window_frames, c.seconds_to_frames(hop_seconds), c.top_db)
+    cutter = _WindowCutter(c.window_frames, c.seconds_to_frames(hop_seconds), StreamNormalizer(normalization, c.window_frames, c.top_db))
     head: list[np.ndarray] | None = []  # the audio while it is shorter than a window (looped below)
     total = 0
     for block in blocks:
@@ -166,7 +181,8 @@ def iter_windows(
     duration = total / c.sample_rate
     tail = mel.finish()
     if head is not None:  # shorter than one window: one looped window spanning the track
-        yield 0.0, duration, frontend.window(loop_to_length(np.concatenate(head), c.window_samples))
+        looped = loop_to_length(np.concatenate(head), c.window_samples)
+        yield 0.0, duration, window_of(normalization, frontend.power(looped)[: c.window_frames], c.top_db)
         return
     for start, window in [*cutter.push(tail), *cutter.finish()]:
         s = c.frames_to_seconds(start)
@@ -204,7 +220,7 @@ def analyse_blocks(
         embeddings.append(pred.embeddings)
         batch.clear()
 
-    for item in iter_windows(counted(blocks), frontend, hop_seconds):
+    for item in iter_windows(counted(blocks), frontend, hop_seconds, engine.info.normalization):
         batch.append(item)
         if len(batch) >= engine.batch_size:
             flush()
