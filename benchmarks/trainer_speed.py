@@ -20,15 +20,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import machine_info
 
 from genre_stream.audio.frontend import FrontendConfig, MelFrontend, normalize_window
+from genre_stream.audio.normalization import SEED
 from genre_stream.common.fsutil import atomic_path
-from trainer.model import BBNN
 from trainer.augment import SpecAugmentConfig, spec_augment
 from trainer.data import Cache, PrepareConfig, decode_clip, prepare
+from trainer.inputs import ModelInput
+from trainer.model import BBNN
 from trainer.synthset import make_dataset
 from trainer.train import make_batch
-from machine import machine_info  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "trainer.json"
 Loader = Callable[[list[int], np.random.Generator], np.ndarray]
@@ -50,7 +52,8 @@ def decoding_loader(cache: Cache, window: int, augment: SpecAugmentConfig) -> Lo
 
 
 def cached_loader(cache: Cache, window: int, augment: SpecAugmentConfig) -> Loader:
-    return lambda indices, rng: make_batch(cache, indices, window, augment, rng)
+    model_input = ModelInput(SEED, window, cache.frontend.top_db)  # the seed normalisation, as decoding_loader applies it
+    return lambda indices, rng: make_batch(cache, indices, model_input, augment, rng)
 
 
 def interleaved_rates(loaders: dict[str, Loader], n: int, batches: int, batch_size: int, train: bool) -> dict[str, float]:

@@ -2,9 +2,13 @@
 
 SpecAugment (Park et al. 2019) as the seed used it on normalised mel windows:
 one frequency mask of up to F=27 bands, one time mask of up to T=100 frames and a
-time warp of up to W=80 frames. Masked cells get the value of silence in the seed
-normalisation (1.0 = the -80 dB floor), so a mask reads as "nothing here" rather
-than as the loudest possible sound (0.0).
+time warp of up to W=80 frames. Masked cells get the value of silence (1.0, the
+-80 dB floor), so a mask reads as "nothing here" rather than as the loudest possible
+sound (0.0). Both normalisations a model may name (genre_stream.audio.normalization)
+put their values in [0, 1] with 0 at the reference and 1 at the floor (seed: the
+window's quietest bin, 80 dB down once its range reaches 80 dB; running: 80 dB or
+more below the running reference), so the mask value and the warp's interpolation
+between frames mean the same under either.
 
 Short training windows cannot hold a 100-frame mask or an 80-frame warp, so both are
 capped relative to the window (a mask at most half of it, a warp that keeps the
@@ -21,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SILENCE = 1.0  # value of the -top_db floor after normalize_window
+SILENCE = 1.0  # value of the -top_db floor under either normalisation
 
 
 @dataclass(frozen=True)

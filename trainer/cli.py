@@ -114,10 +114,10 @@ def export(
     from genre_stream.audio.frontend import MelFrontend
     from genre_stream.common.progress import Progress
 
-    from .int8_windows import WindowSets, audio_windows, folder_sets, folder_test_windows, synthetic_sets
     from .checkpoint import CheckpointError, load_checkpoint
     from .export import save_atomic
     from .frontend_torch import TorchMelFrontend
+    from .int8_windows import WindowSets, audio_windows, folder_sets, folder_test_windows, synthetic_sets
     from .quantize import FP32_PARITY, Int8Config, build_export
 
     try:
@@ -127,20 +127,21 @@ def export(
     if calibration and calibration_audio:
         raise click.UsageError("give either --calibration (a folder split into calibration and test files) or --calibration-audio, not both")
     frontend = TorchMelFrontend(info.frontend)
+    norm = info.normalization  # windows are normalised as the model's inputs are; the export's metadata keeps saying which
     n_cal = calibration_windows if quantize == "int8" else 0
     real_cal = bool(calibration_audio) and quantize == "int8"
     click.echo(f"making {'real-music' if real_cal else n_cal} calibration and {test_windows} test windows ...", err=True)
     try:
         if real_cal:
-            cal, cal_source = audio_windows(list(calibration_audio), MelFrontend(info.frontend))
-            test = synthetic_sets(frontend, 0, 0 if test_audio else test_windows).test
+            cal, cal_source = audio_windows(list(calibration_audio), MelFrontend(info.frontend), normalization=norm)
+            test = synthetic_sets(frontend, 0, 0 if test_audio else test_windows, norm).test
             sets = WindowSets(cal, test, f"calibration: {cal_source}" + ("" if test_audio else f"; test: {len(test)} synthetic pieces"))
         elif calibration:
-            sets = folder_sets(calibration, frontend, max(n_cal, 1), test_windows)
+            sets = folder_sets(calibration, frontend, max(n_cal, 1), test_windows, norm)
         else:
-            sets = synthetic_sets(frontend, n_cal, 0 if test_audio else test_windows)
+            sets = synthetic_sets(frontend, n_cal, 0 if test_audio else test_windows, norm)
         if test_audio:
-            sets.test, test_source = folder_test_windows(test_audio, frontend, test_windows)
+            sets.test, test_source = folder_test_windows(test_audio, frontend, test_windows, norm)
             sets.source += f"; test: {test_source}"
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -46,18 +47,22 @@ def _errors():
     return (DataError, CheckpointError, EvaluateError, TrainError, ValueError)
 
 
-TRAIN_DEFAULTS = {"epochs": 100, "lr": 0.01, "patience": 10, "accuracy_patience": 0}
+TRAIN_DEFAULTS = {"epochs": 100, "lr": 0.01, "patience": 10, "accuracy_patience": 0, "normalization": "seed"}
 # Fine-tuning starts from trained features and usually has a few dozen clips per label: fewer
 # epochs, a shorter patience, and a stop once validation accuracy stops improving (it saturates early
 # on a small validation part while the loss keeps creeping down). The step stays at 0.01: a new
 # decision layer at 0.001 had not converged after 6 epochs on the test set (held-out 0.8 against 1.0).
-FINETUNE_DEFAULTS = {"epochs": 30, "lr": 0.01, "patience": 5, "accuracy_patience": 5}
+FINETUNE_DEFAULTS = {"epochs": 30, "lr": 0.01, "patience": 5, "accuracy_patience": 5, "normalization": "the base model's"}
+NORMALIZATION_WORDS = ("seed", "running")  # --normalization; normalization_named() says which model normalisation each names
 
 
 def _train_options(f=None, *, defaults: dict[str, Any] = TRAIN_DEFAULTS):
     if f is None:
         return lambda g: _train_options(g, defaults=defaults)
     options = [
+        click.option("--normalization", type=click.Choice(NORMALIZATION_WORDS), default=None, show_default=defaults["normalization"],
+                     help="The model's input normalisation: seed = each window on its own (the bundled models'); running = each frame once, "
+                          "against the loudest frame of the window before it, so streaming reuses every frame (docs/TRAINING.md)."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, help="cuda when available under auto; one GPU per torchrun process."),
         click.option("--no-augment", is_flag=True, help="Train without SpecAugment."),
         click.option("--time-warp", type=click.IntRange(0), default=80, show_default=True, help="SpecAugment time warp W (frames, 0 = off)."),
@@ -78,13 +83,25 @@ def _train_options(f=None, *, defaults: dict[str, Any] = TRAIN_DEFAULTS):
     return f
 
 
-def _config(epochs, batch_size, lr, patience, accuracy_patience, seed, folds, window_frames, freq_mask, time_mask, time_warp, no_augment, device):
+def normalization_named(word: str) -> str:
+    """The normalisation a model records (genre_stream.audio.normalization) for a --normalization word.
+
+    Imported here, not at the top: ``genre-trainer --help`` loads neither numpy nor torch.
+    """
+    from genre_stream.audio.normalization import RUNNING, SEED
+
+    return {"seed": SEED, "running": RUNNING}[word]
+
+
+def _config(epochs, batch_size, lr, patience, accuracy_patience, seed, folds, window_frames, freq_mask, time_mask, time_warp, no_augment, device,
+            normalization):
     from .augment import SpecAugmentConfig
     from .train import TrainConfig
 
     augment = SpecAugmentConfig(0, 0, 0) if no_augment else SpecAugmentConfig(freq_mask, time_mask, time_warp)
     return TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, early_stop_patience=patience, accuracy_patience=accuracy_patience or None,
-                       seed=seed, folds=folds, window_frames=window_frames, augment=augment, device=device)
+                       seed=seed, folds=folds, window_frames=window_frames, augment=augment, device=device,
+                       normalization=normalization_named(normalization) if normalization else None)
 
 
 def _is_rank0() -> bool:
@@ -189,7 +206,7 @@ def _no_bar(items, label):
 
 def _precision(value: float) -> str:
     """A precision for humans: "-" when nothing was answered (the value is nan)."""
-    return "-" if value != value else f"{value:.2f}"
+    return "-" if math.isnan(value) else f"{value:.2f}"
 
 
 @click.command("evaluate")

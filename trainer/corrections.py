@@ -10,7 +10,9 @@ model's decision layer is kept and the model is *nudged*:
   eval mode while it trains): a few dozen tracks cannot estimate them, and
   statistics that drift are the quickest way to lose what the model knew;
 * each labelled track gives random crops of ``window_frames`` taken anywhere in
-  the whole track, SpecAugmented (``trainer.augment``) when asked;
+  the whole track, normalised as the base model's inputs are (``trainer.inputs``:
+  a crop alone for the seed normalisation, the whole track for the running one),
+  SpecAugmented (``trainer.augment``) when asked;
 * forgetting can be held back by distillation (``replay_batch``): each step also shows the student
   SpecAugmented crops of *unlabelled* library tracks and pulls its (temperature
   softened) prediction towards the frozen base model's prediction of the clean
@@ -41,7 +43,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from genre_stream.audio.frontend import MelFrontend, normalize_window
+from genre_stream.audio.frontend import MelFrontend
+from genre_stream.audio.normalization import SEED
 from genre_stream.common.fsutil import sha256_file
 from genre_stream.model.calibration import Calibration
 from genre_stream.model.info import ModelInfo
@@ -51,6 +54,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .data import DataError, decode_clip
 from .export import save_atomic, to_onnx_model, torch_probabilities
 from .finetune import FREEZE, frozen_modules, resolve_checkpoint
+from .inputs import ModelInput, TrackInputs
 from .model import BBNN
 
 log = logging.getLogger(__name__)
@@ -93,12 +97,9 @@ class LabelledTrack:
     label: int
 
 
-def random_crop(power: np.ndarray, frames: int, rng: np.random.Generator, top_db: float = 80.0) -> np.ndarray:
-    """A normalised window of ``frames`` frames from anywhere in the track (a short track is looped, like classify)."""
-    if len(power) < frames:
-        power = np.tile(power, (-(-frames // len(power)), 1))
-    start = int(rng.integers(0, len(power) - frames + 1))
-    return normalize_window(power[start : start + frames], top_db)
+def looped(power: np.ndarray, frames: int) -> np.ndarray:
+    """A track of at least ``frames`` frames: a shorter one repeated, like classify loops a short clip."""
+    return np.tile(power, (-(-frames // len(power)), 1)) if len(power) < frames else power
 
 
 def _augment(windows: list[np.ndarray], config: SpecAugmentConfig, rng: np.random.Generator) -> np.ndarray:
@@ -112,9 +113,15 @@ def learn_corrections(
     config: CorrectionConfig | None = None,
     top_db: float = 80.0,
     on_step: StepCallback | None = None,
+    model_input: ModelInput | None = None,
 ) -> BBNN:
-    """A copy of ``base`` fine-tuned on ``labelled`` and distilled from ``base`` on ``unlabelled`` power frames."""
+    """A copy of ``base`` fine-tuned on ``labelled`` and distilled from ``base`` on ``unlabelled`` power frames.
+
+    ``model_input`` is the base model's input rule (``ModelInput.of(info)``); a caller that holds only
+    weights leaves it out and gets the seed normalisation with ``top_db``.
+    """
     config = config or CorrectionConfig()
+    model_input = model_input or ModelInput(SEED, config.window_frames, top_db)
     if not labelled:
         raise ValueError("no labelled tracks to learn from")
     n_classes = base.n_classes
@@ -133,15 +140,24 @@ def learn_corrections(
     student.eval()  # batch norms keep the base model's statistics (see the module docstring)
     replay = config.replay_batch if unlabelled and config.distill_weight > 0 else 0
     t = config.distill_temperature
+    # labelled tracks are numbered 0.., unlabelled ones after them; whole tracks, so the running normalisation sees them all
+    tracks = [looped(p, config.window_frames) for p in [*(track.power for track in labelled), *unlabelled]]
+    inputs = TrackInputs(model_input, lambda i, start, length: tracks[i][start : None if length is None else start + length])
+
+    def crop(i: int, rng: np.random.Generator) -> np.ndarray:
+        """The model input of ``window_frames`` frames from anywhere in track ``i``."""
+        start = int(rng.integers(0, len(tracks[i]) - config.window_frames + 1))
+        return inputs.window(i, start, config.window_frames)
+
     for step in range(config.steps):
         rng = np.random.default_rng([config.seed, step])
         picks = rng.integers(0, len(labelled), size=config.batch_size)
-        x = _augment([random_crop(labelled[i].power, config.window_frames, rng, top_db) for i in picks], config.augment, rng)
+        x = _augment([crop(int(i), rng) for i in picks], config.augment, rng)
         y = torch.tensor([labelled[i].label for i in picks])
         logits, _ = student(torch.from_numpy(x))
         loss = F.cross_entropy(logits, y)
         if replay:
-            clean = [random_crop(unlabelled[i], config.window_frames, rng, top_db) for i in rng.integers(0, len(unlabelled), size=replay)]
+            clean = [crop(len(labelled) + int(i), rng) for i in rng.integers(0, len(unlabelled), size=replay)]
             with torch.no_grad():
                 target = F.softmax(teacher(torch.from_numpy(np.stack(clean)))[0] / t, dim=-1)
             student_logits, _ = student(torch.from_numpy(_augment(clean, config.augment, rng)))
@@ -238,7 +254,7 @@ def finetune_library(checkpoint: str | Path, db_path: str | Path, out: str | Pat
     data = read_library(db_path, info.labels, MelFrontend(info.frontend), max_unlabelled if config.replay_batch else 0, config.seed)
     targets = np.array([t.label for t in data.labelled])
     before = _track_accuracy(base, data.labelled, targets, info)
-    model = learn_corrections(base, data.labelled, data.unlabelled, config, info.frontend.top_db, on_step)
+    model = learn_corrections(base, data.labelled, data.unlabelled, config, info.frontend.top_db, on_step, ModelInput.of(info))
     after = _track_accuracy(model, data.labelled, targets, info)
     tuned = replace(info, model_id=f"{info.model_id or path.stem}+corrections", calibration=base_calibration(checkpoint, info),
                     provenance={"trainer": "genre-trainer finetune --library", "base_model": info.model_id or path.stem,
@@ -260,6 +276,6 @@ def finetune_library(checkpoint: str | Path, db_path: str | Path, out: str | Pat
 
 def _track_accuracy(model: BBNN, tracks: Sequence[LabelledTrack], targets: np.ndarray, info: ModelInfo) -> float:
     """Accuracy on whole tracks, each judged on its first 30 s window (in-sample: a sanity figure, not a measurement)."""
-    frames = info.frontend.window_frames
-    windows = np.stack([normalize_window(np.tile(t.power, (-(-frames // len(t.power)), 1))[:frames], info.frontend.top_db) for t in tracks])
+    model_input = ModelInput.of(info)
+    windows = np.stack([model_input.window(looped(t.power, model_input.window_frames)[: model_input.window_frames]) for t in tracks])
     return float((torch_probabilities(model, windows).argmax(axis=1) == targets).mean())

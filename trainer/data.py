@@ -5,8 +5,9 @@ so ``prepare`` does them once: every clip goes through the runtime's own fronten
 (``genre_stream.audio.frontend``) and its power frames are appended to a flat binary shard.
 ``manifest.json`` maps each clip to (shard, offset, frames) and records the file's
 sha256, so running ``prepare`` again only decodes what is new or changed and drops
-what disappeared. Normalisation is per window and therefore applied when a window is
-read (``Cache.window``), never stored.
+what disappeared. Normalisation belongs to the model, not to the data, and is therefore
+applied when a window is read (``Cache.window``, by the model's ``trainer.inputs.ModelInput``),
+never stored.
 
 A clip shorter than the cache's window is looped to the window length first, exactly
 as ``classify`` does, so a model never sees a short clip differently at run time.
@@ -29,10 +30,11 @@ from typing import Any
 import numpy as np
 
 from genre_stream.audio.decode import AUDIO_EXTENSIONS, AudioError, load_audio
-from genre_stream.audio.frontend import FrontendConfig, MelFrontend, loop_to_length, normalize_window
+from genre_stream.audio.frontend import FrontendConfig, MelFrontend, loop_to_length
 from genre_stream.common.fsutil import atomic_path, sha256_file
 
 from .frontend_torch import TorchMelFrontend
+from .inputs import ModelInput, TrackInputs
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +187,7 @@ def encode(power: np.ndarray, dtype: str) -> np.ndarray:
 
 
 def decode(stored: np.ndarray) -> np.ndarray:
-    """Stored frames back to float32 power, so the runtime's ``normalize_window`` applies unchanged."""
+    """Stored frames back to float32 power, so the runtime's normalisations apply unchanged."""
     if stored.dtype == np.float16:
         return np.power(10.0, stored.astype(np.float32) / 10.0, dtype=np.float32)
     return np.array(stored, dtype=np.float32)
@@ -212,6 +214,7 @@ class Cache:
         self.skipped: list[dict[str, str]] = list(data.get("skipped", []))
         self.labels = sorted({e.label for e in self.entries})
         self._maps: dict[str, np.ndarray] = {}
+        self._inputs: dict[ModelInput, TrackInputs] = {}
         for name, frames in data["shards"].items():
             shard = self.root / SHARDS / name
             expected = frames * self.frontend.n_mels * self.dtype.itemsize
@@ -247,9 +250,11 @@ class Cache:
             raise IndexError(f"frames {start}:{stop} outside {e.path} ({e.frames} frames)")
         return decode(self._shard(e.shard)[e.offset + start : e.offset + stop])
 
-    def window(self, index: int, start: int, length: int) -> np.ndarray:
-        """One normalised model input (length, n_mels): the runtime's normalisation, applied on read."""
-        return normalize_window(self.power(index, start, length), self.frontend.top_db)
+    def window(self, index: int, start: int, length: int, model_input: ModelInput) -> np.ndarray:
+        """The model input (length, n_mels) at frame ``start`` of entry ``index``, normalised on read as the runtime would."""
+        if model_input not in self._inputs:
+            self._inputs[model_input] = TrackInputs(model_input, self.power)
+        return self._inputs[model_input].window(index, start, length)
 
 
 def _write_manifest(root: Path, config: PrepareConfig, source: str, entries: list[Entry], skipped: list[dict[str, str]], shards: dict[str, int]) -> None:

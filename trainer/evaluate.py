@@ -1,9 +1,10 @@
 """Metrics of a model on labelled data, for a PyTorch checkpoint or an exported ONNX model.
 
 A track is scored the way ``genre-stream classify`` scores it -- windows every
-``hop`` seconds, probabilities averaged -- so evaluate and classify agree on every
-file. ONNX models go through the runtime's own ``Engine``, which is how the
-accuracy of an int8 or fp16 export is measured rather than assumed.
+``hop`` seconds, normalised as the model's metadata says (``trainer.inputs``),
+probabilities averaged -- so evaluate and classify agree on every file. ONNX
+models go through the runtime's own ``Engine``, which is how the accuracy of an
+int8 or fp16 export is measured rather than assumed.
 
 DATA may be a prepared cache or audio (a folder tree or CSV); audio is prepared
 into a temporary cache with the model's own frontend settings first.
@@ -34,6 +35,7 @@ from genre_stream.model.info import ModelInfo
 from genre_stream.tracks.analysis import window_starts
 
 from .data import MANIFEST, Cache, PrepareConfig, prepare
+from .inputs import ModelInput
 from .metrics import classification_report, expected_calibration_error, reliability_bins
 from .plots import plot_confusion, plot_reliability
 from .temperature import rule_curves, selective
@@ -51,13 +53,14 @@ class EvaluateError(ValueError):
 def track_probabilities(
     cache: Cache,
     indices: list[int],
-    window: int,
+    model_input: ModelInput,
     predict: Predictor,
     hop_seconds: float = 10.0,
     batch: int = 16,
     progress: Callable[[list[tuple[int, int]]], Iterable[tuple[int, int]]] | None = None,
 ) -> np.ndarray:
-    """Mean window probabilities of each cached clip, windows placed exactly like ``classify``."""
+    """Mean window probabilities of each cached clip, windows placed and normalised exactly like ``classify``."""
+    window = model_input.window_frames
     hop = max(1, cache.frontend.seconds_to_frames(hop_seconds))
     pending: list[np.ndarray] = []
     owners: list[int] = []
@@ -76,7 +79,7 @@ def track_probabilities(
         if frames < window:
             raise EvaluateError(f"{cache.entries[idx].path}: {frames} cached frames, shorter than the model's {window}-frame window")
         for start in window_starts(frames, window, hop):
-            pending.append(cache.window(idx, start, window))
+            pending.append(cache.window(idx, start, window, model_input))
             owners.append(k)
             if len(pending) >= batch:
                 flush()
@@ -154,8 +157,8 @@ def evaluate(
         if unknown:
             raise EvaluateError(f"{data}: labels {unknown} are not among the model's labels {labels}")
         indices = cache.originals()
-        window = model.info.frontend.window_frames
-        probs = track_probabilities(cache, indices, window, model.predict, hop_seconds, progress=(lambda items: progress(items, "classifying")) if progress else None)
+        probs = track_probabilities(cache, indices, ModelInput.of(model.info), model.predict, hop_seconds,
+                                    progress=(lambda items: progress(items, "classifying")) if progress else None)
         index = {label: i for i, label in enumerate(labels)}
         targets = np.array([index[cache.entries[i].label] for i in indices], dtype=int)
         report = classification_report(targets, probs, labels)
@@ -168,6 +171,7 @@ def evaluate(
         report["model"] = str(model_path)
         report["model_kind"] = model.kind
         report["model_id"] = model.info.model_id
+        report["normalization"] = model.info.normalization
         report["data"] = str(data)
         report["skipped"] = cache.skipped
         report["files"] = [

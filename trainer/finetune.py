@@ -6,6 +6,9 @@ recipe, split, resume and output as ``train``. Frozen batch norms keep their
 running statistics (see ``train.set_train_mode``), so a frozen backbone computes
 exactly the features it was trained to compute.
 
+The new model is normalised like its base (``ModelInfo.normalization``) unless the
+config names another normalisation: the kept features were learnt on the base's inputs.
+
 ``default`` names the PyTorch twin of the bundled ONNX model
 (``trainer/models/bbnn-gtzan-augmented-fold0.pt``), so a user can fine-tune
 without the seed checkpoints.
@@ -67,11 +70,20 @@ def adapt(base: BBNN, labels: list[str], freeze: str) -> BBNN:
 
 
 def finetune_run(checkpoint: str | Path, cache_dir: str | Path, out: str | Path, freeze: str = "partial", config: TrainConfig | None = None, progress: Progress = no_progress) -> dict[str, Any]:
-    """Fine-tune ``checkpoint`` on a prepared cache; writes RUN exactly like ``train_run``."""
+    """Fine-tune ``checkpoint`` on a prepared cache; writes RUN exactly like ``train_run``.
+
+    ``config.normalization`` None (the default) keeps the base model's normalisation.
+    """
     path = resolve_checkpoint(checkpoint)
     base, info, _ = load_checkpoint(path)
     if freeze not in FREEZE:
         raise ValueError(f"freeze must be one of {', '.join(FREEZE)}, got {freeze!r}")
+    config = config or TrainConfig()
+    if config.normalization is None:
+        config = replace(config, normalization=info.normalization)
+    elif config.normalization != info.normalization:
+        log.warning("%s was trained with the %s normalisation and is fine-tuned with %s: the features it brings were "
+                    "learnt on other inputs (freeze=%s)", path.name, info.normalization, config.normalization, freeze)
     cache = Cache(cache_dir)
     if replace(cache.frontend, window_frames=info.frontend.window_frames) != info.frontend:
         raise DataError(f"{cache.root}: prepared with frontend {cache.frontend}, but {path} expects {info.frontend}; prepare the data again")

@@ -7,6 +7,13 @@ offsets instead); with ``audio_windows`` every window of the given music
 calibrates, cut exactly as ``genre-stream classify`` cuts it, and the check
 uses other material; without either, both come from the project's own
 synthetic pieces (``trainer.synth``) with disjoint seeds.
+
+Every window is normalised as the model's inputs are (``normalization``, from its
+metadata): int8 ranges set on another normalisation's values would be the ranges of
+inputs the model never gets. Synthetic and folder windows stand alone (a piece, or a
+circular shift of a clip), so each is normalised as the start of a stream
+(``genre_stream.audio.normalization.window_of``); ``audio_windows`` normalises whole
+tracks as ``classify`` does.
 """
 
 from __future__ import annotations
@@ -18,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from genre_stream.audio.decode import AudioError, find_audio_files, iter_audio, load_audio
-from genre_stream.audio.frontend import MelFrontend
+from genre_stream.audio.frontend import MelFrontend, loop_to_length
+from genre_stream.audio.normalization import SEED, window_of
 from genre_stream.tracks import TRACK_HOP_SECONDS
 from genre_stream.tracks.analysis import iter_windows
 
@@ -36,7 +44,14 @@ class WindowSets:
     source: str  # one line saying where the windows came from (stored in the model metadata)
 
 
-def offset_windows(audio: np.ndarray, frontend: MelFrontend, count: int, phase: float = 0.0) -> np.ndarray:
+def clip_window(audio: np.ndarray, frontend: MelFrontend, normalization: str = SEED) -> np.ndarray:
+    """The model input of a clip's first window (a shorter clip looped to it), as ``MelFrontend.window`` for ``SEED``."""
+    c = frontend.config
+    power = frontend.power(loop_to_length(np.asarray(audio, dtype=np.float32), c.window_samples))[: c.window_frames]
+    return window_of(normalization, power, c.top_db)
+
+
+def offset_windows(audio: np.ndarray, frontend: MelFrontend, count: int, phase: float = 0.0, normalization: str = SEED) -> np.ndarray:
     """``count`` windows of a track looped end to start, starting at evenly spread offsets.
 
     Looping lets a 5 s or a 30 s clip give as many distinct windows as asked for,
@@ -48,13 +63,13 @@ def offset_windows(audio: np.ndarray, frontend: MelFrontend, count: int, phase: 
     for i in range(count):
         offset = int(((i + phase) / count) * audio.size) % audio.size
         reps = int(np.ceil((offset + length) / audio.size)) + 1
-        out.append(frontend.window(np.tile(audio, reps)[offset : offset + length]))
+        out.append(clip_window(np.tile(audio, reps)[offset : offset + length], frontend, normalization))
     return _stack(out, frontend)
 
 
-def synthetic_sets(frontend: MelFrontend, n_calibration: int, n_test: int) -> WindowSets:
-    cal = _stack([frontend.window(synth_piece(seed)) for seed in range(n_calibration)], frontend)
-    test = _stack([frontend.window(synth_piece(TEST_SEED_OFFSET + seed)) for seed in range(n_test)], frontend)
+def synthetic_sets(frontend: MelFrontend, n_calibration: int, n_test: int, normalization: str = SEED) -> WindowSets:
+    cal = _stack([clip_window(synth_piece(seed), frontend, normalization) for seed in range(n_calibration)], frontend)
+    test = _stack([clip_window(synth_piece(TEST_SEED_OFFSET + seed), frontend, normalization) for seed in range(n_test)], frontend)
     return WindowSets(cal, test, f"trainer.synth pieces: calibration seeds 0..{n_calibration - 1}, test seeds {TEST_SEED_OFFSET}..{TEST_SEED_OFFSET + n_test - 1}")
 
 
@@ -63,10 +78,10 @@ def _stack(windows: list[np.ndarray], frontend: MelFrontend) -> np.ndarray:
     return np.stack(windows) if windows else np.zeros((0, c.window_frames, c.n_mels), np.float32)
 
 
-def folder_test_windows(folder: Path, frontend: MelFrontend, per_file: int) -> tuple[np.ndarray, str]:
+def folder_test_windows(folder: Path, frontend: MelFrontend, per_file: int, normalization: str = SEED) -> tuple[np.ndarray, str]:
     """``per_file`` windows of every readable file under ``folder``: a check set only."""
     tracks = _read_folder(folder, frontend)
-    windows = np.concatenate([offset_windows(a, frontend, per_file, phase=0.25) for _, a in tracks])
+    windows = np.concatenate([offset_windows(a, frontend, per_file, 0.25, normalization) for _, a in tracks])
     return windows, f"{folder}: {len(tracks)} files x {per_file} offsets"
 
 
@@ -90,26 +105,26 @@ def _read_folder(folder: Path, frontend: MelFrontend) -> list[tuple[Path, np.nda
     return tracks
 
 
-def folder_sets(folder: Path, frontend: MelFrontend, n_calibration: int, n_test: int) -> WindowSets:
+def folder_sets(folder: Path, frontend: MelFrontend, n_calibration: int, n_test: int, normalization: str = SEED) -> WindowSets:
     """Windows from the audio files under ``folder``; files alternate between calibration and test."""
     tracks = _read_folder(folder, frontend)
     if len(tracks) == 1:
         audio = tracks[0][1]
-        cal = offset_windows(audio, frontend, n_calibration, phase=0.0)
-        test = offset_windows(audio, frontend, n_test, phase=0.5)
+        cal = offset_windows(audio, frontend, n_calibration, 0.0, normalization)
+        test = offset_windows(audio, frontend, n_test, 0.5, normalization)
         return WindowSets(cal, test, f"{folder}: 1 file, calibration and test at interleaved offsets")
     cal_tracks, test_tracks = tracks[0::2], tracks[1::2]
-    cal = _spread_over(cal_tracks, frontend, n_calibration)
-    test = _spread_over(test_tracks, frontend, n_test)
+    cal = _spread_over(cal_tracks, frontend, n_calibration, normalization)
+    test = _spread_over(test_tracks, frontend, n_test, normalization)
     return WindowSets(cal, test, f"{folder}: {len(cal_tracks)} calibration files, {len(test_tracks)} other test files")
 
 
-def _spread_over(tracks: list[tuple[Path, np.ndarray]], frontend: MelFrontend, total: int) -> np.ndarray:
+def _spread_over(tracks: list[tuple[Path, np.ndarray]], frontend: MelFrontend, total: int, normalization: str) -> np.ndarray:
     per = [total // len(tracks) + (1 if i < total % len(tracks) else 0) for i in range(len(tracks))]
-    return np.concatenate([offset_windows(a, frontend, max(1, n)) for (_, a), n in zip(tracks, per)])
+    return np.concatenate([offset_windows(a, frontend, max(1, n), normalization=normalization) for (_, a), n in zip(tracks, per)])
 
 
-def audio_windows(paths: list[Path], frontend: MelFrontend, hop_seconds: float = TRACK_HOP_SECONDS) -> tuple[np.ndarray, str]:
+def audio_windows(paths: list[Path], frontend: MelFrontend, hop_seconds: float = TRACK_HOP_SECONDS, normalization: str = SEED) -> tuple[np.ndarray, str]:
     """Every window ``genre-stream classify`` would cut from the music under ``paths`` (files or folders).
 
     Calibrating on the windows the runtime actually sees (real music, the same
@@ -123,7 +138,7 @@ def audio_windows(paths: list[Path], frontend: MelFrontend, hop_seconds: float =
     used = 0
     for path in files:
         try:
-            found = [w for _, _, w in iter_windows(iter_audio(path, frontend.config.sample_rate), frontend, hop_seconds)]
+            found = [w for _, _, w in iter_windows(iter_audio(path, frontend.config.sample_rate), frontend, hop_seconds, normalization)]
         except AudioError as exc:
             log.warning("skipping %s", exc)
             continue

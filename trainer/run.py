@@ -23,12 +23,13 @@ import numpy as np
 import torch
 
 from genre_stream import __version__ as genre_stream_version
+from genre_stream.audio.normalization import SEED
 from genre_stream.common.fsutil import atomic_path
-from genre_stream.model.info import ModelInfo
 
 from .checkpoint import save_checkpoint
 from .data import Cache, DataError, check_labels
 from .distributed import Dist, TrainError, distributed
+from .inputs import DEFAULT_NORMALIZATION, ModelInput
 from .model import BBNN
 from .plots import plot_confusion, plot_curves
 from .split import PARTS, Split, fold_split, thin_split_warnings
@@ -60,8 +61,8 @@ def _labels_by_source(cache: Cache) -> dict[str, str]:
     return {cache.entries[i].path: cache.entries[i].label for i in cache.originals()}
 
 
-def _check_cache(cache: Cache, config: TrainConfig) -> int:
-    """Validate data and options before anything is written; returns the training window."""
+def _check_cache(cache: Cache, config: TrainConfig) -> ModelInput:
+    """Validate data and options before anything is written; returns the model's input rule (window, normalisation)."""
     window = config.window_frames or cache.window_frames
     if window > cache.window_frames:
         raise TrainError(f"--window-frames {window} is longer than the cache's {cache.window_frames}; prepare the cache with --window-frames {window}")
@@ -71,9 +72,9 @@ def _check_cache(cache: Cache, config: TrainConfig) -> int:
         raise TrainError(f"--folds must be between 1 and {PARTS}, got {config.folds}")
     try:
         check_labels({label: sum(1 for i in cache.originals() if cache.entries[i].label == label) for label in cache.labels}, str(cache.root))
-    except DataError as exc:
+        return ModelInput(config.normalization, window, cache.frontend.top_db)
+    except (DataError, ValueError) as exc:
         raise TrainError(str(exc)) from exc
-    return window
 
 
 def train_run(
@@ -84,12 +85,18 @@ def train_run(
     provenance: dict[str, Any] | None = None,
     progress: Progress = no_progress,
 ) -> dict[str, Any]:
-    """Train (all folds), write RUN atomically, return the run summary (metrics.json content)."""
+    """Train (all folds), write RUN atomically, return the run summary (metrics.json content).
+
+    A config without a normalization trains a new model with ``inputs.DEFAULT_NORMALIZATION``; the
+    resolved name is what run.json, metrics.json and the checkpoints record.
+    """
     config = config or TrainConfig()
+    if config.normalization is None:
+        config = replace(config, normalization=DEFAULT_NORMALIZATION)
     out = Path(out)
     partial = out.with_name(out.name + ".partial")
     cache = Cache(cache_dir)
-    window = _check_cache(cache, config)
+    model_input = _check_cache(cache, config)
     labels = list(cache.labels)
     by_source = _labels_by_source(cache)
     splits = []
@@ -119,10 +126,10 @@ def train_run(
             if dist.main:
                 for warning in thin_split_warnings(splits[0], by_source, config.folds):
                     log.warning("%s", warning)
-            return _run_folds(cache, out, partial, splits, labels, config, window, spec, factory, provenance or {}, dist, progress)
+            return _run_folds(cache, out, partial, splits, labels, config, model_input, spec, factory, provenance or {}, dist, progress)
 
 
-def _run_folds(cache: Cache, out: Path, partial: Path, splits: list[Split], labels: list[str], config: TrainConfig, window: int,
+def _run_folds(cache: Cache, out: Path, partial: Path, splits: list[Split], labels: list[str], config: TrainConfig, model_input: ModelInput,
                spec: RunSpec, factory: ModelFactory, provenance: dict[str, Any], dist: Dist, progress: Progress) -> dict[str, Any]:
     """Train every fold not finished yet, then assemble RUN (rank 0) and share its summary."""
     folds = []
@@ -135,7 +142,7 @@ def _run_folds(cache: Cache, out: Path, partial: Path, splits: list[Split], labe
             continue
         torch.manual_seed(config.seed + fold)
         model = factory(labels)
-        trainer = FoldTrainer(cache, split, labels, config, window, model, fold, folder, dist, progress)
+        trainer = FoldTrainer(cache, split, labels, config, model_input, model, fold, folder, dist, progress)
         trainer.model_id = out.name if config.folds == 1 else f"{out.name}-fold{fold:02d}"
         state = trainer.run()
         if dist.main:
@@ -143,7 +150,7 @@ def _run_folds(cache: Cache, out: Path, partial: Path, splits: list[Split], labe
         dist.barrier()
     summary = None
     if dist.main:
-        summary = _finish_run(out, partial, folds, spec, window)
+        summary = _finish_run(out, partial, folds, spec, model_input.window_frames)
     dist.barrier()
     return dist.broadcast(summary)
 
@@ -181,7 +188,7 @@ def _open_partial(out: Path, partial: Path, spec: RunSpec) -> None:
     spec_path = partial / "run.json"
     if partial.exists():
         try:
-            old = json.loads(spec_path.read_text())
+            old = _from_before_normalization(json.loads(spec_path.read_text()))
         except (OSError, json.JSONDecodeError):
             old = None
         if old != json.loads(json.dumps(asdict(spec))):
@@ -194,6 +201,13 @@ def _open_partial(out: Path, partial: Path, spec: RunSpec) -> None:
         return
     partial.mkdir(parents=True)
     _write_json(spec_path, asdict(spec))
+
+
+def _from_before_normalization(spec: Any) -> Any:
+    """A run.json written before runs recorded their normalization was a seed run: it still resumes."""
+    if isinstance(spec, dict) and isinstance(spec.get("config"), dict):
+        spec["config"].setdefault("normalization", SEED)
+    return spec
 
 
 def _load_fold_result(folder: Path) -> dict[str, Any] | None:
@@ -209,20 +223,15 @@ def _finish_fold(trainer: FoldTrainer, state: FoldState, spec: RunSpec, provenan
     originals = {cache.entries[i].path: i for i in cache.originals()}
     reports = {name: trainer.evaluate([originals[p] for p in getattr(split, name)]) for name in ("train", "val", "test")}
     config = trainer.cfg
-    info = ModelInfo(
-        labels=trainer.labels,
-        frontend=replace(cache.frontend, window_frames=trainer.window),
-        model_id=trainer.model_id,
-        provenance={
-            **provenance,
-            "trainer": provenance.get("trainer", "genre-trainer train"),
-            "cache": str(cache.root),
-            "seed": config.seed,
-            "fold": trainer.fold,
-            "best_epoch": state.best_epoch,
-            "test_accuracy": reports["test"]["accuracy"],
-        },
-    )
+    info = trainer.model_info({
+        **provenance,
+        "trainer": provenance.get("trainer", "genre-trainer train"),
+        "cache": str(cache.root),
+        "seed": config.seed,
+        "fold": trainer.fold,
+        "best_epoch": state.best_epoch,
+        "test_accuracy": reports["test"]["accuracy"],
+    })
     save_checkpoint(folder / "model.pt", trainer.model, info, extra={"val_loss": state.best_loss})
     metrics = {
         "fold": trainer.fold,

@@ -43,6 +43,7 @@ from .checkpoint import save_checkpoint
 from .data import Cache
 from .distributed import Dist, TrainError
 from .evaluate import track_probabilities
+from .inputs import ModelInput
 from .metrics import classification_report
 from .model import torch_predictor
 from .split import Split
@@ -89,6 +90,9 @@ class TrainConfig:
     amp: bool = True
     eval_hop_seconds: float = 10.0
     bn_batches: int = 64  # batches of training windows used to re-estimate batch-norm statistics
+    # The model's input normalisation (genre_stream.audio.normalization); None until the run resolves it:
+    # inputs.DEFAULT_NORMALIZATION for a new model, the base model's when fine-tuning.
+    normalization: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -105,12 +109,13 @@ def epoch_order(indices: list[int], seed: int, fold: int, epoch: int, dist: Dist
     return order[dist.rank : usable : dist.world]
 
 
-def make_batch(cache: Cache, indices: list[int], window: int, augment: SpecAugmentConfig | None, rng: np.random.Generator) -> np.ndarray:
-    """Random crops of ``window`` frames, normalised on read, SpecAugmented when asked."""
+def make_batch(cache: Cache, indices: list[int], model_input: ModelInput, augment: SpecAugmentConfig | None, rng: np.random.Generator) -> np.ndarray:
+    """Random crops of the model's window, normalised on read as the runtime would, SpecAugmented when asked."""
+    window = model_input.window_frames
     out = np.empty((len(indices), window, cache.frontend.n_mels), dtype=np.float32)
     for k, idx in enumerate(indices):
         start = int(rng.integers(0, cache.entries[idx].frames - window + 1))
-        w = cache.window(idx, start, window)
+        w = cache.window(idx, start, window, model_input)
         out[k] = spec_augment(w, augment, rng) if augment is not None and augment.enabled else w
     return out
 
@@ -172,9 +177,10 @@ class FoldState:
 class FoldTrainer:
     """Trains one fold of a run; rank 0 owns the fold folder."""
 
-    def __init__(self, cache: Cache, split: Split, labels: list[str], config: TrainConfig, window: int, model: nn.Module, fold: int, folder: Path, dist: Dist, progress: Progress) -> None:
-        self.cache, self.split, self.labels, self.cfg = cache, split, labels, config
-        self.window, self.fold, self.folder, self.dist, self.progress = window, fold, folder, dist, progress
+    def __init__(self, cache: Cache, split: Split, labels: list[str], config: TrainConfig, model_input: ModelInput, model: nn.Module, fold: int,
+                 folder: Path, dist: Dist, progress: Progress) -> None:
+        self.cache, self.split, self.labels, self.cfg, self.model_input = cache, split, labels, config, model_input
+        self.window, self.fold, self.folder, self.dist, self.progress = model_input.window_frames, fold, folder, dist, progress
         self.model = model.to(dist.device)
         self.model_id = folder.name
         self.label_index = {label: i for i, label in enumerate(labels)}
@@ -243,7 +249,7 @@ class FoldTrainer:
         with self.progress(list(enumerate(batches)), f"fold {self.fold} epoch {epoch}/{self.cfg.epochs}") as bar:
             for b, batch in bar:
                 rng = np.random.default_rng([self.cfg.seed, self.fold, epoch, b, self.dist.rank])
-                x = torch.from_numpy(make_batch(self.cache, batch, self.window, augment, rng)).to(self.dist.device)
+                x = torch.from_numpy(make_batch(self.cache, batch, self.model_input, augment, rng)).to(self.dist.device)
                 y = torch.from_numpy(self._targets(batch)).to(self.dist.device)
                 self.optimizer.zero_grad(set_to_none=True)
                 with torch.autocast(device_type=self.dist.device.type, dtype=torch.float16, enabled=self.amp):
@@ -264,11 +270,16 @@ class FoldTrainer:
         order = [originals[i] for i in rng.permutation(len(originals))]
         size = self.cfg.batch_size
         chunks = [order[i : i + size] for i in range(0, len(order), size)][: self.cfg.bn_batches]
-        recalibrate_batch_norm(self.model, (make_batch(self.cache, c, self.window, None, rng) for c in chunks if len(c) > 1), self.dist.device)
+        recalibrate_batch_norm(self.model, (make_batch(self.cache, c, self.model_input, None, rng) for c in chunks if len(c) > 1), self.dist.device)
 
     def evaluate(self, indices: list[int]) -> dict[str, Any]:
-        probs = track_probabilities(self.cache, indices, self.window, torch_predictor(self.model, self.dist.device), self.cfg.eval_hop_seconds)
+        probs = track_probabilities(self.cache, indices, self.model_input, torch_predictor(self.model, self.dist.device), self.cfg.eval_hop_seconds)
         return classification_report(self._targets(indices), probs, self.labels)
+
+    def model_info(self, provenance: dict[str, Any]) -> ModelInfo:
+        """What this fold's checkpoints say about the model: the runtime reads its window and normalisation from here."""
+        return ModelInfo(labels=self.labels, frontend=replace(self.cache.frontend, window_frames=self.window),
+                         normalization=self.model_input.normalization, model_id=self.model_id, provenance=provenance)
 
     def run(self) -> FoldState:
         state = self.load_state()
@@ -284,8 +295,7 @@ class FoldTrainer:
         assert state.best_state is not None
         model = copy.deepcopy(self.model).cpu()
         model.load_state_dict(state.best_state)
-        info = ModelInfo(labels=self.labels, frontend=replace(self.cache.frontend, window_frames=self.window), model_id=self.model_id,
-                         provenance={"trainer": "interrupted run", "fold": self.fold, "best_epoch": state.best_epoch})
+        info = self.model_info({"trainer": "interrupted run", "fold": self.fold, "best_epoch": state.best_epoch})
         path = self.folder / BEST_SO_FAR
         save_checkpoint(path, model, info, extra={"val_loss": state.best_loss})
         return path
@@ -345,5 +355,5 @@ def stop_reason(state: FoldState, cfg: TrainConfig) -> str | None:
 
 
 def clock(seconds: float) -> str:
-    seconds = int(round(seconds))
+    seconds = round(float(seconds))
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
