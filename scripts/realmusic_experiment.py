@@ -198,15 +198,19 @@ def train_fold(train_idx, frames, targets, ref_db, args, log, meta_sets=None, me
     rng = np.random.default_rng(args.seed)
     torch.manual_seed(args.seed)
     model, _, _ = load_checkpoint(BUNDLED_PT)
-    params = [p for n, p in model.named_parameters() if args.train_all or n.startswith(("classifier", "head_norm", "transition"))]
+    params = [p for n, p in model.named_parameters() if (not args.freeze_stem or not n.startswith("stem")) and args.train_all or n.startswith(("classifier", "head_norm", "transition"))]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.wd)
     n = len(train_idx)
     steps_per_epoch = max(1, n // args.batch)
     total_steps = steps_per_epoch * args.epochs
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=total_steps, pct_start=0.15)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=total_steps, pct_start=args.pct_start)
     crop = args.crop
     t0 = time.time()
     step = 0
+    seeded = {i: seed_norm(frames[i]) for i in train_idx} if args.norm == "seed" else {}
+    if args.freeze_stem:
+        for prm in model.stem.parameters():
+            prm.requires_grad_(False)
     if args.balance:  # each (set, label) group drawn equally often (as in cvfeat)
         grp = [(meta_sets[i], meta_labels[i]) for i in train_idx]
         cnt = {g: grp.count(g) for g in set(grp)}
@@ -220,8 +224,11 @@ def train_fold(train_idx, frames, targets, ref_db, args, log, meta_sets=None, me
             for i in idx:
                 p = frames[i]
                 s = rng.integers(0, p.shape[0] - crop + 1)
-                g = rng.uniform(-args.gain, args.gain)
-                x = fixed_norm(p[s : s + crop], ref_db, g)
+                if args.norm == "seed":  # the clip (one window) normalised as a whole, then cropped: level-invariant
+                    x = seeded[i][s : s + crop].copy()
+                else:
+                    g = rng.uniform(-args.gain, args.gain)
+                    x = fixed_norm(p[s : s + crop], ref_db, g)
                 if args.specaug:
                     fill = x.mean()
                     for _ in range(2):
@@ -278,7 +285,7 @@ def cmd_cv(args) -> None:
     targets = [soft_target(m, yam, args) for m in meta]
     folds = make_folds(meta, args.k, args.fold_seed)
     preds = np.full((len(meta), len(LABELS)), np.nan)
-    norm = lambda w: fixed_norm(w, ref_db)
+    norm = seed_norm if args.norm == "seed" else (lambda w: fixed_norm(w, ref_db))
     if args.zero_shot:  # bundled weights with the fixed normalisation, no training
         model, _, _ = load_checkpoint(BUNDLED_PT)
         for i in range(len(meta)):
@@ -416,6 +423,9 @@ def main() -> None:
     cv.add_argument("--electronic", choices=["drop", "teacher", "yamnet"], default="drop")
     cv.add_argument("--save-models", action="store_true")
     cv.add_argument("--balance", type=int, default=0)
+    cv.add_argument("--norm", choices=["fixed", "seed"], default="fixed")
+    cv.add_argument("--freeze-stem", action="store_true")
+    cv.add_argument("--pct-start", type=float, default=0.15)
     fc = sub.add_parser("featcache")
     fc.add_argument("--ref-db", type=float)
     sub.add_parser("pool")
@@ -552,7 +562,7 @@ def cmd_cvfeat(args) -> None:
         params = list(net.parameters()) if args.train_all else list(net.classifier.parameters())
         opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.wd)
         spe = max(1, len(tr) // args.batch)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=spe * args.epochs, pct_start=0.15)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=spe * args.epochs, pct_start=args.pct_start)
         crop = args.crop // 8  # input frames -> pooled positions
         if args.balance:  # each (set, label) group drawn equally often: emotify's 225 pop/rock/classical clips
             grp = [(meta[i]["set"].replace("-gtzan", "").replace("-real", ""), meta[i]["label"]) for i in tr]
