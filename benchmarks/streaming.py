@@ -16,13 +16,13 @@ off. It also counts, over all of genre-dev, how many hops need a full recompute 
 seed normalisation of the window changed (its loudest bin or its floor moved): that is
 what bounds the gain, and it needs no inference to count.
 
-``--running`` adds two runs per hop, {fp32, int8} streaming with the ``RUNNING`` normalisation
-(audio/normalization.py): copies of the bundled exports and their packs whose metadata says so
-(same weights, so the answers are not a trained model's; the costs are what is measured), and
-the same recompute count with it (none by construction after the first window).
+``--compare seed`` (or ``running``) adds two runs per hop, {fp32, int8} streaming with that
+normalisation (audio/normalization.py): copies of the bundled exports and their packs whose
+metadata says so (same weights; the costs are what is measured), and the same recompute count
+with it. The bundled models use ``RUNNING`` since issue 23 (none by construction after the first
+window), so ``--compare seed`` shows what the seed's per-window normalisation cost.
 
-    PYTHONPATH=. python benchmarks/streaming.py --clips 20 --out benchmarks/results/streaming.json
-    PYTHONPATH=. python benchmarks/streaming.py --clips 20 --running --out benchmarks/results/streaming_running.json
+    PYTHONPATH=. python benchmarks/streaming.py --clips 20 --compare seed --out benchmarks/results/streaming.json
 """
 
 from __future__ import annotations
@@ -135,22 +135,22 @@ def daemon_peak_rss(audio: np.ndarray, hop: float) -> dict:
 
 
 MODES = ("fp32_streaming", "fp32_whole_windows", "int8_streaming", "int8_whole_windows")
-RUNNING_MODES = ("fp32_running_streaming", "int8_running_streaming")  # --running: the engines of running_engines()
+NORMALIZATION_WORDS = {"seed": SEED, "running": RUNNING}
 
 
-def running_engines(engines: dict[str, Engine], tmp: Path) -> dict[str, Engine]:
-    """Copies of the bundled exports (with their packs) whose metadata names RUNNING, as "fp32_running", "int8_running"."""
+def compare_engines(engines: dict[str, Engine], word: str, tmp: Path) -> dict[str, Engine]:
+    """Copies of the bundled exports (with their packs) whose metadata names ``word``'s normalisation, as "fp32_<word>", "int8_<word>"."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from _helpers_models import with_normalization  # needs onnx (the test extra), so only with --running
+    from _helpers_models import with_normalization  # needs onnx (the test extra), so only with --compare
 
-    return {f"{p}_running": open_engine(with_normalization(engines[p].path, RUNNING, tmp / p), threads=1, device="cpu")
+    return {f"{p}_{word}": open_engine(with_normalization(engines[p].path, NORMALIZATION_WORDS[word], tmp / p), threads=1, device="cpu")
             for p in ("fp32", "int8")}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clips", type=int, default=20, help="genre-dev clips (30 s each) for the CPU runs")
-    ap.add_argument("--running", action="store_true", help="also stream with the RUNNING normalisation (copies of the bundled models)")
+    ap.add_argument("--compare", choices=sorted(NORMALIZATION_WORDS), help="also stream with this normalisation (copies of the bundled models)")
     ap.add_argument("--note", help="a word on the machine for the JSON (e.g. other work sharing its cores)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/streaming.json"))
     args = ap.parse_args()
@@ -160,9 +160,9 @@ def main() -> None:
 
 def measure(args: argparse.Namespace, tmp: Path) -> None:
     engines = {p: open_engine(p, threads=1, device="cpu") for p in ("fp32", "int8")}
-    modes = MODES + RUNNING_MODES if args.running else MODES
-    if args.running:
-        engines.update(running_engines(engines, tmp))
+    modes = MODES + ((f"fp32_{args.compare}_streaming", f"int8_{args.compare}_streaming") if args.compare else ())
+    if args.compare:
+        engines.update(compare_engines(engines, args.compare, tmp))
     for e in engines.values():
         e.predict(np.zeros((1, 647, 128), np.float32))  # warm-up outside the measurements
     audio, source = music(args.clips)
@@ -205,10 +205,12 @@ def measure(args: argparse.Namespace, tmp: Path) -> None:
         "int8_streaming_1s_to_int8_whole_windows_5s": round(per_hour("int8_streaming", 1.0) / per_hour("int8_whole_windows", 5.0), 2),
         "daemon_run_fast_peak_rss_mb": {"audio": "the first 5 minutes of the CPU runs' audio", "hop_seconds": 1.0, "model": "int8",
                                         **daemon_peak_rss(audio[: 5 * 60 * SR], 1.0)},
-        "renormalised_hops": {"audio": everything_source, "audio_minutes": round(everything.size / SR / 60, 2), **rates(SEED)},
+        "normalization": engines["fp32"].info.normalization,
+        "renormalised_hops": {"audio": everything_source, "audio_minutes": round(everything.size / SR / 60, 2),
+                              **rates(engines["fp32"].info.normalization)},
     }
-    if args.running:
-        report["renormalised_hops_running"] = {"audio": everything_source, **rates(RUNNING)}
+    if args.compare:
+        report[f"renormalised_hops_{args.compare}"] = {"audio": everything_source, **rates(NORMALIZATION_WORDS[args.compare])}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))

@@ -570,18 +570,24 @@ def cut_windows(labels_csv: Path, rows: list[dict[str, str]], picked: list[int],
     if len({json.dumps(f, sort_keys=True) for f in frontends.values()}) != 1:
         sys.exit(f"the models' frontends differ, so their windows would too: {frontends}")
     config = engines[REFERENCE].info.frontend
+    normalization = engines[REFERENCE].info.normalization
+    if {e.info.normalization for e in engines.values()} != {normalization}:
+        sys.exit(f"the models' normalisations differ, so their windows would too: {[e.info.normalization for e in engines.values()]}")
     paths = [labels_csv.parent / rows[i]["path"] for i in picked]
     key = json.dumps({"clips": [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths], "frontend": config.to_dict(),
-                      "hop": TRACK_HOP_SECONDS, "code": [_sha256(REPO / "genre_stream" / f) for f in ("tracks/analysis.py", "audio/frontend.py", "audio/decode.py", "audio/resample.py")]},
+                      "normalization": normalization, "hop": TRACK_HOP_SECONDS,
+                      "code": [_sha256(REPO / "genre_stream" / f)
+                               for f in ("tracks/analysis.py", "audio/frontend.py", "audio/normalization.py", "audio/decode.py", "audio/resample.py")]},
                      sort_keys=True)
     cache = WORK / f"windows-{hashlib.sha256(key.encode()).hexdigest()[:12]}.npz"
-    meta: dict[str, Any] = {"file": str(cache.relative_to(REPO)), "hop_seconds": TRACK_HOP_SECONDS, "frontend": config.to_dict()}
+    meta: dict[str, Any] = {"file": str(cache.relative_to(REPO)), "hop_seconds": TRACK_HOP_SECONDS, "frontend": config.to_dict(),
+                            "normalization": normalization}
     if not cache.exists():
         t0 = time.perf_counter()
         frontend = MelFrontend(config)
         windows, clip_of = [], []
         for k, path in enumerate(paths):
-            for _, _, w in iter_windows(iter_audio(path, config.sample_rate), frontend, TRACK_HOP_SECONDS):
+            for _, _, w in iter_windows(iter_audio(path, config.sample_rate), frontend, TRACK_HOP_SECONDS, normalization):
                 windows.append(w.astype(np.float32))
                 clip_of.append(k)
         WORK.mkdir(parents=True, exist_ok=True)

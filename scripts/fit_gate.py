@@ -79,7 +79,7 @@ def window_embeddings(engine: Engine, files: list[Path], cache: Path | None) -> 
     import onnx
 
     graph = onnx.load(str(engine.path)).graph.SerializeToString()
-    key = hashlib.sha256(graph + "\n".join(map(str, files)).encode()).hexdigest()[:16]
+    key = hashlib.sha256(graph + engine.info.normalization.encode() + "\n".join(map(str, files)).encode()).hexdigest()[:16]
     stored = cache / f"embeddings-{key}.npz" if cache else None
     if stored and stored.is_file():
         with np.load(stored) as data:
@@ -87,7 +87,8 @@ def window_embeddings(engine: Engine, files: list[Path], cache: Path | None) -> 
     frontend = MelFrontend(engine.info.frontend)
     out = []
     for i, path in enumerate(files, 1):
-        windows = np.stack([w for _, _, w in iter_windows(iter_audio(path, frontend.config.sample_rate), frontend)])
+        windows = np.stack([w for _, _, w in iter_windows(iter_audio(path, frontend.config.sample_rate), frontend,
+                                                      normalization=engine.info.normalization)])
         out.append(engine.predict(windows, calibrated=False).embeddings)
         if i % 100 == 0:
             print(f"  {engine.path.name}: {i}/{len(files)} clips", file=sys.stderr, flush=True)

@@ -9,32 +9,19 @@ agreement between streamed and whole windows are what it is for.
 
 from __future__ import annotations
 
-import json
-import zipfile
+import shutil
 from pathlib import Path
 
-import onnx
-
-from genre_stream.model.info import METADATA_KEY
-from genre_stream.model.streampack import MANIFEST, stream_pack_path
+from genre_stream.model.streampack import stream_pack_path
+from trainer.export import relabel_normalization
 
 
 def with_normalization(model: Path, normalization: str, out_dir: Path) -> Path:
     """Copy ``model`` (and its streaming pack, where it has one) into ``out_dir``, both saying ``normalization``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / model.name
-    proto = onnx.load(str(model))
-    entry = next(p for p in proto.metadata_props if p.key == METADATA_KEY)
-    entry.value = json.dumps({**json.loads(entry.value), "normalization": normalization}, sort_keys=True)
-    onnx.save(proto, str(out))
-    pack = stream_pack_path(model)
-    if pack.is_file():
-        with zipfile.ZipFile(pack) as src, zipfile.ZipFile(stream_pack_path(out), "w", compression=zipfile.ZIP_DEFLATED) as dst:
-            for item in src.infolist():
-                data = src.read(item)
-                if item.filename == MANIFEST:
-                    manifest = json.loads(data)
-                    manifest["model"]["normalization"] = normalization
-                    data = json.dumps(manifest, indent=1, sort_keys=True).encode()
-                dst.writestr(item, data)
+    shutil.copyfile(model, out)
+    if stream_pack_path(model).is_file():
+        shutil.copyfile(stream_pack_path(model), stream_pack_path(out))
+    relabel_normalization(out, normalization)
     return out

@@ -21,6 +21,32 @@ def test_bundled_model_carries_its_labels_and_frontend(engine: Engine) -> None:
     assert engine.info.provenance["source"] == "bbnn-gtzan-augmented-fold0.hdf5"
 
 
+def test_bundled_exports_and_their_packs_are_fed_the_running_normalization() -> None:
+    """Issue 23: the bundled weights are fed RUNNING (each frame once), so streaming never recomputes a window;
+    the pack's copy of the model record says the same, so a reader of either file is told one thing."""
+    import json
+    import zipfile
+
+    from genre_stream.audio.normalization import RUNNING
+    from genre_stream.model.streampack import MANIFEST, stream_pack_path
+
+    for name in BUNDLED_MODELS:
+        path = bundled_model_path(name)
+        assert open_engine(path, device="cpu", threads=1).info.normalization == RUNNING, name
+        with zipfile.ZipFile(stream_pack_path(path)) as pack:
+            assert json.loads(pack.read(MANIFEST))["model"]["normalization"] == RUNNING, name
+
+
+@pytest.mark.train
+def test_the_finetune_default_checkpoint_is_fed_what_the_bundled_models_are() -> None:
+    from genre_stream.audio.normalization import RUNNING
+    from trainer.checkpoint import load_checkpoint
+    from trainer.finetune import DEFAULT_CHECKPOINT
+
+    repo = Path(__file__).resolve().parents[1]
+    assert load_checkpoint(repo / "trainer" / "models" / DEFAULT_CHECKPOINT)[1].normalization == RUNNING
+
+
 @pytest.mark.train
 def test_labels_come_from_the_model_metadata(tmp_path: Path) -> None:
     import torch

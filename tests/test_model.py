@@ -92,6 +92,19 @@ def test_import_keras_cli_writes_checkpoint_with_metadata(tmp_path: Path) -> Non
         assert torch.equal(a, b), k
 
 
+def test_import_keras_records_the_normalization_it_will_be_fed(tmp_path: Path) -> None:
+    from genre_stream.audio.normalization import RUNNING, SEED
+
+    src = shared_path("seed/checkpoints/bbnn-gtzan-raw-fold1.hdf5")
+    for word, name in (("seed", SEED), ("running", RUNNING)):
+        out = tmp_path / f"{word}.pt"
+        proc = run_cli("import-keras", str(src), "--out", str(out), "--normalization", word, module="trainer")
+        assert proc.returncode == 0, proc.stderr
+        assert load_checkpoint(out)[1].normalization == name
+    proc = run_cli("import-keras", str(src), "--out", str(tmp_path / "x.pt"), "--normalization", "loudest", module="trainer")
+    assert proc.returncode == 2 and "loudest" in proc.stderr and not (tmp_path / "x.pt").exists()
+
+
 def test_import_rejects_bad_files_with_a_clear_error(tmp_path: Path) -> None:
     not_h5 = tmp_path / "notes.hdf5"
     not_h5.write_text("hello")

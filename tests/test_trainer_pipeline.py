@@ -19,7 +19,7 @@ import pytest
 import torch
 from conftest import REPO, cli_env, free_port, run_cli
 
-from genre_stream.audio.normalization import SEED
+from genre_stream.audio.normalization import RUNNING
 from trainer.checkpoint import load_checkpoint
 from trainer.synthset import make_dataset
 
@@ -93,7 +93,7 @@ def test_train_writes_a_complete_run(run: Path, ws: Path) -> None:
     model, info, _ = load_checkpoint(run / "model.pt")
     assert info.labels == ["clatter", "lament", "sawdance"] and model.n_classes == 3
     assert info.frontend.window_frames == int(WINDOW)  # the runtime classifies with the trained window
-    assert info.normalization == SEED and m["config"]["normalization"] == SEED  # without --normalization: the bundled models'
+    assert info.normalization == RUNNING and m["config"]["normalization"] == RUNNING  # without --normalization: the bundled models'
     assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -131,7 +131,7 @@ def test_finetune_the_bundled_model_to_new_labels(ws: Path) -> None:
     model, info, _ = load_checkpoint(out / "model.pt")
     assert info.labels == ["clatter", "lament", "sawdance"]
     assert info.provenance["base_model"] == "bbnn-gtzan-augmented-fold0" and info.provenance["freeze"] == "partial"
-    assert info.normalization == SEED  # the base model's
+    assert info.normalization == RUNNING  # the base model's
     base, _, _ = load_checkpoint(REPO / "trainer" / "models" / "bbnn-gtzan-augmented-fold0.pt")
     # frozen layers are exactly the base model's; the new decision layer has 3 outputs
     assert torch.equal(model.stem[0].weight, base.stem[0].weight)

@@ -11,7 +11,7 @@ import click
 
 from genre_stream import __version__
 
-from .commands import evaluate_cmd, finetune_cmd, prepare_cmd, synth_cmd, train_cmd
+from .commands import NORMALIZATION_WORDS, evaluate_cmd, finetune_cmd, normalization_named, prepare_cmd, synth_cmd, train_cmd
 
 log = logging.getLogger("trainer")
 
@@ -52,7 +52,11 @@ main.add_command(synth_cmd)
 @main.command("import-keras")
 @click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Checkpoint file to write (.pt).")
-def import_keras(checkpoint: Path, out: Path) -> None:
+@click.option("--normalization", type=click.Choice(NORMALIZATION_WORDS), default="seed", show_default=True,
+              help="The input normalisation the imported network will be fed: seed = the one it was trained with (per window); "
+                   "running = each frame against the loudest of the 30 s ending at it (the same on a 30 s clip, and streaming "
+                   "never recomputes a window; the bundled models use it, see docs/MODEL_CARD.md).")
+def import_keras(checkpoint: Path, out: Path, normalization: str) -> None:
     """Convert a seed Keras HDF5 CHECKPOINT (no TensorFlow needed) into a genre-stream checkpoint."""
     from genre_stream.common.fsutil import sha256_file
     from genre_stream.model.info import ModelInfo
@@ -67,6 +71,7 @@ def import_keras(checkpoint: Path, out: Path) -> None:
     info = ModelInfo(
         labels=labels,
         model_id=checkpoint.stem,
+        normalization=normalization_named(normalization),
         provenance={"source": checkpoint.name, "sha256": sha256_file(checkpoint), "importer": "genre-trainer import-keras"},
     )
     save_checkpoint(out, model, info)

@@ -47,7 +47,7 @@ def _errors():
     return (DataError, CheckpointError, EvaluateError, TrainError, ValueError)
 
 
-TRAIN_DEFAULTS = {"epochs": 100, "lr": 0.01, "patience": 10, "accuracy_patience": 0, "normalization": "seed"}
+TRAIN_DEFAULTS = {"epochs": 100, "lr": 0.01, "patience": 10, "accuracy_patience": 0, "normalization": "running"}
 # Fine-tuning starts from trained features and usually has a few dozen clips per label: fewer
 # epochs, a shorter patience, and a stop once validation accuracy stops improving (it saturates early
 # on a small validation part while the loss keeps creeping down). The step stays at 0.01: a new

@@ -87,6 +87,34 @@ def update_metadata(path: str | Path, update: Callable[[dict[str, Any]], None]) 
     save_atomic(proto, path)
 
 
+def relabel_normalization(path: str | Path, normalization: str) -> None:
+    """Say in an export (and in its streaming pack's manifest, where it has one) that it is fed ``normalization``.
+
+    For the same weights fed another normalisation (the bundled models since issue 23: quantised on the
+    seed's windows, fed RUNNING, which is identical on a 30 s window that reaches 80 dB). Graph and weights
+    are untouched; the pack is rewritten atomically beside the model.
+    """
+    import zipfile
+
+    from genre_stream.audio.normalization import NORMALIZATIONS
+    from genre_stream.model.streampack import MANIFEST, stream_pack_path
+
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalization {normalization!r}; known: {', '.join(NORMALIZATIONS)}")
+    update_metadata(path, lambda data: data.update(normalization=normalization))
+    pack = stream_pack_path(path)
+    if not pack.is_file():
+        return
+    with zipfile.ZipFile(pack) as src, atomic_path(pack) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            if item.filename == MANIFEST:
+                manifest = json.loads(data)
+                manifest["model"]["normalization"] = normalization
+                data = json.dumps(manifest, indent=1, sort_keys=True).encode()
+            dst.writestr(item, data)
+
+
 def save_atomic(proto: onnx.ModelProto, out: str | Path) -> Path:
     """Write the model next to its destination and rename, so a failed export leaves nothing half-written."""
     with atomic_path(out) as tmp:

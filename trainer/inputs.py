@@ -25,14 +25,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from genre_stream.audio.frontend import normalize_window
-from genre_stream.audio.normalization import NORMALIZATIONS, SEED, running_normalize, window_of
+from genre_stream.audio.normalization import NORMALIZATIONS, RUNNING, SEED, running_normalize, window_of
 from genre_stream.model.info import ModelInfo
 
 log = logging.getLogger(__name__)
 
-# A new model's normalisation unless told otherwise: the bundled models' (so `finetune default` and a new
-# model agree, and published accuracy figures were measured with it); RUNNING is chosen per run (docs/TRAINING.md).
-DEFAULT_NORMALIZATION = SEED
+# A new model's normalisation unless told otherwise: the bundled models' since issue 23 (so `finetune default`
+# and a new model agree); `--normalization seed` trains the seed project's (docs/TRAINING.md).
+DEFAULT_NORMALIZATION = RUNNING
 KEEP_BYTES = 512 * 2**20  # whole RUNNING-normalised tracks kept per TrackInputs (per process under torchrun)
 
 PowerReader = Callable[[int, int, int | None], np.ndarray]  # (track, start, length or None = to the end) -> power frames
