@@ -68,13 +68,14 @@ def test_inf_and_huge_samples_give_finite_confidences(engine) -> None:
 
 def test_quiet_audio_after_a_loud_burst_keeps_its_level(engine) -> None:
     """The running energy sum must not keep the rounding error of a huge chunk that left the window
-    (it made -55 dBFS audio read as silence for good)."""
+    (it made -55 dBFS audio read as silence for good). What the model calls this noise is the model's
+    business (with the seed normalisation "music"; fed RUNNING, "not_music" or "uncertain"): not silence."""
     pipeline = SourcePipeline("s", engine, PipelineConfig(hop_seconds=2.0, min_fill_seconds=4.0))
     rng = np.random.default_rng(2)
     loud = (rng.standard_normal(SR * 2) * 5e5).astype(np.float32)
     quiet = (rng.standard_normal(SR * 40) * 10 ** (-55 / 20)).astype(np.float32)  # -55 dBFS, above -60
     out = states(feed(pipeline, np.concatenate([loud, quiet])))
-    assert out[-1].state == "music"
+    assert out[-1].state != "silence" and out[-1].probabilities
     assert abs(pipeline.level_dbfs() - -55.0) < 0.5
 
 
