@@ -60,7 +60,7 @@ def window_probabilities(engine: Engine, labels_csv: Path, rows: list[dict[str, 
 
 def write_agreement(path: Path, agreement: dict[str, object]) -> None:
     """Put ``agreement`` into the model's metadata JSON as ``provenance.agreement``; nothing else changes."""
-    from trainer.export import update_metadata
+    from trainer.onnx_meta import update_metadata
 
     update_metadata(path, lambda data: data.setdefault("provenance", {}).__setitem__("agreement", agreement))
 

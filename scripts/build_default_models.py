@@ -23,7 +23,7 @@ The audio is used at build time only, never committed. Every step is
 deterministic, so rebuilding gives the same answers (byte identity is not
 promised across onnxruntime versions).
 
-4. both files (and their packs) relabelled ``RUNNING`` (``trainer.export.relabel_normalization``):
+4. both files (and their packs) relabelled ``RUNNING`` (``trainer.onnx_meta.relabel_normalization``):
    since issue 23 the bundled models are fed the window-independent normalisation, which is the
    seed's on every 30 s window whose range reaches 80 dB (docs/MODEL_CARD.md, fourth round). The
    int8 ranges stay calibrated on the seed's windows: calibrated on RUNNING's instead (which
@@ -84,7 +84,7 @@ def _export_keeping_calibration(out: Path, *args: str) -> None:
     _run("export", *args, "--out", str(out))
     if not kept:
         return
-    from trainer.export import update_metadata
+    from trainer.onnx_meta import update_metadata
 
     update_metadata(out, lambda data: data.update(kept))
     print(f"  kept the {' and '.join(kept)} of the previous {out.name} (refit the gate: scripts/fit_gate.py --write)", flush=True)
@@ -129,7 +129,7 @@ def main() -> None:
                 "--test-audio", str(check_dir), "--test-windows", "2", "--force",
             )
     from genre_stream.audio.normalization import RUNNING
-    from trainer.export import relabel_normalization
+    from trainer.onnx_meta import relabel_normalization
 
     for precision in ("fp32", "int8"):
         if args.only in (None, precision):

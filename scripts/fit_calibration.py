@@ -41,7 +41,7 @@ from genre_stream.model.engine import Engine  # noqa: E402
 from genre_stream.model.choice import open_engine
 from genre_stream.tracks.analysis import analyse_file  # noqa: E402
 from trainer import temperature  # noqa: E402
-from trainer.export import update_metadata  # noqa: E402
+from trainer.onnx_meta import update_metadata  # noqa: E402
 from trainer.metrics import expected_calibration_error  # noqa: E402
 
 log = logging.getLogger("fit_calibration")

@@ -41,7 +41,7 @@ from genre_stream.model.choice import open_engine
 from genre_stream.audio.frontend import MelFrontend  # noqa: E402
 from genre_stream.model.musicgate import MusicGate  # noqa: E402
 from genre_stream.tracks.analysis import iter_audio, iter_windows  # noqa: E402
-from trainer.export import update_metadata  # noqa: E402
+from trainer.onnx_meta import update_metadata  # noqa: E402
 from trainer.metrics import wilson_interval  # noqa: E402
 
 NOT_MUSIC = ("speech", "noise")  # trained as "not music"

@@ -48,7 +48,8 @@ from trainer.augment import SpecAugmentConfig  # noqa: E402
 from trainer.checkpoint import load_checkpoint  # noqa: E402
 from trainer.corrections import CorrectionConfig, LabelledTrack, learn_corrections  # noqa: E402
 from trainer.data import decode_clip  # noqa: E402
-from trainer.export import save_atomic, to_onnx_model  # noqa: E402
+from trainer.export import to_onnx_model  # noqa: E402
+from trainer.onnx_meta import save_atomic  # noqa: E402
 from trainer.finetune import resolve_checkpoint  # noqa: E402
 from trainer.metrics import cross_entropy  # noqa: E402
 

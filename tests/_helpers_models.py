@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 from genre_stream.model.streampack import stream_pack_path
-from trainer.export import relabel_normalization
+from trainer.onnx_meta import relabel_normalization  # onnx only: the runtime-only test venv has no torch
 
 
 def with_normalization(model: Path, normalization: str, out_dir: Path) -> Path:

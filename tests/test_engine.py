@@ -51,7 +51,8 @@ def test_the_finetune_default_checkpoint_is_fed_what_the_bundled_models_are() ->
 def test_labels_come_from_the_model_metadata(tmp_path: Path) -> None:
     import torch
 
-    from trainer.export import save_atomic, to_onnx_model, torch_probabilities
+    from trainer.export import to_onnx_model, torch_probabilities
+    from trainer.onnx_meta import save_atomic
     from trainer.model import BBNN
 
     torch.manual_seed(0)

@@ -70,7 +70,8 @@ def _export_fp32(checkpoint: Path, out: Path) -> Path:
     if _has_export_command():
         ok(trainer("export", str(checkpoint), "--out", str(out), "--quantize", "none"))
     else:
-        from trainer.export import save_atomic, to_onnx_model
+        from trainer.export import to_onnx_model
+        from trainer.onnx_meta import save_atomic
 
         model, info, _ = load_checkpoint(checkpoint)
         save_atomic(to_onnx_model(model, info), out)

@@ -120,7 +120,7 @@ def export(
     from genre_stream.common.progress import Progress
 
     from .checkpoint import CheckpointError, load_checkpoint
-    from .export import save_atomic
+    from .onnx_meta import save_atomic
     from .frontend_torch import TorchMelFrontend
     from .int8_windows import WindowSets, audio_windows, folder_sets, folder_test_windows, synthetic_sets
     from .quantize import FP32_PARITY, Int8Config, build_export

@@ -52,7 +52,8 @@ from genre_stream.model.info import ModelInfo
 from .augment import SpecAugmentConfig, spec_augment
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import DataError, decode_clip
-from .export import save_atomic, to_onnx_model, torch_probabilities
+from .export import to_onnx_model, torch_probabilities
+from .onnx_meta import save_atomic
 from .finetune import FREEZE, frozen_modules, resolve_checkpoint
 from .inputs import ModelInput, TrackInputs
 from .model import BBNN
