@@ -81,10 +81,10 @@ def test_files_are_decoded_in_bounded_blocks(tmp_path) -> None:
 
 
 def test_a_running_model_classifies_the_running_windows(tmp_path: Path) -> None:
-    """``analyse_audio`` takes the normalisation from the model: a RUNNING copy of the bundled weights gets slices
-    of the whole track's running-normalised frames, the bundled (SEED) model its per-window windows as before."""
-    seed = open_engine("fp32", device="cpu", threads=1)
-    running = open_engine(with_normalization(seed.path, RUNNING, tmp_path), device="cpu", threads=1)
+    """``analyse_audio`` takes the normalisation from the model: the bundled (RUNNING) model gets slices of the
+    whole track's running-normalised frames, a SEED copy of the same weights its per-window windows."""
+    running = open_engine("fp32", device="cpu", threads=1)
+    seed = open_engine(with_normalization(running.path, SEED, tmp_path), device="cpu", threads=1)
     assert (seed.info.normalization, running.info.normalization) == (SEED, RUNNING)
     frontend = MelFrontend(seed.info.frontend)
     c = frontend.config
