@@ -57,11 +57,13 @@ def _wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float = 18
 
 def test_ctrl_c_keeps_the_best_epoch_and_says_how_to_resume(cache: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    args = [sys.executable, "-m", "trainer", "train", str(cache), "--out", str(out), "--epochs", "40"]
+    # Epochs of this tiny cache take milliseconds: with few of them (or an early stop) a loaded machine can
+    # finish the run before the signal lands (exit 0), so the run is long enough never to end on its own.
+    args = [sys.executable, "-m", "trainer", "train", str(cache), "--out", str(out), "--epochs", "5000", "--patience", "5000"]
     err = tmp_path / "stderr.txt"
     with open(err, "w") as fh:
         proc = subprocess.Popen(args, cwd=REPO, env=cli_env(ONE_THREAD), stdout=subprocess.DEVNULL, stderr=fh)
-        _wait_for(err, "epoch 2/40:", proc)
+        _wait_for(err, "epoch 2/5000:", proc)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 1
     text = err.read_text()
@@ -73,11 +75,11 @@ def test_ctrl_c_keeps_the_best_epoch_and_says_how_to_resume(cache: Path, tmp_pat
     # the same command resumes after epoch 2 (SIGTERM, as systemd or a scheduler stops it, is handled alike)
     with open(err, "w") as fh:
         proc = subprocess.Popen(args, cwd=REPO, env=cli_env(ONE_THREAD), stdout=subprocess.DEVNULL, stderr=fh)
-        _wait_for(err, "epoch 3/40:", proc)
+        _wait_for(err, "epoch 3/5000:", proc)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 1
     text = err.read_text()
-    assert "fold 0: resuming after epoch 2" in text and "epoch 1/40:" not in text
+    assert "fold 0: resuming after epoch 2" in text and "epoch 1/5000:" not in text
     assert "run the same command again to resume from epoch" in text
 
 
