@@ -12,7 +12,7 @@ Every window is normalised as the model's inputs are (``normalization``, from it
 metadata): int8 ranges set on another normalisation's values would be the ranges of
 inputs the model never gets. Synthetic and folder windows stand alone (a piece, or a
 circular shift of a clip), so each is normalised as the start of a stream
-(``genre_stream.audio.normalization.window_of``); ``audio_windows`` normalises whole
+(``genre_stream.tracks.analysis.clip_window``); ``audio_windows`` normalises whole
 tracks as ``classify`` does.
 """
 
@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from genre_stream.audio.decode import AudioError, find_audio_files, iter_audio, load_audio
-from genre_stream.audio.frontend import MelFrontend, loop_to_length
-from genre_stream.audio.normalization import SEED, window_of
+from genre_stream.audio.frontend import MelFrontend
+from genre_stream.model.info import NORMALIZATION
 from genre_stream.tracks import TRACK_HOP_SECONDS
-from genre_stream.tracks.analysis import iter_windows
+from genre_stream.tracks.analysis import clip_window, iter_windows
 
 from .synth import synth_piece
 
@@ -44,14 +44,7 @@ class WindowSets:
     source: str  # one line saying where the windows came from (stored in the model metadata)
 
 
-def clip_window(audio: np.ndarray, frontend: MelFrontend, normalization: str = SEED) -> np.ndarray:
-    """The model input of a clip's first window (a shorter clip looped to it), as ``MelFrontend.window`` for ``SEED``."""
-    c = frontend.config
-    power = frontend.power(loop_to_length(np.asarray(audio, dtype=np.float32), c.window_samples))[: c.window_frames]
-    return window_of(normalization, power, c.top_db)
-
-
-def offset_windows(audio: np.ndarray, frontend: MelFrontend, count: int, phase: float = 0.0, normalization: str = SEED) -> np.ndarray:
+def offset_windows(audio: np.ndarray, frontend: MelFrontend, count: int, phase: float = 0.0, normalization: str = NORMALIZATION) -> np.ndarray:
     """``count`` windows of a track looped end to start, starting at evenly spread offsets.
 
     Looping lets a 5 s or a 30 s clip give as many distinct windows as asked for,
@@ -67,7 +60,7 @@ def offset_windows(audio: np.ndarray, frontend: MelFrontend, count: int, phase: 
     return _stack(out, frontend)
 
 
-def synthetic_sets(frontend: MelFrontend, n_calibration: int, n_test: int, normalization: str = SEED) -> WindowSets:
+def synthetic_sets(frontend: MelFrontend, n_calibration: int, n_test: int, normalization: str = NORMALIZATION) -> WindowSets:
     cal = _stack([clip_window(synth_piece(seed), frontend, normalization) for seed in range(n_calibration)], frontend)
     test = _stack([clip_window(synth_piece(TEST_SEED_OFFSET + seed), frontend, normalization) for seed in range(n_test)], frontend)
     return WindowSets(cal, test, f"trainer.synth pieces: calibration seeds 0..{n_calibration - 1}, test seeds {TEST_SEED_OFFSET}..{TEST_SEED_OFFSET + n_test - 1}")
@@ -78,7 +71,7 @@ def _stack(windows: list[np.ndarray], frontend: MelFrontend) -> np.ndarray:
     return np.stack(windows) if windows else np.zeros((0, c.window_frames, c.n_mels), np.float32)
 
 
-def folder_test_windows(folder: Path, frontend: MelFrontend, per_file: int, normalization: str = SEED) -> tuple[np.ndarray, str]:
+def folder_test_windows(folder: Path, frontend: MelFrontend, per_file: int, normalization: str = NORMALIZATION) -> tuple[np.ndarray, str]:
     """``per_file`` windows of every readable file under ``folder``: a check set only."""
     tracks = _read_folder(folder, frontend)
     windows = np.concatenate([offset_windows(a, frontend, per_file, 0.25, normalization) for _, a in tracks])
@@ -105,7 +98,7 @@ def _read_folder(folder: Path, frontend: MelFrontend) -> list[tuple[Path, np.nda
     return tracks
 
 
-def folder_sets(folder: Path, frontend: MelFrontend, n_calibration: int, n_test: int, normalization: str = SEED) -> WindowSets:
+def folder_sets(folder: Path, frontend: MelFrontend, n_calibration: int, n_test: int, normalization: str = NORMALIZATION) -> WindowSets:
     """Windows from the audio files under ``folder``; files alternate between calibration and test."""
     tracks = _read_folder(folder, frontend)
     if len(tracks) == 1:
@@ -124,7 +117,7 @@ def _spread_over(tracks: list[tuple[Path, np.ndarray]], frontend: MelFrontend, t
     return np.concatenate([offset_windows(a, frontend, max(1, n), normalization=normalization) for (_, a), n in zip(tracks, per)])
 
 
-def audio_windows(paths: list[Path], frontend: MelFrontend, hop_seconds: float = TRACK_HOP_SECONDS, normalization: str = SEED) -> tuple[np.ndarray, str]:
+def audio_windows(paths: list[Path], frontend: MelFrontend, hop_seconds: float = TRACK_HOP_SECONDS, normalization: str = NORMALIZATION) -> tuple[np.ndarray, str]:
     """Every window ``genre-stream classify`` would cut from the music under ``paths`` (files or folders).
 
     Calibrating on the windows the runtime actually sees (real music, the same

@@ -154,6 +154,13 @@ class _WindowCutter:
         return start, self.normalizer.window(self._frames[i : i + self.window])
 
 
+def clip_window(audio: np.ndarray, frontend: MelFrontend, normalization: str = NORMALIZATION) -> np.ndarray:
+    """The model input of a clip of at most one window: looped to 30 s, its first window normalised as a stream of its own."""
+    c = frontend.config
+    power = frontend.power(loop_to_length(np.asarray(audio, dtype=np.float32), c.window_samples))[: c.window_frames]
+    return window_of(normalization, power, c.top_db)
+
+
 def iter_windows(
     blocks: Iterable[np.ndarray], frontend: MelFrontend, hop_seconds: float = TRACK_HOP_SECONDS,
     normalization: str = NORMALIZATION,
@@ -181,8 +188,7 @@ def iter_windows(
     duration = total / c.sample_rate
     tail = mel.finish()
     if head is not None:  # shorter than one window: one looped window spanning the track
-        looped = loop_to_length(np.concatenate(head), c.window_samples)
-        yield 0.0, duration, window_of(normalization, frontend.power(looped)[: c.window_frames], c.top_db)
+        yield 0.0, duration, clip_window(np.concatenate(head), frontend, normalization)
         return
     for start, window in [*cutter.push(tail), *cutter.finish()]:
         s = c.frames_to_seconds(start)
