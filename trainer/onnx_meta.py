@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import zipfile
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import onnx
 from genre_stream.audio.normalization import NORMALIZATIONS
 from genre_stream.common.fsutil import atomic_path
 from genre_stream.model.info import METADATA_KEY
-from genre_stream.model.streampack import MANIFEST, stream_pack_path
+from genre_stream.model.streampack import MANIFEST, PackManifest, stream_pack_path
 
 
 def update_metadata(path: str | Path, update: Callable[[dict[str, Any]], None]) -> None:
@@ -49,9 +50,8 @@ def relabel_normalization(path: str | Path, normalization: str) -> None:
         for item in src.infolist():
             data = src.read(item)
             if item.filename == MANIFEST:
-                manifest = json.loads(data)
-                manifest["model"]["normalization"] = normalization
-                data = json.dumps(manifest, indent=1, sort_keys=True).encode()
+                manifest = PackManifest.from_json(data)
+                data = replace(manifest, model={**manifest.model, "normalization": normalization}).to_json().encode()
             dst.writestr(item, data)
 
 
